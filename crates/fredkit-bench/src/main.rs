@@ -1,0 +1,2 @@
+//! fredkit benchmarks.
+fn main() {}

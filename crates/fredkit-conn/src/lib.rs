@@ -1,0 +1,2 @@
+//! Placeholder.
+pub use fredkit_core as _core;

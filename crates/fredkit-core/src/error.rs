@@ -1,0 +1,257 @@
+//! The one error type every fredkit crate returns.
+
+use std::time::Duration;
+
+/// A fredkit result.
+pub type Result<T, E = Error> = std::result::Result<T, E>;
+
+/// What went wrong, coarsely: the part of an [`Error`] a caller matches on.
+///
+/// The kinds are stable; new kinds may be added (the enum is
+/// `#[non_exhaustive]`), so match with a wildcard arm.
+#[non_exhaustive]
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+pub enum ErrorKind {
+    /// Redis could not be reached, or the connection broke. Usually transient: retry later.
+    Connection,
+    /// Redis did not answer in time (command or connect timeout).
+    Timeout,
+    /// A circuit breaker is open: calls are refused without touching Redis until it half-opens.
+    CircuitOpen,
+    /// A value could not be encoded or decoded.
+    Codec,
+    /// The configuration is invalid (bad URL, bad option). Fix the configuration; retrying will not help.
+    Config,
+    /// A Lua script failed on the server.
+    Script,
+    /// Redis answered something the caller did not expect (wrong type, malformed reply, server error).
+    Protocol,
+    /// Redis is busy (a long script, `BUSY`, `LOADING`): retry later.
+    Busy,
+    /// The operation was given an argument it cannot use (for example a key part that is not allowed).
+    InvalidInput,
+}
+
+/// The error type of every fredkit crate.
+///
+/// Match on [`Error::kind`] to decide what to do; the `Display` text says what
+/// happened and, where possible, what to do about it.
+#[non_exhaustive]
+#[derive(Debug, thiserror::Error)]
+pub enum Error {
+    /// Redis could not be reached or the connection broke.
+    #[error("cannot reach Redis: {message}")]
+    Connection {
+        /// What failed.
+        message: String,
+        /// The underlying client error, if any.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+    /// Redis did not answer within the configured time.
+    #[error("Redis did not answer in time ({message}); check that the server is up and not overloaded, or raise the timeout")]
+    Timeout {
+        /// What timed out.
+        message: String,
+        /// The underlying client error, if any.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+    /// A circuit breaker refused the call.
+    #[error("circuit breaker '{name}' is open after repeated Redis failures; calls resume in about {retry_after:?}")]
+    CircuitOpen {
+        /// The breaker's name.
+        name: String,
+        /// How long until the breaker lets a trial call through.
+        retry_after: Duration,
+    },
+    /// Encoding or decoding a value failed.
+    #[error("could not {op} a value with the {codec} codec: {message}")]
+    Codec {
+        /// `"encode"` or `"decode"`.
+        op: &'static str,
+        /// The codec's name.
+        codec: &'static str,
+        /// What the codec said.
+        message: String,
+    },
+    /// The configuration is invalid.
+    #[error("invalid configuration: {0}")]
+    Config(String),
+    /// A Lua script failed.
+    #[error("script '{script}' failed: {message}")]
+    Script {
+        /// The script's name.
+        script: &'static str,
+        /// What Redis said.
+        message: String,
+        /// The underlying client error, if any.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+    /// Redis answered something unexpected.
+    #[error("unexpected reply from Redis: {message}")]
+    Protocol {
+        /// What was unexpected.
+        message: String,
+        /// The underlying client error, if any.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+    /// Redis is busy.
+    #[error("Redis is busy ({0}); retry later")]
+    Busy(String),
+    /// An argument cannot be used.
+    #[error("invalid input: {0}")]
+    InvalidInput(String),
+}
+
+impl Error {
+    /// The coarse kind of this error.
+    pub fn kind(&self) -> ErrorKind {
+        match self {
+            Error::Connection { .. } => ErrorKind::Connection,
+            Error::Timeout { .. } => ErrorKind::Timeout,
+            Error::CircuitOpen { .. } => ErrorKind::CircuitOpen,
+            Error::Codec { .. } => ErrorKind::Codec,
+            Error::Config(_) => ErrorKind::Config,
+            Error::Script { .. } => ErrorKind::Script,
+            Error::Protocol { .. } => ErrorKind::Protocol,
+            Error::Busy(_) => ErrorKind::Busy,
+            Error::InvalidInput(_) => ErrorKind::InvalidInput,
+        }
+    }
+
+    /// True when the error says nothing about the operation itself, only that
+    /// Redis was unreachable, slow, busy or shielded by an open breaker: the
+    /// kind of error a fail-open primitive may turn into a fallback and a
+    /// circuit breaker counts as a failure.
+    pub fn is_unavailable(&self) -> bool {
+        matches!(
+            self.kind(),
+            ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::CircuitOpen | ErrorKind::Busy
+        )
+    }
+
+    /// A [`ErrorKind::Protocol`] error with a message.
+    pub fn protocol(message: impl Into<String>) -> Self {
+        Error::Protocol {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`ErrorKind::Config`] error with a message.
+    pub fn config(message: impl Into<String>) -> Self {
+        Error::Config(message.into())
+    }
+
+    /// A [`ErrorKind::InvalidInput`] error with a message.
+    pub fn invalid_input(message: impl Into<String>) -> Self {
+        Error::InvalidInput(message.into())
+    }
+
+    /// A [`ErrorKind::Timeout`] error with a message.
+    pub fn timeout(message: impl Into<String>) -> Self {
+        Error::Timeout {
+            message: message.into(),
+            source: None,
+        }
+    }
+
+    /// A [`ErrorKind::Connection`] error with a message.
+    pub fn connection(message: impl Into<String>) -> Self {
+        Error::Connection {
+            message: message.into(),
+            source: None,
+        }
+    }
+}
+
+impl From<fred::error::Error> for Error {
+    fn from(e: fred::error::Error) -> Self {
+        use fred::error::ErrorKind as K;
+        let details = e.details().to_string();
+        match e.kind() {
+            K::IO | K::Canceled | K::Backpressure | K::Routing => Error::Connection {
+                message: details,
+                source: Some(e),
+            },
+            K::Timeout => Error::Timeout {
+                message: details,
+                source: Some(e),
+            },
+            K::Config | K::Url | K::Auth => {
+                Error::Config(format!("{} ({details})", e.kind().to_str()))
+            }
+            _ if details.starts_with("BUSY") || details.starts_with("LOADING") => {
+                Error::Busy(details)
+            }
+            K::Cluster if details.starts_with("CLUSTERDOWN") || details.starts_with("TRYAGAIN") => {
+                Error::Busy(details)
+            }
+            _ if details.starts_with("NOSCRIPT")
+                || details.starts_with("ERR Error running script")
+                || details.contains("user_script")
+                || details.starts_with("ERR user_script") =>
+            {
+                Error::Script {
+                    script: "?",
+                    message: details,
+                    source: Some(e),
+                }
+            }
+            _ => Error::Protocol {
+                message: details,
+                source: Some(e),
+            },
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use fred::error::{Error as FredError, ErrorKind as FredKind};
+    use rstest::rstest;
+
+    #[rstest]
+    #[case(FredKind::IO, "broken pipe", ErrorKind::Connection)]
+    #[case(FredKind::Canceled, "canceled", ErrorKind::Connection)]
+    #[case(FredKind::Timeout, "Request timed out.", ErrorKind::Timeout)]
+    #[case(FredKind::Url, "bad url", ErrorKind::Config)]
+    #[case(FredKind::Auth, "WRONGPASS", ErrorKind::Config)]
+    #[case(
+        FredKind::Unknown,
+        "BUSY Redis is busy running a script",
+        ErrorKind::Busy
+    )]
+    #[case(
+        FredKind::Unknown,
+        "LOADING Redis is loading the dataset",
+        ErrorKind::Busy
+    )]
+    #[case(FredKind::Cluster, "CLUSTERDOWN The cluster is down", ErrorKind::Busy)]
+    #[case(FredKind::Unknown, "NOSCRIPT No matching script", ErrorKind::Script)]
+    #[case(
+        FredKind::InvalidArgument,
+        "WRONGTYPE Operation against a key",
+        ErrorKind::Protocol
+    )]
+    fn fred_errors_map_to_kinds(
+        #[case] kind: FredKind,
+        #[case] details: &str,
+        #[case] want: ErrorKind,
+    ) {
+        let e: Error = FredError::new(kind, details.to_string()).into();
+        assert_eq!(e.kind(), want, "{e}");
+    }
+
+    #[test]
+    fn unavailable_kinds_are_the_transient_ones() {
+        assert!(Error::timeout("x").is_unavailable());
+        assert!(Error::connection("x").is_unavailable());
+        assert!(!Error::config("x").is_unavailable());
+        assert!(!Error::protocol("x").is_unavailable());
+    }
+}
