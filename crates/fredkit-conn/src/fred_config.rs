@@ -1,0 +1,104 @@
+//! Translation of a [`RedisConfig`] into fred's builder, with our defaults.
+
+use crate::config::{RedisConfig, Topology};
+use fred::prelude::{Builder, Config, ReconnectPolicy, Server, ServerConfig};
+use fred::types::config::{ReconnectError, UnresponsiveConfig};
+use fredkit_core::Result;
+use std::time::Duration;
+
+fn ms(d: Duration) -> u32 {
+    u32::try_from(d.as_millis()).unwrap_or(u32::MAX)
+}
+
+/// Which kind of connection a builder is for.
+#[derive(Clone, Copy, PartialEq, Eq)]
+pub(crate) enum Purpose {
+    /// The shared multiplexed pool: commands are short; a silent connection is a dead one.
+    Shared,
+    /// Blocking commands or pub/sub: long silences are normal.
+    Dedicated,
+}
+
+pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder> {
+    let mut fc = Config {
+        // The first connection failing is handled by the reconnect policy, so a
+        // late Redis does not fail start-up; `Redis::wait_connected` bounds the wait.
+        fail_fast: false,
+        username: config.username.clone(),
+        password: config.password.as_ref().map(|p| p.expose().to_string()),
+        database: config.database,
+        ..Config::default()
+    };
+    fc.server = match &config.topology {
+        Topology::Standalone(n) => ServerConfig::new_centralized(n.host.clone(), n.port),
+        Topology::Cluster(nodes) => {
+            ServerConfig::new_clustered(nodes.iter().map(|n| (n.host.clone(), n.port)).collect())
+        }
+        Topology::Sentinel {
+            sentinels,
+            service_name,
+            sentinel_username,
+            sentinel_password,
+        } => ServerConfig::Sentinel {
+            hosts: sentinels
+                .iter()
+                .map(|n| Server::new(n.host.clone(), n.port))
+                .collect(),
+            service_name: service_name.clone(),
+            username: sentinel_username.clone(),
+            password: sentinel_password.as_ref().map(|p| p.expose().to_string()),
+        },
+    };
+    if config.tls {
+        #[cfg(feature = "tls")]
+        {
+            let connector = fred::types::config::TlsConnector::default_rustls()?;
+            fc.tls = Some(connector.into());
+        }
+        #[cfg(not(feature = "tls"))]
+        return Err(fredkit_core::Error::config(
+            "rediss:// needs TLS support: enable the 'tls' feature of fredkit-conn (or fredkit)",
+        ));
+    }
+
+    let mut b = Builder::from_config(fc);
+    let command_timeout = config.command_timeout;
+    let connect_timeout = config.connect_timeout;
+    b.with_connection_config(|c| {
+        c.connection_timeout = connect_timeout;
+        // AUTH, HELLO, CLUSTER SLOTS, ROLE ...: bounded by the connect timeout.
+        c.internal_command_timeout = connect_timeout;
+        c.tcp.nodelay = Some(true);
+        // These replies mean "this node cannot serve you right now": reconnect
+        // (re-reading the cluster or sentinel view) and retry the command.
+        c.reconnect_errors = vec![
+            ReconnectError::ClusterDown,
+            ReconnectError::Loading,
+            ReconnectError::MasterDown,
+            ReconnectError::ReadOnly,
+        ];
+        if purpose == Purpose::Shared {
+            // A connection with a command outstanding for this long is dead
+            // (a paused server, a half-open TCP connection): close it and
+            // reconnect instead of waiting for the kernel.
+            let max = (command_timeout * 3).max(Duration::from_secs(3));
+            c.unresponsive = UnresponsiveConfig {
+                max_timeout: Some(max),
+                interval: Duration::from_millis(500),
+            };
+        }
+    });
+    b.with_performance_config(|p| {
+        p.default_command_timeout = command_timeout;
+    });
+    let r = &config.reconnect;
+    let mut policy = ReconnectPolicy::new_exponential(
+        r.max_attempts,
+        ms(r.initial_delay).max(1),
+        ms(r.max_delay).max(1),
+        2,
+    );
+    policy.set_jitter(ms(r.jitter));
+    b.set_policy(policy);
+    Ok(b)
+}

@@ -1,0 +1,304 @@
+//! [`Redis`]: the shared handle every fredkit crate takes.
+
+use crate::config::RedisConfig;
+use crate::fred_config::{builder, Purpose};
+use crate::health::Health;
+use fred::clients::{Client, Pool, SubscriberClient};
+use fred::interfaces::ClientLike;
+use fred::types::ConnectHandle;
+use fredkit_core::{Error, Result};
+use std::fmt;
+use std::ops::Deref;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+/// A cheap-to-clone handle over a small pool (default: one) of multiplexed
+/// fred connections, configured with fredkit's defaults: a command timeout, a
+/// reconnect policy that never gives up, dead-connection detection, and
+/// reconnect-and-retry on `LOADING`, `READONLY`, `CLUSTERDOWN`, `MASTERDOWN`.
+///
+/// Every fredkit primitive takes a `Redis`. Raw fred stays available through
+/// [`Redis::client`] for anything fredkit does not wrap.
+///
+/// ```no_run
+/// use fred::prelude::*;
+/// use fredkit_conn::{Redis, RedisConfig};
+///
+/// # async fn run() -> Result<(), fredkit_core::Error> {
+/// let redis = Redis::connect(RedisConfig::from_url("redis://127.0.0.1:6379")?).await?;
+/// redis.client().set::<(), _, _>("greeting", "hello", None, None, false).await?;
+/// let v: Option<String> = redis.client().get("greeting").await?;
+/// println!("{v:?} {}", redis.health().await);
+/// redis.shutdown().await?;
+/// # Ok(()) }
+/// ```
+///
+/// # Failure and cancellation
+/// Commands on the shared pool fail with [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout)
+/// after the command timeout whatever happens to the connection; while the
+/// connection is down they are queued and retried (up to 3 attempts) once it
+/// is back. Dropping a command's future abandons the wait; the command may
+/// still run on the server.
+#[derive(Clone)]
+pub struct Redis {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    config: RedisConfig,
+    pool: Pool,
+    tasks: Mutex<Vec<ConnectHandle>>,
+}
+
+impl fmt::Debug for Redis {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Redis")
+            .field("config", &self.inner.config)
+            .field("connected", &self.inner.pool.is_connected())
+            .finish()
+    }
+}
+
+impl Redis {
+    /// Creates the handle and starts connecting.
+    ///
+    /// With lazy connect (the default) this returns at once; commands sent
+    /// before the connection is up wait for it (up to the command timeout).
+    /// With `lazy(false)` it waits until connected, at most the connect timeout.
+    ///
+    /// Must be called inside a tokio runtime.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) if fred rejects the
+    /// configuration; with `lazy(false)`, [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout)
+    /// when no connection came up within the connect timeout.
+    pub async fn connect(config: RedisConfig) -> Result<Redis> {
+        let b = builder(&config, Purpose::Shared)?;
+        let pool = b.build_pool(config.pool_size)?;
+        let handle = pool.connect();
+        let redis = Redis {
+            inner: Arc::new(Inner {
+                config,
+                pool,
+                tasks: Mutex::new(vec![handle]),
+            }),
+        };
+        tracing::debug!(config = %redis.inner.config, "fredkit: connecting");
+        if !redis.inner.config.lazy {
+            redis.wait_connected().await?;
+        }
+        Ok(redis)
+    }
+
+    /// [`RedisConfig::from_url`] then [`Redis::connect`].
+    ///
+    /// # Errors
+    /// As those two.
+    pub async fn from_url(url: &str) -> Result<Redis> {
+        Self::connect(RedisConfig::from_url(url)?).await
+    }
+
+    /// [`RedisConfig::from_env`] (`REDIS_URL`) then [`Redis::connect`].
+    ///
+    /// # Errors
+    /// As those two.
+    pub async fn from_env() -> Result<Redis> {
+        Self::connect(RedisConfig::from_env()?).await
+    }
+
+    /// Waits until every connection of the pool is up, at most the connect timeout.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) naming the
+    /// configuration (password redacted) when the connect timeout passes.
+    pub async fn wait_connected(&self) -> Result<()> {
+        if self.inner.pool.is_connected() {
+            return Ok(());
+        }
+        let limit = self.inner.config.connect_timeout;
+        let deadline = tokio::time::Instant::now() + limit;
+        loop {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                break;
+            }
+            // A failed attempt resolves wait_for_connect with an error while the
+            // reconnect policy keeps trying: wait again until the deadline.
+            match tokio::time::timeout(remaining, self.inner.pool.wait_for_connect()).await {
+                Ok(Ok(())) if self.inner.pool.is_connected() => return Ok(()),
+                Ok(_) => tokio::time::sleep(Duration::from_millis(20).min(remaining)).await,
+                Err(_) => break,
+            }
+            if self.inner.pool.is_connected() {
+                return Ok(());
+            }
+        }
+        Err(Error::timeout(format!(
+            "could not connect to {} within the connect timeout of {limit:?}",
+            self.inner.config
+        )))
+    }
+
+    /// The fred client for the next command (round-robin over the pool).
+    ///
+    /// Use it for anything fredkit does not wrap. Never run blocking commands
+    /// (`BLPOP`, `XREADGROUP BLOCK`, `WAIT`...) on it: they stall every other
+    /// command on the connection. Use [`Redis::dedicated`].
+    pub fn client(&self) -> &Client {
+        self.inner.pool.next()
+    }
+
+    /// The whole fred pool.
+    pub fn pool(&self) -> &Pool {
+        &self.inner.pool
+    }
+
+    /// The configuration this handle was made from.
+    pub fn config(&self) -> &RedisConfig {
+        &self.inner.config
+    }
+
+    /// A new connection of its own, for blocking commands. It has the same
+    /// configuration (command timeout included: pass a longer per-command
+    /// timeout with fred's `with_options` for long blocks) but no dead-connection
+    /// detection, since long silences are normal for blocking commands. It
+    /// starts connecting at once (lazily); it closes when dropped.
+    ///
+    /// # Errors
+    /// A config error if fred rejects the configuration.
+    pub fn dedicated(&self) -> Result<Dedicated<Client>> {
+        let b = builder(&self.inner.config, Purpose::Dedicated)?;
+        let client = b.build()?;
+        let handle = client.connect();
+        Ok(Dedicated {
+            client,
+            handle: Some(handle),
+        })
+    }
+
+    /// A new subscriber connection (for pub/sub). fredkit-pubsub builds on it;
+    /// call `manage_subscriptions()` on it yourself if you use it raw, so it
+    /// resubscribes after a reconnect. It closes when dropped.
+    ///
+    /// # Errors
+    /// A config error if fred rejects the configuration.
+    pub fn subscriber(&self) -> Result<Dedicated<SubscriberClient>> {
+        let b = builder(&self.inner.config, Purpose::Dedicated)?;
+        let client = b.build_subscriber_client()?;
+        let handle = client.connect();
+        Ok(Dedicated {
+            client,
+            handle: Some(handle),
+        })
+    }
+
+    /// Reachability, latency, topology and server version. Costs one PING and
+    /// one `INFO server` (two round trips); never fails and never takes longer
+    /// than about twice the command timeout.
+    pub async fn health(&self) -> Health {
+        crate::health::probe(self).await
+    }
+
+    /// Closes every connection of the pool after in-flight commands finish.
+    /// Commands sent afterwards fail. Connections from [`Redis::dedicated`]
+    /// and [`Redis::subscriber`] close when they are dropped.
+    ///
+    /// # Errors
+    /// A connection error if the pool could not be closed cleanly; it is
+    /// closed anyway.
+    pub async fn shutdown(&self) -> Result<()> {
+        let quit = tokio::time::timeout(
+            self.inner.config.command_timeout * 2,
+            self.inner.pool.quit(),
+        )
+        .await;
+        let tasks: Vec<ConnectHandle> = match self.inner.tasks.lock() {
+            Ok(mut t) => t.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        for t in tasks {
+            let abort = t.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), t)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+        }
+        match quit {
+            Ok(r) => r.map_err(Error::from),
+            Err(_) => Err(Error::timeout(
+                "QUIT was not answered; connections closed anyway",
+            )),
+        }
+    }
+}
+
+/// A connection of its own (from [`Redis::dedicated`] or [`Redis::subscriber`]).
+/// Derefs to the fred client; when dropped it sends `QUIT` in the background
+/// and stops reconnecting.
+pub struct Dedicated<C: ClientLike + 'static> {
+    client: C,
+    handle: Option<ConnectHandle>,
+}
+
+impl<C: ClientLike + 'static> Dedicated<C> {
+    /// Waits until this connection is up, at most `timeout`.
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when it is not up in time.
+    pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
+        let deadline = tokio::time::Instant::now() + timeout;
+        while !self.client.is_connected() {
+            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            if remaining.is_zero() {
+                return Err(Error::timeout(format!(
+                    "dedicated connection not up within {timeout:?}"
+                )));
+            }
+            let _ = tokio::time::timeout(remaining, self.client.wait_for_connect()).await;
+            if !self.client.is_connected() {
+                tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+            }
+        }
+        Ok(())
+    }
+
+    /// The fred client.
+    pub fn client(&self) -> &C {
+        &self.client
+    }
+}
+
+impl<C: ClientLike + 'static> Deref for Dedicated<C> {
+    type Target = C;
+    fn deref(&self) -> &C {
+        &self.client
+    }
+}
+
+impl<C: ClientLike + 'static> fmt::Debug for Dedicated<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Dedicated")
+            .field("id", &self.client.id())
+            .field("connected", &self.client.is_connected())
+            .finish()
+    }
+}
+
+impl<C: ClientLike + 'static> Drop for Dedicated<C> {
+    fn drop(&mut self) {
+        let client = self.client.clone();
+        let handle = self.handle.take();
+        if let Ok(rt) = tokio::runtime::Handle::try_current() {
+            rt.spawn(async move {
+                let _ = tokio::time::timeout(Duration::from_secs(2), client.quit()).await;
+                if let Some(h) = handle {
+                    h.abort();
+                }
+            });
+        } else if let Some(h) = handle {
+            h.abort();
+        }
+    }
+}
