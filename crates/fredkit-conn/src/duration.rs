@@ -23,7 +23,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
             ))
         }
     };
-    if !millis.is_finite() || millis < 0.0 || millis > 1e15 {
+    if !millis.is_finite() || !(0.0..=1e15).contains(&millis) {
         return Err(format!("'{text}' is out of range"));
     }
     Ok(Duration::from_micros((millis * 1_000.0).round() as u64))

@@ -15,8 +15,11 @@ fn ms(d: Duration) -> u32 {
 pub(crate) enum Purpose {
     /// The shared multiplexed pool: commands are short; a silent connection is a dead one.
     Shared,
-    /// Blocking commands or pub/sub: long silences are normal.
+    /// Blocking commands: long silences are normal.
     Dedicated,
+    /// Pub/sub: long silences are normal, and bursts of messages must not
+    /// overflow fred's event buffer before the consumer routes them.
+    Subscriber,
 }
 
 pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder> {
@@ -90,6 +93,12 @@ pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder>
     });
     b.with_performance_config(|p| {
         p.default_command_timeout = command_timeout;
+        if purpose == Purpose::Subscriber {
+            // fred's default is 32 messages; a burst beyond the buffer is lost
+            // (fredkit-pubsub reports it as a gap). fred preallocates ten
+            // channels of this size, so 8 Ki slots is ~1-2 MiB per subscriber.
+            p.broadcast_channel_capacity = 1 << 13;
+        }
     });
     let r = &config.reconnect;
     let mut policy = ReconnectPolicy::new_exponential(

@@ -183,7 +183,7 @@ impl Redis {
     /// # Errors
     /// A config error if fred rejects the configuration.
     pub fn subscriber(&self) -> Result<Dedicated<SubscriberClient>> {
-        let b = builder(&self.inner.config, Purpose::Dedicated)?;
+        let b = builder(&self.inner.config, Purpose::Subscriber)?;
         let client = b.build_subscriber_client()?;
         let handle = client.connect();
         Ok(Dedicated {

@@ -151,8 +151,10 @@ pub(crate) fn parse(url: &str) -> Result<RedisConfig> {
         None => (None, authority),
     };
 
-    let mut config = RedisConfig::default();
-    config.tls = tls;
+    let mut config = RedisConfig {
+        tls,
+        ..RedisConfig::default()
+    };
 
     if let Some(info) = userinfo {
         let (user, pass) = match info.split_once(':') {

@@ -1,0 +1,75 @@
+//! Passwords never reach logs, at any level, from fredkit or from fred (whose
+//! `log` records are bridged into the same subscriber). Its own test binary:
+//! it installs the global subscriber.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use fred::prelude::*;
+use fredkit_conn::{Redis, RedisConfig};
+use fredkit_testkit::{RedisServer, ServerOptions};
+use std::io::Write;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+#[derive(Clone, Default)]
+struct Captured(Arc<Mutex<Vec<u8>>>);
+
+impl Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn passwords_never_appear_in_logs_at_trace_level() {
+    let captured = Captured::default();
+    let writer = captured.clone();
+    tracing_subscriber::fmt()
+        .with_max_level(tracing::Level::TRACE)
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .init();
+
+    let server =
+        RedisServer::start_with(ServerOptions::default().password("hunter2-secret")).unwrap();
+    let redis = Redis::connect(RedisConfig::from_url(&server.url()).unwrap())
+        .await
+        .unwrap();
+    redis.wait_connected().await.unwrap();
+    let _: () = redis
+        .client()
+        .set("k", "v", None, None, false)
+        .await
+        .unwrap();
+    tracing::info!(?redis, config = %redis.config(), "handle");
+    let _ = redis.health().await;
+    // Force a reconnect, with its AUTH.
+    server
+        .command(&["CLIENT", "KILL", "TYPE", "normal"])
+        .unwrap();
+    let _: Option<String> = redis.client().get("k").await.unwrap();
+    redis.shutdown().await.unwrap();
+
+    // A wrong password: the failure is logged by fred.
+    let wrong = RedisConfig::builder()
+        .url(server.url())
+        .password("wrong-s3cret-pass")
+        .connect_timeout(Duration::from_millis(500))
+        .lazy(false)
+        .build()
+        .unwrap();
+    let err = Redis::connect(wrong).await.unwrap_err();
+    tracing::error!(%err, ?err, "connect failed");
+
+    let logs = String::from_utf8_lossy(&captured.0.lock().unwrap()).to_string();
+    assert!(
+        logs.len() > 200,
+        "the subscriber captured fred's and our logs: {logs}"
+    );
+    for secret in ["hunter2-secret", "wrong-s3cret-pass"] {
+        assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
+    }
+}
