@@ -1,0 +1,46 @@
+//! Counters a user can read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// Counters of one [`PubSub`](crate::PubSub) (publisher and subscriber together).
+#[derive(Debug, Default)]
+pub struct Metrics {
+    pub(crate) published: AtomicU64,
+    pub(crate) received: AtomicU64,
+    pub(crate) decode_errors: AtomicU64,
+    pub(crate) lagged: AtomicU64,
+    pub(crate) resubscribes: AtomicU64,
+}
+
+/// A point-in-time copy of [`Metrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct MetricsSnapshot {
+    /// Messages published.
+    pub published: u64,
+    /// Messages received from Redis (before fan-out to local receivers).
+    pub received: u64,
+    /// Messages a receiver could not decode.
+    pub decode_errors: u64,
+    /// Messages local receivers missed because they fell behind (sum of `Lagged(n)`).
+    pub lagged: u64,
+    /// Times the subscriber resubscribed after a reconnect or lost messages (gaps).
+    pub resubscribes: u64,
+}
+
+impl Metrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            published: self.published.load(Ordering::Relaxed),
+            received: self.received.load(Ordering::Relaxed),
+            decode_errors: self.decode_errors.load(Ordering::Relaxed),
+            lagged: self.lagged.load(Ordering::Relaxed),
+            resubscribes: self.resubscribes.load(Ordering::Relaxed),
+        }
+    }
+
+    pub(crate) fn add(counter: &AtomicU64, n: u64) {
+        counter.fetch_add(n, Ordering::Relaxed);
+    }
+}

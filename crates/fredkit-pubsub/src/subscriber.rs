@@ -1,0 +1,622 @@
+//! [`Subscriber`]: one subscriber connection, fanned out to any number of
+//! local receivers, resubscribing after reconnects.
+
+use crate::glob;
+use crate::metrics::{Metrics, MetricsSnapshot};
+use crate::options::PubSubOptions;
+use crate::publisher::sharded;
+use bytes::Bytes;
+use fred::clients::SubscriberClient;
+use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::types::{Message as FredMessage, MessageKind, Value};
+use fredkit_conn::{Dedicated, Redis};
+use fredkit_core::{Backoff, Codec, Error, MsgPack, Result};
+use futures::Stream;
+use serde::de::DeserializeOwned;
+use std::collections::HashMap;
+use std::fmt;
+use std::pin::Pin;
+use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::task::{Context, Poll};
+use std::time::Duration;
+use tokio::sync::{broadcast, watch};
+use tokio::task::JoinHandle;
+use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
+use tokio_stream::wrappers::BroadcastStream;
+
+/// One item of a [`Subscription`].
+#[derive(Debug)]
+#[non_exhaustive]
+pub enum Delivery<T> {
+    /// A message; its payload is the decoded value or the decode error for
+    /// this one message (the stream goes on).
+    Message(Message<T>),
+    /// This receiver fell behind and skipped `n` messages (other receivers
+    /// and the connection were not slowed down).
+    Lagged(u64),
+    /// The subscriber reconnected and resubscribed, or lost messages on the
+    /// way in: messages published in between are lost. Consumers that mirror
+    /// state (an L1 cache) must resynchronise, e.g. flush.
+    Gap,
+}
+
+/// A received message.
+#[derive(Debug)]
+pub struct Message<T> {
+    /// The channel it was published on.
+    pub channel: String,
+    /// The decoded payload, or why it could not be decoded.
+    pub payload: Result<T>,
+}
+
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum SubKey {
+    Channel(String),
+    Pattern(String),
+    Shard(String),
+}
+
+#[derive(Clone, Debug)]
+enum Raw {
+    Message { channel: Arc<str>, payload: Bytes },
+    Gap,
+}
+
+struct Entry {
+    tx: broadcast::Sender<Raw>,
+    refs: usize,
+}
+
+struct Shared {
+    conn: Dedicated<SubscriberClient>,
+    registry: Mutex<HashMap<SubKey, Entry>>,
+    /// Serialises SUBSCRIBE/UNSUBSCRIBE so an unsubscribe of a dropped
+    /// subscription cannot undo a new subscribe to the same channel.
+    ops: tokio::sync::Mutex<()>,
+    metrics: Arc<Metrics>,
+    gaps: watch::Sender<u64>,
+    capacity: usize,
+    command_timeout: Duration,
+    tasks: Mutex<Vec<JoinHandle<()>>>,
+}
+
+impl Drop for Shared {
+    fn drop(&mut self) {
+        for t in lock(&self.tasks).drain(..) {
+            t.abort();
+        }
+    }
+}
+
+fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
+    // A panic while holding the lock cannot leave the map half-updated in a
+    // way that matters here; keep serving.
+    m.lock().unwrap_or_else(|p| p.into_inner())
+}
+
+/// A subscriber: one subscriber connection (made lazily by
+/// [`Redis::subscriber`]) shared by every [`Subscription`] it hands out.
+///
+/// - Each channel is subscribed once on the server however many local
+///   receivers it has; the last receiver dropped unsubscribes.
+/// - Each local receiver has its own buffer
+///   ([`PubSubOptions::receiver_capacity`]); one that does not keep up gets
+///   [`Delivery::Lagged`] and never blocks the others or the connection.
+/// - After a reconnect (server restart, network cut, `CLIENT KILL`) it
+///   resubscribes everything on its own, then delivers [`Delivery::Gap`] to
+///   every receiver and bumps [`Subscriber::gaps`].
+///
+/// Pub/sub is **at-most-once**; for durable delivery use Redis Streams.
+///
+/// ```no_run
+/// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+/// use futures::StreamExt;
+/// use fredkit_pubsub::{Delivery, Subscriber};
+///
+/// let subscriber = Subscriber::new(&redis).await?;
+/// let mut orders = subscriber.subscribe::<(String, u64)>("orders").await?;
+/// while let Some(item) = orders.next().await {
+///     match item {
+///         Delivery::Message(m) => println!("{}: {:?}", m.channel, m.payload),
+///         Delivery::Lagged(n) => eprintln!("missed {n} messages"),
+///         Delivery::Gap => eprintln!("reconnected: messages may have been lost"),
+///         _ => {}
+///     }
+/// }
+/// # Ok(()) }
+/// ```
+#[derive(Clone)]
+pub struct Subscriber<C: Codec + Clone = MsgPack> {
+    shared: Arc<Shared>,
+    codec: C,
+    sharded: bool,
+}
+
+impl<C: Codec + Clone> fmt::Debug for Subscriber<C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscriber")
+            .field("sharded", &self.sharded)
+            .field("subscriptions", &lock(&self.shared.registry).len())
+            .finish()
+    }
+}
+
+impl Subscriber<MsgPack> {
+    /// A subscriber with the MessagePack codec and default options.
+    ///
+    /// Opens the subscriber connection and waits for it up to the connect
+    /// timeout; if Redis is not up yet it returns anyway and connects in the
+    /// background (subscriptions made meanwhile are sent once connected).
+    ///
+    /// # Errors
+    /// A config error if the connection cannot be built.
+    pub async fn new(redis: &Redis) -> Result<Self> {
+        Self::with_codec(redis, MsgPack, PubSubOptions::default()).await
+    }
+}
+
+impl<C: Codec + Clone> Subscriber<C> {
+    /// A subscriber with a codec and options. See [`Subscriber::new`].
+    ///
+    /// # Errors
+    /// A config error for invalid options or if the connection cannot be built.
+    pub async fn with_codec(redis: &Redis, codec: C, options: PubSubOptions) -> Result<Self> {
+        options.validate()?;
+        let conn = redis.subscriber()?;
+        // Listen before the first connection completes so no event is missed.
+        let messages = conn.message_rx();
+        let reconnects = conn.reconnect_rx();
+        let connected_at_start = conn
+            .wait_connected(redis.config().connect_timeout())
+            .await
+            .is_ok();
+        let (gaps, _) = watch::channel(0u64);
+        let shared = Arc::new(Shared {
+            conn,
+            registry: Mutex::new(HashMap::new()),
+            ops: tokio::sync::Mutex::new(()),
+            metrics: Arc::new(Metrics::default()),
+            gaps,
+            capacity: options.receiver_capacity,
+            command_timeout: redis.config().command_timeout(),
+            tasks: Mutex::new(Vec::new()),
+        });
+        let dispatcher = tokio::spawn(dispatch(Arc::downgrade(&shared), messages));
+        let watcher = tokio::spawn(watch_reconnects(
+            Arc::downgrade(&shared),
+            reconnects,
+            connected_at_start,
+        ));
+        lock(&shared.tasks).extend([dispatcher, watcher]);
+        Ok(Subscriber {
+            shared,
+            codec,
+            sharded: sharded(redis, options.mode),
+        })
+    }
+
+    /// Subscribes to `channel` (`SSUBSCRIBE` in sharded mode) and returns a
+    /// stream of its messages decoded as `T`.
+    ///
+    /// Costs one round trip for the first receiver of a channel, none for
+    /// further ones. The returned stream starts with messages published after
+    /// this call returns.
+    ///
+    /// # Errors
+    /// A timeout or connection error if Redis did not confirm the
+    /// subscription within the command timeout (nothing stays subscribed).
+    /// If the future is dropped halfway, the channel may stay subscribed
+    /// until the next subscribe/unsubscribe of it.
+    pub async fn subscribe<T: DeserializeOwned + Send + 'static>(
+        &self,
+        channel: &str,
+    ) -> Result<Subscription<T>> {
+        let key = if self.sharded {
+            SubKey::Shard(channel.to_string())
+        } else {
+            SubKey::Channel(channel.to_string())
+        };
+        self.subscribe_key(key).await
+    }
+
+    /// Subscribes to a glob `pattern` (`PSUBSCRIBE`; `*`, `?`, `[...]`).
+    /// Same cost and errors as [`subscribe`](Self::subscribe).
+    ///
+    /// # Errors
+    /// Also a config error in sharded mode: Redis has no sharded patterns.
+    pub async fn psubscribe<T: DeserializeOwned + Send + 'static>(
+        &self,
+        pattern: &str,
+    ) -> Result<Subscription<T>> {
+        if self.sharded {
+            return Err(Error::config(
+                "pattern subscriptions do not exist in sharded pub/sub: use Mode::Plain for patterns",
+            ));
+        }
+        self.subscribe_key(SubKey::Pattern(pattern.to_string()))
+            .await
+    }
+
+    /// Subscribes to `channel` and yields the raw payload bytes (no decoding).
+    ///
+    /// # Errors
+    /// As [`subscribe`](Self::subscribe).
+    pub async fn subscribe_bytes(&self, channel: &str) -> Result<Subscription<Bytes>> {
+        let key = if self.sharded {
+            SubKey::Shard(channel.to_string())
+        } else {
+            SubKey::Channel(channel.to_string())
+        };
+        let (rx, key) = self.attach(key).await?;
+        Ok(Subscription::new(
+            &self.shared,
+            key,
+            rx,
+            Arc::new(|b: &Bytes| Ok(b.clone())),
+        ))
+    }
+
+    /// A watch on the number of gaps so far (reconnects after which
+    /// everything was resubscribed, and messages lost inside the client).
+    /// `changed().await` wakes on the next gap.
+    pub fn gaps(&self) -> watch::Receiver<u64> {
+        self.shared.gaps.subscribe()
+    }
+
+    /// Whether this subscriber uses `SSUBSCRIBE`.
+    pub fn is_sharded(&self) -> bool {
+        self.sharded
+    }
+
+    /// This subscriber's counters.
+    pub fn metrics(&self) -> MetricsSnapshot {
+        self.shared.metrics.snapshot()
+    }
+
+    async fn subscribe_key<T: DeserializeOwned + Send + 'static>(
+        &self,
+        key: SubKey,
+    ) -> Result<Subscription<T>> {
+        let (rx, key) = self.attach(key).await?;
+        let codec = self.codec.clone();
+        Ok(Subscription::new(
+            &self.shared,
+            key,
+            rx,
+            Arc::new(move |b: &Bytes| codec.decode::<T>(b)),
+        ))
+    }
+
+    async fn attach(&self, key: SubKey) -> Result<(broadcast::Receiver<Raw>, SubKey)> {
+        let span = tracing::debug_span!(
+            "fredkit.pubsub.subscribe",
+            primitive = "pubsub",
+            outcome = tracing::field::Empty
+        );
+        let _ops = self.shared.ops.lock().await;
+        let joined = {
+            let mut reg = lock(&self.shared.registry);
+            match reg.get_mut(&key) {
+                Some(entry) => {
+                    entry.refs += 1;
+                    Ok(entry.tx.subscribe())
+                }
+                None => {
+                    // Registered before SUBSCRIBE so the first messages are routed.
+                    let (tx, rx) = broadcast::channel(self.shared.capacity);
+                    reg.insert(key.clone(), Entry { tx, refs: 1 });
+                    Err(rx)
+                }
+            }
+        };
+        let rx = match joined {
+            Ok(rx) => {
+                span.record("outcome", "joined");
+                return Ok((rx, key));
+            }
+            Err(rx) => rx,
+        };
+        {
+            let conn = &self.shared.conn;
+            let sent = async {
+                match &key {
+                    SubKey::Channel(c) => conn.subscribe(c.as_str()).await,
+                    SubKey::Pattern(p) => conn.psubscribe(p.as_str()).await,
+                    SubKey::Shard(c) => conn.ssubscribe(c.as_str()).await,
+                }
+            };
+            let result = match tokio::time::timeout(self.shared.command_timeout, sent).await {
+                Ok(Ok(())) => Ok(()),
+                Ok(Err(e)) => Err(Error::from(e)),
+                Err(_) => Err(Error::timeout(format!(
+                    "subscription not confirmed within {:?}",
+                    self.shared.command_timeout
+                ))),
+            };
+            match result {
+                Ok(()) => {
+                    span.record("outcome", "subscribed");
+                    Ok((rx, key))
+                }
+                Err(e) => {
+                    lock(&self.shared.registry).remove(&key);
+                    // Do not leave it tracked for resubscription either.
+                    let _ =
+                        tokio::time::timeout(self.shared.command_timeout, unsubscribe(conn, &key))
+                            .await;
+                    span.record("outcome", "error");
+                    Err(e)
+                }
+            }
+        }
+    }
+}
+
+async fn unsubscribe(conn: &SubscriberClient, key: &SubKey) -> Result<()> {
+    match key {
+        SubKey::Channel(c) => conn.unsubscribe(c.as_str()).await?,
+        SubKey::Pattern(p) => conn.punsubscribe(p.as_str()).await?,
+        SubKey::Shard(c) => conn.sunsubscribe(c.as_str()).await?,
+    }
+    Ok(())
+}
+
+fn payload_bytes(value: Value) -> Bytes {
+    match value {
+        Value::Bytes(b) => b,
+        Value::String(s) => s.into_inner(),
+        Value::Integer(i) => Bytes::from(i.to_string()),
+        Value::Double(d) => Bytes::from(d.to_string()),
+        Value::Boolean(b) => Bytes::from(if b { "1" } else { "0" }),
+        other => other
+            .as_bytes()
+            .map(Bytes::copy_from_slice)
+            .unwrap_or_default(),
+    }
+}
+
+/// A run of `pmessage` frames for one publish. fred drops the pattern of a
+/// pattern message, and Redis sends one frame per matching pattern of the
+/// connection (all patterns sit on one connection: fred sends every legacy
+/// subscription to one node), consecutively. Frame i of a run goes to the
+/// i-th matching pattern, so each matching subscription gets one copy.
+struct PatternRun {
+    channel: String,
+    payload: Bytes,
+    served: usize,
+}
+
+/// Routes every message from the subscriber connection to the local receivers.
+async fn dispatch(shared: Weak<Shared>, mut messages: broadcast::Receiver<FredMessage>) {
+    let mut run: Option<PatternRun> = None;
+    loop {
+        let msg = match messages.recv().await {
+            Ok(m) => m,
+            Err(broadcast::error::RecvError::Lagged(n)) => {
+                // Lost inside the client before we could route them.
+                let Some(s) = shared.upgrade() else { return };
+                tracing::warn!(
+                    lost = n,
+                    "fredkit.pubsub: subscriber connection buffer overflowed"
+                );
+                run = None;
+                announce_gap(&s);
+                continue;
+            }
+            Err(broadcast::error::RecvError::Closed) => return,
+        };
+        let Some(s) = shared.upgrade() else { return };
+        let channel = String::from_utf8_lossy(msg.channel.as_bytes()).into_owned();
+        let payload = payload_bytes(msg.value);
+        let reg = lock(&s.registry);
+        match msg.kind {
+            MessageKind::Message | MessageKind::SMessage => {
+                Metrics::add(&s.metrics.received, 1);
+                let key = if msg.kind == MessageKind::Message {
+                    SubKey::Channel(channel)
+                } else {
+                    SubKey::Shard(channel)
+                };
+                if let Some(e) = reg.get(&key) {
+                    let name = match &key {
+                        SubKey::Channel(c) | SubKey::Shard(c) | SubKey::Pattern(c) => c.as_str(),
+                    };
+                    let _ = e.tx.send(Raw::Message {
+                        channel: Arc::from(name),
+                        payload,
+                    });
+                }
+            }
+            MessageKind::PMessage => {
+                let mut matching: Vec<(&String, &Entry)> = reg
+                    .iter()
+                    .filter_map(|(k, e)| match k {
+                        SubKey::Pattern(p) if glob::matches(p.as_bytes(), channel.as_bytes()) => {
+                            Some((p, e))
+                        }
+                        _ => None,
+                    })
+                    .collect();
+                if matching.is_empty() {
+                    continue;
+                }
+                matching.sort_by(|a, b| a.0.cmp(b.0));
+                let index = match &mut run {
+                    Some(r)
+                        if r.channel == channel
+                            && r.payload == payload
+                            && r.served < matching.len() =>
+                    {
+                        r.served += 1;
+                        r.served - 1
+                    }
+                    _ => {
+                        Metrics::add(&s.metrics.received, 1);
+                        run = Some(PatternRun {
+                            channel: channel.clone(),
+                            payload: payload.clone(),
+                            served: 1,
+                        });
+                        0
+                    }
+                };
+                if run.as_ref().is_some_and(|r| r.served >= matching.len()) {
+                    run = None;
+                }
+                let _ = matching[index].1.tx.send(Raw::Message {
+                    channel: Arc::from(channel.as_str()),
+                    payload,
+                });
+            }
+        }
+    }
+}
+
+fn announce_gap(s: &Shared) {
+    Metrics::add(&s.metrics.resubscribes, 1);
+    for e in lock(&s.registry).values() {
+        let _ = e.tx.send(Raw::Gap);
+    }
+    s.gaps.send_modify(|n| *n += 1);
+}
+
+/// After every reconnect: resubscribe everything (retrying with backoff),
+/// then announce the gap.
+async fn watch_reconnects(
+    shared: Weak<Shared>,
+    mut reconnects: broadcast::Receiver<fred::types::config::Server>,
+    mut connected_once: bool,
+) {
+    // Events from the first connection may already be queued: they are not gaps.
+    if connected_once {
+        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = reconnects.try_recv() {}
+    }
+    let backoff = Backoff::default();
+    loop {
+        match reconnects.recv().await {
+            Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
+            Err(broadcast::error::RecvError::Closed) => return,
+        }
+        let Some(s) = shared.upgrade() else { return };
+        let mut attempt = 0u32;
+        loop {
+            let _ops = s.ops.lock().await;
+            match tokio::time::timeout(s.command_timeout * 2, s.conn.resubscribe_all()).await {
+                Ok(Ok(())) => break,
+                Ok(Err(e)) => {
+                    tracing::warn!(error = %Error::from(e), "fredkit.pubsub: resubscribe failed; retrying")
+                }
+                Err(_) => tracing::warn!("fredkit.pubsub: resubscribe timed out; retrying"),
+            }
+            drop(_ops);
+            tokio::time::sleep(backoff.delay(attempt)).await;
+            attempt = attempt.saturating_add(1);
+        }
+        if connected_once {
+            tracing::info!(
+                "fredkit.pubsub: resubscribed after a reconnect; messages in the gap are lost"
+            );
+            announce_gap(&s);
+        }
+        connected_once = true;
+    }
+}
+
+type Decoder<T> = Arc<dyn Fn(&Bytes) -> Result<T> + Send + Sync>;
+
+/// A stream of [`Delivery`] items for one channel or pattern. Dropping the
+/// last subscription of a channel unsubscribes it (in the background).
+pub struct Subscription<T> {
+    shared: Arc<Shared>,
+    key: SubKey,
+    stream: BroadcastStream<Raw>,
+    decode: Decoder<T>,
+}
+
+impl<T> fmt::Debug for Subscription<T> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Subscription")
+            .field("key", &self.key)
+            .finish()
+    }
+}
+
+impl<T> Subscription<T> {
+    fn new(
+        shared: &Arc<Shared>,
+        key: SubKey,
+        rx: broadcast::Receiver<Raw>,
+        decode: Decoder<T>,
+    ) -> Self {
+        Subscription {
+            shared: shared.clone(),
+            key,
+            stream: BroadcastStream::new(rx),
+            decode,
+        }
+    }
+}
+
+impl<T> Stream for Subscription<T> {
+    type Item = Delivery<T>;
+
+    fn poll_next(mut self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Option<Self::Item>> {
+        let this = &mut *self;
+        match Pin::new(&mut this.stream).poll_next(cx) {
+            Poll::Pending => Poll::Pending,
+            Poll::Ready(None) => Poll::Ready(None),
+            Poll::Ready(Some(Ok(Raw::Gap))) => Poll::Ready(Some(Delivery::Gap)),
+            Poll::Ready(Some(Ok(Raw::Message { channel, payload }))) => {
+                let payload = (this.decode)(&payload);
+                if payload.is_err() {
+                    Metrics::add(&this.shared.metrics.decode_errors, 1);
+                }
+                Poll::Ready(Some(Delivery::Message(Message {
+                    channel: channel.to_string(),
+                    payload,
+                })))
+            }
+            Poll::Ready(Some(Err(BroadcastStreamRecvError::Lagged(n)))) => {
+                Metrics::add(&this.shared.metrics.lagged, n);
+                Poll::Ready(Some(Delivery::Lagged(n)))
+            }
+        }
+    }
+}
+
+impl<T> Drop for Subscription<T> {
+    fn drop(&mut self) {
+        let last = {
+            let mut reg = lock(&self.shared.registry);
+            match reg.get_mut(&self.key) {
+                Some(e) => {
+                    e.refs = e.refs.saturating_sub(1);
+                    if e.refs == 0 {
+                        reg.remove(&self.key);
+                        true
+                    } else {
+                        false
+                    }
+                }
+                None => false,
+            }
+        };
+        if !last {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            return;
+        };
+        let shared = self.shared.clone();
+        let key = self.key.clone();
+        rt.spawn(async move {
+            let _ops = shared.ops.lock().await;
+            // Subscribed again meanwhile: keep it.
+            if lock(&shared.registry).contains_key(&key) {
+                return;
+            }
+            let _ =
+                tokio::time::timeout(shared.command_timeout, unsubscribe(&shared.conn, &key)).await;
+        });
+    }
+}

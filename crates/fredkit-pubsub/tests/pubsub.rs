@@ -1,0 +1,383 @@
+//! fredkit-pubsub against real servers, standalone and cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use fredkit_conn::{Redis, RedisConfig};
+use fredkit_pubsub::{Delivery, Mode, PubSubOptions, Publisher, Subscriber, Subscription};
+use fredkit_testkit::{
+    shared_url, unique_prefix, ClusterOptions, RedisCluster, RedisServer, Topology,
+};
+use futures::StreamExt;
+use rstest::rstest;
+use serde::{Deserialize, Serialize};
+use std::time::Duration;
+
+/// Bounds every wait so a broken build fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Order {
+    id: u64,
+    item: String,
+}
+
+async fn connect(url: &str) -> Redis {
+    let redis = Redis::connect(RedisConfig::from_url(url).unwrap())
+        .await
+        .unwrap();
+    redis.wait_connected().await.unwrap();
+    redis
+}
+
+/// The next message, skipping nothing: panics on lag/gap/timeout.
+async fn next_message<T: std::fmt::Debug>(sub: &mut Subscription<T>) -> fredkit_pubsub::Message<T> {
+    match tokio::time::timeout(DEADLINE, sub.next())
+        .await
+        .expect("no message within deadline")
+    {
+        Some(Delivery::Message(m)) => m,
+        other => panic!("expected a message, got {other:?}"),
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn subscribing_on_an_idle_server_completes_promptly(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let subscriber = tokio::time::timeout(DEADLINE, Subscriber::new(&redis))
+        .await
+        .expect("Subscriber::new hung")
+        .unwrap();
+    let channel = format!("{}idle", unique_prefix("pubsub_idle"));
+    // Nothing is published anywhere: the SUBSCRIBE confirmation alone must return.
+    for i in 0..3 {
+        let sub = tokio::time::timeout(
+            DEADLINE,
+            subscriber.subscribe::<u64>(&format!("{channel}{i}")),
+        )
+        .await
+        .expect("subscribe hung on an idle server")
+        .unwrap();
+        drop(sub);
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_messages_round_trip_to_every_local_receiver(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    assert_eq!(subscriber.is_sharded(), topology == Topology::Cluster);
+    assert_eq!(publisher.is_sharded(), topology == Topology::Cluster);
+    let channel = format!("{}orders", unique_prefix("pubsub_typed"));
+    let mut receivers = Vec::new();
+    for _ in 0..3 {
+        receivers.push(subscriber.subscribe::<Order>(&channel).await.unwrap());
+    }
+    let orders: Vec<Order> = (0..50)
+        .map(|id| Order {
+            id,
+            item: format!("item-{id}"),
+        })
+        .collect();
+    for o in &orders {
+        let n = publisher.publish(&channel, o).await.unwrap();
+        assert_eq!(
+            n, 1,
+            "one subscriber connection, however many local receivers"
+        );
+    }
+    for r in &mut receivers {
+        for o in &orders {
+            let m = next_message(r).await;
+            assert_eq!(m.channel, channel);
+            assert_eq!(&m.payload.unwrap(), o);
+        }
+    }
+    let metrics = subscriber.metrics();
+    assert_eq!(metrics.received, 50);
+    assert_eq!(metrics.decode_errors, 0);
+    assert_eq!(publisher.metrics().published, 50);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pattern_subscriptions_get_matching_channels_only(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let plain = PubSubOptions::default().mode(Mode::Plain);
+    let subscriber = Subscriber::with_codec(&redis, fredkit_core::MsgPack, plain.clone())
+        .await
+        .unwrap();
+    let publisher = Publisher::with_codec(&redis, fredkit_core::MsgPack, plain);
+    let p = unique_prefix("pubsub_pattern");
+    let mut news = subscriber
+        .psubscribe::<String>(&format!("{p}news.*"))
+        .await
+        .unwrap();
+    let mut all = subscriber
+        .psubscribe::<String>(&format!("{p}*"))
+        .await
+        .unwrap();
+    publisher
+        .publish(&format!("{p}news.art"), "a")
+        .await
+        .unwrap();
+    publisher
+        .publish(&format!("{p}weather"), "w")
+        .await
+        .unwrap();
+    publisher
+        .publish(&format!("{p}news.tech"), "t")
+        .await
+        .unwrap();
+
+    let m = next_message(&mut news).await;
+    assert_eq!(
+        (m.channel, m.payload.unwrap()),
+        (format!("{p}news.art"), "a".to_string())
+    );
+    let m = next_message(&mut news).await;
+    assert_eq!(
+        (m.channel, m.payload.unwrap()),
+        (format!("{p}news.tech"), "t".to_string())
+    );
+    for want in ["a", "w", "t"] {
+        assert_eq!(next_message(&mut all).await.payload.unwrap(), want);
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn patterns_are_refused_in_sharded_mode_with_a_clear_error() {
+    let redis = connect(&shared_url(Topology::Cluster).unwrap()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let err = subscriber.psubscribe::<u64>("x*").await.unwrap_err();
+    assert_eq!(err.kind(), fredkit_core::ErrorKind::Config);
+    assert!(err.to_string().contains("Mode::Plain"), "{err}");
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_receiver_that_never_reads_does_not_stop_the_others(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let channel = format!("{}firehose", unique_prefix("pubsub_slow"));
+    let _never_reads = subscriber.subscribe::<u32>(&channel).await.unwrap();
+    let readers: Vec<_> = (0..2)
+        .map(|_| {
+            let subscriber = subscriber.clone();
+            let channel = channel.clone();
+            async move { subscriber.subscribe::<u32>(&channel).await.unwrap() }
+        })
+        .collect();
+    let readers = futures::future::join_all(readers).await;
+    let tasks: Vec<_> = readers
+        .into_iter()
+        .map(|mut r| {
+            tokio::spawn(async move {
+                let mut expected = 0u32;
+                while expected < 10_000 {
+                    match tokio::time::timeout(DEADLINE, r.next())
+                        .await
+                        .expect("stalled")
+                    {
+                        Some(Delivery::Message(m)) => {
+                            assert_eq!(m.payload.unwrap(), expected, "in order, none missing");
+                            expected += 1;
+                        }
+                        other => panic!("reader got {other:?} at {expected}"),
+                    }
+                }
+                expected
+            })
+        })
+        .collect();
+    for i in 0..10_000u32 {
+        publisher.publish(&channel, &i).await.unwrap();
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), 10_000);
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_payload_is_one_decode_error_and_the_stream_goes_on(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let channel = format!("{}mixed", unique_prefix("pubsub_garbage"));
+    let mut sub = subscriber.subscribe::<Order>(&channel).await.unwrap();
+    publisher
+        .publish_bytes(&channel, vec![0xc1, 0xff, 0x00])
+        .await
+        .unwrap();
+    publisher
+        .publish(&channel, &"a string, not an Order")
+        .await
+        .unwrap();
+    let good = Order {
+        id: 7,
+        item: "ok".into(),
+    };
+    publisher.publish(&channel, &good).await.unwrap();
+
+    let e1 = next_message(&mut sub).await.payload.unwrap_err();
+    assert_eq!(e1.kind(), fredkit_core::ErrorKind::Codec);
+    let e2 = next_message(&mut sub).await.payload.unwrap_err();
+    assert_eq!(e2.kind(), fredkit_core::ErrorKind::Codec);
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), good);
+    assert_eq!(subscriber.metrics().decode_errors, 2);
+}
+
+/// After a fault: the gap counter rises above `gaps_before`, a Gap delivery
+/// shows up in the stream, and a message published after it arrives.
+/// Publishes repeatedly because resubscription may finish a moment after the
+/// publisher can write again.
+async fn gap_reported_then_messages_flow(
+    sub: &mut Subscription<u64>,
+    subscriber: &Subscriber,
+    publisher: &Publisher,
+    channel: &str,
+    gaps_before: u64,
+) {
+    let start = std::time::Instant::now();
+    let mut gaps = subscriber.gaps();
+    while *gaps.borrow_and_update() <= gaps_before {
+        assert!(start.elapsed() < DEADLINE, "no gap event after the fault");
+        let _ = tokio::time::timeout(Duration::from_millis(200), gaps.changed()).await;
+    }
+    let mut saw_gap = false;
+    loop {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "no message after the gap (gap seen: {saw_gap})"
+        );
+        if saw_gap {
+            let _ = publisher.publish(channel, &4242u64).await;
+        }
+        match tokio::time::timeout(Duration::from_millis(200), sub.next()).await {
+            Ok(Some(Delivery::Gap)) => saw_gap = true,
+            Ok(Some(Delivery::Message(m))) if saw_gap && m.payload.as_ref().ok() == Some(&4242) => {
+                return
+            }
+            Ok(None) => panic!("stream ended"),
+            _ => {}
+        }
+    }
+}
+
+async fn publish_until_ok(publisher: &Publisher, channel: &str) {
+    let start = std::time::Instant::now();
+    while publisher.publish(channel, &0u64).await.is_err() {
+        assert!(start.elapsed() < DEADLINE, "publisher never recovered");
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_client_kill_of_the_subscriber_resubscribes_and_reports_the_gap() {
+    let server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let mut sub = subscriber.subscribe::<u64>("ch").await.unwrap();
+    publisher.publish("ch", &1u64).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 1);
+
+    let before = *subscriber.gaps().borrow();
+    server
+        .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+        .unwrap();
+    gap_reported_then_messages_flow(&mut sub, &subscriber, &publisher, "ch", before).await;
+    assert!(subscriber.metrics().resubscribes >= 1);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_server_restart_resubscribes_and_reports_the_gap() {
+    let mut server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let mut sub = subscriber.subscribe::<u64>("ch").await.unwrap();
+    let before = *subscriber.gaps().borrow();
+    server.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart().unwrap();
+    publish_until_ok(&publisher, "other").await;
+    gap_reported_then_messages_flow(&mut sub, &subscriber, &publisher, "ch", before).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_client_kill_and_master_restart_resubscribe_and_report_the_gap() {
+    let mut cluster = RedisCluster::start(ClusterOptions::default()).unwrap();
+    let redis = connect(&cluster.url()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let channel = "orders";
+    let mut sub = subscriber.subscribe::<u64>(channel).await.unwrap();
+    publisher.publish(channel, &1u64).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 1);
+
+    let before = *subscriber.gaps().borrow();
+    for m in cluster.masters() {
+        m.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+    }
+    gap_reported_then_messages_flow(&mut sub, &subscriber, &publisher, channel, before).await;
+
+    // Restart the master that owns the channel's slot, on the same port.
+    let owner = cluster
+        .master_index_for_slot(fredkit_testkit::key_slot(channel.as_bytes()))
+        .unwrap();
+    // Let the gaps of the CLIENT KILL round settle before counting again.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let before = *subscriber.gaps().borrow();
+    cluster.masters_mut()[owner].kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    cluster.masters_mut()[owner].restart().unwrap();
+    cluster.wait_healthy(DEADLINE).unwrap();
+    publish_until_ok(&publisher, channel).await;
+    gap_reported_then_messages_flow(&mut sub, &subscriber, &publisher, channel, before).await;
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_receiver_unsubscribes(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let channel = format!("{}drop", unique_prefix("pubsub_drop"));
+    let a = subscriber.subscribe::<u64>(&channel).await.unwrap();
+    let b = subscriber.subscribe::<u64>(&channel).await.unwrap();
+    drop(a);
+    assert_eq!(
+        publisher.publish(&channel, &1u64).await.unwrap(),
+        1,
+        "b still subscribed"
+    );
+    drop(b);
+    let start = std::time::Instant::now();
+    while publisher.publish(&channel, &2u64).await.unwrap() != 0 {
+        assert!(
+            start.elapsed() < DEADLINE,
+            "still subscribed after the last receiver was dropped"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    // And subscribing again works.
+    let mut c = subscriber.subscribe::<u64>(&channel).await.unwrap();
+    publisher.publish(&channel, &3u64).await.unwrap();
+    assert_eq!(next_message(&mut c).await.payload.unwrap(), 3);
+}
