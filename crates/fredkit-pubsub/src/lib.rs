@@ -37,6 +37,7 @@ mod metrics;
 mod options;
 mod publisher;
 mod subscriber;
+mod traits;
 
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use options::{Mode, PubSubOptions};

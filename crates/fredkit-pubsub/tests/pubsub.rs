@@ -381,3 +381,35 @@ async fn dropping_the_last_receiver_unsubscribes(#[case] topology: Topology) {
     publisher.publish(&channel, &3u64).await.unwrap();
     assert_eq!(next_message(&mut c).await.payload.unwrap(), 3);
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn core_traits_work_through_trait_objects() {
+    use fredkit_core::traits::{self, PublisherExt, SubscriberExt};
+    use std::sync::Arc;
+    let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+    let publisher: Arc<dyn traits::Publisher> = Arc::new(Publisher::new(&redis));
+    let subscriber: Arc<dyn traits::Subscriber> = Arc::new(Subscriber::new(&redis).await.unwrap());
+    let channel = format!("{}dyn", unique_prefix("pubsub_dyn"));
+    let mut stream = subscriber
+        .subscribe::<Order, _>(fredkit_core::MsgPack, &channel)
+        .await
+        .unwrap();
+    let order = Order {
+        id: 1,
+        item: "dyn".into(),
+    };
+    assert_eq!(
+        publisher
+            .publish(&fredkit_core::MsgPack, &channel, &order)
+            .await
+            .unwrap(),
+        1
+    );
+    let got = tokio::time::timeout(DEADLINE, stream.next())
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    assert_eq!(got.payload, order);
+    assert_eq!(got.channel, channel);
+}
