@@ -1,0 +1,95 @@
+//! One lazily started, never faulted topology per test process, and key prefixes to share it.
+
+use std::collections::HashSet;
+use std::sync::{Mutex, MutexGuard};
+
+use crate::cluster::{ClusterOptions, RedisCluster};
+use crate::error::Result;
+use crate::sentinel::SentinelGroup;
+use crate::server::RedisServer;
+
+/// The deployment shapes a test can run against.
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
+pub enum Topology {
+    /// One standalone server.
+    Standalone,
+    /// A cluster of 3 masters without replicas.
+    Cluster,
+    /// One master, one replica and three sentinels.
+    Sentinel,
+}
+
+impl Topology {
+    /// Every topology, for parameterising a test over all of them.
+    pub const ALL: [Topology; 3] = [Topology::Standalone, Topology::Cluster, Topology::Sentinel];
+}
+
+static STANDALONE: Mutex<Option<RedisServer>> = Mutex::new(None);
+static CLUSTER: Mutex<Option<RedisCluster>> = Mutex::new(None);
+static SENTINEL: Mutex<Option<SentinelGroup>> = Mutex::new(None);
+
+fn lock<T>(m: &'static Mutex<T>) -> MutexGuard<'static, T> {
+    m.lock().unwrap_or_else(|poisoned| poisoned.into_inner())
+}
+
+/// Starts `T` on first use and returns its URL. The lock is held while starting, so
+/// concurrent tests wait for one start instead of racing; a failed start is retried by the
+/// next caller.
+fn url_of<T>(
+    cell: &'static Mutex<Option<T>>,
+    start: impl FnOnce() -> Result<T>,
+    url: impl FnOnce(&T) -> String,
+) -> Result<String> {
+    let mut slot = lock(cell);
+    if let Some(running) = slot.as_ref() {
+        return Ok(url(running));
+    }
+    let started = start()?;
+    let u = url(&started);
+    *slot = Some(started);
+    Ok(u)
+}
+
+/// The URL of this test process's shared deployment of `topology`, started on first use
+/// (standalone: one server; cluster: 3 masters, no replicas; sentinel: the
+/// [`SentinelGroup`] URL). Every call in the process gets the same URL. Tests must not fault
+/// it (no kill, pause, `FLUSHALL`, `SHUTDOWN`, `CONFIG SET`) and isolate their keys with
+/// [`unique_prefix`]. The first call blocks while the deployment starts (a cluster or a
+/// sentinel group takes 2-3 s), also inside an async test. Statics are never dropped: the
+/// orphan guardian kills these servers when the test process exits.
+///
+/// # Errors
+/// The start error of the topology (e.g. [`crate::TestkitError::ServerNotFound`]); the next
+/// call tries again.
+pub fn shared_url(topology: Topology) -> Result<String> {
+    match topology {
+        Topology::Standalone => url_of(&STANDALONE, RedisServer::start, RedisServer::url),
+        Topology::Cluster => url_of(
+            &CLUSTER,
+            || RedisCluster::start(ClusterOptions::default()),
+            RedisCluster::url,
+        ),
+        Topology::Sentinel => url_of(&SENTINEL, SentinelGroup::start, SentinelGroup::url),
+    }
+}
+
+static ISSUED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
+
+/// A key prefix that no other call in this process returns: `t:<test_name>:<8 hex digits>:`,
+/// with `{` and `}` in `test_name` replaced by `_` so that the prefix never forms a cluster
+/// hash tag (add your own tag after it if keys must share a slot).
+pub fn unique_prefix(test_name: &str) -> String {
+    let name: String = test_name
+        .chars()
+        .map(|c| if c == '{' || c == '}' { '_' } else { c })
+        .collect();
+    let mut issued = lock(&ISSUED);
+    let issued = issued.get_or_insert_with(HashSet::new);
+    let id = loop {
+        let candidate: u32 = rand::random();
+        if issued.insert(candidate) {
+            break candidate;
+        }
+    };
+    format!("t:{name}:{id:08x}:")
+}
