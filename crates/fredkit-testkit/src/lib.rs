@@ -72,4 +72,4 @@ pub use independent::IndependentServers;
 pub use resp::Reply;
 pub use sentinel::{SentinelGroup, SERVICE_NAME};
 pub use server::{RedisServer, ServerOptions, REDIS_SERVER_ENV};
-pub use shared::{shared_url, unique_prefix, Topology};
+pub use shared::{connect, shared_redis, shared_url, unique_prefix, Topology};

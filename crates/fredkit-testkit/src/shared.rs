@@ -93,3 +93,24 @@ pub fn unique_prefix(test_name: &str) -> String {
     };
     format!("t:{name}:{id:08x}:")
 }
+
+/// A ready [`fredkit_conn::Redis`] for `url`, with fredkit's defaults,
+/// waited for until connected (at most the connect timeout).
+///
+/// # Errors
+/// A config error for a bad URL, a timeout error if the server is not
+/// reachable within the connect timeout.
+pub async fn connect(url: &str) -> fredkit_core::Result<fredkit_conn::Redis> {
+    let redis = fredkit_conn::Redis::from_url(url).await?;
+    redis.wait_connected().await?;
+    Ok(redis)
+}
+
+/// [`connect`] to the shared server of `topology` (see [`shared_url`]).
+///
+/// # Errors
+/// A connection error if the server could not be started or reached.
+pub async fn shared_redis(topology: Topology) -> fredkit_core::Result<fredkit_conn::Redis> {
+    let url = shared_url(topology).map_err(|e| fredkit_core::Error::connection(e.to_string()))?;
+    connect(&url).await
+}
