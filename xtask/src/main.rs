@@ -1,2 +1,82 @@
-//! xtask.
-fn main() {}
+//! fredkit's developer tasks, run as `cargo xtask <command>`.
+//!
+//! ```text
+//! cargo xtask test [--quick] [--skip STEP]... [-- TEST-RUNNER-ARGS]
+//! cargo xtask demo
+//! cargo xtask bench [SUITE]... [--quick]
+//! cargo xtask servers standalone|cluster|sentinel
+//! cargo xtask ensure-redis
+//! ```
+//!
+//! Every command that needs Redis first makes sure `redis-server` is
+//! installed (see [`redis_setup`]).
+
+mod bench;
+mod cmd;
+mod demo;
+mod redis_setup;
+mod servers;
+mod test;
+
+use anyhow::{bail, Result};
+use std::process::ExitCode;
+
+const USAGE: &str = "\
+usage: cargo xtask <command> [options]
+
+commands:
+  test [--quick] [--skip STEP]... [-- ARGS]
+        ensure redis, then fmt check, clippy, tests (nextest or cargo test),
+        doc tests and rustdoc, stopping at the first failure.
+        steps: redis, fmt, clippy, tests, doctests, doc.
+        --quick: only redis, tests and doctests.
+        ARGS after -- go to the test runner (e.g. a test name filter).
+  demo  a readable tour of fredkit against a throwaway redis-server
+        (or against $REDIS_URL when it is set).
+  bench [SUITE]... [--quick]
+        run fredkit-bench (release build) against a throwaway server;
+        writes target/bench/results.json.  `bench --list` lists the suites.
+  servers standalone|cluster|sentinel
+        start a throwaway topology, print its URL, keep it up until Ctrl-C.
+  ensure-redis
+        make sure redis-server is installed (apt-get when root), nothing else.
+  help  this text.
+";
+
+fn main() -> ExitCode {
+    let args: Vec<String> = std::env::args().skip(1).collect();
+    match run(&args) {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(e) => {
+            eprintln!("\nxtask: error: {e:#}");
+            ExitCode::FAILURE
+        }
+    }
+}
+
+fn run(args: &[String]) -> Result<()> {
+    let Some((command, rest)) = args.split_first() else {
+        print!("{USAGE}");
+        bail!("no command given");
+    };
+    match command.as_str() {
+        "test" => test::run(rest),
+        "demo" => demo::run(rest),
+        "bench" => bench::run(rest),
+        "servers" => servers::run(rest),
+        "ensure-redis" => {
+            if !rest.is_empty() {
+                bail!("ensure-redis takes no arguments");
+            }
+            redis_setup::ensure_redis().map(|_| ())
+        }
+        "help" | "-h" | "--help" => {
+            print!("{USAGE}");
+            Ok(())
+        }
+        other => {
+            print!("{USAGE}");
+            bail!("unknown command `{other}`")
+        }
+    }
+}

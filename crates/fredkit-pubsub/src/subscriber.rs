@@ -7,8 +7,10 @@ use crate::options::PubSubOptions;
 use crate::publisher::sharded;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
-use fred::interfaces::{EventInterface, PubsubInterface};
+use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
+use fred::prelude::Options;
 use fred::types::{Message as FredMessage, MessageKind, Value};
+use fred::util::redis_keyslot;
 use fredkit_conn::{Dedicated, Redis};
 use fredkit_core::{Backoff, Codec, Error, MsgPack, Result};
 use futures::Stream;
@@ -325,7 +327,11 @@ impl<C: Codec + Clone> Subscriber<C> {
                     SubKey::Shard(c) => conn.ssubscribe(c.as_str()).await,
                 }
             };
-            let result = match tokio::time::timeout(self.shared.command_timeout, sent).await {
+            let confirmed = async {
+                sent.await?;
+                barrier(conn, &key).await
+            };
+            let result = match tokio::time::timeout(self.shared.command_timeout, confirmed).await {
                 Ok(Ok(())) => Ok(()),
                 Ok(Err(e)) => Err(Error::from(e)),
                 Err(_) => Err(Error::timeout(format!(
@@ -357,6 +363,66 @@ async fn unsubscribe(conn: &SubscriberClient, key: &SubKey) -> Result<()> {
         SubKey::Channel(c) => conn.unsubscribe(c.as_str()).await?,
         SubKey::Pattern(p) => conn.punsubscribe(p.as_str()).await?,
         SubKey::Shard(c) => conn.sunsubscribe(c.as_str()).await?,
+    }
+    Ok(())
+}
+
+/// fred resolves SUBSCRIBE, PSUBSCRIBE and the unsubscribe commands as soon
+/// as they are written (their confirmations arrive out of band and are
+/// dropped), so "subscribe returned" does not mean "the server subscribed".
+/// A PING on the same connection does: replies come in order. On a cluster it
+/// goes to the node the subscription went to (fred hashes legacy pub/sub
+/// commands by client id, sharded ones by channel). `SSUBSCRIBE` already
+/// waits for its reply.
+async fn barrier(
+    conn: &SubscriberClient,
+    key: &SubKey,
+) -> std::result::Result<(), fred::error::Error> {
+    if matches!(key, SubKey::Shard(_)) {
+        return Ok(());
+    }
+    let mut options = Options::default();
+    if conn.is_clustered() {
+        let slot = redis_keyslot(conn.id().as_bytes());
+        options.cluster_node = conn
+            .cached_cluster_state()
+            .and_then(|state| state.get_server(slot).cloned());
+    }
+    conn.with_options(&options).ping::<Value>(None).await?;
+    Ok(())
+}
+
+/// Subscribes again to everything in the registry (after a reconnect), then
+/// waits for the server to have processed it.
+async fn resubscribe(shared: &Shared) -> Result<()> {
+    let keys: Vec<SubKey> = lock(&shared.registry).keys().cloned().collect();
+    let conn = &shared.conn;
+    let channels: Vec<String> = keys
+        .iter()
+        .filter_map(|k| match k {
+            SubKey::Channel(c) => Some(c.clone()),
+            _ => None,
+        })
+        .collect();
+    let patterns: Vec<String> = keys
+        .iter()
+        .filter_map(|k| match k {
+            SubKey::Pattern(p) => Some(p.clone()),
+            _ => None,
+        })
+        .collect();
+    if !channels.is_empty() {
+        conn.subscribe(channels.clone()).await?;
+        barrier(conn, &SubKey::Channel(String::new())).await?;
+    }
+    if !patterns.is_empty() {
+        conn.psubscribe(patterns).await?;
+        barrier(conn, &SubKey::Pattern(String::new())).await?;
+    }
+    for key in &keys {
+        if let SubKey::Shard(c) = key {
+            conn.ssubscribe(c.as_str()).await?;
+        }
     }
     Ok(())
 }
@@ -501,10 +567,10 @@ async fn watch_reconnects(
         let mut attempt = 0u32;
         loop {
             let _ops = s.ops.lock().await;
-            match tokio::time::timeout(s.command_timeout * 2, s.conn.resubscribe_all()).await {
+            match tokio::time::timeout(s.command_timeout * 2, resubscribe(&s)).await {
                 Ok(Ok(())) => break,
                 Ok(Err(e)) => {
-                    tracing::warn!(error = %Error::from(e), "fredkit.pubsub: resubscribe failed; retrying")
+                    tracing::warn!(error = %e, "fredkit.pubsub: resubscribe failed; retrying")
                 }
                 Err(_) => tracing::warn!("fredkit.pubsub: resubscribe timed out; retrying"),
             }

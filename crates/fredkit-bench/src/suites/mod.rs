@@ -1,0 +1,33 @@
+//! The benchmark suites. Each lives in one file and is listed in [`all`].
+//!
+//! A suite measures its fredkit operation *and* the raw fred commands it
+//! stands on, in the same run and interleaved (see
+//! [`interleave`](crate::harness::interleave)), and reports ratios such as
+//! `cache.l2_hit_vs_raw_get` next to the absolute figures. Figure names are
+//! prefixed with the suite name by the [`Report`].
+//!
+//! Adding a suite: write `src/suites/<name>.rs` with a unit struct
+//! implementing [`Suite`], add `mod <name>;` below and push it in [`all`].
+
+mod pubsub;
+mod raw;
+
+use crate::harness::Report;
+use crate::Ctx;
+use anyhow::Result;
+use futures::future::BoxFuture;
+
+/// One benchmark suite.
+pub(crate) trait Suite: Send + Sync {
+    /// The name (figure prefix and command-line selector).
+    fn name(&self) -> &'static str;
+    /// One line about what it measures.
+    fn about(&self) -> &'static str;
+    /// Runs it, adding figures to `report`.
+    fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>>;
+}
+
+/// Every suite, in the order a full run runs them.
+pub(crate) fn all() -> Vec<Box<dyn Suite>> {
+    vec![Box::new(raw::Raw), Box::new(pubsub::PubSub)]
+}
