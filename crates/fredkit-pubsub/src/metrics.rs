@@ -2,7 +2,7 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
-/// Counters of one [`PubSub`](crate::PubSub) (publisher and subscriber together).
+/// Counters of one [`Publisher`](crate::Publisher) or [`Subscriber`](crate::Subscriber).
 #[derive(Debug, Default)]
 pub struct Metrics {
     pub(crate) published: AtomicU64,

@@ -16,7 +16,7 @@ pub enum Mode {
     Sharded,
 }
 
-/// Options of a [`PubSub`](crate::PubSub). A builder: each method consumes and
+/// Options of a [`Publisher`](crate::Publisher) or [`Subscriber`](crate::Subscriber) (give both the same). A builder: each method consumes and
 /// returns the options.
 ///
 /// ```
