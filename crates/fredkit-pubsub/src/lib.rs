@@ -13,6 +13,9 @@
 //! Pub/sub is **at-most-once**. For delivery that survives disconnects, use
 //! Redis Streams (fredkit-streams).
 //!
+//! A runnable version of the example below, which starts its own throwaway
+//! server: `cargo run -p fredkit-pubsub --example fanout`.
+//!
 //! ```no_run
 //! use futures::StreamExt;
 //! use fredkit_conn::Redis;
