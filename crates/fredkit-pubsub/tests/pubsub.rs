@@ -1,7 +1,7 @@
 //! fredkit-pubsub against real servers, standalone and cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use fredkit_conn::{Redis, RedisConfig};
+use fredkit_conn::Redis;
 use fredkit_pubsub::{Delivery, Mode, PubSubOptions, Publisher, Subscriber, Subscription};
 use fredkit_testkit::{
     shared_url, unique_prefix, ClusterOptions, RedisCluster, RedisServer, Topology,
