@@ -21,11 +21,7 @@ struct Order {
 }
 
 async fn connect(url: &str) -> Redis {
-    let redis = Redis::connect(RedisConfig::from_url(url).unwrap())
-        .await
-        .unwrap();
-    redis.wait_connected().await.unwrap();
-    redis
+    fredkit_testkit::connect(url).await.unwrap()
 }
 
 /// The next message, skipping nothing: panics on lag/gap/timeout.
