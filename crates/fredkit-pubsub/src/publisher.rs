@@ -3,7 +3,10 @@
 use crate::metrics::Metrics;
 use crate::options::{Mode, PubSubOptions};
 use bytes::Bytes;
-use fred::interfaces::PubsubInterface;
+use fred::interfaces::{ClientLike, PubsubInterface};
+use fred::prelude::Options;
+use fred::types::ClusterHash;
+use fred::util::redis_keyslot;
 use fredkit_conn::{Redis, Topology};
 use fredkit_core::{Codec, MsgPack, Result};
 use serde::Serialize;
@@ -38,6 +41,7 @@ pub struct Publisher<C: Codec + Clone = MsgPack> {
     redis: Redis,
     codec: C,
     sharded: bool,
+    clustered: bool,
     metrics: Arc<Metrics>,
 }
 
@@ -56,11 +60,14 @@ impl<C: Codec + Clone> Publisher<C> {
             redis: redis.clone(),
             codec,
             sharded: sharded(redis, options.mode),
+            clustered: matches!(redis.config().topology(), Topology::Cluster(_)),
             metrics: Arc::new(Metrics::default()),
         }
     }
 
-    /// Encodes `value` and publishes it on `channel`. Returns how many
+    /// Encodes `value` and publishes it on `channel`. Messages of one
+    /// publisher on one channel arrive in publish order (on a cluster too);
+    /// across channels a cluster gives no order. Returns how many
     /// subscribers received it (with sharded pub/sub: on the owning shard;
     /// with plain pub/sub on a cluster: on the node that took the command).
     ///
@@ -91,6 +98,19 @@ impl<C: Codec + Clone> Publisher<C> {
         let result = async {
             if self.sharded {
                 client.spublish::<u64, _, _>(channel, payload).await
+            } else if self.clustered {
+                // fred sends a plain PUBLISH to any node, and nodes forward it
+                // over separate cluster-bus links: two publishes from one
+                // publisher could arrive out of order. Routing by the
+                // channel's slot keeps one channel's messages in order.
+                let options = Options {
+                    cluster_hash: Some(ClusterHash::Custom(redis_keyslot(channel.as_bytes()))),
+                    ..Options::default()
+                };
+                client
+                    .with_options(&options)
+                    .publish::<u64, _, _>(channel, payload)
+                    .await
             } else {
                 client.publish::<u64, _, _>(channel, payload).await
             }
