@@ -13,6 +13,9 @@ use std::time::Duration;
 
 /// Bounds every wait so a broken build fails instead of hanging.
 const DEADLINE: Duration = Duration::from_secs(15);
+/// Bounds recovery after a fault (a sentinel demotes the old primary ~10 s
+/// after a failover).
+const FAULT_DEADLINE: Duration = Duration::from_secs(30);
 
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
 struct Order {
@@ -264,13 +267,16 @@ async fn gap_reported_then_messages_flow(
     let start = std::time::Instant::now();
     let mut gaps = subscriber.gaps();
     while *gaps.borrow_and_update() <= gaps_before {
-        assert!(start.elapsed() < DEADLINE, "no gap event after the fault");
+        assert!(
+            start.elapsed() < FAULT_DEADLINE,
+            "no gap event after the fault"
+        );
         let _ = tokio::time::timeout(Duration::from_millis(200), gaps.changed()).await;
     }
     let mut saw_gap = false;
     loop {
         assert!(
-            start.elapsed() < DEADLINE,
+            start.elapsed() < FAULT_DEADLINE,
             "no message after the gap (gap seen: {saw_gap})"
         );
         if saw_gap {
@@ -422,4 +428,34 @@ async fn core_traits_work_through_trait_objects() {
         .unwrap();
     assert_eq!(got.payload, order);
     assert_eq!(got.channel, channel);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sentinel_failover_moves_the_subscriber_to_the_new_primary_and_reports_the_gap() {
+    let group = fredkit_testkit::SentinelGroup::start().unwrap();
+    let redis = connect(&group.url()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    assert!(!subscriber.is_sharded());
+    let mut sub = subscriber.subscribe::<u64>("events").await.unwrap();
+    publisher.publish("events", &1u64).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 1);
+
+    let before = *subscriber.gaps().borrow();
+    let old = group.master_addr().unwrap();
+    let new = group.failover().unwrap();
+    assert_ne!(old, new);
+    // Sentinel kills the clients of the old primary once it demotes it; the
+    // subscriber reconnects through the sentinels to the new one.
+    gap_reported_then_messages_flow(&mut sub, &subscriber, &publisher, "events", before).await;
+    let on_new = group
+        .server_by_addr(&new)
+        .unwrap()
+        .command(&["PUBSUB", "NUMSUB", "events"])
+        .unwrap();
+    let count = on_new
+        .as_array()
+        .and_then(|a| a.get(1))
+        .and_then(|r| r.as_int());
+    assert_eq!(count, Some(1), "subscribed on the new primary");
 }
