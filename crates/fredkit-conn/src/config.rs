@@ -177,7 +177,6 @@ pub struct RedisConfig {
     pub(crate) reconnect: ReconnectConfig,
     pub(crate) lazy: bool,
     pub(crate) pool_size: usize,
-    pub(crate) client_name: Option<String>,
 }
 
 impl Default for RedisConfig {
@@ -197,7 +196,6 @@ impl Default for RedisConfig {
             reconnect: ReconnectConfig::default(),
             lazy: true,
             pool_size: 1,
-            client_name: None,
         }
     }
 }
@@ -215,7 +213,6 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect", &self.reconnect)
             .field("lazy", &self.lazy)
             .field("pool_size", &self.pool_size)
-            .field("client_name", &self.client_name)
             .finish()
     }
 }
@@ -339,10 +336,6 @@ impl RedisConfig {
     pub fn pool_size(&self) -> usize {
         self.pool_size
     }
-    /// The `CLIENT SETNAME` name, if any.
-    pub fn client_name(&self) -> Option<&str> {
-        self.client_name.as_deref()
-    }
 
     fn validate(&self) -> Result<()> {
         if self.connect_timeout.is_zero() {
@@ -366,13 +359,6 @@ impl RedisConfig {
                 "reconnect max_delay must not be smaller than initial_delay",
             ));
         }
-        if let Some(name) = &self.client_name {
-            if name.is_empty() || name.contains(|c: char| c.is_whitespace() || c.is_control()) {
-                return Err(Error::config(
-                    "client_name must be non-empty and contain no spaces",
-                ));
-            }
-        }
         match &self.topology {
             Topology::Cluster(nodes) if nodes.is_empty() => {
                 Err(Error::config("a cluster needs at least one seed node"))
@@ -395,7 +381,7 @@ impl RedisConfig {
 /// [`build`](Self::build) validates the whole. Settings made on the builder
 /// win over the same settings in a [`url`](Self::url), whatever the order of calls.
 #[must_use]
-#[derive(Debug, Default)]
+#[derive(Default)]
 pub struct RedisConfigBuilder {
     url: Option<String>,
     topology: Option<Topology>,
@@ -407,7 +393,17 @@ pub struct RedisConfigBuilder {
     reconnect: Option<ReconnectConfig>,
     lazy: Option<bool>,
     pool_size: Option<usize>,
-    client_name: Option<String>,
+}
+
+impl fmt::Debug for RedisConfigBuilder {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("RedisConfigBuilder")
+            .field("url", &self.url.as_deref().map(crate::url::redact))
+            .field("topology", &self.topology)
+            .field("password", &self.password)
+            .field("username", &self.username)
+            .finish_non_exhaustive()
+    }
 }
 
 fn nodes<I, H>(nodes: I) -> Vec<Node>
@@ -502,11 +498,6 @@ impl RedisConfigBuilder {
         self.pool_size = Some(n);
         self
     }
-    /// `CLIENT SETNAME` for every connection (shows in `CLIENT LIST`).
-    pub fn client_name(mut self, name: impl Into<String>) -> Self {
-        self.client_name = Some(name.into());
-        self
-    }
 
     /// Validates and returns the configuration.
     ///
@@ -545,9 +536,6 @@ impl RedisConfigBuilder {
         if let Some(n) = self.pool_size {
             c.pool_size = n;
         }
-        if self.client_name.is_some() {
-            c.client_name = self.client_name;
-        }
         c.validate()?;
         Ok(c)
     }
@@ -580,8 +568,6 @@ struct ConfigFile {
     lazy: Option<bool>,
     #[serde(default)]
     pool_size: Option<usize>,
-    #[serde(default)]
-    client_name: Option<String>,
 }
 
 impl TryFrom<ConfigFile> for RedisConfig {
@@ -621,9 +607,6 @@ impl TryFrom<ConfigFile> for RedisConfig {
         }
         if let Some(n) = f.pool_size {
             c.pool_size = n;
-        }
-        if f.client_name.is_some() {
-            c.client_name = f.client_name;
         }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)

@@ -19,7 +19,7 @@
 //! fred's own URL syntax (`?node=` for more nodes, `sentinelServiceName`,
 //! `sentinelUsername`, `sentinelPassword`) is accepted as is; a comma-separated
 //! host list is accepted too. Options: `connect_timeout`, `command_timeout`
-//! (`500ms`, `2s`...), `client_name`, `pool_size`, `lazy`. An unknown option,
+//! (`500ms`, `2s`...), `pool_size`, `lazy`. An unknown option,
 //! a bad port, a bad database or an unknown scheme is an
 //! [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) error naming the bad
 //! part. `rediss://` needs the `tls` feature (rustls).

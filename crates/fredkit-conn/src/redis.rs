@@ -50,6 +50,33 @@ struct Inner {
     tasks: Mutex<Vec<ConnectHandle>>,
 }
 
+impl Drop for Inner {
+    /// The last handle is gone: stop reconnecting. fred's connection task
+    /// holds its own reference to the client, so without this a dropped
+    /// `Redis` would keep (re)connecting for ever.
+    fn drop(&mut self) {
+        let tasks: Vec<ConnectHandle> = match self.tasks.lock() {
+            Ok(mut t) => t.drain(..).collect(),
+            Err(poisoned) => poisoned.into_inner().drain(..).collect(),
+        };
+        if tasks.is_empty() {
+            return;
+        }
+        let pool = self.pool.clone();
+        match tokio::runtime::Handle::try_current() {
+            Ok(rt) => {
+                rt.spawn(async move {
+                    let _ = tokio::time::timeout(Duration::from_secs(2), pool.quit()).await;
+                    for t in tasks {
+                        t.abort();
+                    }
+                });
+            }
+            Err(_) => tasks.iter().for_each(|t| t.abort()),
+        }
+    }
+}
+
 impl fmt::Debug for Redis {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Redis")

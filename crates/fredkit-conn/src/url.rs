@@ -17,24 +17,38 @@ use fredkit_core::{Error, Result};
 const DEFAULT_PORT: u16 = 6379;
 const DEFAULT_SENTINEL_PORT: u16 = 26379;
 
-/// The URL with the password part replaced by `***`, for error messages.
+/// The URL with anything that may be a secret replaced by `***`, for error
+/// messages: everything between the scheme and the **last** `@` (a password
+/// may itself contain `/`, `?` or `@`), and the value of `sentinelPassword`.
+/// Over-masking is fine here; leaking is not.
 pub(crate) fn redact(url: &str) -> String {
-    let Some((scheme, rest)) = url.split_once("://") else {
-        return url.to_string();
+    let (scheme, rest) = match url.split_once("://") {
+        Some((scheme, rest)) => (Some(scheme), rest),
+        None => (None, url),
     };
-    let authority_end = rest.find(['/', '?']).unwrap_or(rest.len());
-    let (authority, tail) = rest.split_at(authority_end);
-    match authority.rfind('@') {
-        Some(at) => {
-            let userinfo = &authority[..at];
-            let user = userinfo.split_once(':').map(|(u, _)| u);
-            match user {
-                Some(u) => format!("{scheme}://{u}:***@{}{tail}", &authority[at + 1..]),
-                None => format!("{scheme}://***@{}{tail}", &authority[at + 1..]),
-            }
-        }
-        None => url.to_string(),
+    let rest = match rest.rfind('@') {
+        Some(at) => format!("***@{}", &rest[at + 1..]),
+        None => rest.to_string(),
+    };
+    let rest = mask_query_secrets(&rest);
+    match scheme {
+        Some(scheme) => format!("{scheme}://{rest}"),
+        None => rest,
     }
+}
+
+fn mask_query_secrets(text: &str) -> String {
+    let mut out = String::with_capacity(text.len());
+    let mut rest = text;
+    while let Some(pos) = rest.find("assword=") {
+        let value_start = pos + "assword=".len();
+        out.push_str(&rest[..value_start]);
+        out.push_str("***");
+        rest = &rest[value_start..];
+        rest = rest.find('&').map_or("", |amp| &rest[amp..]);
+    }
+    out.push_str(rest);
+    out
 }
 
 fn bad(url: &str, what: impl std::fmt::Display) -> Error {
@@ -49,6 +63,7 @@ fn percent_decode(url: &str, part: &str, what: &str) -> Result<String> {
         if bytes[i] == b'%' {
             let hex = part
                 .get(i + 1..i + 3)
+                .filter(|h| h.bytes().all(|b| b.is_ascii_hexdigit()))
                 .and_then(|h| u8::from_str_radix(h, 16).ok())
                 .ok_or_else(|| bad(url, format!("the {what} has a broken %-escape")))?;
             out.push(hex);
@@ -85,6 +100,14 @@ fn parse_node(url: &str, text: &str, default_port: u16) -> Result<Node> {
     };
     if host.is_empty() {
         return Err(bad(url, format!("host missing in '{text}'")));
+    }
+    if host.contains(':') && !text.starts_with('[') {
+        return Err(bad(
+            url,
+            format!(
+                "host '{text}' looks like an IPv6 address: write it in brackets, e.g. [::1]:6379"
+            ),
+        ));
     }
     if host.contains(['@', '/', '?', '#', ' ']) {
         return Err(bad(
@@ -132,6 +155,16 @@ pub(crate) fn parse(url: &str) -> Result<RedisConfig> {
             ))
         }
     };
+    // A password with a raw '/' or '?' would be split into host/path/query
+    // parts, and their error messages would echo pieces of it.
+    if let (Some(at), Some(end)) = (rest.rfind('@'), rest.find(['/', '?'])) {
+        if at > end && !rest[..at].contains('=') {
+            return Err(bad(
+                url,
+                "the user/password part contains '/' or '?': percent-encode them (%2F, %3F)",
+            ));
+        }
+    }
     if rest.contains('#') {
         return Err(bad(
             url,
@@ -230,7 +263,6 @@ pub(crate) fn parse(url: &str) -> Result<RedisConfig> {
                 "sentinelPassword" | "sentinel_password" => sentinel_password = Some(Secret::new(v)),
                 "connect_timeout" => config.connect_timeout = dur(&v)?,
                 "command_timeout" => config.command_timeout = dur(&v)?,
-                "client_name" => config.client_name = Some(v),
                 "pool_size" => {
                     config.pool_size = v
                         .parse()
@@ -249,7 +281,7 @@ pub(crate) fn parse(url: &str) -> Result<RedisConfig> {
                     return Err(bad(
                         url,
                         format!(
-                            "unknown option '{other}' (known: node, sentinelServiceName, sentinelUsername, sentinelPassword, connect_timeout, command_timeout, client_name, pool_size, lazy)"
+                            "unknown option '{other}' (known: node, sentinelServiceName, sentinelUsername, sentinelPassword, connect_timeout, command_timeout, pool_size, lazy)"
                         ),
                     ))
                 }

@@ -70,12 +70,11 @@ fn defaults_never_hang() {
 #[test]
 fn url_options_apply() {
     let c = RedisConfig::from_url(
-        "redis://localhost?connect_timeout=250ms&command_timeout=2s&client_name=svc&pool_size=4&lazy=false",
+        "redis://localhost?connect_timeout=250ms&command_timeout=2s&pool_size=4&lazy=false",
     )
     .unwrap();
     assert_eq!(c.connect_timeout(), Duration::from_millis(250));
     assert_eq!(c.command_timeout(), Duration::from_secs(2));
-    assert_eq!(c.client_name(), Some("svc"));
     assert_eq!(c.pool_size(), 4);
     assert!(!c.lazy());
 }
@@ -105,6 +104,8 @@ fn url_options_apply() {
 #[case("redis://[::1:6379", "opens '['")]
 #[case("redis://:p%zz@localhost", "broken %-escape")]
 #[case("redis://localhost#frag", "fragment")]
+#[case("redis://::1", "in brackets")]
+#[case("redis://:p%+a@localhost", "broken %-escape")]
 fn bad_urls_name_the_bad_part(#[case] url: &str, #[case] names: &str) {
     let err = RedisConfig::from_url(url).unwrap_err();
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
@@ -131,7 +132,10 @@ fn rediss_with_tls_feature_parses() {
 const PASSWORDS: &[&str] = &["hunter2-secret", "sentinel-s3cret"];
 
 fn assert_no_secret(text: &str) {
-    for p in PASSWORDS {
+    for p in PASSWORDS
+        .iter()
+        .chain(&["hunter2/secret", "hunter2?secret", "secret@h"])
+    {
         assert!(!text.contains(p), "secret {p:?} leaked into: {text}");
     }
 }
@@ -168,6 +172,13 @@ fn passwords_never_appear_in_debug_or_display() {
 #[case("redis://user:hunter2-secret@localhost?bogus=1")]
 #[case("redis://hunter2-secret@localhost/xyz")]
 #[case("redis-cluster://u:hunter2-secret@a:1/2")]
+#[case("redis://:hunter2/secret@h")]
+#[case("redis://:hunter2?secret@h")]
+#[case("redis://:hunter2-secret@h:1?x=1/2")]
+#[case("redis:/:hunter2-secret@h")]
+#[case("redis-sentinel://s1?sentinelPassword=hunter2-secret&sentinelServiceName=")]
+#[case("redis-cluster://a:1?sentinelPassword=hunter2-secret")]
+#[case("redis-sentinel://s1?sentinelPassword=hunter2-secret&sentinelServiceName=m&bad=%zz")]
 fn passwords_never_appear_in_url_errors(#[case] url: &str) {
     let err = RedisConfig::from_url(url).unwrap_err();
     assert_no_secret(&err.to_string());
@@ -208,11 +219,6 @@ fn builder_rejects_invalid_combinations() {
     assert!(e.to_string().contains("command_timeout"), "{e}");
     let e = RedisConfig::builder().pool_size(0).build().unwrap_err();
     assert!(e.to_string().contains("pool_size"), "{e}");
-    let e = RedisConfig::builder()
-        .client_name("has space")
-        .build()
-        .unwrap_err();
-    assert!(e.to_string().contains("client_name"), "{e}");
 }
 
 #[test]

@@ -354,3 +354,50 @@ async fn after_shutdown_commands_fail_instead_of_hanging() {
         .expect("GET after shutdown hung");
     assert!(r.is_err());
 }
+
+fn connected_clients(server: &RedisServer) -> i64 {
+    let info = server.command(&["INFO", "clients"]).unwrap();
+    let text = String::from_utf8_lossy(info.as_bytes().unwrap()).to_string();
+    text.lines()
+        .find_map(|l| l.strip_prefix("connected_clients:"))
+        .and_then(|v| v.trim().parse().ok())
+        .unwrap()
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dropping_the_last_handle_closes_its_connections() {
+    let server = RedisServer::start().unwrap();
+    let baseline = connected_clients(&server);
+    let redis = connect(&server.url()).await;
+    let clone = redis.clone();
+    let dedicated = redis.dedicated().unwrap();
+    dedicated
+        .wait_connected(Duration::from_secs(5))
+        .await
+        .unwrap();
+    assert_eq!(connected_clients(&server), baseline + 2);
+    drop(redis);
+    drop(dedicated);
+    // One clone still alive: the shared connection stays.
+    let start = Instant::now();
+    while connected_clients(&server) != baseline + 1 {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "dedicated connection not closed"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    let _: () = clone
+        .client()
+        .set("k", "v", None, None, false)
+        .await
+        .unwrap();
+    drop(clone);
+    while connected_clients(&server) != baseline {
+        assert!(
+            start.elapsed() < Duration::from_secs(10),
+            "shared connection not closed after the last handle"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+}
