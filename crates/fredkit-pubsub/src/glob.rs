@@ -68,8 +68,9 @@ pub(crate) fn matches(pattern: &[u8], text: &[u8]) -> bool {
 }
 
 /// Matches one byte against the class starting at `pattern[start] == b'['`.
-/// Returns (matched, index after the class), or None for an unterminated class
-/// (Redis then treats the rest of the pattern as the class).
+/// Returns (matched, index after the class), or None for an unterminated
+/// class, which we treat as no match (Redis treats the rest of the pattern as
+/// the class; a pattern that malformed is not worth imitating).
 fn class(pattern: &[u8], start: usize, c: u8) -> Option<(bool, usize)> {
     let mut i = start + 1;
     let negate = pattern.get(i) == Some(&b'^');

@@ -34,7 +34,9 @@ pub enum Delivery<T> {
     /// this one message (the stream goes on).
     Message(Message<T>),
     /// This receiver fell behind and skipped `n` messages (other receivers
-    /// and the connection were not slowed down).
+    /// and the connection were not slowed down). Like a gap, it means lost
+    /// messages: a consumer that mirrors state must resynchronise on it too
+    /// (a `Gap` can itself be among the skipped items).
     Lagged(u64),
     /// The subscriber reconnected and resubscribed, or lost messages on the
     /// way in: messages published in between are lost. Consumers that mirror
@@ -72,6 +74,10 @@ struct Entry {
 struct Shared {
     conn: Dedicated<SubscriberClient>,
     registry: Mutex<HashMap<SubKey, Entry>>,
+    /// Patterns the server has confirmed (PSUBSCRIBE + barrier), which may
+    /// differ from the registry while a (un)subscribe is in flight. Sizes the
+    /// runs of pattern frames. Lock order: registry, then this.
+    server_patterns: Mutex<std::collections::BTreeSet<String>>,
     /// Serialises SUBSCRIBE/UNSUBSCRIBE so an unsubscribe of a dropped
     /// subscription cannot undo a new subscribe to the same channel.
     ops: tokio::sync::Mutex<()>,
@@ -147,8 +153,9 @@ impl Subscriber<MsgPack> {
     /// A subscriber with the MessagePack codec and default options.
     ///
     /// Opens the subscriber connection and waits for it up to the connect
-    /// timeout; if Redis is not up yet it returns anyway and connects in the
-    /// background (subscriptions made meanwhile are sent once connected).
+    /// timeout; if Redis is not up yet it returns anyway and keeps connecting
+    /// in the background (a subscribe made before the connection is up fails
+    /// with a timeout after the command timeout; retry it).
     ///
     /// # Errors
     /// A config error if the connection cannot be built.
@@ -176,6 +183,7 @@ impl<C: Codec + Clone> Subscriber<C> {
         let shared = Arc::new(Shared {
             conn,
             registry: Mutex::new(HashMap::new()),
+            server_patterns: Mutex::new(std::collections::BTreeSet::new()),
             ops: tokio::sync::Mutex::new(()),
             metrics: Arc::new(Metrics::default()),
             gaps,
@@ -207,8 +215,8 @@ impl<C: Codec + Clone> Subscriber<C> {
     /// # Errors
     /// A timeout or connection error if Redis did not confirm the
     /// subscription within the command timeout (nothing stays subscribed).
-    /// If the future is dropped halfway, the channel may stay subscribed
-    /// until the next subscribe/unsubscribe of it.
+    /// If the future is dropped halfway, the half-made subscription is
+    /// removed and the channel unsubscribed in the background.
     pub async fn subscribe<T: DeserializeOwned + Send + 'static>(
         &self,
         channel: &str,
@@ -223,6 +231,14 @@ impl<C: Codec + Clone> Subscriber<C> {
 
     /// Subscribes to a glob `pattern` (`PSUBSCRIBE`; `*`, `?`, `[...]`).
     /// Same cost and errors as [`subscribe`](Self::subscribe).
+    ///
+    /// **Known limitation.** fred does not say which pattern a message
+    /// matched, so with several *overlapping* patterns on one `Subscriber`
+    /// (a message matching both), a message published while one of them is
+    /// being subscribed or unsubscribed can reach the other pattern twice or
+    /// not at all. Outside those moments each matching pattern gets exactly
+    /// one copy. Use separate `Subscriber`s for overlapping patterns whose
+    /// set changes at run time.
     ///
     /// # Errors
     /// Also a config error in sharded mode: Redis has no sharded patterns.
@@ -249,13 +265,7 @@ impl<C: Codec + Clone> Subscriber<C> {
         } else {
             SubKey::Channel(channel.to_string())
         };
-        let (rx, key) = self.attach(key).await?;
-        Ok(Subscription::new(
-            &self.shared,
-            key,
-            rx,
-            Arc::new(|b: &Bytes| Ok(b.clone())),
-        ))
+        self.attach(key, Arc::new(|b: &Bytes| Ok(b.clone()))).await
     }
 
     /// A watch on the number of gaps so far (reconnects after which
@@ -279,23 +289,22 @@ impl<C: Codec + Clone> Subscriber<C> {
         &self,
         key: SubKey,
     ) -> Result<Subscription<T>> {
-        let (rx, key) = self.attach(key).await?;
         let codec = self.codec.clone();
-        Ok(Subscription::new(
-            &self.shared,
-            key,
-            rx,
-            Arc::new(move |b: &Bytes| codec.decode::<T>(b)),
-        ))
+        self.attach(key, Arc::new(move |b: &Bytes| codec.decode::<T>(b)))
+            .await
     }
 
-    async fn attach(&self, key: SubKey) -> Result<(broadcast::Receiver<Raw>, SubKey)> {
+    /// Registers a receiver for `key`, subscribing on the server if it is the
+    /// first. The `Subscription` exists from the moment the entry does, so if
+    /// this future is dropped halfway or the subscribe fails, dropping it
+    /// removes the entry and unsubscribes in the background.
+    async fn attach<T>(&self, key: SubKey, decode: Decoder<T>) -> Result<Subscription<T>> {
         let span = tracing::debug_span!(
             "fredkit.pubsub.subscribe",
             primitive = "pubsub",
             outcome = tracing::field::Empty
         );
-        let _ops = self.shared.ops.lock().await;
+        let ops = self.shared.ops.lock().await;
         let joined = {
             let mut reg = lock(&self.shared.registry);
             match reg.get_mut(&key) {
@@ -311,48 +320,47 @@ impl<C: Codec + Clone> Subscriber<C> {
                 }
             }
         };
-        let rx = match joined {
-            Ok(rx) => {
-                span.record("outcome", "joined");
-                return Ok((rx, key));
-            }
-            Err(rx) => rx,
+        let (rx, first) = match joined {
+            Ok(rx) => (rx, false),
+            Err(rx) => (rx, true),
         };
-        {
-            let conn = &self.shared.conn;
-            let sent = async {
-                match &key {
-                    SubKey::Channel(c) => conn.subscribe(c.as_str()).await,
-                    SubKey::Pattern(p) => conn.psubscribe(p.as_str()).await,
-                    SubKey::Shard(c) => conn.ssubscribe(c.as_str()).await,
+        let subscription = Subscription::new(&self.shared, key.clone(), rx, decode);
+        if !first {
+            span.record("outcome", "joined");
+            return Ok(subscription);
+        }
+        let conn = &self.shared.conn;
+        let confirmed = async {
+            match &key {
+                SubKey::Channel(c) => conn.subscribe(c.as_str()).await?,
+                SubKey::Pattern(p) => conn.psubscribe(p.as_str()).await?,
+                SubKey::Shard(c) => conn.ssubscribe(c.as_str()).await?,
+            }
+            barrier(conn, &key).await
+        };
+        let result = match tokio::time::timeout(self.shared.command_timeout, confirmed).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::from(e)),
+            Err(_) => Err(Error::timeout(format!(
+                "subscription not confirmed within {:?}",
+                self.shared.command_timeout
+            ))),
+        };
+        match result {
+            Ok(()) => {
+                if let SubKey::Pattern(p) = &key {
+                    lock(&self.shared.server_patterns).insert(p.clone());
                 }
-            };
-            let confirmed = async {
-                sent.await?;
-                barrier(conn, &key).await
-            };
-            let result = match tokio::time::timeout(self.shared.command_timeout, confirmed).await {
-                Ok(Ok(())) => Ok(()),
-                Ok(Err(e)) => Err(Error::from(e)),
-                Err(_) => Err(Error::timeout(format!(
-                    "subscription not confirmed within {:?}",
-                    self.shared.command_timeout
-                ))),
-            };
-            match result {
-                Ok(()) => {
-                    span.record("outcome", "subscribed");
-                    Ok((rx, key))
-                }
-                Err(e) => {
-                    lock(&self.shared.registry).remove(&key);
-                    // Do not leave it tracked for resubscription either.
-                    let _ =
-                        tokio::time::timeout(self.shared.command_timeout, unsubscribe(conn, &key))
-                            .await;
-                    span.record("outcome", "error");
-                    Err(e)
-                }
+                span.record("outcome", "subscribed");
+                Ok(subscription)
+            }
+            Err(e) => {
+                span.record("outcome", "error");
+                // Dropping the subscription (after the lock) removes the
+                // entry and unsubscribes, so nothing stays tracked.
+                drop(ops);
+                drop(subscription);
+                Err(e)
             }
         }
     }
@@ -416,9 +424,10 @@ async fn resubscribe(shared: &Shared) -> Result<()> {
         barrier(conn, &SubKey::Channel(String::new())).await?;
     }
     if !patterns.is_empty() {
-        conn.psubscribe(patterns).await?;
+        conn.psubscribe(patterns.clone()).await?;
         barrier(conn, &SubKey::Pattern(String::new())).await?;
     }
+    *lock(&shared.server_patterns) = patterns.into_iter().collect();
     for key in &keys {
         if let SubKey::Shard(c) = key {
             conn.ssubscribe(c.as_str()).await?;
@@ -494,19 +503,14 @@ async fn dispatch(shared: Weak<Shared>, mut messages: broadcast::Receiver<FredMe
                 }
             }
             MessageKind::PMessage => {
-                let mut matching: Vec<(&String, &Entry)> = reg
+                let server = lock(&s.server_patterns);
+                let matching: Vec<&String> = server
                     .iter()
-                    .filter_map(|(k, e)| match k {
-                        SubKey::Pattern(p) if glob::matches(p.as_bytes(), channel.as_bytes()) => {
-                            Some((p, e))
-                        }
-                        _ => None,
-                    })
+                    .filter(|p| glob::matches(p.as_bytes(), channel.as_bytes()))
                     .collect();
                 if matching.is_empty() {
                     continue;
                 }
-                matching.sort_by(|a, b| a.0.cmp(b.0));
                 let index = match &mut run {
                     Some(r)
                         if r.channel == channel
@@ -529,10 +533,14 @@ async fn dispatch(shared: Weak<Shared>, mut messages: broadcast::Receiver<FredMe
                 if run.as_ref().is_some_and(|r| r.served >= matching.len()) {
                     run = None;
                 }
-                let _ = matching[index].1.tx.send(Raw::Message {
-                    channel: Arc::from(channel.as_str()),
-                    payload,
-                });
+                // The frame belongs to a pattern the server still has; if its
+                // last receiver is gone (unsubscribe in flight), drop it.
+                if let Some(e) = reg.get(&SubKey::Pattern(matching[index].clone())) {
+                    let _ = e.tx.send(Raw::Message {
+                        channel: Arc::from(channel.as_str()),
+                        payload,
+                    });
+                }
             }
         }
     }
@@ -563,21 +571,27 @@ async fn watch_reconnects(
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
             Err(broadcast::error::RecvError::Closed) => return,
         }
-        let Some(s) = shared.upgrade() else { return };
         let mut attempt = 0u32;
-        loop {
-            let _ops = s.ops.lock().await;
+        // Upgraded per attempt and released before sleeping, so a Subscriber
+        // dropped while Redis is down is freed (and its tasks stop).
+        let s = loop {
+            let Some(s) = shared.upgrade() else { return };
+            let ops = s.ops.lock().await;
             match tokio::time::timeout(s.command_timeout * 2, resubscribe(&s)).await {
-                Ok(Ok(())) => break,
+                Ok(Ok(())) => {
+                    drop(ops);
+                    break s;
+                }
                 Ok(Err(e)) => {
                     tracing::warn!(error = %e, "fredkit.pubsub: resubscribe failed; retrying")
                 }
                 Err(_) => tracing::warn!("fredkit.pubsub: resubscribe timed out; retrying"),
             }
-            drop(_ops);
+            drop(ops);
+            drop(s);
             tokio::time::sleep(backoff.delay(attempt)).await;
             attempt = attempt.saturating_add(1);
-        }
+        };
         if connected_once {
             tracing::info!(
                 "fredkit.pubsub: resubscribed after a reconnect; messages in the gap are lost"
@@ -681,8 +695,14 @@ impl<T> Drop for Subscription<T> {
             if lock(&shared.registry).contains_key(&key) {
                 return;
             }
-            let _ =
-                tokio::time::timeout(shared.command_timeout, unsubscribe(&shared.conn, &key)).await;
+            let done = async {
+                unsubscribe(&shared.conn, &key).await?;
+                barrier(&shared.conn, &key).await.map_err(Error::from)
+            };
+            let _ = tokio::time::timeout(shared.command_timeout, done).await;
+            if let SubKey::Pattern(p) = &key {
+                lock(&shared.server_patterns).remove(p);
+            }
         });
     }
 }
