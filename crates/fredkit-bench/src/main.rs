@@ -78,9 +78,16 @@ impl Ctx {
     /// own (1 s command timeout, exponential reconnect that never gives up),
     /// connected. The raw side of every comparison.
     pub(crate) async fn fred_client(&self) -> Result<Client> {
+        self.fred_client_with(false).await
+    }
+
+    /// [`Ctx::fred_client`] with TCP_NODELAY on or off (fred's and
+    /// fredkit-conn's default is off).
+    pub(crate) async fn fred_client_with(&self, nodelay: bool) -> Result<Client> {
         let config = Config::from_url(self.url()).context("bad Redis URL")?;
         let client = Builder::from_config(config)
             .with_performance_config(|p| p.default_command_timeout = Duration::from_secs(1))
+            .with_connection_config(|c| c.tcp.nodelay = Some(nodelay))
             .set_policy(ReconnectPolicy::new_exponential(0, 100, 5_000, 2))
             .build()?;
         client.init().await.context("could not connect")?;

@@ -8,7 +8,8 @@ use crate::Ctx;
 use anyhow::{bail, Context, Result};
 use fred::clients::SubscriberClient;
 use fred::prelude::*;
-use fredkit_pubsub::{Delivery, Publisher, Subscriber, Subscription};
+use fredkit_core::MsgPack;
+use fredkit_pubsub::{Delivery, PubSubOptions, Publisher, Subscriber, Subscription};
 use futures::future::BoxFuture;
 use futures::StreamExt;
 use std::sync::Arc;
@@ -127,7 +128,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let raw_channel = "bench:pubsub:raw";
 
     let publisher = Publisher::new(&redis);
-    let subscriber = Subscriber::new(&redis).await?;
+    // The same buffer as the raw side's fred event buffer (8 Ki), so neither
+    // side is measured against a smaller queue.
+    let subscriber = Subscriber::with_codec(
+        &redis,
+        MsgPack,
+        PubSubOptions::default().receiver_capacity(1 << 13),
+    )
+    .await?;
     let sub = Arc::new(Mutex::new(subscriber.subscribe::<u64>(channel).await?));
 
     let raw_client = ctx.fred_client().await?;

@@ -39,6 +39,23 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         .set::<(), _, _>(GET_KEY, value.clone(), None, None, false)
         .await?;
 
+    // TCP_NODELAY is off in fred and fredkit-conn; this probe keeps the
+    // choice resting on a ratio measured interleaved, not on folklore.
+    let nodelay = ctx.fred_client_with(true).await?;
+    let get_on = |c: &Client, name: &str, concurrency: usize| {
+        let c = c.clone();
+        Contender::new(
+            name,
+            concurrency,
+            op(move |_| {
+                let c = c.clone();
+                async move {
+                    let _: Option<Bytes> = c.get(GET_KEY).await?;
+                    Ok(())
+                }
+            }),
+        )
+    };
     let get = |name: &str, concurrency: usize| {
         let c = client.clone();
         Contender::new(
@@ -76,10 +93,12 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         get("get_c64", 64),
         get("get_c256", 256),
         set("set_c64", 64),
+        get_on(&nodelay, "get_c1_nodelay", 1),
+        get_on(&nodelay, "get_c64_nodelay", 64),
     ];
     let s = interleave(ctx.rounds(), ctx.load(), &contenders).await?;
-    let [get_c1, get_c64, get_c256, set_c64] = s.as_slice() else {
-        anyhow::bail!("expected 4 summaries, got {}", s.len());
+    let [get_c1, get_c64, get_c256, set_c64, get_c1_nodelay, get_c64_nodelay] = s.as_slice() else {
+        anyhow::bail!("expected 6 summaries, got {}", s.len());
     };
 
     let size = format!("{VALUE_SIZE} B value");
@@ -98,6 +117,18 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "SET ops/s / GET ops/s",
     );
 
+    report.ratio(
+        "get_c1_nodelay_vs_default",
+        get_c1_nodelay.ratio_to(get_c1),
+        "TCP_NODELAY on / off (the default), GET c1",
+    );
+    report.ratio(
+        "get_c64_nodelay_vs_default",
+        get_c64_nodelay.ratio_to(get_c64),
+        "TCP_NODELAY on / off (the default), GET c64",
+    );
+
     client.quit().await?;
+    nodelay.quit().await?;
     Ok(())
 }
