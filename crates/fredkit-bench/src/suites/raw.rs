@@ -56,20 +56,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             }),
         )
     };
-    let get = |name: &str, concurrency: usize| {
-        let c = client.clone();
-        Contender::new(
-            name,
-            concurrency,
-            op(move |_| {
-                let c = c.clone();
-                async move {
-                    let _: Option<Bytes> = c.get(GET_KEY).await?;
-                    Ok(())
-                }
-            }),
-        )
-    };
+    let get = |name: &str, concurrency: usize| get_on(&client, name, concurrency);
     let set = |name: &str, concurrency: usize| {
         let c = client.clone();
         let value = value.clone();
