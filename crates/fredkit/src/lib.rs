@@ -8,8 +8,10 @@
 //! |---|---|---|
 //! | [`core`] | `fredkit-core` | errors, codecs, keys, scripts, backoff, circuit breaker, traits |
 //! | [`conn`] | `fredkit-conn` | configuration, the shared `Redis` handle, health |
+//! | `pubsub` (feature `pubsub`) | `fredkit-pubsub` | typed pub/sub, fan-out, resubscription with gap events |
 //!
 //! ## Features
+//! - `pubsub`: [`fredkit-pubsub`](https://docs.rs/fredkit-pubsub) as `fredkit::pubsub`.
 //! - `tls`: `rediss://` URLs through rustls.
 //! - `json`: the JSON codec next to the default MessagePack one.
 #![forbid(unsafe_code)]
@@ -17,5 +19,9 @@
 
 pub use fredkit_conn as conn;
 pub use fredkit_core as core;
+#[cfg(feature = "pubsub")]
+#[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
+pub use fredkit_pubsub as pubsub;
 
+pub use fredkit_conn::{Redis, RedisConfig};
 pub use fredkit_core::{Error, ErrorKind, Result};
