@@ -17,11 +17,26 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+#[cfg(feature = "cache")]
+#[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
+pub use fredkit_cache as cache;
 pub use fredkit_conn as conn;
 pub use fredkit_core as core;
+#[cfg(feature = "lock")]
+#[cfg_attr(docsrs, doc(cfg(feature = "lock")))]
+pub use fredkit_lock as lock;
 #[cfg(feature = "pubsub")]
 #[cfg_attr(docsrs, doc(cfg(feature = "pubsub")))]
 pub use fredkit_pubsub as pubsub;
+#[cfg(feature = "ratelimit")]
+#[cfg_attr(docsrs, doc(cfg(feature = "ratelimit")))]
+pub use fredkit_ratelimit as ratelimit;
+#[cfg(feature = "revocation")]
+#[cfg_attr(docsrs, doc(cfg(feature = "revocation")))]
+pub use fredkit_revocation as revocation;
+#[cfg(feature = "streams")]
+#[cfg_attr(docsrs, doc(cfg(feature = "streams")))]
+pub use fredkit_streams as streams;
 
 pub use fredkit_conn::{Redis, RedisConfig};
 pub use fredkit_core::{Error, ErrorKind, Result};

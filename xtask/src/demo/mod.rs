@@ -7,9 +7,14 @@
 //! `SECTION`, listed in [`SECTIONS`] in the order of the tour. A section gets
 //! a [`Demo`] with a connected [`Redis`] handle and prints what it does.
 
+mod cache;
 mod conn;
 mod core;
+mod lock;
 mod pubsub;
+mod ratelimit;
+mod revocation;
+mod streams;
 
 use crate::redis_setup;
 use anyhow::{bail, Context, Result};
@@ -39,7 +44,16 @@ pub(crate) struct Section {
 }
 
 /// The tour, in order. A new crate adds its section here.
-const SECTIONS: &[Section] = &[conn::SECTION, core::SECTION, pubsub::SECTION];
+const SECTIONS: &[Section] = &[
+    conn::SECTION,
+    core::SECTION,
+    pubsub::SECTION,
+    cache::SECTION,
+    lock::SECTION,
+    ratelimit::SECTION,
+    streams::SECTION,
+    revocation::SECTION,
+];
 
 /// Prints a section heading.
 pub(crate) fn heading(title: &str) {

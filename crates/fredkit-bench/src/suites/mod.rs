@@ -9,8 +9,13 @@
 //! Adding a suite: write `src/suites/<name>.rs` with a unit struct
 //! implementing [`Suite`], add `mod <name>;` below and push it in [`all`].
 
+mod cache;
+mod lock;
 mod pubsub;
+mod ratelimit;
 mod raw;
+mod revocation;
+mod streams;
 
 use crate::harness::Report;
 use crate::Ctx;
@@ -29,5 +34,13 @@ pub(crate) trait Suite: Send + Sync {
 
 /// Every suite, in the order a full run runs them.
 pub(crate) fn all() -> Vec<Box<dyn Suite>> {
-    vec![Box::new(raw::Raw), Box::new(pubsub::PubSub)]
+    vec![
+        Box::new(raw::Raw),
+        Box::new(pubsub::PubSub),
+        Box::new(cache::Cache),
+        Box::new(lock::Lock),
+        Box::new(ratelimit::Ratelimit),
+        Box::new(streams::Streams),
+        Box::new(revocation::Revocation),
+    ]
 }
