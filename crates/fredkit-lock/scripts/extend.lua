@@ -1,0 +1,12 @@
+-- fredkit-lock: reset a lock's TTL if the caller still holds it.
+--
+-- KEYS[1]  the lock key <prefix>:{resource}:lock
+-- ARGV[1]  the holder's token
+-- ARGV[2]  the new TTL in milliseconds (> 0)
+--
+-- Returns 1 when extended, 0 when the lock is not held with this token.
+if redis.call('GET', KEYS[1]) == ARGV[1] then
+  redis.call('PEXPIRE', KEYS[1], ARGV[2])
+  return 1
+end
+return 0

@@ -1,0 +1,34 @@
+-- fredkit-lock: take one permit of a counting semaphore with expiring permits.
+--
+-- KEYS[1]  the permits   <prefix>:{name}:permits  (sorted set: token -> expiry, server ms)
+-- KEYS[2]  the waiter flag <prefix>:{name}:wait
+-- ARGV[1]  the permit's random token
+-- ARGV[2]  the permit's TTL in ms (> 0)
+-- ARGV[3]  the number of permits (> 0)
+-- ARGV[4]  0 for a single try; otherwise how long, in ms, this caller keeps
+--          waiting (raises the waiter flag, as acquire.lua does)
+--
+-- Expired permits (crashed holders) are trimmed first, with the server's clock.
+-- Returns an integer:
+--   >= 1  granted; the value is the number of permits now held
+--   <= -1 all permits taken; -1 - value is the ms until the earliest one expires
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
+local held = redis.call('ZCARD', KEYS[1])
+local ttl = tonumber(ARGV[2])
+if held < tonumber(ARGV[3]) then
+  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  if redis.call('PTTL', KEYS[1]) < ttl then
+    redis.call('PEXPIRE', KEYS[1], ttl)
+  end
+  return held + 1
+end
+local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
+local left = 0
+if first[2] then left = math.max(0, tonumber(first[2]) - now) end
+local wait = tonumber(ARGV[4])
+if wait > 0 and redis.call('PTTL', KEYS[2]) < wait then
+  redis.call('SET', KEYS[2], '1', 'PX', wait)
+end
+return -1 - left

@@ -1,0 +1,19 @@
+-- fredkit-lock: extend a semaphore permit if it is still held.
+--
+-- KEYS[1]  the permits <prefix>:{name}:permits
+-- ARGV[1]  the permit's token
+-- ARGV[2]  the new TTL in ms (> 0)
+--
+-- Returns 1 when extended, 0 when the permit had expired or is unknown.
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
+if not expiry or tonumber(expiry) <= now then
+  return 0
+end
+local ttl = tonumber(ARGV[2])
+redis.call('ZADD', KEYS[1], 'XX', now + ttl, ARGV[1])
+if redis.call('PTTL', KEYS[1]) < ttl then
+  redis.call('PEXPIRE', KEYS[1], ttl)
+end
+return 1

@@ -1,0 +1,382 @@
+//! [`LockGuard`], [`LostSignal`] and the watchdog.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::bytes_utils::Str;
+use fred::types::{Key, Value};
+use fredkit_core::traits::LockLease;
+use fredkit_core::{Error, Result};
+use tokio::sync::watch;
+use tokio::task::AbortHandle;
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::manager::{Inner, EXTEND, RELEASE};
+use crate::metrics::Counters;
+use crate::options::millis;
+
+/// What the holder knows about its lease.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct LeaseState {
+    /// Renewal or `extend` found the lock gone, or the watchdog could not
+    /// renew it for a whole TTL.
+    pub(crate) lost: bool,
+    /// The lease surely ends no earlier than this on the server (it was
+    /// measured from *before* the request that granted or renewed it).
+    pub(crate) valid_until: Instant,
+}
+
+/// A watch on whether a lock (or permit) is still held: clone it into the
+/// protected work and check [`is_lost`](Self::is_lost) or await
+/// [`lost`](Self::lost) to stop in time.
+///
+/// "Lost" means any of: the watchdog's renewal found the lock gone or could
+/// not reach Redis for a whole TTL; an [`extend`](LockGuard::extend)
+/// returned `false`; or, without a watchdog, the TTL measured from before
+/// the grant (or the last extend) has run out. The guard being released or
+/// dropped also ends the watch.
+#[derive(Clone)]
+pub struct LostSignal {
+    rx: watch::Receiver<LeaseState>,
+}
+
+impl fmt::Debug for LostSignal {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LostSignal")
+            .field("lost", &self.is_lost())
+            .finish()
+    }
+}
+
+impl LostSignal {
+    pub(crate) fn new(rx: watch::Receiver<LeaseState>) -> Self {
+        LostSignal { rx }
+    }
+
+    /// True once the lease is lost or has run out (see the type docs). Never
+    /// goes back to false.
+    pub fn is_lost(&self) -> bool {
+        let st = *self.rx.borrow();
+        st.lost || Instant::now() >= st.valid_until || self.rx.has_changed().is_err()
+    }
+
+    /// How long the lease surely lasts, as far as this process knows (zero
+    /// when lost).
+    pub fn remaining(&self) -> Duration {
+        let st = *self.rx.borrow();
+        if st.lost {
+            return Duration::ZERO;
+        }
+        st.valid_until.saturating_duration_since(Instant::now())
+    }
+
+    /// Completes when the lease is lost or runs out, or the guard is
+    /// released or dropped. Cancel-safe: dropping the future changes nothing.
+    pub async fn lost(&self) {
+        let mut rx = self.rx.clone();
+        loop {
+            let st = *rx.borrow_and_update();
+            if st.lost || Instant::now() >= st.valid_until {
+                return;
+            }
+            tokio::select! {
+                changed = rx.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+                _ = tokio::time::sleep_until(st.valid_until) => {}
+            }
+        }
+    }
+}
+
+/// Marks the lease lost (once) and counts it.
+pub(crate) fn mark_lost(state: &watch::Sender<LeaseState>, counters: &Counters) {
+    let mut first = false;
+    state.send_if_modified(|s| {
+        if s.lost {
+            false
+        } else {
+            s.lost = true;
+            first = true;
+            true
+        }
+    });
+    if first {
+        Counters::add(&counters.lost);
+    }
+}
+
+/// Renews a lock every `ttl / 3` until aborted or the lock is lost.
+pub(crate) async fn watchdog(
+    inner: Arc<Inner>,
+    key: Key,
+    token: Str,
+    ttl: Duration,
+    state: Arc<watch::Sender<LeaseState>>,
+) {
+    let period = ttl / 3;
+    let retry = (period / 4).max(Duration::from_millis(5));
+    let ttl_ms = millis(ttl).max(1);
+    let mut next = Instant::now() + period;
+    loop {
+        tokio::time::sleep_until(next).await;
+        let st = *state.borrow();
+        if st.lost {
+            return;
+        }
+        let started = Instant::now();
+        let budget = st.valid_until.saturating_duration_since(started);
+        if budget.is_zero() {
+            tracing::warn!(
+                "fredkit.lock: watchdog could not renew the lock within its TTL; marking it lost"
+            );
+            mark_lost(&state, &inner.counters);
+            return;
+        }
+        let renew = EXTEND.exec::<_, i64, _, _>(
+            inner.redis.client(),
+            key.clone(),
+            vec![Value::String(token.clone()), Value::Integer(ttl_ms)],
+        );
+        match tokio::time::timeout(budget, renew).await {
+            Ok(Ok(1)) => {
+                state.send_modify(|s| s.valid_until = started + ttl);
+                Counters::add(&inner.counters.renewals);
+                next = started + period;
+            }
+            Ok(Ok(_)) => {
+                tracing::warn!("fredkit.lock: watchdog found the lock gone (expired or taken); marking it lost");
+                mark_lost(&state, &inner.counters);
+                return;
+            }
+            Ok(Err(e)) => {
+                tracing::warn!(error = %e, "fredkit.lock: watchdog renewal failed; retrying");
+                next = Instant::now() + retry;
+            }
+            Err(_) => {
+                next = Instant::now();
+            }
+        }
+    }
+}
+
+/// A held lock. Dropping it releases the lock in the background; call
+/// [`release`](Self::release) to learn whether it was still held.
+///
+/// Ownership is by token, not by task: the guard is `Send + Sync` and may be
+/// moved to another task or thread and across awaits. Whoever holds the guard
+/// holds the lock.
+///
+/// The [`fencing_token`](Self::fencing_token) grows with every grant of the
+/// resource: hand it to the storage you protect (see
+/// [`FencedStore`](crate::FencedStore)) so a holder that stalled past its TTL
+/// cannot overwrite a newer holder's work.
+pub struct LockGuard {
+    pub(crate) inner: Arc<Inner>,
+    pub(crate) resource: String,
+    pub(crate) lock_key: Key,
+    pub(crate) wait_key: Key,
+    pub(crate) token: Str,
+    pub(crate) fencing_token: u64,
+    pub(crate) ttl: Duration,
+    pub(crate) state: Arc<watch::Sender<LeaseState>>,
+    pub(crate) watchdog: Option<AbortHandle>,
+    pub(crate) done: bool,
+}
+
+impl fmt::Debug for LockGuard {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("LockGuard")
+            .field("resource", &self.resource)
+            .field("fencing_token", &self.fencing_token)
+            .field("ttl", &self.ttl)
+            .field("watchdog", &self.watchdog.is_some())
+            .field("lost", &self.is_lost())
+            .finish_non_exhaustive()
+    }
+}
+
+impl LockGuard {
+    /// The locked resource, as passed to `acquire`.
+    pub fn resource(&self) -> &str {
+        &self.resource
+    }
+
+    /// The fencing token of this grant: strictly greater than the token of
+    /// every earlier grant of this resource (across all clients and
+    /// restarts of clients; see the crate docs for the server side).
+    pub fn fencing_token(&self) -> u64 {
+        self.fencing_token
+    }
+
+    /// The TTL the lock was taken (or last extended) with.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// This grant as plain data, for [`DistributedLock`](fredkit_core::traits::DistributedLock)
+    /// callers. The lease does not keep the lock alive or release it.
+    pub fn lease(&self) -> LockLease {
+        LockLease {
+            resource: self.resource.clone(),
+            token: self.token.to_string(),
+            fencing_token: self.fencing_token,
+        }
+    }
+
+    /// A clonable watch on whether the lock is lost (see [`LostSignal`]).
+    pub fn lost_signal(&self) -> LostSignal {
+        LostSignal::new(self.state.subscribe())
+    }
+
+    /// True once the lock is known lost or its TTL ran out without renewal.
+    pub fn is_lost(&self) -> bool {
+        self.lost_signal().is_lost()
+    }
+
+    /// Completes when the lock is lost (see [`LostSignal::lost`]). Use it in
+    /// a `select!` next to the protected work to abort it in time.
+    pub async fn lost(&self) {
+        self.lost_signal().lost().await
+    }
+
+    /// Resets the lock's TTL to `ttl` if this guard still holds it.
+    ///
+    /// `Ok(false)` means the lock had expired (and may be someone else's
+    /// now): the guard is marked lost and the protected work must stop. One
+    /// round trip (one script).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a zero TTL;
+    /// connection errors: the lock may end at its old expiry. If the future
+    /// is dropped, the TTL is either reset or unchanged.
+    pub async fn extend(&self, ttl: Duration) -> Result<bool> {
+        if ttl.is_zero() {
+            return Err(Error::invalid_input("extend needs a non-zero ttl"));
+        }
+        let span = tracing::debug_span!(
+            "fredkit.lock.extend",
+            primitive = "lock",
+            outcome = tracing::field::Empty
+        );
+        let started = Instant::now();
+        let r: i64 = EXTEND
+            .exec(
+                self.inner.redis.client(),
+                self.lock_key.clone(),
+                vec![
+                    Value::String(self.token.clone()),
+                    Value::Integer(millis(ttl)),
+                ],
+            )
+            .instrument(span.clone())
+            .await?;
+        if r == 1 {
+            span.record("outcome", "extended");
+            self.state.send_if_modified(|s| {
+                if s.lost {
+                    false
+                } else {
+                    s.valid_until = started + ttl;
+                    true
+                }
+            });
+            Ok(true)
+        } else {
+            span.record("outcome", "lost");
+            mark_lost(&self.state, &self.inner.counters);
+            Ok(false)
+        }
+    }
+
+    /// Releases the lock if this guard still holds it; wakes waiters if any
+    /// registered. `Ok(true)`: it was ours and is now free. `Ok(false)`: it
+    /// had expired — perhaps someone else holds it now, and their lock was
+    /// left alone. One round trip (one script; it publishes a wake-up only
+    /// when someone waits).
+    ///
+    /// # Errors
+    ///
+    /// Connection errors: the lock stays until its TTL ends. If the future is
+    /// dropped, the lock is either released or left to expire.
+    pub async fn release(mut self) -> Result<bool> {
+        self.done = true;
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        let span = tracing::debug_span!(
+            "fredkit.lock.release",
+            primitive = "lock",
+            outcome = tracing::field::Empty
+        );
+        let r = release(&self.inner, &self.lock_key, &self.wait_key, &self.token)
+            .instrument(span.clone())
+            .await;
+        span.record(
+            "outcome",
+            match &r {
+                Ok(true) => "released",
+                Ok(false) => "not_held",
+                Err(_) => "error",
+            },
+        );
+        r
+    }
+}
+
+/// Runs the release script and counts the outcome.
+pub(crate) async fn release(
+    inner: &Inner,
+    lock_key: &Key,
+    wait_key: &Key,
+    token: &Str,
+) -> Result<bool> {
+    let r: i64 = RELEASE
+        .exec(
+            inner.redis.client(),
+            vec![lock_key.clone(), wait_key.clone()],
+            vec![
+                Value::String(token.clone()),
+                Value::String(inner.channel.clone()),
+            ],
+        )
+        .await?;
+    if r > 0 {
+        Counters::add(&inner.counters.released);
+        Ok(true)
+    } else {
+        Counters::add(&inner.counters.release_not_held);
+        Ok(false)
+    }
+}
+
+impl Drop for LockGuard {
+    fn drop(&mut self) {
+        if let Some(w) = self.watchdog.take() {
+            w.abort();
+        }
+        if self.done {
+            return;
+        }
+        let Ok(rt) = tokio::runtime::Handle::try_current() else {
+            tracing::debug!(
+                "fredkit.lock: guard dropped outside a runtime; the lock expires at its TTL"
+            );
+            return;
+        };
+        let inner = self.inner.clone();
+        let lock_key = self.lock_key.clone();
+        let wait_key = self.wait_key.clone();
+        let token = self.token.clone();
+        rt.spawn(async move {
+            if let Err(e) = release(&inner, &lock_key, &wait_key, &token).await {
+                tracing::warn!(error = %e, "fredkit.lock: background release failed; the lock expires at its TTL");
+            }
+        });
+    }
+}
