@@ -1,0 +1,23 @@
+-- fill_acquire: try to take the cross-process fill lock of one cache entry and
+-- read the entry in the same round trip (the "double-check after acquiring").
+--
+-- KEYS[1]  the entry's data key        (same hash tag as KEYS[2])
+-- KEYS[2]  the entry's fill-lock key
+-- ARGV[1]  this filler's random token
+-- ARGV[2]  lock time-to-live in milliseconds
+--
+-- Returns {acquired, data}:
+--   acquired  1 when this call took the lock (SET NX PX), 0 when another
+--             filler holds it
+--   data      the data key's current bytes, or false when absent
+-- A non-string value under KEYS[1] (a foreign writer) is returned as false
+-- by pcall and reported as absent; the caller's decode path handles garbage.
+local acquired = 0
+if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  acquired = 1
+end
+local ok, data = pcall(redis.call, 'GET', KEYS[1])
+if not ok then
+  data = false
+end
+return {acquired, data}

@@ -1,0 +1,232 @@
+//! The versioned binary envelope every entry is stored in.
+//!
+//! ```text
+//! offset size  field
+//! 0      2     magic "FK"
+//! 2      1     version (1)
+//! 3      1     flags: bit 0 = payload is LZ4 (block, u32 LE size first),
+//!                     bit 1 = negative entry (cached absence, no payload);
+//!                     any other bit set = not ours (garbage)
+//! 4      8     created, ms since the Unix epoch (writer's clock), u64 LE
+//! 12     8     fresh until (logical expiry), ms since the Unix epoch, u64 LE
+//! 20     ..    codec payload (absent for a negative entry)
+//! ```
+//!
+//! The physical TTL (`PX` of the `SET`) is the logical TTL plus the fail-safe
+//! window; between the two the entry is *stale*: served only when the source
+//! fails or Redis is unreachable. Anything that does not parse is a miss.
+
+use bytes::Bytes;
+use fredkit_core::Codec;
+use serde::{de::DeserializeOwned, Serialize};
+use std::time::{SystemTime, UNIX_EPOCH};
+
+const MAGIC: [u8; 2] = *b"FK";
+const VERSION: u8 = 1;
+const FLAG_LZ4: u8 = 0b01;
+const FLAG_NONE: u8 = 0b10;
+pub(crate) const HEADER_LEN: usize = 20;
+
+/// An entry read back from Redis.
+#[derive(Debug, Clone, PartialEq)]
+pub(crate) struct Stored<V> {
+    /// `None` for a cached absence (negative caching).
+    pub(crate) value: Option<V>,
+    pub(crate) created_ms: u64,
+    pub(crate) fresh_until_ms: u64,
+}
+
+impl<V> Stored<V> {
+    pub(crate) fn is_fresh(&self, now_ms: u64) -> bool {
+        now_ms < self.fresh_until_ms
+    }
+}
+
+/// Why bytes under a key are not a usable entry.
+#[derive(Debug)]
+pub(crate) struct Garbage(pub(crate) String);
+
+/// Milliseconds since the Unix epoch on this machine's wall clock.
+pub(crate) fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX))
+        .unwrap_or(0)
+}
+
+/// Encodes `value` (or a negative entry for `None`) into an envelope.
+pub(crate) fn encode<V: Serialize, C: Codec>(
+    codec: &C,
+    value: Option<&V>,
+    created_ms: u64,
+    fresh_until_ms: u64,
+    compress_above: Option<usize>,
+) -> fredkit_core::Result<Bytes> {
+    let mut flags = 0u8;
+    let payload = match value {
+        None => {
+            flags |= FLAG_NONE;
+            Bytes::new()
+        }
+        Some(v) => codec.encode(v)?,
+    };
+    let compressed = match compress_above {
+        Some(threshold) if value.is_some() && payload.len() > threshold => {
+            let c = lz4_flex::block::compress(&payload);
+            // Only keep the compressed form when it is smaller.
+            (c.len() + 4 < payload.len()).then_some(c)
+        }
+        _ => None,
+    };
+    let body_len = compressed.as_ref().map_or(payload.len(), |c| c.len() + 4);
+    let mut out = Vec::with_capacity(HEADER_LEN + body_len);
+    out.extend_from_slice(&MAGIC);
+    out.push(VERSION);
+    if compressed.is_some() {
+        flags |= FLAG_LZ4;
+    }
+    out.push(flags);
+    out.extend_from_slice(&created_ms.to_le_bytes());
+    out.extend_from_slice(&fresh_until_ms.to_le_bytes());
+    match compressed {
+        Some(c) => {
+            let size = u32::try_from(payload.len()).map_err(|_| {
+                fredkit_core::Error::invalid_input(
+                    "cache value larger than 4 GiB cannot be stored; cache a reference instead",
+                )
+            })?;
+            out.extend_from_slice(&size.to_le_bytes());
+            out.extend_from_slice(&c);
+        }
+        None => out.extend_from_slice(&payload),
+    }
+    Ok(Bytes::from(out))
+}
+
+/// Decodes an envelope. Never panics, whatever the bytes.
+pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
+    codec: &C,
+    bytes: &[u8],
+    max_decompressed: usize,
+) -> Result<Stored<V>, Garbage> {
+    if bytes.len() < HEADER_LEN {
+        return Err(Garbage(format!(
+            "{} bytes, shorter than the {HEADER_LEN}-byte envelope header",
+            bytes.len()
+        )));
+    }
+    if bytes[0..2] != MAGIC {
+        return Err(Garbage("no fredkit-cache envelope (bad magic)".into()));
+    }
+    if bytes[2] != VERSION {
+        return Err(Garbage(format!("unknown envelope version {}", bytes[2])));
+    }
+    let flags = bytes[3];
+    if flags & !(FLAG_LZ4 | FLAG_NONE) != 0 {
+        return Err(Garbage(format!("unknown envelope flags {flags:#04x}")));
+    }
+    let created_ms = read_u64(&bytes[4..12]);
+    let fresh_until_ms = read_u64(&bytes[12..20]);
+    let body = &bytes[HEADER_LEN..];
+    if flags & FLAG_NONE != 0 {
+        if flags & FLAG_LZ4 != 0 || !body.is_empty() {
+            return Err(Garbage("negative entry with a payload".into()));
+        }
+        return Ok(Stored {
+            value: None,
+            created_ms,
+            fresh_until_ms,
+        });
+    }
+    let value = if flags & FLAG_LZ4 != 0 {
+        if body.len() < 4 {
+            return Err(Garbage("compressed payload without its size".into()));
+        }
+        let size = u32::from_le_bytes([body[0], body[1], body[2], body[3]]) as usize;
+        if size > max_decompressed {
+            return Err(Garbage(format!(
+                "compressed payload claims {size} bytes, over the {max_decompressed}-byte limit"
+            )));
+        }
+        let mut plain = vec![0u8; size];
+        match lz4_flex::block::decompress_into(&body[4..], &mut plain) {
+            Ok(n) if n == size => {}
+            Ok(n) => {
+                return Err(Garbage(format!(
+                    "compressed payload is {n} bytes, header says {size}"
+                )))
+            }
+            Err(e) => return Err(Garbage(format!("bad LZ4 payload: {e}"))),
+        }
+        codec.decode(&plain)
+    } else {
+        codec.decode(body)
+    }
+    .map_err(|e| Garbage(e.to_string()))?;
+    Ok(Stored {
+        value: Some(value),
+        created_ms,
+        fresh_until_ms,
+    })
+}
+
+fn read_u64(b: &[u8]) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[..8]);
+    u64::from_le_bytes(a)
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fredkit_core::MsgPack;
+
+    #[test]
+    fn values_round_trip_with_their_times() {
+        let b = encode(&MsgPack, Some(&"hello".to_string()), 5, 10, None).unwrap();
+        let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
+        assert_eq!(s.value.as_deref(), Some("hello"));
+        assert_eq!((s.created_ms, s.fresh_until_ms), (5, 10));
+        assert!(s.is_fresh(9) && !s.is_fresh(10));
+    }
+
+    #[test]
+    fn negative_entries_round_trip_as_none() {
+        let b = encode::<String, _>(&MsgPack, None, 1, 2, Some(0)).unwrap();
+        assert_eq!(b.len(), HEADER_LEN);
+        let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
+        assert_eq!(s.value, None);
+    }
+
+    #[test]
+    fn large_values_are_compressed_and_round_trip() {
+        let big = "x".repeat(10_000);
+        let b = encode(&MsgPack, Some(&big), 1, 2, Some(1024)).unwrap();
+        assert!(b.len() < 1_000, "compressed to {}", b.len());
+        assert_eq!(b[3] & FLAG_LZ4, FLAG_LZ4);
+        let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
+        assert_eq!(s.value.unwrap(), big);
+        // A lower decompression limit refuses it instead of allocating.
+        assert!(decode::<String, _>(&MsgPack, &b, 100).is_err());
+    }
+
+    #[test]
+    fn every_truncation_and_foreign_bytes_are_garbage_not_panics() {
+        let big = "y".repeat(5_000);
+        for b in [
+            encode(&MsgPack, Some(&big), 1, 2, Some(100)).unwrap(),
+            encode(&MsgPack, Some(&big), 1, 2, None).unwrap(),
+        ] {
+            for end in 0..b.len() {
+                assert!(decode::<String, _>(&MsgPack, &b[..end], 1 << 20).is_err());
+            }
+        }
+        for junk in [&b"plain text value"[..], b"FK\x01\xff", b"FK\x02\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"] {
+            assert!(decode::<String, _>(&MsgPack, junk, 1 << 20).is_err());
+        }
+        // Right envelope, wrong type.
+        let b = encode(&MsgPack, Some(&"text".to_string()), 1, 2, None).unwrap();
+        assert!(decode::<u64, _>(&MsgPack, &b, 1 << 20).is_err());
+    }
+}

@@ -1,0 +1,389 @@
+//! [`CacheOptions`] and [`L1Options`]: builders with documented defaults.
+
+use fredkit_core::{CircuitBreaker, Error, KeySpace, Result};
+use std::time::Duration;
+
+/// Options of the optional in-process L1 (a moka cache in front of Redis).
+///
+/// ```
+/// use std::time::Duration;
+/// use fredkit_cache::L1Options;
+///
+/// let l1 = L1Options::new()
+///     .max_entries(50_000)            // default 10 000
+///     .ttl(Duration::from_secs(2));   // default 5 s
+/// ```
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct L1Options {
+    pub(crate) max_entries: u64,
+    pub(crate) ttl: Duration,
+}
+
+impl Default for L1Options {
+    fn default() -> Self {
+        L1Options {
+            max_entries: 10_000,
+            ttl: Duration::from_secs(5),
+        }
+    }
+}
+
+impl L1Options {
+    /// The defaults: 10 000 entries, TTL 5 s.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The most entries L1 holds (least recently/frequently used go first).
+    /// Default 10 000; must be ≥ 1.
+    pub fn max_entries(mut self, n: u64) -> Self {
+        self.max_entries = n;
+        self
+    }
+
+    /// How long an L1 copy may answer reads before Redis is asked again.
+    ///
+    /// This is the **hard bound on staleness across instances**: whatever
+    /// happens to invalidation messages (lost, delayed, subscriber cut), an
+    /// instance never answers from its L1 copy of a key more than this long
+    /// after another instance overwrote it. Normally invalidations make the
+    /// window the pub/sub latency. Default 5 s; must be non-zero.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+}
+
+/// How a [`Cache`](crate::Cache) behaves. Build with
+/// [`CacheOptions::builder`]; every knob has a default, and
+/// [`build`](CacheOptionsBuilder::build) rejects invalid combinations.
+#[derive(Debug, Clone)]
+pub struct CacheOptions {
+    pub(crate) keys: KeySpace,
+    pub(crate) lock_keys: KeySpace,
+    pub(crate) ttl: Duration,
+    pub(crate) ttl_jitter: Duration,
+    pub(crate) max_stale: Duration,
+    pub(crate) negative_ttl: Duration,
+    pub(crate) compress_above: Option<usize>,
+    pub(crate) max_value_bytes: usize,
+    pub(crate) soft_timeout: Option<Duration>,
+    pub(crate) hard_timeout: Option<Duration>,
+    pub(crate) eager_refresh: Option<f64>,
+    pub(crate) lock_ttl: Duration,
+    pub(crate) fill_wait: Duration,
+    pub(crate) l1: Option<L1Options>,
+    pub(crate) invalidation: bool,
+    pub(crate) breaker: Option<CircuitBreaker>,
+}
+
+impl CacheOptions {
+    /// A builder for entries under `prefix` (validated like
+    /// [`KeySpace::new`]). Entry `k` is stored at `prefix:{k}` (its own hash
+    /// tag), its fill lock at `prefix:lock:{k}`, and invalidations travel on
+    /// the channel `prefix:invalidations`.
+    pub fn builder(prefix: impl Into<String>) -> CacheOptionsBuilder {
+        CacheOptionsBuilder {
+            prefix: prefix.into(),
+            ttl: Duration::from_secs(300),
+            ttl_jitter: Duration::ZERO,
+            max_stale: Duration::from_secs(600),
+            negative_ttl: Duration::from_secs(30),
+            compress_above: Some(8 * 1024),
+            max_value_bytes: 64 * 1024 * 1024,
+            soft_timeout: None,
+            hard_timeout: None,
+            eager_refresh: None,
+            lock_ttl: Duration::from_secs(10),
+            fill_wait: Duration::from_secs(10),
+            l1: None,
+            invalidation: true,
+            breaker: None,
+        }
+    }
+
+    /// The key space entries live in.
+    pub fn keys(&self) -> &KeySpace {
+        &self.keys
+    }
+
+    /// The default logical TTL.
+    pub fn ttl(&self) -> Duration {
+        self.ttl
+    }
+
+    /// The fail-safe window: how long past its logical expiry an entry is
+    /// kept to be served stale.
+    pub fn max_stale(&self) -> Duration {
+        self.max_stale
+    }
+
+    /// The L1 options, if L1 is on.
+    pub fn l1(&self) -> Option<&L1Options> {
+        self.l1.as_ref()
+    }
+}
+
+/// Builds [`CacheOptions`]. The type's doc lists what most services set:
+///
+/// ```
+/// use std::time::Duration;
+/// use fredkit_cache::{CacheOptions, L1Options};
+///
+/// let options = CacheOptions::builder("shop:products")
+///     .ttl(Duration::from_secs(300))             // default 5 min
+///     .ttl_jitter(Duration::from_secs(30))       // default 0: add 0..30 s per write
+///     .max_stale(Duration::from_secs(3600))      // default 10 min of fail-safe
+///     .negative_ttl(Duration::from_secs(10))     // default 30 s for cached absences
+///     .compress_above(Some(4096))                // default 8 KiB; None = never
+///     .soft_timeout(Duration::from_millis(100))  // default none
+///     .hard_timeout(Duration::from_secs(2))      // default none
+///     .eager_refresh(0.8)                        // default off
+///     .l1(L1Options::new())                      // default off
+///     .build()?;
+/// assert_eq!(options.ttl(), Duration::from_secs(300));
+/// # Ok::<(), fredkit_core::Error>(())
+/// ```
+#[must_use]
+#[derive(Debug, Clone)]
+pub struct CacheOptionsBuilder {
+    prefix: String,
+    ttl: Duration,
+    ttl_jitter: Duration,
+    max_stale: Duration,
+    negative_ttl: Duration,
+    compress_above: Option<usize>,
+    max_value_bytes: usize,
+    soft_timeout: Option<Duration>,
+    hard_timeout: Option<Duration>,
+    eager_refresh: Option<f64>,
+    lock_ttl: Duration,
+    fill_wait: Duration,
+    l1: Option<L1Options>,
+    invalidation: bool,
+    breaker: Option<CircuitBreaker>,
+}
+
+impl CacheOptionsBuilder {
+    /// Default logical TTL of entries (how long they are *fresh*). Default
+    /// 5 min; must be ≥ 1 ms.
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = ttl;
+        self
+    }
+
+    /// Random extra TTL in `0..jitter` added to every write, so entries
+    /// written together do not expire together. Default 0.
+    pub fn ttl_jitter(mut self, jitter: Duration) -> Self {
+        self.ttl_jitter = jitter;
+        self
+    }
+
+    /// Fail-safe window: entries stay in Redis (and L1) this long after their
+    /// logical expiry and are served, counted as stale, when the factory
+    /// fails or times out or Redis is unreachable. Default 10 min; zero turns
+    /// fail-safe off.
+    pub fn max_stale(mut self, max_stale: Duration) -> Self {
+        self.max_stale = max_stale;
+        self
+    }
+
+    /// TTL of a cached absence (a `None` from an optional factory, see
+    /// [`Cache::get_or_try_set_optional`](crate::Cache::get_or_try_set_optional)).
+    /// Default 30 s; must be ≥ 1 ms.
+    pub fn negative_ttl(mut self, ttl: Duration) -> Self {
+        self.negative_ttl = ttl;
+        self
+    }
+
+    /// Encoded values longer than this many bytes are LZ4-compressed (kept
+    /// only if smaller). Default `Some(8192)`; `None` never compresses.
+    pub fn compress_above(mut self, bytes: Option<usize>) -> Self {
+        self.compress_above = bytes;
+        self
+    }
+
+    /// The largest decompressed value accepted when reading (a larger claim
+    /// is treated as garbage instead of allocated). Default 64 MiB.
+    pub fn max_value_bytes(mut self, bytes: usize) -> Self {
+        self.max_value_bytes = bytes;
+        self
+    }
+
+    /// When a stale value exists and the factory has not answered within this
+    /// time, the stale value is returned at once; the factory goes on in the
+    /// background and its result is stored. Default none; must be shorter
+    /// than the hard timeout.
+    pub fn soft_timeout(mut self, timeout: Duration) -> Self {
+        self.soft_timeout = Some(timeout);
+        self
+    }
+
+    /// The longest a caller waits for a factory: then the stale value is
+    /// returned if there is one, else a timeout error. The factory goes on in
+    /// the background and its result is stored. Default none.
+    pub fn hard_timeout(mut self, timeout: Duration) -> Self {
+        self.hard_timeout = Some(timeout);
+        self
+    }
+
+    /// Eager refresh: a `get_or_set` that finds an entry older than this
+    /// fraction of its TTL returns it and refreshes it in the background
+    /// (once per key at a time, per process; across processes the fill lock
+    /// keeps it to one). Default off; must be in `(0, 1)`.
+    pub fn eager_refresh(mut self, fraction: f64) -> Self {
+        self.eager_refresh = Some(fraction);
+        self
+    }
+
+    /// Time-to-live of the cross-process fill lock: a filler that dies frees
+    /// the key after this long. Default 10 s; must be ≥ 1 ms.
+    pub fn lock_ttl(mut self, ttl: Duration) -> Self {
+        self.lock_ttl = ttl;
+        self
+    }
+
+    /// The longest a caller waits for another process's fill before calling
+    /// the factory itself. Make it comfortably longer than the factory's
+    /// usual time: a wait that runs out means one more factory call. Default
+    /// 10 s; must be non-zero.
+    pub fn fill_wait(mut self, wait: Duration) -> Self {
+        self.fill_wait = wait;
+        self
+    }
+
+    /// Turns on the in-process L1. Default off.
+    pub fn l1(mut self, l1: L1Options) -> Self {
+        self.l1 = Some(l1);
+        self
+    }
+
+    /// Publish invalidations on every write and listen to other instances'
+    /// (needed to keep L1s coherent; also wakes up fill waiters at once).
+    /// Default on. Off: no subscriber connection, L1 copies live until their
+    /// TTL, waiters only poll.
+    pub fn invalidation(mut self, on: bool) -> Self {
+        self.invalidation = on;
+        self
+    }
+
+    /// The circuit breaker around Redis calls. Default: a breaker of its own
+    /// named `cache:<prefix>` with fredkit-core's defaults (opens at 50 %
+    /// failures over ≥ 10 calls in 10 s, for 5 s). Share one breaker between
+    /// caches on the same Redis by passing clones.
+    pub fn breaker(mut self, breaker: CircuitBreaker) -> Self {
+        self.breaker = Some(breaker);
+        self
+    }
+
+    /// Validates and builds.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for
+    /// a bad prefix; [`ErrorKind::Config`](fredkit_core::ErrorKind::Config)
+    /// for a TTL, negative TTL or lock TTL under 1 ms, a zero fill wait, an
+    /// eager-refresh fraction outside `(0, 1)`, a soft timeout not shorter
+    /// than the hard one, or an L1 with zero entries or zero TTL.
+    pub fn build(self) -> Result<CacheOptions> {
+        let keys = KeySpace::new(self.prefix)?;
+        let lock_keys = keys.child("lock")?;
+        let ms = Duration::from_millis(1);
+        if self.ttl < ms || self.negative_ttl < ms || self.lock_ttl < ms {
+            return Err(Error::config(
+                "cache ttl, negative_ttl and lock_ttl must be at least 1 ms (Redis PX resolution)",
+            ));
+        }
+        if self.fill_wait.is_zero() {
+            return Err(Error::config(
+                "cache fill_wait must be non-zero; make it longer than the factory usually takes",
+            ));
+        }
+        if let Some(f) = self.eager_refresh {
+            if !(f > 0.0 && f < 1.0) {
+                return Err(Error::config(format!(
+                    "cache eager_refresh fraction {f} must be in (0, 1), e.g. 0.8"
+                )));
+            }
+        }
+        if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
+            if soft >= hard {
+                return Err(Error::config(format!(
+                    "cache soft_timeout {soft:?} must be shorter than hard_timeout {hard:?}"
+                )));
+            }
+        }
+        if let Some(l1) = &self.l1 {
+            if l1.max_entries == 0 || l1.ttl.is_zero() {
+                return Err(Error::config(
+                    "L1 max_entries and ttl must be non-zero; leave L1 off instead",
+                ));
+            }
+        }
+        Ok(CacheOptions {
+            keys,
+            lock_keys,
+            ttl: self.ttl,
+            ttl_jitter: self.ttl_jitter,
+            max_stale: self.max_stale,
+            negative_ttl: self.negative_ttl,
+            compress_above: self.compress_above,
+            max_value_bytes: self.max_value_bytes,
+            soft_timeout: self.soft_timeout,
+            hard_timeout: self.hard_timeout,
+            eager_refresh: self.eager_refresh,
+            lock_ttl: self.lock_ttl,
+            fill_wait: self.fill_wait,
+            l1: self.l1,
+            invalidation: self.invalidation,
+            breaker: self.breaker,
+        })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fredkit_core::ErrorKind;
+
+    #[test]
+    fn defaults_are_as_documented() {
+        let o = CacheOptions::builder("app:c").build().unwrap();
+        assert_eq!(o.ttl, Duration::from_secs(300));
+        assert_eq!(o.ttl_jitter, Duration::ZERO);
+        assert_eq!(o.max_stale, Duration::from_secs(600));
+        assert_eq!(o.negative_ttl, Duration::from_secs(30));
+        assert_eq!(o.compress_above, Some(8192));
+        assert_eq!(o.lock_ttl, Duration::from_secs(10));
+        assert_eq!(o.fill_wait, Duration::from_secs(10));
+        assert!(o.l1.is_none() && o.invalidation && o.eager_refresh.is_none());
+        assert_eq!(o.keys.tagged("k", [""; 0]).unwrap(), "app:c:{k}");
+        assert_eq!(o.lock_keys.tagged("k", [""; 0]).unwrap(), "app:c:lock:{k}");
+        let l1 = L1Options::new();
+        assert_eq!((l1.max_entries, l1.ttl), (10_000, Duration::from_secs(5)));
+    }
+
+    #[test]
+    fn invalid_combinations_are_rejected_at_build() {
+        let b = || CacheOptions::builder("app:c");
+        let bad = [
+            b().ttl(Duration::ZERO).build(),
+            b().lock_ttl(Duration::from_micros(10)).build(),
+            b().fill_wait(Duration::ZERO).build(),
+            b().eager_refresh(1.0).build(),
+            b().eager_refresh(0.0).build(),
+            b().soft_timeout(Duration::from_secs(2)).hard_timeout(Duration::from_secs(1)).build(),
+            b().l1(L1Options::new().max_entries(0)).build(),
+            b().l1(L1Options::new().ttl(Duration::ZERO)).build(),
+        ];
+        for r in bad {
+            assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
+        }
+        assert_eq!(
+            CacheOptions::builder("bad{").build().unwrap_err().kind(),
+            ErrorKind::InvalidInput
+        );
+    }
+}

@@ -1,0 +1,102 @@
+//! [`RedisCacheStore`]: fredkit-core's object-safe [`CacheStore`] on Redis.
+
+use async_trait::async_trait;
+use bytes::Bytes;
+use fred::interfaces::KeysInterface;
+use fred::types::Expiration;
+use fredkit_conn::Redis;
+use fredkit_core::traits::CacheStore;
+use fredkit_core::{CircuitBreaker, Error, Result};
+use std::time::Duration;
+
+/// Plain bytes with expiry on Redis, behind fredkit-core's object-safe
+/// [`CacheStore`] trait, for code that wants a swappable store
+/// (`Arc<dyn CacheStore>`) rather than the full [`Cache`](crate::Cache).
+///
+/// Keys are used as given (build them with
+/// [`KeySpace`](fredkit_core::KeySpace)); values are stored raw, without the
+/// [`Cache`](crate::Cache) envelope, so the two do not read each other's
+/// entries. Calls go through a circuit breaker: during an outage they fail
+/// fast with [`ErrorKind::CircuitOpen`](fredkit_core::ErrorKind::CircuitOpen).
+///
+/// | method | round trips |
+/// |---|---|
+/// | `get_bytes` | 1 (`GET`) |
+/// | `set_bytes` | 1 (`SET … PX`) |
+/// | `remove` | 1 (`UNLINK`) |
+///
+/// ```no_run
+/// use std::{sync::Arc, time::Duration};
+/// use fredkit_cache::RedisCacheStore;
+/// use fredkit_core::{traits::{CacheStore, CacheStoreExt}, MsgPack};
+///
+/// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+/// let store: Arc<dyn CacheStore> = Arc::new(RedisCacheStore::new(&redis));
+/// store.set(&MsgPack, "app:greeting", "hello", Duration::from_secs(60)).await?;
+/// let v: Option<String> = store.get(&MsgPack, "app:greeting").await?;
+/// # Ok(()) }
+/// ```
+#[derive(Clone, Debug)]
+pub struct RedisCacheStore {
+    redis: Redis,
+    breaker: CircuitBreaker,
+}
+
+impl RedisCacheStore {
+    /// A store on `redis` with a default circuit breaker named `cache-store`.
+    pub fn new(redis: &Redis) -> Self {
+        let breaker = CircuitBreaker::builder()
+            .name("cache-store")
+            .build()
+            .unwrap_or_else(|_| unreachable_breaker());
+        Self::with_breaker(redis, breaker)
+    }
+
+    /// A store on `redis` guarded by `breaker` (share one per Redis).
+    pub fn with_breaker(redis: &Redis, breaker: CircuitBreaker) -> Self {
+        RedisCacheStore {
+            redis: redis.clone(),
+            breaker,
+        }
+    }
+}
+
+/// The default builder always validates; this is only its type-level fallback.
+fn unreachable_breaker() -> CircuitBreaker {
+    #[allow(clippy::expect_used)]
+    CircuitBreaker::builder()
+        .build()
+        .expect("default circuit breaker options are valid")
+}
+
+#[async_trait]
+impl CacheStore for RedisCacheStore {
+    async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        self.breaker
+            .call(async { self.redis.client().get::<Option<Bytes>, _>(key).await.map_err(Error::from) })
+            .await
+    }
+
+    async fn set_bytes(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
+        if px < 1 {
+            return Err(Error::invalid_input("cache TTL must be at least 1 ms"));
+        }
+        self.breaker
+            .call(async {
+                self.redis
+                    .client()
+                    .set::<(), _, _>(key, value, Some(Expiration::PX(px)), None, false)
+                    .await
+                    .map_err(Error::from)
+            })
+            .await
+    }
+
+    async fn remove(&self, key: &str) -> Result<bool> {
+        self.breaker
+            .call(async { self.redis.client().unlink::<i64, _>(key).await.map_err(Error::from) })
+            .await
+            .map(|n| n > 0)
+    }
+}
