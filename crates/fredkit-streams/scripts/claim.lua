@@ -1,0 +1,78 @@
+-- claim: take over entries of a consumer group that have been pending longer
+-- than min-idle (whoever owned them: a crashed consumer, or a failed
+-- delivery waiting for its retry), in one step with their delivery counts.
+-- Entries delivered more than max-deliveries times without an outcome (their
+-- consumers kept crashing or losing the connection) are dead-lettered and
+-- acknowledged here instead of being handed out again.
+--
+-- KEYS[1]  the stream
+-- KEYS[2]  the dead-letter stream (same hash tag as KEYS[1])
+-- ARGV[1]  consumer group
+-- ARGV[2]  claiming consumer
+-- ARGV[3]  min idle time, ms
+-- ARGV[4]  XAUTOCLAIM start cursor ("0-0" to start over)
+-- ARGV[5]  COUNT (max entries to claim)
+-- ARGV[6]  max deliveries
+-- ARGV[7]  dead-letter stream MAXLEN, approximate (0 = never trim)
+--
+-- Returns: { next_cursor, { {id, {field, value, ...}, deliveries}, ... },
+--            deleted, dead_lettered }
+-- where deleted counts entries that were still pending but had been removed
+-- from the stream (trimmed or XDEL'd): XAUTOCLAIM drops them from the PEL
+-- (Redis 7 lists them in its third reply element; 6.2 returns them with nil
+-- fields and this script acknowledges them).
+local r = redis.call('XAUTOCLAIM', KEYS[1], ARGV[1], ARGV[2], ARGV[3], ARGV[4], 'COUNT', ARGV[5])
+local deleted = 0
+if r[3] then
+  deleted = #r[3]
+end
+local max = tonumber(ARGV[6])
+local out = {}
+local dead = 0
+local now = nil
+for _, e in ipairs(r[2]) do
+  local id = e[1]
+  local fields = e[2]
+  if not fields then
+    redis.call('XACK', KEYS[1], ARGV[1], id)
+    deleted = deleted + 1
+  else
+    local p = redis.call('XPENDING', KEYS[1], ARGV[1], id, id, 1, ARGV[2])
+    local n = 0
+    if #p == 1 then
+      n = tonumber(p[1][4])
+    end
+    if n > max then
+      if not now then
+        local t = redis.call('TIME')
+        now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+      end
+      local args = { KEYS[2] }
+      if tonumber(ARGV[7]) > 0 then
+        table.insert(args, 'MAXLEN')
+        table.insert(args, '~')
+        table.insert(args, ARGV[7])
+      end
+      table.insert(args, '*')
+      for i = 1, #fields, 2 do
+        if string.sub(fields[i], 1, 4) ~= 'dlq.' then
+          table.insert(args, fields[i])
+          table.insert(args, fields[i + 1])
+        end
+      end
+      for _, v in ipairs({ 'dlq.id', id, 'dlq.group', ARGV[1], 'dlq.consumer', ARGV[2],
+        'dlq.deliveries', tostring(n),
+        'dlq.error', 'delivered ' .. tostring(n) .. ' times without an outcome (max ' .. ARGV[6] ..
+          '): the consumers handling it crashed, were aborted or lost their connection',
+        'dlq.at', tostring(now) }) do
+        table.insert(args, v)
+      end
+      redis.call('XADD', unpack(args))
+      redis.call('XACK', KEYS[1], ARGV[1], id)
+      dead = dead + 1
+    else
+      table.insert(out, { id, fields, n })
+    end
+  end
+end
+return { r[1], out, deleted, dead }

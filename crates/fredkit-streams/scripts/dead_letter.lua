@@ -1,0 +1,57 @@
+-- dead_letter: move ONE pending entry of a consumer group to the dead-letter
+-- stream and acknowledge it, atomically, if and only if it is still pending
+-- for the given consumer (so two workers can never dead-letter it twice, and
+-- an entry another worker has reclaimed meanwhile is left alone).
+--
+-- KEYS[1]  the stream
+-- KEYS[2]  the dead-letter stream (same hash tag as KEYS[1])
+-- ARGV[1]  consumer group
+-- ARGV[2]  consumer that must own the entry
+-- ARGV[3]  entry id
+-- ARGV[4]  last error (text)
+-- ARGV[5]  dead-letter stream MAXLEN, approximate (0 = never trim)
+--
+-- The dead letter holds the entry's original fields (payload and headers)
+-- followed by dlq.id, dlq.group, dlq.consumer, dlq.deliveries (the server's
+-- delivery count), dlq.error, dlq.at (server time, ms) and, when the entry
+-- had been trimmed from the stream meanwhile, dlq.missing = 1.
+--
+-- Returns: 1 when dead-lettered and acknowledged; 0 when the entry was no
+-- longer pending for that consumer (nothing written).
+local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
+if #p == 0 then
+  return 0
+end
+local deliveries = p[1][4]
+local t = redis.call('TIME')
+local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
+local args = { KEYS[2] }
+if tonumber(ARGV[5]) > 0 then
+  table.insert(args, 'MAXLEN')
+  table.insert(args, '~')
+  table.insert(args, ARGV[5])
+end
+table.insert(args, '*')
+local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
+local missing = true
+if #entry == 1 and entry[1][2] then
+  missing = false
+  local fields = entry[1][2]
+  for i = 1, #fields, 2 do
+    if string.sub(fields[i], 1, 4) ~= 'dlq.' then
+      table.insert(args, fields[i])
+      table.insert(args, fields[i + 1])
+    end
+  end
+end
+for _, v in ipairs({ 'dlq.id', ARGV[3], 'dlq.group', ARGV[1], 'dlq.consumer', ARGV[2],
+  'dlq.deliveries', tostring(deliveries), 'dlq.error', ARGV[4], 'dlq.at', tostring(now) }) do
+  table.insert(args, v)
+end
+if missing then
+  table.insert(args, 'dlq.missing')
+  table.insert(args, '1')
+end
+redis.call('XADD', unpack(args))
+redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
+return 1

@@ -1,0 +1,111 @@
+//! Counters a user can read.
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+pub(crate) fn add(counter: &AtomicU64, n: u64) {
+    counter.fetch_add(n, Ordering::Relaxed);
+}
+
+/// Counters of one [`Producer`](crate::Producer) (shared by its clones).
+#[derive(Debug, Default)]
+pub struct ProducerMetrics {
+    pub(crate) published: AtomicU64,
+    pub(crate) publish_errors: AtomicU64,
+}
+
+/// A point-in-time copy of [`ProducerMetrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ProducerSnapshot {
+    /// Entries appended (`XADD` answered with an id).
+    pub published: u64,
+    /// Publishes that failed (the entry may or may not have been appended).
+    pub publish_errors: u64,
+}
+
+impl ProducerMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> ProducerSnapshot {
+        ProducerSnapshot {
+            published: self.published.load(Ordering::Relaxed),
+            publish_errors: self.publish_errors.load(Ordering::Relaxed),
+        }
+    }
+}
+
+/// Counters of one [`Worker`](crate::Worker).
+#[derive(Debug, Default)]
+pub struct WorkerMetrics {
+    pub(crate) delivered: AtomicU64,
+    pub(crate) handled: AtomicU64,
+    pub(crate) failed: AtomicU64,
+    pub(crate) retried: AtomicU64,
+    pub(crate) dead_lettered: AtomicU64,
+    pub(crate) decode_errors: AtomicU64,
+    pub(crate) reclaimed: AtomicU64,
+    pub(crate) deleted_while_pending: AtomicU64,
+    pub(crate) acked: AtomicU64,
+    pub(crate) ack_errors: AtomicU64,
+    pub(crate) read_errors: AtomicU64,
+    pub(crate) abandoned: AtomicU64,
+}
+
+/// A point-in-time copy of [`WorkerMetrics`].
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct WorkerSnapshot {
+    /// New entries read with `XREADGROUP` (first deliveries).
+    pub delivered: u64,
+    /// Handler runs that returned `Ok` (their entries are acknowledged or
+    /// queued for the next acknowledgement batch).
+    pub handled: u64,
+    /// Handler runs that returned `Err`, panicked or ran past the handler
+    /// timeout. The entry stays pending and is retried after `min_idle`,
+    /// unless it was its last allowed delivery (then it is dead-lettered).
+    pub failed: u64,
+    /// Handler runs of entries delivered before (delivery count > 1).
+    pub retried: u64,
+    /// Entries this worker moved to the dead-letter stream (handler failed
+    /// on the last allowed delivery, undecodable payload, or too many
+    /// deliveries without an outcome).
+    pub dead_lettered: u64,
+    /// Entries whose payload could not be decoded (dead-lettered at once).
+    pub decode_errors: u64,
+    /// Entries this worker took over with `XAUTOCLAIM` (failed deliveries
+    /// and entries left behind by crashed consumers, its own included).
+    pub reclaimed: u64,
+    /// Entries that were pending but had been deleted from the stream
+    /// (trimmed away or `XDEL`'d) when `XAUTOCLAIM` reached them: their
+    /// payload is gone; Redis removed them from the pending list.
+    pub deleted_while_pending: u64,
+    /// Entries acknowledged with `XACK`.
+    pub acked: u64,
+    /// `XACK` batches that failed (retried; see [`ShutdownReport::unacked`](crate::ShutdownReport::unacked)).
+    pub ack_errors: u64,
+    /// `XREADGROUP` or claim calls that failed (retried with backoff).
+    pub read_errors: u64,
+    /// Handlers cancelled because the shutdown deadline passed (their
+    /// entries stay pending and are redelivered).
+    pub abandoned: u64,
+}
+
+impl WorkerMetrics {
+    /// Reads every counter.
+    pub fn snapshot(&self) -> WorkerSnapshot {
+        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        WorkerSnapshot {
+            delivered: r(&self.delivered),
+            handled: r(&self.handled),
+            failed: r(&self.failed),
+            retried: r(&self.retried),
+            dead_lettered: r(&self.dead_lettered),
+            decode_errors: r(&self.decode_errors),
+            reclaimed: r(&self.reclaimed),
+            deleted_while_pending: r(&self.deleted_while_pending),
+            acked: r(&self.acked),
+            ack_errors: r(&self.ack_errors),
+            read_errors: r(&self.read_errors),
+            abandoned: r(&self.abandoned),
+        }
+    }
+}

@@ -1,0 +1,856 @@
+//! [`Worker`]: a consumer-group worker with bounded concurrency, batched
+//! acknowledgements, retries through `XAUTOCLAIM` and dead letters.
+
+use std::collections::HashSet;
+use std::fmt;
+use std::future::Future;
+use std::marker::PhantomData;
+use std::panic::AssertUnwindSafe;
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::clients::Client;
+use fred::interfaces::{ClientLike, StreamsInterface};
+use fred::types::config::Options;
+use fred::types::Value;
+use fredkit_conn::{Dedicated, Redis};
+use fredkit_core::{Backoff, Codec, Error, MsgPack, Result, Script};
+use futures::future::BoxFuture;
+use futures::FutureExt;
+use serde::de::DeserializeOwned;
+use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
+use tokio::task::{AbortHandle, JoinHandle, JoinSet};
+use tokio::time::Instant;
+use tracing::Instrument;
+
+use crate::admin::create_group;
+use crate::config::WorkerConfig;
+use crate::fields::{PAYLOAD_FIELD, TRACE_ID_HEADER, TYPE_HEADER};
+use crate::keys::{StreamId, StreamKeys};
+use crate::message::Message;
+use crate::metrics::{add, WorkerMetrics, WorkerSnapshot};
+use crate::reply::{self, RawEntry};
+
+static DEAD_LETTER: Script = Script::new(
+    "streams_dead_letter",
+    include_str!("../scripts/dead_letter.lua"),
+);
+static CLAIM: Script = Script::new("streams_claim", include_str!("../scripts/claim.lua"));
+static FORGET_CONSUMER: Script = Script::new(
+    "streams_forget_consumer",
+    include_str!("../scripts/forget_consumer.lua"),
+);
+
+type Handler<T> = dyn Fn(Message<T>) -> BoxFuture<'static, std::result::Result<(), String>>
+    + Send
+    + Sync;
+
+/// What [`Worker::shutdown`] observed.
+#[derive(Clone, Debug, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct ShutdownReport {
+    /// The consumer name.
+    pub consumer: String,
+    /// Handlers running when reading stopped.
+    pub in_flight_at_stop: u64,
+    /// Handlers cancelled because the shutdown deadline passed (their entries
+    /// stay pending and are redelivered to another worker after `min_idle`).
+    pub abandoned: u64,
+    /// Successfully handled entries whose `XACK` could not be sent before the
+    /// deadline: they stay pending and will be delivered again (the
+    /// at-least-once case).
+    pub unacked: u64,
+    /// Whether the consumer was removed from the group (only a generated,
+    /// empty consumer is).
+    pub consumer_removed: bool,
+    /// The worker's counters at the end.
+    pub metrics: WorkerSnapshot,
+}
+
+/// A running consumer-group worker (see the crate docs for the delivery
+/// contract).
+///
+/// [`Worker::start`] creates the group if needed and spawns the worker's
+/// tasks on the current tokio runtime: a read loop on a dedicated connection
+/// (`XREADGROUP ... BLOCK`, never on the shared one), one task per delivered
+/// entry (at most `concurrency` at once), and an acknowledger that sends the
+/// successes as batched `XACK`s on the shared pool. Every `claim_interval`
+/// the read loop also runs `XAUTOCLAIM` (a script) to retry failed entries
+/// and take over what crashed consumers left pending.
+///
+/// ```no_run
+/// use std::time::Duration;
+/// use fredkit_core::KeySpace;
+/// use fredkit_streams::{Message, StreamKeys, Worker, WorkerConfig};
+///
+/// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+/// #[derive(serde::Deserialize)]
+/// struct Order { id: u64 }
+///
+/// let keys = StreamKeys::new(&KeySpace::new("shop")?, "orders")?;
+/// let config = WorkerConfig::builder("billing").concurrency(16).build()?;
+/// let worker = Worker::start(&redis, keys, config, |msg: Message<Order>| async move {
+///     println!("order {} (delivery {})", msg.payload.id, msg.deliveries);
+///     Ok::<(), std::io::Error>(())
+/// })
+/// .await?;
+/// // ... later
+/// let report = worker.shutdown().await;
+/// println!("handled {}", report.metrics.handled);
+/// # Ok(()) }
+/// ```
+///
+/// # Round trips
+///
+/// | step | round trips |
+/// |---|---|
+/// | start | 1 (`XGROUP CREATE`), skipped with `create_group(false)` |
+/// | per read of up to `count` entries | 1 (`XREADGROUP`, dedicated connection) |
+/// | per acknowledgement batch (up to `ack_batch` ids) | 1 (`XACK`) |
+/// | per claim pass | 1 per `XAUTOCLAIM` page (script, with delivery counts) |
+/// | per dead letter | 1 (script: `XADD` dead-letter + `XACK`) |
+///
+/// # Failure
+///
+/// Read, claim and acknowledgement errors are logged, counted and retried
+/// with capped exponential backoff; the worker keeps running through Redis
+/// restarts. A handler error, panic or timeout is a failed delivery.
+///
+/// # Cancellation
+///
+/// Dropping a `Worker` asks it to shut down gracefully in the background
+/// (like [`shutdown`](Self::shutdown), without waiting). [`abort`](Self::abort)
+/// stops it at once, like a crash.
+pub struct Worker<T, C: Codec = MsgPack> {
+    consumer: String,
+    metrics: Arc<WorkerMetrics>,
+    stop: watch::Sender<bool>,
+    main: Option<JoinHandle<ShutdownReport>>,
+    acker: AbortHandle,
+    _t: PhantomData<fn() -> (T, C)>,
+}
+
+impl<T, C: Codec> fmt::Debug for Worker<T, C> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("Worker")
+            .field("consumer", &self.consumer)
+            .field("metrics", &self.metrics.snapshot())
+            .finish()
+    }
+}
+
+impl<T> Worker<T, MsgPack>
+where
+    T: DeserializeOwned + Send + 'static,
+{
+    /// Starts a worker decoding MessagePack payloads. See
+    /// [`start_with_codec`](Self::start_with_codec).
+    ///
+    /// # Errors
+    ///
+    /// As [`start_with_codec`](Self::start_with_codec).
+    pub async fn start<H, Fut, E>(
+        redis: &Redis,
+        keys: StreamKeys,
+        config: WorkerConfig,
+        handler: H,
+    ) -> Result<Worker<T, MsgPack>>
+    where
+        H: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        Worker::start_with_codec(redis, keys, config, MsgPack, handler).await
+    }
+}
+
+impl<T, C> Worker<T, C>
+where
+    T: DeserializeOwned + Send + 'static,
+    C: Codec,
+{
+    /// Starts a worker: creates the consumer group (unless
+    /// `create_group(false)`), opens its dedicated connection and spawns its
+    /// tasks. `handler` runs once per delivery; `Ok` acknowledges the entry,
+    /// `Err` leaves it pending for a retry after `min_idle` (its `Display`
+    /// text is kept as the last error in the dead letter).
+    ///
+    /// # Errors
+    ///
+    /// Creating the group failed (connection error, or the key holds
+    /// something other than a stream), or the dedicated connection could not
+    /// be configured. Must be called inside a tokio runtime.
+    pub async fn start_with_codec<H, Fut, E>(
+        redis: &Redis,
+        keys: StreamKeys,
+        config: WorkerConfig,
+        codec: C,
+        handler: H,
+    ) -> Result<Worker<T, C>>
+    where
+        H: Fn(Message<T>) -> Fut + Send + Sync + 'static,
+        Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
+        E: fmt::Display + Send + 'static,
+    {
+        if config.create_group {
+            create_group(redis, &keys, &config.group, &config.start).await?;
+        }
+        let generated = config.consumer.is_none();
+        let consumer = config
+            .consumer
+            .clone()
+            .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let dedicated = redis.dedicated()?;
+        let handler: Arc<Handler<T>> = Arc::new(move |m: Message<T>| {
+            let fut = handler(m);
+            async move { fut.await.map_err(|e| e.to_string()) }.boxed()
+        });
+        let metrics = Arc::new(WorkerMetrics::default());
+        let (ack_tx, ack_rx) = mpsc::unbounded_channel();
+        let backoff = Backoff::builder()
+            .initial(Duration::from_millis(20))
+            .max(config.retry_backoff_max.max(Duration::from_millis(20)))
+            .build()?;
+        let ctx = Arc::new(Ctx {
+            redis: redis.clone(),
+            keys,
+            config,
+            codec,
+            handler,
+            metrics: Arc::clone(&metrics),
+            consumer: consumer.clone(),
+            generated,
+            inflight: Mutex::new(HashSet::new()),
+            ack_tx,
+            backoff,
+        });
+        let (stop, stop_rx) = watch::channel(false);
+        let acker = tokio::spawn(ack_loop(Arc::clone(&ctx), ack_rx, stop_rx.clone()));
+        let acker_abort = acker.abort_handle();
+        let span = tracing::info_span!(
+            "fredkit.streams.worker",
+            stream = %ctx.keys.name(),
+            group = %ctx.config.group,
+            consumer = %consumer
+        );
+        let main = tokio::spawn(run(ctx, dedicated, stop_rx, acker).instrument(span));
+        Ok(Worker {
+            consumer,
+            metrics,
+            stop,
+            main: Some(main),
+            acker: acker_abort,
+            _t: PhantomData,
+        })
+    }
+}
+
+impl<T, C: Codec> Worker<T, C> {
+    /// The consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.consumer
+    }
+
+    /// The counters.
+    pub fn metrics(&self) -> WorkerSnapshot {
+        self.metrics.snapshot()
+    }
+
+    /// Graceful shutdown: stops reading (the read in progress, at most
+    /// `block` long, completes and its entries are handled), lets in-flight
+    /// handlers finish until `shutdown_timeout` (then cancels the rest: they
+    /// stay pending), sends the remaining acknowledgements, removes a
+    /// generated consumer name from the group if nothing is pending for it,
+    /// and reports.
+    ///
+    /// Cancellation: dropping this future leaves the shutdown running in the
+    /// background.
+    pub async fn shutdown(mut self) -> ShutdownReport {
+        let _ = self.stop.send(true);
+        let main = self.main.take();
+        let fallback = ShutdownReport {
+            consumer: self.consumer.clone(),
+            in_flight_at_stop: 0,
+            abandoned: 0,
+            unacked: 0,
+            consumer_removed: false,
+            metrics: self.metrics.snapshot(),
+        };
+        match main {
+            Some(handle) => match handle.await {
+                Ok(report) => report,
+                Err(e) => {
+                    tracing::warn!(consumer = %self.consumer, error = %e, "worker task ended abnormally");
+                    ShutdownReport {
+                        metrics: self.metrics.snapshot(),
+                        ..fallback
+                    }
+                }
+            },
+            None => fallback,
+        }
+    }
+
+    /// Stops the worker at once, like a crash: reading stops, running
+    /// handlers are cancelled, queued acknowledgements are not sent. Every
+    /// entry not yet acknowledged stays pending for this consumer and is
+    /// taken over by another worker after `min_idle`.
+    pub fn abort(mut self) {
+        if let Some(main) = self.main.take() {
+            main.abort();
+        }
+        self.acker.abort();
+    }
+}
+
+impl<T, C: Codec> Drop for Worker<T, C> {
+    fn drop(&mut self) {
+        // Graceful shutdown in the background (a no-op after shutdown/abort).
+        let _ = self.stop.send(true);
+    }
+}
+
+enum AckMsg {
+    Ack(StreamId),
+    /// Flush everything queued before, then report how many could not be
+    /// acknowledged and stop.
+    Close(Instant, oneshot::Sender<u64>),
+}
+
+struct Ctx<T, C> {
+    redis: Redis,
+    keys: StreamKeys,
+    config: WorkerConfig,
+    codec: C,
+    handler: Arc<Handler<T>>,
+    metrics: Arc<WorkerMetrics>,
+    consumer: String,
+    generated: bool,
+    /// Entries being handled or waiting for their XACK: a claim that hands
+    /// one of them back to this worker must not run it a second time.
+    inflight: Mutex<HashSet<StreamId>>,
+    ack_tx: mpsc::UnboundedSender<AckMsg>,
+    backoff: Backoff,
+}
+
+impl<T, C> Ctx<T, C> {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashSet<StreamId>> {
+        self.inflight.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    fn done(&self, id: &StreamId) {
+        self.inflight().remove(id);
+    }
+}
+
+async fn run<T, C>(
+    ctx: Arc<Ctx<T, C>>,
+    dedicated: Dedicated<Client>,
+    mut stop_rx: watch::Receiver<bool>,
+    acker: JoinHandle<()>,
+) -> ShutdownReport
+where
+    T: DeserializeOwned + Send + 'static,
+    C: Codec,
+{
+    let cfg = &ctx.config;
+    let sem = Arc::new(Semaphore::new(cfg.concurrency));
+    let mut tasks: JoinSet<()> = JoinSet::new();
+    let mut cursor = String::from("0-0");
+    // Claim right away: recover what crashed consumers left behind.
+    let mut next_claim = Instant::now();
+    let mut failures: u32 = 0;
+    tracing::debug!("worker started");
+
+    loop {
+        while tasks.try_join_next().is_some() {}
+        if *stop_rx.borrow() {
+            break;
+        }
+        let first = tokio::select! {
+            p = Arc::clone(&sem).acquire_owned() => match p {
+                Ok(p) => p,
+                Err(_) => break,
+            },
+            _ = stop_rx.changed() => continue,
+        };
+        let mut permits = vec![first];
+        while permits.len() < cfg.count {
+            match Arc::clone(&sem).try_acquire_owned() {
+                Ok(p) => permits.push(p),
+                Err(_) => break,
+            }
+        }
+
+        if Instant::now() >= next_claim {
+            match claim(&ctx, &mut cursor, permits.len()).await {
+                Ok(entries) => {
+                    for (entry, deliveries) in entries {
+                        if let Some(permit) = permits.pop() {
+                            spawn_handler(&ctx, &mut tasks, permit, entry, deliveries);
+                        }
+                    }
+                    if cursor == "0-0" {
+                        next_claim = Instant::now() + cfg.claim_interval;
+                    }
+                    failures = 0;
+                }
+                Err(e) => {
+                    add(&ctx.metrics.read_errors, 1);
+                    tracing::warn!(error = %e, "XAUTOCLAIM failed; retrying after the claim interval");
+                    cursor = String::from("0-0");
+                    next_claim = Instant::now() + cfg.claim_interval;
+                }
+            }
+            if permits.is_empty() {
+                continue;
+            }
+        }
+
+        let until_claim = next_claim.saturating_duration_since(Instant::now());
+        let block = cfg.block.min(until_claim).max(Duration::from_millis(1));
+        match read(&ctx, &dedicated, permits.len(), block).await {
+            Ok(entries) => {
+                failures = 0;
+                add(&ctx.metrics.delivered, entries.len() as u64);
+                for entry in entries {
+                    match permits.pop() {
+                        Some(permit) => spawn_handler(&ctx, &mut tasks, permit, entry, 1),
+                        None => {
+                            // Cannot happen (COUNT = permits); if Redis sent
+                            // more, the extra entries stay pending and are
+                            // reclaimed after min_idle.
+                            tracing::warn!(id = %entry.id, "XREADGROUP returned more entries than asked for");
+                        }
+                    }
+                }
+            }
+            Err(e) => {
+                add(&ctx.metrics.read_errors, 1);
+                drop(permits);
+                if e.to_string().contains("NOGROUP") && cfg.create_group {
+                    tracing::warn!("consumer group is gone (NOGROUP); creating it again");
+                    if let Err(e) =
+                        create_group(&ctx.redis, &ctx.keys, &cfg.group, &cfg.start).await
+                    {
+                        tracing::warn!(error = %e, "could not recreate the consumer group");
+                    }
+                } else {
+                    tracing::warn!(error = %e, "XREADGROUP failed; retrying with backoff");
+                }
+                let delay = ctx.backoff.delay(failures);
+                failures = failures.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_rx.changed() => {}
+                }
+            }
+        }
+    }
+
+    // Graceful shutdown.
+    let deadline = Instant::now() + cfg.shutdown_timeout;
+    let in_flight_at_stop = tasks.len() as u64;
+    let mut abandoned = 0;
+    loop {
+        tokio::select! {
+            r = tasks.join_next() => {
+                if r.is_none() {
+                    break;
+                }
+            }
+            _ = tokio::time::sleep_until(deadline) => {
+                abandoned = tasks.len() as u64;
+                tasks.abort_all();
+                while tasks.join_next().await.is_some() {}
+                break;
+            }
+        }
+    }
+    add(&ctx.metrics.abandoned, abandoned);
+    drop(dedicated);
+    // Flush acknowledgements: at least one command timeout even when the
+    // handlers used up the deadline.
+    let flush_deadline = deadline.max(Instant::now() + ctx.redis.config().command_timeout() * 2);
+    let (tx, rx) = oneshot::channel();
+    let unacked = if ctx.ack_tx.send(AckMsg::Close(flush_deadline, tx)).is_ok() {
+        rx.await.unwrap_or(0)
+    } else {
+        0
+    };
+    let _ = acker.await;
+    let consumer_removed = if ctx.generated && unacked == 0 && abandoned == 0 {
+        forget_consumer(&ctx).await
+    } else {
+        false
+    };
+    let metrics = ctx.metrics.snapshot();
+    tracing::info!(
+        in_flight_at_stop,
+        abandoned,
+        unacked,
+        handled = metrics.handled,
+        "worker stopped"
+    );
+    ShutdownReport {
+        consumer: ctx.consumer.clone(),
+        in_flight_at_stop,
+        abandoned,
+        unacked,
+        consumer_removed,
+        metrics,
+    }
+}
+
+fn spawn_handler<T, C>(
+    ctx: &Arc<Ctx<T, C>>,
+    tasks: &mut JoinSet<()>,
+    permit: OwnedSemaphorePermit,
+    entry: RawEntry,
+    deliveries: u64,
+) where
+    T: DeserializeOwned + Send + 'static,
+    C: Codec,
+{
+    let read_at = Instant::now();
+    ctx.inflight().insert(entry.id.clone());
+    tasks.spawn(handle(Arc::clone(ctx), entry, deliveries, read_at, permit));
+}
+
+async fn read<T, C>(
+    ctx: &Ctx<T, C>,
+    conn: &Client,
+    count: usize,
+    block: Duration,
+) -> Result<Vec<RawEntry>> {
+    // The blocking call gets its own timeout, longer than BLOCK: the
+    // connection's default command timeout would cut long blocks short.
+    let options = Options {
+        timeout: Some(block + ctx.redis.config().command_timeout()),
+        ..Options::default()
+    };
+    let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
+    let v: Value = conn
+        .with_options(&options)
+        .xreadgroup(
+            ctx.config.group.as_str(),
+            ctx.consumer.as_str(),
+            Some(count as u64),
+            Some(block_ms),
+            false,
+            ctx.keys.stream(),
+            ">",
+        )
+        .await?;
+    reply::xread_one(v)
+}
+
+async fn claim<T, C>(
+    ctx: &Ctx<T, C>,
+    cursor: &mut String,
+    count: usize,
+) -> Result<Vec<(RawEntry, u64)>> {
+    let cfg = &ctx.config;
+    let v: Value = CLAIM
+        .exec(
+            ctx.redis.client(),
+            vec![ctx.keys.stream(), ctx.keys.dead_letter()],
+            vec![
+                cfg.group.clone(),
+                ctx.consumer.clone(),
+                cfg.min_idle.as_millis().to_string(),
+                cursor.clone(),
+                count.to_string(),
+                cfg.max_deliveries.to_string(),
+                cfg.dead_letter_max_len.to_string(),
+            ],
+        )
+        .await?;
+    let claimed = reply::claimed(v)?;
+    *cursor = claimed.cursor;
+    if claimed.deleted > 0 {
+        add(&ctx.metrics.deleted_while_pending, claimed.deleted);
+        tracing::warn!(
+            count = claimed.deleted,
+            "pending entries were deleted from the stream before they were handled (trimmed or XDEL'd); their payloads are lost"
+        );
+    }
+    if claimed.dead_lettered > 0 {
+        add(&ctx.metrics.dead_lettered, claimed.dead_lettered);
+        tracing::warn!(
+            count = claimed.dead_lettered,
+            "entries exceeded max_deliveries without an outcome and were dead-lettered"
+        );
+    }
+    let mut out = Vec::with_capacity(claimed.entries.len());
+    {
+        let inflight = ctx.inflight();
+        for (entry, deliveries) in claimed.entries {
+            // Already running (or waiting for its XACK) here: do not run it twice.
+            if !inflight.contains(&entry.id) {
+                out.push((entry, deliveries));
+            }
+        }
+    }
+    add(&ctx.metrics.reclaimed, out.len() as u64);
+    Ok(out)
+}
+
+async fn handle<T, C>(
+    ctx: Arc<Ctx<T, C>>,
+    entry: RawEntry,
+    deliveries: u64,
+    read_at: Instant,
+    _permit: OwnedSemaphorePermit,
+) where
+    T: DeserializeOwned + Send + 'static,
+    C: Codec,
+{
+    if deliveries > 1 {
+        add(&ctx.metrics.retried, 1);
+    }
+    let id = entry.id;
+    let mut payload = None;
+    let mut headers = Vec::with_capacity(entry.fields.len());
+    for (k, v) in entry.fields {
+        if k == PAYLOAD_FIELD && payload.is_none() {
+            payload = Some(v);
+        } else {
+            headers.push((k, String::from_utf8_lossy(&v).into_owned()));
+        }
+    }
+    let header = |name: &str| {
+        headers
+            .iter()
+            .find(|(k, _)| k == name)
+            .map(|(_, v)| v.clone())
+            .unwrap_or_default()
+    };
+    let span = tracing::info_span!(
+        "fredkit.streams.handle",
+        stream = %ctx.keys.name(),
+        group = %ctx.config.group,
+        id = %id,
+        deliveries,
+        trace_id = %header(TRACE_ID_HEADER),
+        event_type = %header(TYPE_HEADER),
+        outcome = tracing::field::Empty
+    );
+    async move {
+        let decoded = match &payload {
+            Some(p) => ctx.codec.decode::<T>(p),
+            None => Err(Error::Codec {
+                op: "decode",
+                codec: ctx.codec.name(),
+                message: format!("the entry has no '{PAYLOAD_FIELD}' field"),
+            }),
+        };
+        let value = match decoded {
+            Ok(v) => v,
+            Err(e) => {
+                add(&ctx.metrics.decode_errors, 1);
+                tracing::Span::current().record("outcome", "undecodable");
+                tracing::warn!(id = %id, error = %e, "undecodable entry: dead-lettering it");
+                dead_letter(&ctx, &id, &e.to_string()).await;
+                return;
+            }
+        };
+        let message = Message {
+            id: id.clone(),
+            payload: value,
+            deliveries,
+            headers,
+        };
+        let deadline = read_at + ctx.config.handler_timeout;
+        let handler = Arc::clone(&ctx.handler);
+        let run = AssertUnwindSafe(async move { handler(message).await }).catch_unwind();
+        let error = match tokio::time::timeout_at(deadline, run).await {
+            Ok(Ok(Ok(()))) => {
+                add(&ctx.metrics.handled, 1);
+                tracing::Span::current().record("outcome", "ok");
+                if ctx.ack_tx.send(AckMsg::Ack(id.clone())).is_err() {
+                    ctx.done(&id);
+                }
+                return;
+            }
+            Ok(Ok(Err(e))) => e,
+            Ok(Err(panic)) => {
+                let what = panic
+                    .downcast_ref::<&str>()
+                    .map(|s| (*s).to_string())
+                    .or_else(|| panic.downcast_ref::<String>().cloned())
+                    .unwrap_or_else(|| "non-string panic payload".into());
+                format!("handler panicked: {what}")
+            }
+            Err(_) => format!(
+                "handler timed out (handler_timeout {:?}, counted from delivery)",
+                ctx.config.handler_timeout
+            ),
+        };
+        add(&ctx.metrics.failed, 1);
+        if deliveries >= ctx.config.max_deliveries {
+            tracing::Span::current().record("outcome", "dead_letter");
+            tracing::warn!(id = %id, deliveries, error = %error, "last delivery failed: dead-lettering");
+            dead_letter(&ctx, &id, &error).await;
+        } else {
+            tracing::Span::current().record("outcome", "failed");
+            tracing::debug!(id = %id, deliveries, error = %error, "handler failed; retry after min_idle");
+            ctx.done(&id);
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
+    let r: Result<i64> = DEAD_LETTER
+        .exec(
+            ctx.redis.client(),
+            vec![ctx.keys.stream(), ctx.keys.dead_letter()],
+            vec![
+                ctx.config.group.clone(),
+                ctx.consumer.clone(),
+                id.as_str().to_string(),
+                error.to_string(),
+                ctx.config.dead_letter_max_len.to_string(),
+            ],
+        )
+        .await;
+    match r {
+        Ok(1) => add(&ctx.metrics.dead_lettered, 1),
+        Ok(_) => tracing::debug!(id = %id, "not dead-lettered: no longer pending for this consumer"),
+        Err(e) => tracing::warn!(
+            id = %id,
+            error = %e,
+            "dead-lettering failed; the entry stays pending and is dead-lettered when reclaimed"
+        ),
+    }
+    ctx.done(id);
+}
+
+async fn ack_loop<T, C>(
+    ctx: Arc<Ctx<T, C>>,
+    mut rx: mpsc::UnboundedReceiver<AckMsg>,
+    stop_rx: watch::Receiver<bool>,
+) {
+    let mut batch: Vec<StreamId> = Vec::new();
+    let mut close: Option<(Instant, oneshot::Sender<u64>)> = None;
+    while let Some(first) = rx.recv().await {
+        let mut next = Some(first);
+        while let Some(msg) = next.take() {
+            match msg {
+                AckMsg::Ack(id) => batch.push(id),
+                AckMsg::Close(deadline, tx) => close = Some((deadline, tx)),
+            }
+            if batch.len() >= ctx.config.ack_batch || close.is_some() {
+                break;
+            }
+            next = rx.try_recv().ok();
+        }
+        if !batch.is_empty() {
+            let deadline = close.as_ref().map(|(d, _)| *d);
+            if !ack(&ctx, &batch, deadline, &stop_rx).await {
+                // Given up (closing and past the deadline): they stay pending.
+                let n = batch.len() as u64;
+                for id in batch.drain(..) {
+                    ctx.done(&id);
+                }
+                if let Some((_, tx)) = close.take() {
+                    let mut lost = n;
+                    while let Ok(AckMsg::Ack(_)) = rx.try_recv() {
+                        lost += 1;
+                    }
+                    let _ = tx.send(lost);
+                    return;
+                }
+                continue;
+            }
+            for id in batch.drain(..) {
+                ctx.done(&id);
+            }
+        }
+        if let Some((deadline, tx)) = close.take() {
+            // Acks queued before Close were all read before it (FIFO); flush
+            // any stragglers, then report.
+            let mut rest = Vec::new();
+            while let Ok(AckMsg::Ack(id)) = rx.try_recv() {
+                rest.push(id);
+            }
+            let lost = if rest.is_empty() || ack(&ctx, &rest, Some(deadline), &stop_rx).await {
+                0
+            } else {
+                rest.len() as u64
+            };
+            let _ = tx.send(lost);
+            return;
+        }
+    }
+}
+
+/// Sends one `XACK` for `ids`, retrying transient errors with backoff (until
+/// `deadline`, when closing). Returns false when it gave up.
+async fn ack<T, C>(
+    ctx: &Ctx<T, C>,
+    ids: &[StreamId],
+    deadline: Option<Instant>,
+    stop: &watch::Receiver<bool>,
+) -> bool {
+    let mut attempt: u32 = 0;
+    let mut deadline = deadline;
+    loop {
+        let r: std::result::Result<i64, fred::error::Error> = ctx
+            .redis
+            .client()
+            .xack(
+                ctx.keys.stream(),
+                ctx.config.group.as_str(),
+                ids.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
+            )
+            .await;
+        match r {
+            Ok(_) => {
+                add(&ctx.metrics.acked, ids.len() as u64);
+                return true;
+            }
+            Err(e) => {
+                add(&ctx.metrics.ack_errors, 1);
+                let e = Error::from(e);
+                if !e.is_unavailable() {
+                    tracing::warn!(error = %e, count = ids.len(), "XACK failed for good; the entries stay pending");
+                    return false;
+                }
+                let delay = ctx.backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                if deadline.is_none() && *stop.borrow() {
+                    // Shutting down: do not retry for ever.
+                    deadline = Some(Instant::now() + ctx.config.shutdown_timeout);
+                }
+                if let Some(d) = deadline {
+                    if Instant::now() + delay > d {
+                        tracing::warn!(error = %e, count = ids.len(), "XACK still failing at the shutdown deadline; the entries stay pending and will be redelivered");
+                        return false;
+                    }
+                }
+                tracing::warn!(error = %e, count = ids.len(), "XACK failed; retrying");
+                tokio::time::sleep(delay).await;
+            }
+        }
+    }
+}
+
+async fn forget_consumer<T, C>(ctx: &Ctx<T, C>) -> bool {
+    let r: Result<i64> = FORGET_CONSUMER
+        .exec(
+            ctx.redis.client(),
+            ctx.keys.stream(),
+            vec![ctx.config.group.clone(), ctx.consumer.clone()],
+        )
+        .await;
+    match r {
+        Ok(n) => n == 1,
+        Err(e) => {
+            tracing::debug!(error = %e, "could not remove the consumer from the group");
+            false
+        }
+    }
+}
