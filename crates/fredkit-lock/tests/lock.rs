@@ -1,0 +1,772 @@
+//! fredkit-lock against real servers: standalone and a 3-master cluster for
+//! every primitive, 5 independent servers for Redlock, a master + replica
+//! (sentinel group) for replica confirmation.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+use fred::prelude::*;
+use fredkit_conn::Redis;
+use fredkit_core::traits::DistributedLock;
+use fredkit_core::{Backoff, ErrorKind};
+use fredkit_lock::{FencedStore, FencedWrite, LockManager, LockOptions, Redlock, RedlockOptions};
+use fredkit_testkit::{
+    shared_url, unique_prefix, IndependentServers, RedisServer, ServerOptions, Topology,
+};
+use rstest::rstest;
+
+/// Bounds every wait so a broken build fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+async fn connect(url: &str) -> Redis {
+    fredkit_testkit::connect(url).await.unwrap()
+}
+
+async fn shared(topology: Topology) -> Redis {
+    connect(&shared_url(topology).unwrap()).await
+}
+
+/// Waits until `m` has seen its lock busy at least once (a waiter is registered).
+async fn until_contended(m: &LockManager) {
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    while m.metrics().contended == 0 {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the waiter never tried"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+/// A prefix KeySpace accepts (testkit's ends with ':').
+fn prefix(test: &str) -> String {
+    unique_prefix(test).trim_end_matches(':').to_string()
+}
+
+fn opts(ttl_ms: u64, wait_ms: u64) -> LockOptions {
+    LockOptions::builder()
+        .ttl(Duration::from_millis(ttl_ms))
+        .wait(Duration::from_millis(wait_ms))
+        .build()
+        .unwrap()
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn mutual_exclusion_16_tasks_2_managers_count_exactly_1600(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_mutex");
+    // Two managers, each on its own connection, like two processes.
+    let managers = [
+        LockManager::new(&connect(&url).await, &p).unwrap(),
+        LockManager::new(&connect(&url).await, &p).unwrap(),
+    ];
+    let counter_client = connect(&url).await;
+    let counter = format!("{p}:counter");
+    let o = opts(5_000, 30_000);
+    let mut tasks = Vec::new();
+    for t in 0..16 {
+        let m = managers[t % 2].clone();
+        let redis = counter_client.clone();
+        let counter = counter.clone();
+        let o = o.clone();
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..100 {
+                let guard = m
+                    .acquire("counter", &o)
+                    .await
+                    .unwrap()
+                    .expect("waited 30 s for the lock");
+                let v: Option<i64> = redis.client().get(&counter).await.unwrap();
+                // Widen the race window between GET and SET.
+                tokio::task::yield_now().await;
+                redis
+                    .client()
+                    .set::<(), _, _>(&counter, v.unwrap_or(0) + 1, None, None, false)
+                    .await
+                    .unwrap();
+                assert!(
+                    guard.release().await.unwrap(),
+                    "lock expired under the holder"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(DEADLINE * 2, t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let v: i64 = counter_client.client().get(&counter).await.unwrap();
+    assert_eq!(v, 1600);
+    let acquired: u64 = managers.iter().map(|m| m.metrics().acquired).sum();
+    assert_eq!(acquired, 1600);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_strictly_increase_across_grants_and_client_restarts(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_fence");
+    let o = opts(5_000, 0);
+    let mut tokens = Vec::new();
+    {
+        let a = LockManager::new(&connect(&url).await, &p).unwrap();
+        let b = LockManager::new(&connect(&url).await, &p).unwrap();
+        for i in 0..10 {
+            let m = if i % 2 == 0 { &a } else { &b };
+            let g = m.acquire("res", &o).await.unwrap().unwrap();
+            tokens.push(g.fencing_token());
+            assert!(g.release().await.unwrap());
+        }
+        // Through the object-safe trait too.
+        let dl: Arc<dyn DistributedLock> = Arc::new(a.clone());
+        let lease = dl
+            .try_acquire("res", Duration::from_secs(5))
+            .await
+            .unwrap()
+            .unwrap();
+        tokens.push(lease.fencing_token);
+        assert!(dl.release(&lease).await.unwrap());
+        // Grants that expire instead of being released count as well.
+        let g = a.acquire("res", &opts(50, 0)).await.unwrap().unwrap();
+        tokens.push(g.fencing_token());
+        std::mem::forget(g);
+        tokio::time::sleep(Duration::from_millis(80)).await;
+    }
+    // A "restarted" client: new connection, new manager.
+    let redis = connect(&url).await;
+    let c = LockManager::new(&redis, &p).unwrap();
+    for _ in 0..5 {
+        let g = c.acquire("res", &o).await.unwrap().unwrap();
+        tokens.push(g.fencing_token());
+        g.release().await.unwrap();
+    }
+    assert_eq!(tokens.len(), 17);
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase: {tokens:?}"
+    );
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn holder_paused_past_ttl_loses_lock_and_its_release_spares_the_new_holder(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_stale");
+    let old_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let new_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let old = old_m.acquire("job", &opts(200, 0)).await.unwrap().unwrap();
+    assert!(new_m
+        .acquire("job", &opts(5_000, 0))
+        .await
+        .unwrap()
+        .is_none());
+    // The holder "pauses" past its TTL (no watchdog).
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    assert!(old.is_lost(), "the lease ran out locally too");
+    let new = new_m
+        .acquire("job", &opts(5_000, 0))
+        .await
+        .unwrap()
+        .expect("lock expired");
+    assert!(new.fencing_token() > old.fencing_token());
+    // The stale holder can neither extend nor release the new holder's lock.
+    assert!(!old.extend(Duration::from_secs(5)).await.unwrap());
+    assert!(!old.release().await.unwrap());
+    assert!(
+        old_m
+            .acquire("job", &opts(5_000, 0))
+            .await
+            .unwrap()
+            .is_none(),
+        "the new holder's lock must survive the stale release"
+    );
+    assert!(new.release().await.unwrap());
+    assert!(old_m.metrics().release_not_held >= 1);
+}
+
+/// A holder whose whole process stalls (GC pause, SIGSTOP, swapped out): its
+/// runtime thread is blocked, so the watchdog cannot renew either.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_holder_paused_past_ttl_is_marked_lost(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_paused_watchdog");
+    let (acquired_tx, acquired_rx) = std::sync::mpsc::channel::<u64>();
+    let holder_url = url.clone();
+    let holder_prefix = p.clone();
+    let holder = std::thread::spawn(move || {
+        let rt = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        rt.block_on(async move {
+            let redis = connect(&holder_url).await;
+            let m = LockManager::new(&redis, &holder_prefix).unwrap();
+            let o = LockOptions::builder()
+                .ttl(Duration::from_millis(300))
+                .watchdog(true)
+                .build()
+                .unwrap();
+            let guard = m.acquire("job", &o).await.unwrap().unwrap();
+            // Renewals work while the holder runs.
+            tokio::time::sleep(Duration::from_millis(700)).await;
+            assert!(!guard.is_lost());
+            assert!(m.metrics().renewals >= 1);
+            acquired_tx.send(guard.fencing_token()).unwrap();
+            // The stall: nothing on this runtime runs, the watchdog neither.
+            std::thread::sleep(Duration::from_millis(1_200));
+            let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost())
+                .await
+                .is_ok();
+            let renew_after_pause = guard.extend(Duration::from_millis(300)).await.unwrap();
+            let released = guard.release().await.unwrap();
+            (lost, renew_after_pause, released, m.metrics().lost)
+        })
+    });
+    let old_token = acquired_rx.recv_timeout(DEADLINE).unwrap();
+    let m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let new = m
+        .acquire("job", &opts(10_000, 5_000))
+        .await
+        .unwrap()
+        .expect("the stalled holder's lock expires");
+    assert!(new.fencing_token() > old_token);
+    let (lost, renewed, released, lost_count) =
+        tokio::task::spawn_blocking(move || holder.join().unwrap())
+            .await
+            .unwrap();
+    assert!(lost, "lost() must fire for the stalled holder");
+    assert!(
+        !renewed,
+        "the stalled holder cannot renew the new holder's lock"
+    );
+    assert!(!released, "the stalled holder's release must report false");
+    assert!(lost_count >= 1);
+    // The new holder still holds it.
+    assert!(m.acquire("job", &opts(1_000, 0)).await.unwrap().is_none());
+    assert!(new.release().await.unwrap());
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn watchdog_keeps_lock_for_3_ttls_and_it_frees_within_a_ttl_after_holder_abort(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_watchdog");
+    let holder_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let other = LockManager::new(&connect(&url).await, &p).unwrap();
+    let ttl = Duration::from_millis(300);
+    let o = LockOptions::builder()
+        .ttl(ttl)
+        .watchdog(true)
+        .build()
+        .unwrap();
+    let (tx, rx) = tokio::sync::oneshot::channel();
+    let hm = holder_m.clone();
+    let holder = tokio::spawn(async move {
+        let guard = hm.acquire("job", &o).await.unwrap().unwrap();
+        tx.send(guard.fencing_token()).unwrap();
+        // Hold for ever; only abort ends this task.
+        std::future::pending::<()>().await;
+        drop(guard);
+    });
+    let token = rx.await.unwrap();
+    let held_until = tokio::time::Instant::now() + ttl * 3 + Duration::from_millis(100);
+    while tokio::time::Instant::now() < held_until {
+        assert!(
+            other
+                .acquire("job", &opts(5_000, 0))
+                .await
+                .unwrap()
+                .is_none(),
+            "the watchdog must keep the lock alive"
+        );
+        tokio::time::sleep(Duration::from_millis(40)).await;
+    }
+    assert!(holder_m.metrics().renewals >= 3);
+    assert_eq!(holder_m.metrics().lost, 0);
+    holder.abort();
+    let _ = holder.await;
+    let next = other
+        .acquire(
+            "job",
+            &LockOptions::builder().ttl(ttl).wait(ttl).build().unwrap(),
+        )
+        .await
+        .unwrap()
+        .expect("the lock frees within one TTL after the holder is aborted");
+    assert!(next.fencing_token() > token);
+    next.release().await.unwrap();
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiter_is_woken_by_release_not_by_polling(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_wake");
+    let holder_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let waiter_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let holder = holder_m
+        .acquire("job", &opts(30_000, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    // Polling so slow, and a lock so long, that only the wake-up can end the wait in time.
+    let o = LockOptions::builder()
+        .ttl(Duration::from_secs(5))
+        .wait(Duration::from_secs(8))
+        .poll_backoff(
+            Backoff::builder()
+                .initial(Duration::from_secs(20))
+                .max(Duration::from_secs(20))
+                .jitter(false)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let wm = waiter_m.clone();
+    let waiter = tokio::spawn(async move {
+        let g = wm.acquire("job", &o).await.unwrap();
+        (g.map(|g| g.fencing_token()), wm.metrics())
+    });
+    until_contended(&waiter_m).await;
+    assert!(holder.release().await.unwrap());
+    let (got, metrics) = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.is_some(), "the waiter must be woken by the release");
+    assert!(metrics.wakeups >= 1, "{metrics:?}");
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn uncontended_release_publishes_nothing(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_quiet");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let subscriber = fredkit_pubsub::Subscriber::with_codec(
+        &redis,
+        fredkit_core::MsgPack,
+        fredkit_pubsub::PubSubOptions::default().mode(fredkit_pubsub::Mode::Plain),
+    )
+    .await
+    .unwrap();
+    let mut wake = subscriber.subscribe_bytes(m.wake_channel()).await.unwrap();
+    for i in 0..20 {
+        let g = m
+            .acquire(&format!("r{i}"), &opts(5_000, 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert!(g.release().await.unwrap());
+    }
+    // One contended hand-over: exactly one wake-up.
+    let g = m.acquire("busy", &opts(5_000, 0)).await.unwrap().unwrap();
+    let m2 = m.clone();
+    let waiter = tokio::spawn(async move { m2.acquire("busy", &opts(5_000, 10_000)).await });
+    until_contended(&m).await;
+    assert!(g.release().await.unwrap());
+    let next = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap()
+        .unwrap()
+        .unwrap();
+    next.release().await.unwrap();
+    use futures::StreamExt;
+    let first = tokio::time::timeout(Duration::from_secs(2), wake.next())
+        .await
+        .unwrap()
+        .unwrap();
+    match first {
+        fredkit_pubsub::Delivery::Message(msg) => {
+            let key = msg.payload.unwrap();
+            assert!(String::from_utf8_lossy(&key).contains("{busy}"), "{key:?}");
+        }
+        other => panic!("expected the wake-up for 'busy', got {other:?}"),
+    }
+    // The waiter flag may still be up for the final release (it expires
+    // with the waiter's wait), so at most one more message, never one per
+    // uncontended lock.
+    let mut extra = 0;
+    while let Ok(Some(_)) = tokio::time::timeout(Duration::from_millis(300), wake.next()).await {
+        extra += 1;
+    }
+    assert!(extra <= 1, "{extra} extra wake-ups");
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_write_with_older_token_after_newer_one_is_rejected(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_fenced");
+    let store = FencedStore::new(&redis, &format!("{p}:data")).unwrap();
+    assert_eq!(
+        store.write("doc", "v8", 8, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    // Equal tokens are accepted (one holder may write twice).
+    assert_eq!(
+        store.write("doc", "v8b", 8, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    assert_eq!(
+        store.write("doc", "v7", 7, None).await.unwrap(),
+        FencedWrite::Rejected { newest: 8 }
+    );
+    assert_eq!(store.read("doc").await.unwrap().unwrap(), "v8b".as_bytes());
+
+    // With real locks: the stale holder's write loses to the new holder's.
+    let m = LockManager::new(&redis, &p).unwrap();
+    let old = m.acquire("doc2", &opts(100, 0)).await.unwrap().unwrap();
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    let new = m.acquire("doc2", &opts(5_000, 0)).await.unwrap().unwrap();
+    let n1 = new.fencing_token();
+    assert_eq!(
+        store.write("doc2", "new", n1, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    assert_eq!(
+        store
+            .write("doc2", "old", old.fencing_token(), None)
+            .await
+            .unwrap(),
+        FencedWrite::Rejected { newest: n1 }
+    );
+    assert_eq!(store.read("doc2").await.unwrap().unwrap(), "new".as_bytes());
+    assert_eq!(
+        store.write("doc2", "x", 0, None).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    new.release().await.unwrap();
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_of_3_never_has_more_than_3_holders_among_20_contenders(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_sem");
+    let managers = [
+        LockManager::new(&connect(&url).await, &p).unwrap(),
+        LockManager::new(&connect(&url).await, &p).unwrap(),
+    ];
+    let holders = Arc::new(AtomicUsize::new(0));
+    let max = Arc::new(AtomicUsize::new(0));
+    let o = opts(5_000, 30_000);
+    let mut tasks = Vec::new();
+    for t in 0..20 {
+        let sem = managers[t % 2].semaphore("exports", 3).unwrap();
+        let (holders, max, o) = (holders.clone(), max.clone(), o.clone());
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..3 {
+                let permit = sem
+                    .acquire(&o)
+                    .await
+                    .unwrap()
+                    .expect("a permit within 30 s");
+                let now = holders.fetch_add(1, Ordering::SeqCst) + 1;
+                max.fetch_max(now, Ordering::SeqCst);
+                assert!(sem.held().await.unwrap() <= 3);
+                tokio::time::sleep(Duration::from_millis(3)).await;
+                holders.fetch_sub(1, Ordering::SeqCst);
+                assert!(permit.release().await.unwrap());
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(DEADLINE * 2, t)
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    let max = max.load(Ordering::SeqCst);
+    assert!(max <= 3, "{max} holders at once");
+    assert!(max >= 1);
+    let acquired: u64 = managers.iter().map(|m| m.metrics().acquired).sum();
+    assert_eq!(acquired, 60);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_permit_dropped_without_release_returns_after_its_ttl(
+    #[case] topology: Topology,
+) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_sem_leak");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let sem = m.semaphore("slots", 3).unwrap();
+    let long = opts(10_000, 0);
+    // A crashed holder: its permit is never given back (no Drop runs).
+    let leaked = sem.acquire(&opts(300, 0)).await.unwrap().unwrap();
+    std::mem::forget(leaked);
+    let a = sem.acquire(&long).await.unwrap().unwrap();
+    let b = sem.acquire(&long).await.unwrap().unwrap();
+    assert!(sem.acquire(&long).await.unwrap().is_none(), "3 of 3 taken");
+    assert_eq!(sem.held().await.unwrap(), 3);
+    let c = sem
+        .acquire(&opts(10_000, 3_000))
+        .await
+        .unwrap()
+        .expect("the leaked permit expires and comes back");
+    assert_eq!(sem.held().await.unwrap(), 3);
+    assert!(sem.acquire(&long).await.unwrap().is_none());
+    for permit in [a, b, c] {
+        assert!(permit.release().await.unwrap());
+    }
+    assert_eq!(sem.held().await.unwrap(), 0);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn with_lock_releases_after_work_and_after_cancellation(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let m = LockManager::new(&redis, &prefix("lock_with")).unwrap();
+    let o = opts(10_000, 0);
+    let out = m
+        .with_lock("r", &o, |ctx| async move {
+            assert!(!ctx.lost.is_lost());
+            ctx.fencing_token
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(out >= 1);
+    // Released: the next one gets it at once.
+    let g = m
+        .acquire("r", &o)
+        .await
+        .unwrap()
+        .expect("with_lock released");
+    // Busy: the work does not run.
+    let ran = m
+        .with_lock("r", &o, |_| async { unreachable!() })
+        .await
+        .unwrap();
+    assert!(ran.is_none());
+    g.release().await.unwrap();
+    // Cancelled mid-work: the dropped guard releases in the background.
+    let m2 = m.clone();
+    let o2 = o.clone();
+    let task = tokio::spawn(async move {
+        m2.with_lock("r", &o2, |_| std::future::pending::<()>())
+            .await
+    });
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    task.abort();
+    let _ = task.await;
+    let back = m
+        .acquire("r", &opts(10_000, 2_000))
+        .await
+        .unwrap()
+        .expect("the cancelled with_lock released in the background");
+    back.release().await.unwrap();
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_moves_across_tasks_and_only_its_token_can_release(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let m = LockManager::new(&redis, &prefix("lock_move")).unwrap();
+    let g = m.acquire("r", &opts(10_000, 0)).await.unwrap().unwrap();
+    let lease = g.lease();
+    // Moved to another task, released there.
+    let released = tokio::spawn(async move { g.release().await.unwrap() })
+        .await
+        .unwrap();
+    assert!(released);
+    // An old lease cannot release or extend a later grant.
+    let g2 = m.acquire("r", &opts(10_000, 0)).await.unwrap().unwrap();
+    assert!(!DistributedLock::release(&m, &lease).await.unwrap());
+    assert!(!DistributedLock::extend(&m, &lease, Duration::from_secs(1))
+        .await
+        .unwrap());
+    assert!(g2.extend(Duration::from_secs(20)).await.unwrap());
+    assert!(m.acquire("r", &opts(10_000, 0)).await.unwrap().is_none());
+    assert!(g2.release().await.unwrap());
+    assert_eq!(
+        m.acquire("", &opts(1_000, 0)).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_error_is_never_a_granted_lock() {
+    // Nothing listens there: every command fails after the command timeout.
+    let port = {
+        let l = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+        l.local_addr().unwrap().port()
+    };
+    let config = fredkit_conn::RedisConfig::from_url(&format!(
+        "redis://127.0.0.1:{port}?command_timeout=300ms&connect_timeout=300ms"
+    ))
+    .unwrap();
+    let redis = Redis::connect(config).await.unwrap();
+    let m = LockManager::new(&redis, "t:lock_fail_closed").unwrap();
+    for o in [opts(1_000, 0), opts(1_000, 500)] {
+        let r = tokio::time::timeout(DEADLINE, m.acquire("r", &o))
+            .await
+            .unwrap();
+        assert!(
+            r.is_err(),
+            "an unreachable Redis must be an error, got {r:?}"
+        );
+    }
+    let sem = m.semaphore("s", 2).unwrap();
+    assert!(sem.acquire(&opts(1_000, 0)).await.is_err());
+    assert_eq!(m.metrics().acquired, 0);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn replica_confirmation_fails_closed_without_replicas_and_passes_with_one() {
+    let standalone = shared(Topology::Standalone).await;
+    let m = LockManager::new(&standalone, &prefix("lock_wait_none")).unwrap();
+    let o = LockOptions::builder()
+        .ttl(Duration::from_secs(10))
+        .replicas(1, Duration::from_millis(100))
+        .build()
+        .unwrap();
+    let err = m.acquire("r", &o).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Timeout, "{err}");
+    // The grant was undone.
+    let g = m
+        .acquire("r", &opts(1_000, 0))
+        .await
+        .unwrap()
+        .expect("undone grant");
+    g.release().await.unwrap();
+
+    // Master + replica (the sentinel group): confirmed.
+    let sentinel = shared(Topology::Sentinel).await;
+    let m = LockManager::new(&sentinel, &prefix("lock_wait_one")).unwrap();
+    let o = LockOptions::builder()
+        .ttl(Duration::from_secs(10))
+        .replicas(1, Duration::from_secs(2))
+        .build()
+        .unwrap();
+    let g = m
+        .acquire("r", &o)
+        .await
+        .unwrap()
+        .expect("one replica confirms");
+    assert!(g.release().await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redlock_acquires_with_2_of_5_killed_and_refuses_with_3() {
+    let mut servers = tokio::task::spawn_blocking(|| IndependentServers::start(5).unwrap())
+        .await
+        .unwrap();
+    let mut nodes = Vec::new();
+    let mut others = Vec::new();
+    for url in servers.urls() {
+        nodes.push(connect(&url).await);
+        others.push(connect(&url).await);
+    }
+    let o = RedlockOptions::builder()
+        .ttl(Duration::from_secs(5))
+        .retries(1)
+        .retry_delay(Duration::from_millis(50))
+        .build()
+        .unwrap();
+    let redlock = Redlock::new(nodes, "t:redlock", o.clone()).unwrap();
+    let rival = Redlock::new(others, "t:redlock", o).unwrap();
+    assert_eq!(redlock.quorum(), 3);
+
+    let g = redlock.acquire("job").await.unwrap().expect("all 5 up");
+    assert!(g.validity() > Duration::from_secs(4));
+    assert!(
+        rival.acquire("job").await.unwrap().is_none(),
+        "mutual exclusion"
+    );
+    assert_eq!(g.release().await.unwrap(), 5);
+
+    servers.servers_mut()[0].kill().unwrap();
+    servers.servers_mut()[1].kill().unwrap();
+    let g = redlock
+        .acquire("job")
+        .await
+        .unwrap()
+        .expect("3 of 5 is a quorum");
+    assert!(rival.acquire("job").await.unwrap().is_none());
+    assert_eq!(g.release().await.unwrap(), 3);
+
+    servers.servers_mut()[2].kill().unwrap();
+    let err = redlock.acquire("job").await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Connection, "{err}");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_server_paused_past_ttl_marks_watchdog_guard_lost() {
+    let server =
+        tokio::task::spawn_blocking(|| RedisServer::start_with(ServerOptions::default()).unwrap())
+            .await
+            .unwrap();
+    let p = prefix("lock_server_paused");
+    let holder_m = LockManager::new(&connect(&server.url()).await, &p).unwrap();
+    let other = LockManager::new(&connect(&server.url()).await, &p).unwrap();
+    let o = LockOptions::builder()
+        .ttl(Duration::from_millis(300))
+        .watchdog(true)
+        .build()
+        .unwrap();
+    let g = holder_m.acquire("job", &o).await.unwrap().unwrap();
+    server.pause().unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(5), g.lost()).await;
+    std::thread::sleep(Duration::from_millis(200));
+    server.resume().unwrap();
+    assert!(
+        lost.is_ok(),
+        "lost() must fire when Redis is unreachable past the TTL"
+    );
+    assert!(holder_m.metrics().lost >= 1);
+    let new = other
+        .acquire("job", &opts(10_000, 5_000))
+        .await
+        .unwrap()
+        .expect("the lock expired during the pause");
+    assert!(!g.release().await.unwrap());
+    assert!(other
+        .acquire("job", &opts(1_000, 0))
+        .await
+        .unwrap()
+        .is_none());
+    assert!(new.release().await.unwrap());
+}
