@@ -1,0 +1,69 @@
+//! Counters a user can read: [`RevocationMetrics`].
+
+use std::sync::atomic::{AtomicU64, Ordering};
+
+/// A snapshot of a [`Revocations`](crate::Revocations) store's counters,
+/// counted since it was created (clones share them).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub struct RevocationMetrics {
+    /// Reads answered: every `is_revoked` and `check` that returned `Ok`.
+    pub checks: u64,
+    /// Reads that found the token revoked (by id, subject or organisation) —
+    /// in Redis or in the local cache. Fail-closed answers are not counted
+    /// here.
+    pub revoked_hits: u64,
+    /// Reads answered "not revoked" because Redis was unavailable
+    /// ([`FailMode::Open`](fredkit_core::FailMode::Open)).
+    pub fail_open: u64,
+    /// Reads answered "revoked" because Redis was unavailable
+    /// ([`FailMode::Closed`](fredkit_core::FailMode::Closed)).
+    pub fail_closed: u64,
+    /// Round trips the read path sent to Redis (one per `is_revoked` or
+    /// `check` that was not answered locally or refused by the breaker).
+    pub redis_reads: u64,
+    /// Reads answered from the local cache without a round trip.
+    pub local_answers: u64,
+    /// Times the local cache was flushed because messages may have been
+    /// lost (resubscribe gap, lagging receiver, undecodable event).
+    pub cache_flushes: u64,
+    /// Revocation events received from other instances (and this one).
+    pub events_received: u64,
+    /// Revocations stored in Redis whose event could not be published
+    /// (other instances' caches then learn of it within their `ttl`).
+    pub publish_failures: u64,
+}
+
+#[derive(Debug, Default)]
+pub(crate) struct Counters {
+    pub(crate) checks: AtomicU64,
+    pub(crate) revoked_hits: AtomicU64,
+    pub(crate) fail_open: AtomicU64,
+    pub(crate) fail_closed: AtomicU64,
+    pub(crate) redis_reads: AtomicU64,
+    pub(crate) local_answers: AtomicU64,
+    pub(crate) cache_flushes: AtomicU64,
+    pub(crate) events_received: AtomicU64,
+    pub(crate) publish_failures: AtomicU64,
+}
+
+impl Counters {
+    pub(crate) fn add(counter: &AtomicU64) {
+        counter.fetch_add(1, Ordering::Relaxed);
+    }
+
+    pub(crate) fn snapshot(&self) -> RevocationMetrics {
+        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        RevocationMetrics {
+            checks: get(&self.checks),
+            revoked_hits: get(&self.revoked_hits),
+            fail_open: get(&self.fail_open),
+            fail_closed: get(&self.fail_closed),
+            redis_reads: get(&self.redis_reads),
+            local_answers: get(&self.local_answers),
+            cache_flushes: get(&self.cache_flushes),
+            events_received: get(&self.events_received),
+            publish_failures: get(&self.publish_failures),
+        }
+    }
+}

@@ -1,0 +1,770 @@
+//! [`Revocations`]: the Redis revocation store.
+
+use std::fmt;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use async_trait::async_trait;
+use fred::interfaces::KeysInterface;
+use fred::types::Value;
+use fredkit_conn::Redis;
+use fredkit_core::traits::{RevocationStore, TokenClaims};
+use fredkit_core::{BreakerState, Error, FailMode, Result, Script};
+use tracing::Instrument;
+
+use crate::metrics::{Counters, RevocationMetrics};
+use crate::options::RevocationOptions;
+
+static REVOKE_JTI: Script = Script::new("revoke_jti", include_str!("../scripts/revoke_jti.lua"));
+static REVOKE_CUTOFF: Script = Script::new(
+    "revoke_cutoff",
+    include_str!("../scripts/revoke_cutoff.lua"),
+);
+static TRACK: Script = Script::new("track", include_str!("../scripts/track.lua"));
+static LIST_ACTIVE: Script = Script::new("list_active", include_str!("../scripts/list_active.lua"));
+
+/// What [`Revocations::revoke`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Revoked {
+    /// The token is now revoked until its expiry (new record, or an existing
+    /// one moved to a later expiry).
+    Now,
+    /// It was already revoked until that expiry or later; nothing changed.
+    Already,
+    /// Its expiry (plus the leeway) has passed by the server's clock: it is
+    /// invalid anyway and nothing was written.
+    Expired,
+}
+
+/// A token found by [`Revocations::list_active`].
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+pub struct ActiveToken {
+    /// The token id.
+    pub jti: String,
+    /// When its tracking entry goes: its `exp` plus the store's leeway.
+    pub expires_at: SystemTime,
+}
+
+/// Which cut-off a [`Revocations::revoke_subject`]-like call moves.
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    Subject,
+    Org,
+}
+
+impl Scope {
+    fn part(self) -> &'static str {
+        match self {
+            Scope::Subject => "sub",
+            Scope::Org => "org",
+        }
+    }
+}
+
+/// JWT revocation on Redis: by token id until the token expires, and by
+/// subject or organisation with a "not before" cut-off, with one round trip
+/// per check and an explicit [`FailMode`].
+///
+/// Cheap to clone (clones share the connection, counters, breaker and local
+/// cache). See the [crate docs](crate) for the model, keys and guarantees.
+///
+/// # Round trips
+///
+/// | method | round trips |
+/// |---|---|
+/// | [`revoke`](Self::revoke) | 1 script (+1 `PUBLISH` with the local cache) |
+/// | [`is_revoked`](Self::is_revoked) | 1 `EXISTS`; 0 when the local cache can answer |
+/// | [`check`](Self::check) | 1 pipeline of `EXISTS` + `GET` (+ `GET`); 0 when the local cache can answer |
+/// | [`revoke_subject`](Self::revoke_subject), [`revoke_org`](Self::revoke_org) and their `_now` forms | 1 script (+1 `PUBLISH` with the local cache) |
+/// | [`track`](Self::track) | 1 script |
+/// | [`track_many`](Self::track_many) | 1 pipeline of scripts |
+/// | [`list_active`](Self::list_active) | 1 read-only script |
+///
+/// On a cluster, `check`'s two or three keys live in different slots; fred
+/// sends each command of the pipeline to its node at once, so a check costs
+/// one round trip to each of up to three nodes, in parallel.
+///
+/// # Failure
+///
+/// Reads (`is_revoked`, `check`) go through the circuit breaker; when Redis
+/// is unavailable (connection error, timeout, busy, breaker open) they answer
+/// according to the [`FailMode`] and count the decision. Writes return the
+/// error: a revocation that failed did not happen.
+///
+/// # Cancellation
+///
+/// Dropping a read has no effect. Dropping a write leaves it done or not
+/// done; writes are idempotent, call again to be sure.
+#[derive(Clone)]
+pub struct Revocations {
+    inner: Arc<Inner>,
+}
+
+struct Inner {
+    redis: Redis,
+    options: RevocationOptions,
+    counters: Arc<Counters>,
+    leeway_ms: i64,
+    /// max token lifetime + leeway, in ms: how long a cut-off lives.
+    keep_ms: i64,
+    max_lifetime_secs: u64,
+    #[cfg(feature = "local-cache")]
+    local: Option<Local>,
+}
+
+#[cfg(feature = "local-cache")]
+struct Local {
+    cache: Arc<crate::local::LocalCache>,
+    publisher: fredkit_pubsub::Publisher,
+    channel: String,
+    task: tokio::task::JoinHandle<()>,
+    _subscriber: fredkit_pubsub::Subscriber,
+}
+
+#[cfg(feature = "local-cache")]
+impl Drop for Local {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+impl fmt::Debug for Revocations {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        let mut d = f.debug_struct("Revocations");
+        d.field("prefix", &self.inner.options.keys.prefix())
+            .field("fail_mode", &self.inner.options.fail_mode)
+            .field("breaker", &self.inner.options.breaker.state());
+        #[cfg(feature = "local-cache")]
+        d.field("local_cache", &self.inner.local.is_some());
+        d.finish()
+    }
+}
+
+fn unix_ms(t: SystemTime, what: &str) -> Result<i64> {
+    let d = t
+        .duration_since(UNIX_EPOCH)
+        .map_err(|_| Error::invalid_input(format!("{what} is before 1970; pass a Unix time")))?;
+    i64::try_from(d.as_millis())
+        .map_err(|_| Error::invalid_input(format!("{what} is too far in the future")))
+}
+
+fn secs_i64(s: u64) -> i64 {
+    i64::try_from(s).unwrap_or(i64::MAX)
+}
+
+impl Revocations {
+    /// A store on `redis` with `options`.
+    ///
+    /// Costs nothing without the local cache. With it, opens one subscriber
+    /// connection, subscribes to `prefix:events` (one round trip) and starts
+    /// a background task that applies events; until the subscription is
+    /// confirmed nothing is answered "not revoked" from the cache.
+    ///
+    /// # Errors
+    ///
+    /// With the local cache: a connection or timeout error when the
+    /// subscription could not be made (retry; Redis may be starting).
+    pub async fn new(redis: &Redis, options: RevocationOptions) -> Result<Revocations> {
+        let leeway_ms = i64::try_from(options.expiry_leeway.as_millis()).unwrap_or(i64::MAX);
+        let lifetime_ms = i64::try_from(options.max_token_lifetime.as_millis()).unwrap_or(i64::MAX);
+        let counters = Arc::new(Counters::default());
+        #[cfg(feature = "local-cache")]
+        let local = match &options.local_cache {
+            Some(cache_options) => {
+                Some(Self::start_local(redis, &options, cache_options, &counters).await?)
+            }
+            None => None,
+        };
+        Ok(Revocations {
+            inner: Arc::new(Inner {
+                redis: redis.clone(),
+                leeway_ms,
+                keep_ms: lifetime_ms.saturating_add(leeway_ms),
+                max_lifetime_secs: options.max_token_lifetime.as_secs(),
+                options,
+                counters,
+                #[cfg(feature = "local-cache")]
+                local,
+            }),
+        })
+    }
+
+    #[cfg(feature = "local-cache")]
+    async fn start_local(
+        redis: &Redis,
+        options: &RevocationOptions,
+        cache_options: &crate::LocalCacheOptions,
+        counters: &Arc<Counters>,
+    ) -> Result<Local> {
+        use crate::local::{Event, LocalCache};
+        use fredkit_pubsub::{Delivery, Publisher, Subscriber};
+        use futures::StreamExt;
+
+        let channel = options.keys.key(["events"]);
+        let cache = Arc::new(LocalCache::new(cache_options, Arc::clone(counters)));
+        let subscriber = Subscriber::new(redis).await?;
+        let mut events = subscriber.subscribe::<Event>(&channel).await?;
+        cache.start();
+        let weak = Arc::downgrade(&cache);
+        let task_counters = Arc::clone(counters);
+        let task = tokio::spawn(async move {
+            while let Some(delivery) = events.next().await {
+                let Some(cache) = weak.upgrade() else { return };
+                match delivery {
+                    Delivery::Message(m) => match m.payload {
+                        Ok(event) => {
+                            Counters::add(&task_counters.events_received);
+                            if !cache.apply(&event) {
+                                tracing::warn!(
+                                    kind = %event.kind,
+                                    "fredkit-revocation: unknown event kind (newer version?); flushing the local cache"
+                                );
+                                cache.flush();
+                            }
+                        }
+                        Err(e) => {
+                            tracing::warn!(error = %e, "fredkit-revocation: undecodable event; flushing the local cache");
+                            cache.flush();
+                        }
+                    },
+                    Delivery::Gap => {
+                        tracing::info!("fredkit-revocation: resubscribed after a gap; flushing the local cache");
+                        cache.flush();
+                    }
+                    Delivery::Lagged(n) => {
+                        tracing::warn!(
+                            skipped = n,
+                            "fredkit-revocation: event receiver lagged; flushing the local cache"
+                        );
+                        cache.flush();
+                    }
+                    _ => cache.flush(),
+                }
+            }
+            if let Some(cache) = weak.upgrade() {
+                tracing::warn!("fredkit-revocation: event subscription ended; the local cache answers only \"revoked\" from now on");
+                cache.disable();
+            }
+        });
+        Ok(Local {
+            cache,
+            publisher: Publisher::new(redis),
+            channel,
+            task,
+            _subscriber: subscriber,
+        })
+    }
+
+    /// The options the store was built with.
+    pub fn options(&self) -> &RevocationOptions {
+        &self.inner.options
+    }
+
+    /// The counters so far.
+    pub fn metrics(&self) -> RevocationMetrics {
+        self.inner.counters.snapshot()
+    }
+
+    /// The state of the circuit breaker the store's calls go through.
+    pub fn breaker_state(&self) -> BreakerState {
+        self.inner.options.breaker.state()
+    }
+
+    /// Whether the local cache is on (feature `local-cache` and
+    /// [`RevocationOptionsBuilder::local_cache`](crate::RevocationOptionsBuilder)).
+    pub fn has_local_cache(&self) -> bool {
+        #[cfg(feature = "local-cache")]
+        {
+            self.inner.local.is_some()
+        }
+        #[cfg(not(feature = "local-cache"))]
+        {
+            false
+        }
+    }
+
+    fn jti_key(&self, jti: &str) -> String {
+        self.inner.options.keys.key(["jti", jti])
+    }
+
+    fn cutoff_key(&self, scope: Scope, id: &str) -> String {
+        self.inner.options.keys.key([scope.part(), id])
+    }
+
+    fn active_key(&self, sub: &str) -> String {
+        self.inner.options.keys.key(["active", sub])
+    }
+
+    /// Runs a call through the breaker.
+    async fn guarded<T>(&self, fut: impl std::future::Future<Output = Result<T>>) -> Result<T> {
+        self.inner.options.breaker.call(fut).await
+    }
+
+    /// A read could not reach Redis: answer by the fail mode.
+    fn unavailable(&self, op: &'static str, e: &Error) -> bool {
+        let c = &self.inner.counters;
+        Counters::add(&c.checks);
+        let revoked = match self.inner.options.fail_mode {
+            FailMode::Open => {
+                Counters::add(&c.fail_open);
+                false
+            }
+            FailMode::Closed => {
+                Counters::add(&c.fail_closed);
+                true
+            }
+        };
+        if matches!(e, Error::CircuitOpen { .. }) {
+            tracing::debug!(op, error = %e, revoked, "fredkit-revocation: breaker open, answering by fail mode");
+        } else {
+            tracing::warn!(op, error = %e, revoked, fail_mode = ?self.inner.options.fail_mode, "fredkit-revocation: Redis unavailable, answering by fail mode");
+        }
+        revoked
+    }
+
+    fn answered(&self, revoked: bool) -> bool {
+        let c = &self.inner.counters;
+        Counters::add(&c.checks);
+        if revoked {
+            Counters::add(&c.revoked_hits);
+        }
+        revoked
+    }
+
+    #[cfg(feature = "local-cache")]
+    async fn publish(&self, event: crate::local::Event) {
+        if let Some(local) = &self.inner.local {
+            local.cache.apply(&event);
+            if let Err(e) = local.publisher.publish(&local.channel, &event).await {
+                Counters::add(&self.inner.counters.publish_failures);
+                tracing::warn!(error = %e, kind = %event.kind, "fredkit-revocation: revocation stored but its event was not published; other instances' local caches learn of it within their ttl");
+            }
+        }
+    }
+
+    /// Revokes token `jti` until `expires_at` (its `exp`) plus the leeway.
+    ///
+    /// The record is written with `SET … PXAT`, so it expires exactly then,
+    /// never earlier; a second call with an earlier expiry never shortens
+    /// it. Whether the token has already expired is decided by the Redis
+    /// server's clock inside the script: if so nothing is written and the
+    /// answer is [`Revoked::Expired`] (a record would expire at once anyway).
+    ///
+    /// With the local cache the revocation is applied locally at once and
+    /// published to the other instances.
+    ///
+    /// One round trip (two with the local cache: script, then `PUBLISH`).
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
+    /// for an `expires_at` before 1970; connection, timeout or circuit-open
+    /// errors when Redis could not be written — the token is then **not**
+    /// known to be revoked. A failed publish is not an error (it is logged
+    /// and counted in `publish_failures`).
+    ///
+    /// Cancellation: the token is revoked or not; calling again is safe.
+    pub async fn revoke(&self, jti: &str, expires_at: SystemTime) -> Result<Revoked> {
+        let until = unix_ms(expires_at, "expires_at")?.saturating_add(self.inner.leeway_ms);
+        let key = self.jti_key(jti);
+        let span =
+            tracing::debug_span!("fredkit.revocation.revoke", outcome = tracing::field::Empty);
+        async move {
+            tracing::debug!(key = %key, until, "revoking token");
+            let status: i64 = self
+                .guarded(REVOKE_JTI.exec(self.inner.redis.client(), key, until))
+                .await?;
+            let outcome = match status {
+                0 => Revoked::Expired,
+                2 => Revoked::Already,
+                _ => Revoked::Now,
+            };
+            tracing::Span::current().record("outcome", tracing::field::debug(outcome));
+            #[cfg(feature = "local-cache")]
+            if outcome != Revoked::Expired {
+                self.publish(crate::local::Event {
+                    kind: "jti".into(),
+                    id: jti.to_string(),
+                    value: 1,
+                })
+                .await;
+            }
+            Ok(outcome)
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Whether token `jti` was revoked by id (not by subject: use
+    /// [`check`](Self::check) for that).
+    ///
+    /// One `EXISTS`, or no round trip when the local cache can answer. When
+    /// Redis is unavailable the answer follows the fail mode (open: `false`,
+    /// closed: `true`) and is counted.
+    ///
+    /// # Errors
+    ///
+    /// Only errors the fail mode does not cover (an unexpected reply).
+    ///
+    /// Cancellation: no effect.
+    pub async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        #[cfg(feature = "local-cache")]
+        let start = match &self.inner.local {
+            Some(local) => {
+                if let Some(revoked) = local.cache.is_revoked(jti) {
+                    Counters::add(&self.inner.counters.local_answers);
+                    return Ok(self.answered(revoked));
+                }
+                Some(local.cache.read_start())
+            }
+            None => None,
+        };
+        let span = tracing::debug_span!(
+            "fredkit.revocation.is_revoked",
+            outcome = tracing::field::Empty
+        );
+        async move {
+            let permit = match self.inner.options.breaker.try_acquire() {
+                Ok(p) => p,
+                Err(e) => return Ok(self.unavailable("is_revoked", &e)),
+            };
+            Counters::add(&self.inner.counters.redis_reads);
+            let reply: Result<i64> = self
+                .inner
+                .redis
+                .client()
+                .exists(self.jti_key(jti))
+                .await
+                .map_err(Error::from);
+            let revoked = match reply {
+                Ok(n) => {
+                    permit.success();
+                    n > 0
+                }
+                Err(e) if e.is_unavailable() => {
+                    permit.failure();
+                    return Ok(self.unavailable("is_revoked", &e));
+                }
+                Err(e) => {
+                    permit.success();
+                    return Err(e);
+                }
+            };
+            #[cfg(feature = "local-cache")]
+            if let (Some(local), Some(start)) = (&self.inner.local, start) {
+                local.cache.record_jti(jti, revoked, start);
+            }
+            tracing::Span::current().record("outcome", revoked);
+            Ok(self.answered(revoked))
+        }
+        .instrument(span)
+        .await
+    }
+
+    fn token_iat(&self, claims: &TokenClaims) -> Result<i64> {
+        let lifetime = claims.exp.saturating_sub(claims.iat);
+        if lifetime > self.inner.max_lifetime_secs {
+            return Err(Error::invalid_input(format!(
+                "token lives {lifetime} s (exp - iat), longer than the store's max_token_lifetime of {} s: \
+                 its subject cut-off could expire before it does; raise max_token_lifetime",
+                self.inner.max_lifetime_secs
+            )));
+        }
+        Ok(secs_i64(claims.iat))
+    }
+
+    /// `true` when the token must be refused: revoked by id, or issued
+    /// (`iat`) at or before the cut-off of its subject or of its
+    /// organisation.
+    ///
+    /// One round trip: `EXISTS` on the id key and `GET` on the subject (and
+    /// organisation) cut-off, pipelined — or none when the local cache can
+    /// answer. When Redis is unavailable the answer follows the fail mode
+    /// and is counted.
+    ///
+    /// This does not validate the token (signature, `exp`, audience): that
+    /// stays your JWT library's job, done before this call.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
+    /// when `exp - iat` exceeds the store's `max_token_lifetime` (its
+    /// cut-offs could expire before the token does);
+    /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) when a
+    /// cut-off key holds something that is not a number.
+    ///
+    /// Cancellation: no effect.
+    pub async fn check(&self, claims: &TokenClaims) -> Result<bool> {
+        let iat = self.token_iat(claims)?;
+        #[cfg(feature = "local-cache")]
+        let start = match &self.inner.local {
+            Some(local) => {
+                if let Some(revoked) = local.cache.check(claims, iat) {
+                    Counters::add(&self.inner.counters.local_answers);
+                    return Ok(self.answered(revoked));
+                }
+                Some(local.cache.read_start())
+            }
+            None => None,
+        };
+        let span =
+            tracing::debug_span!("fredkit.revocation.check", outcome = tracing::field::Empty);
+        async move {
+            let permit = match self.inner.options.breaker.try_acquire() {
+                Ok(p) => p,
+                Err(e) => return Ok(self.unavailable("check", &e)),
+            };
+            Counters::add(&self.inner.counters.redis_reads);
+            let reply = self.read_check(claims).await;
+            let (by_id, sub_cut, org_cut) = match reply {
+                Ok(r) => {
+                    permit.success();
+                    r
+                }
+                Err(e) if e.is_unavailable() => {
+                    permit.failure();
+                    return Ok(self.unavailable("check", &e));
+                }
+                Err(e) => {
+                    permit.success();
+                    return Err(e);
+                }
+            };
+            #[cfg(feature = "local-cache")]
+            if let (Some(local), Some(start)) = (&self.inner.local, start) {
+                local
+                    .cache
+                    .record_check(claims, by_id, sub_cut, org_cut, start);
+            }
+            let revoked = by_id
+                || sub_cut.is_some_and(|cut| iat <= cut)
+                || org_cut.is_some_and(|cut| iat <= cut);
+            tracing::Span::current().record("outcome", revoked);
+            Ok(self.answered(revoked))
+        }
+        .instrument(span)
+        .await
+    }
+
+    async fn read_check(&self, claims: &TokenClaims) -> Result<(bool, Option<i64>, Option<i64>)> {
+        let pipe = self.inner.redis.client().pipeline();
+        let () = pipe.exists(self.jti_key(&claims.jti)).await?;
+        let () = pipe
+            .get(self.cutoff_key(Scope::Subject, &claims.sub))
+            .await?;
+        match &claims.org {
+            Some(org) => {
+                let () = pipe.get(self.cutoff_key(Scope::Org, org)).await?;
+                let (n, sub, org): (i64, Option<i64>, Option<i64>) = pipe.all().await?;
+                Ok((n > 0, sub, org))
+            }
+            None => {
+                let (n, sub): (i64, Option<i64>) = pipe.all().await?;
+                Ok((n > 0, sub, None))
+            }
+        }
+    }
+
+    async fn revoke_cutoff(&self, scope: Scope, id: &str, at: Option<SystemTime>) -> Result<u64> {
+        let cut_arg = match at {
+            Some(at) => Value::from(unix_ms(at, "at")?.div_euclid(1000)),
+            None => Value::from("now"),
+        };
+        let key = self.cutoff_key(scope, id);
+        let span = tracing::debug_span!(
+            "fredkit.revocation.revoke_cutoff",
+            scope = scope.part(),
+            cut = tracing::field::Empty
+        );
+        async move {
+            tracing::debug!(key = %key, "moving cut-off");
+            let (cut, _status): (i64, i64) = self
+                .guarded(REVOKE_CUTOFF.exec(
+                    self.inner.redis.client(),
+                    key,
+                    vec![cut_arg, Value::from(self.inner.keep_ms)],
+                ))
+                .await?;
+            tracing::Span::current().record("cut", cut);
+            #[cfg(feature = "local-cache")]
+            self.publish(crate::local::Event {
+                kind: scope.part().into(),
+                id: id.to_string(),
+                value: cut,
+            })
+            .await;
+            Ok(u64::try_from(cut).unwrap_or(0))
+        }
+        .instrument(span)
+        .await
+    }
+
+    /// Revokes every token of subject `sub` issued at or before `at`
+    /// (log out everywhere, password change, compromised account).
+    ///
+    /// **The cut-off.** JWT `iat` is in whole seconds, so the cut-off is
+    /// the second of `at` (rounded down): a token with `iat <= cut-off` is
+    /// revoked, `iat > cut-off` is not. A token issued later within the same
+    /// second as `at` is therefore revoked too — the safe side: no token
+    /// issued before `at` can slip through. Cut-offs only move forward; an
+    /// earlier `at` than the one in force changes nothing. The record lives
+    /// until `cut-off + max_token_lifetime + leeway` (server clock), when
+    /// every token it covers has expired; if that is already past, nothing
+    /// is written.
+    ///
+    /// Returns the cut-off now in force, in Unix seconds. One round trip
+    /// (two with the local cache).
+    ///
+    /// # Errors
+    ///
+    /// As [`revoke`](Self::revoke): the subject is **not** known to be
+    /// revoked when this fails.
+    pub async fn revoke_subject(&self, sub: &str, at: SystemTime) -> Result<u64> {
+        self.revoke_cutoff(Scope::Subject, sub, Some(at)).await
+    }
+
+    /// [`revoke_subject`](Self::revoke_subject) at the Redis server's
+    /// current second (read inside the script), so that app servers with
+    /// skewed clocks agree. Tokens must then be issued by a clock close to
+    /// the server's: a token issuer whose clock runs behind sees its new
+    /// tokens revoked until it catches up; one that runs ahead could see
+    /// tokens issued just before the call slip through.
+    ///
+    /// # Errors
+    ///
+    /// As [`revoke_subject`](Self::revoke_subject).
+    pub async fn revoke_subject_now(&self, sub: &str) -> Result<u64> {
+        self.revoke_cutoff(Scope::Subject, sub, None).await
+    }
+
+    /// Like [`revoke_subject`](Self::revoke_subject) for every token whose
+    /// `org` claim is `org` (a tenant locked out, a compromised
+    /// organisation). Same cut-off rule, lifetime, cost and errors.
+    ///
+    /// # Errors
+    ///
+    /// As [`revoke_subject`](Self::revoke_subject).
+    pub async fn revoke_org(&self, org: &str, at: SystemTime) -> Result<u64> {
+        self.revoke_cutoff(Scope::Org, org, Some(at)).await
+    }
+
+    /// [`revoke_org`](Self::revoke_org) at the Redis server's current second.
+    ///
+    /// # Errors
+    ///
+    /// As [`revoke_subject`](Self::revoke_subject).
+    pub async fn revoke_org_now(&self, org: &str) -> Result<u64> {
+        self.revoke_cutoff(Scope::Org, org, None).await
+    }
+
+    fn track_args(&self, claims: &TokenClaims) -> (String, Vec<Value>) {
+        let exp_ms = secs_i64(claims.exp)
+            .saturating_mul(1000)
+            .saturating_add(self.inner.leeway_ms);
+        (
+            self.active_key(&claims.sub),
+            vec![Value::from(claims.jti.as_str()), Value::from(exp_ms)],
+        )
+    }
+
+    /// Tracks a token of `claims.sub` for [`list_active`](Self::list_active).
+    ///
+    /// The subject's set is a sorted set scored by `exp` (plus leeway); every
+    /// call removes the members that have expired (server clock) and moves
+    /// the set's expiry to its latest member's, so it never holds dead tokens
+    /// for long and disappears with its last token. A token already expired
+    /// is not added. Returns how many live tokens the subject has.
+    ///
+    /// One round trip.
+    ///
+    /// # Errors
+    ///
+    /// Connection, timeout or circuit-open errors: the token may not be
+    /// tracked.
+    pub async fn track(&self, claims: &TokenClaims) -> Result<u64> {
+        let (key, args) = self.track_args(claims);
+        let n: i64 = self
+            .guarded(TRACK.exec(self.inner.redis.client(), key, args))
+            .instrument(tracing::debug_span!("fredkit.revocation.track"))
+            .await?;
+        Ok(u64::try_from(n).unwrap_or(0))
+    }
+
+    /// [`track`](Self::track) for many tokens in one pipeline (one round
+    /// trip; on a cluster, one per node, in parallel).
+    ///
+    /// # Errors
+    ///
+    /// The first error of any call; the others may have been tracked.
+    pub async fn track_many(&self, tokens: &[TokenClaims]) -> Result<()> {
+        let calls: Vec<(String, Vec<Value>)> = tokens.iter().map(|c| self.track_args(c)).collect();
+        let permit = self.inner.options.breaker.try_acquire()?;
+        let results: Vec<Result<i64>> = TRACK
+            .exec_pipelined(self.inner.redis.client(), calls)
+            .instrument(tracing::debug_span!(
+                "fredkit.revocation.track_many",
+                tokens = tokens.len()
+            ))
+            .await;
+        let first_error = results.into_iter().find_map(|r| r.err());
+        match &first_error {
+            Some(e) if e.is_unavailable() => permit.failure(),
+            _ => permit.success(),
+        }
+        first_error.map_or(Ok(()), Err)
+    }
+
+    /// The tracked tokens of `sub` that have not expired (server clock),
+    /// earliest expiry first. Revoked tokens are listed until they expire:
+    /// combine with [`check`](Self::check) to show their state.
+    ///
+    /// One round trip (a read-only script, so it may run on a replica).
+    ///
+    /// # Errors
+    ///
+    /// Connection, timeout or circuit-open errors;
+    /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) for a
+    /// malformed reply.
+    pub async fn list_active(&self, sub: &str) -> Result<Vec<ActiveToken>> {
+        let flat: Vec<Value> = self
+            .guarded(LIST_ACTIVE.exec(self.inner.redis.client(), self.active_key(sub), ()))
+            .instrument(tracing::debug_span!("fredkit.revocation.list_active"))
+            .await?;
+        let mut out = Vec::with_capacity(flat.len() / 2);
+        let mut items = flat.into_iter();
+        while let (Some(jti), Some(score)) = (items.next(), items.next()) {
+            let jti = jti
+                .as_string()
+                .ok_or_else(|| Error::protocol("list_active: a member is not a string"))?;
+            let ms = score
+                .as_f64()
+                .filter(|ms| ms.is_finite() && *ms >= 0.0)
+                .ok_or_else(|| Error::protocol("list_active: a score is not a number"))?;
+            out.push(ActiveToken {
+                jti,
+                expires_at: UNIX_EPOCH + Duration::from_millis(ms as u64),
+            });
+        }
+        Ok(out)
+    }
+}
+
+#[async_trait]
+impl RevocationStore for Revocations {
+    async fn revoke(&self, jti: &str, expires_at: SystemTime) -> Result<()> {
+        Revocations::revoke(self, jti, expires_at).await.map(|_| ())
+    }
+
+    async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        Revocations::is_revoked(self, jti).await
+    }
+
+    async fn revoke_subject(&self, sub: &str, at: SystemTime) -> Result<()> {
+        Revocations::revoke_subject(self, sub, at).await.map(|_| ())
+    }
+
+    async fn check(&self, claims: &TokenClaims) -> Result<bool> {
+        Revocations::check(self, claims).await
+    }
+}

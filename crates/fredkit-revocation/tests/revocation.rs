@@ -1,0 +1,756 @@
+//! fredkit-revocation against real servers, standalone and cluster.
+//!
+//! The servers run on this machine, so the test's clock is the servers'
+//! clock (to the millisecond); the store itself only uses the server's.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use fred::prelude::*;
+use fredkit_conn::Redis;
+use fredkit_core::{BreakerState, CircuitBreaker, ErrorKind, FailMode};
+use fredkit_revocation::{
+    RevocationOptions, RevocationOptionsBuilder, RevocationStore, Revocations, Revoked, TokenClaims,
+};
+use fredkit_testkit::{
+    shared_url, unique_prefix, ClusterOptions, RedisCluster, RedisServer, Topology,
+};
+use rstest::rstest;
+
+async fn connect(url: &str) -> Redis {
+    fredkit_testkit::connect(url).await.unwrap()
+}
+
+/// A unique prefix without the trailing ':' (a KeySpace prefix may not end with one).
+fn prefix(test: &str) -> String {
+    unique_prefix(test).trim_end_matches(':').to_string()
+}
+
+fn options(test: &str, mode: FailMode) -> RevocationOptionsBuilder {
+    RevocationOptions::builder(mode)
+        .prefix(prefix(test))
+        .max_token_lifetime(Duration::from_secs(3600))
+}
+
+async fn store(redis: &Redis, builder: RevocationOptionsBuilder) -> Revocations {
+    Revocations::new(redis, builder.build().unwrap())
+        .await
+        .unwrap()
+}
+
+fn now_ms() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+fn now_secs() -> u64 {
+    now_ms() / 1000
+}
+
+fn at_secs(s: u64) -> SystemTime {
+    UNIX_EPOCH + Duration::from_secs(s)
+}
+
+fn token(jti: &str, sub: &str, org: Option<&str>, iat: u64, exp: u64) -> TokenClaims {
+    TokenClaims {
+        jti: jti.into(),
+        sub: sub.into(),
+        org: org.map(Into::into),
+        iat,
+        exp,
+    }
+}
+
+async fn sleep_until_ms(ms: u64) {
+    let now = now_ms();
+    if ms > now {
+        tokio::time::sleep(Duration::from_millis(ms - now)).await;
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn revoked_token_is_revoked_until_exp_and_its_key_is_gone_within_a_second_after(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let store = store(&redis, options("revoke_until_exp", FailMode::Closed)).await;
+    let key = format!("{}:jti:tok-1", store.options().keys().prefix());
+    let exp = now_secs() + 2;
+    let claims = token("tok-1", "alice", None, exp - 60, exp);
+
+    assert!(!store.is_revoked("tok-1").await.unwrap());
+    assert_eq!(
+        store.revoke("tok-1", at_secs(exp)).await.unwrap(),
+        Revoked::Now
+    );
+    // The record expires exactly at exp, never earlier...
+    let pexpiretime: i64 = redis.client().pexpire_time(&key).await.unwrap();
+    assert_eq!(pexpiretime, (exp * 1000) as i64);
+    // ...and an earlier expiry never shortens it.
+    assert_eq!(
+        store.revoke("tok-1", at_secs(exp - 1)).await.unwrap(),
+        Revoked::Already
+    );
+    let unchanged: i64 = redis.client().pexpire_time(&key).await.unwrap();
+    assert_eq!(unchanged, (exp * 1000) as i64);
+
+    // Revoked at every moment before exp, by id and by check.
+    let mut checked_before_exp = 0;
+    loop {
+        let before = now_ms();
+        let by_id = store.is_revoked("tok-1").await.unwrap();
+        let by_check = store.check(&claims).await.unwrap();
+        let after = now_ms();
+        if after < exp * 1000 {
+            assert!(by_id && by_check, "revoked token accepted before its exp");
+            checked_before_exp += 1;
+        }
+        if before >= exp * 1000 {
+            assert!(!by_id && !by_check, "record outlived exp");
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    assert!(
+        checked_before_exp >= 5,
+        "only {checked_before_exp} checks before exp"
+    );
+    // Gone within 1 s after exp.
+    let exists: i64 = redis.client().exists(&key).await.unwrap();
+    assert_eq!(exists, 0);
+    assert!(
+        now_ms() < exp * 1000 + 1000,
+        "took too long to observe the expiry"
+    );
+
+    // Revoking an already-expired token is a no-op.
+    assert_eq!(
+        store
+            .revoke("tok-2", at_secs(now_secs() - 1))
+            .await
+            .unwrap(),
+        Revoked::Expired
+    );
+    let exists: i64 = redis
+        .client()
+        .exists(format!("{}:jti:tok-2", store.options().keys().prefix()))
+        .await
+        .unwrap();
+    assert_eq!(exists, 0);
+    let m = store.metrics();
+    assert_eq!(m.fail_open + m.fail_closed, 0);
+    assert!(m.revoked_hits >= 10);
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn leeway_keeps_the_record_past_exp_by_exactly_the_leeway(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let store = store(
+        &redis,
+        options("revoke_leeway", FailMode::Closed).expiry_leeway(Duration::from_secs(60)),
+    )
+    .await;
+    // Expired 10 s ago by exp, but still inside the validator's 60 s leeway.
+    let exp = now_secs() - 10;
+    assert_eq!(
+        store.revoke("late", at_secs(exp)).await.unwrap(),
+        Revoked::Now
+    );
+    let key = format!("{}:jti:late", store.options().keys().prefix());
+    let t: i64 = redis.client().pexpire_time(&key).await.unwrap();
+    assert_eq!(t, (exp * 1000 + 60_000) as i64);
+    assert!(store.is_revoked("late").await.unwrap());
+}
+
+#[derive(Debug, Clone, Copy)]
+enum Scope {
+    Subject,
+    Org,
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cutoff_revokes_tokens_issued_at_or_before_it_and_not_after(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(Scope::Subject, Scope::Org)] scope: Scope,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let lifetime = 3600;
+    let store = store(&redis, options("cutoff", FailMode::Open)).await;
+    let t = now_secs();
+    // Same subject/org for all; the "other" token shares nothing.
+    let claims = |jti: &str, iat: u64| match scope {
+        Scope::Subject => token(jti, "bob", None, iat, iat + 600),
+        Scope::Org => token(jti, &format!("user-{jti}"), Some("acme"), iat, iat + 600),
+    };
+    let other = |iat: u64| match scope {
+        Scope::Subject => token("o", "carol", None, iat, iat + 600),
+        Scope::Org => token("o", "dave", Some("globex"), iat, iat + 600),
+    };
+    // `at` inside second t: the cut-off is second t.
+    let at = at_secs(t) + Duration::from_millis(700);
+    let cut = match scope {
+        Scope::Subject => store.revoke_subject("bob", at).await.unwrap(),
+        Scope::Org => store.revoke_org("acme", at).await.unwrap(),
+    };
+    assert_eq!(cut, t);
+    assert!(store.check(&claims("before", t - 1)).await.unwrap());
+    assert!(
+        store.check(&claims("same-second", t)).await.unwrap(),
+        "a token of the cut-off's second is revoked (it may have been issued before it)"
+    );
+    assert!(!store.check(&claims("after", t + 1)).await.unwrap());
+    assert!(!store.check(&other(t - 1)).await.unwrap());
+    // A token revoked by id is revoked whatever its iat.
+    store.revoke("after", at_secs(t + 601)).await.unwrap();
+    assert!(store.check(&claims("after", t + 1)).await.unwrap());
+
+    // Never moves back; its record lives until cut-off + max lifetime.
+    let earlier = at_secs(t - 100);
+    let kept = match scope {
+        Scope::Subject => store.revoke_subject("bob", earlier).await.unwrap(),
+        Scope::Org => store.revoke_org("acme", earlier).await.unwrap(),
+    };
+    assert_eq!(kept, t);
+    assert!(!store.check(&claims("after2", t + 1)).await.unwrap());
+    let key = match scope {
+        Scope::Subject => format!("{}:sub:bob", store.options().keys().prefix()),
+        Scope::Org => format!("{}:org:acme", store.options().keys().prefix()),
+    };
+    let expiry: i64 = redis.client().pexpire_time(&key).await.unwrap();
+    assert_eq!(expiry, ((t + lifetime) * 1000) as i64);
+
+    // Moving it forward (server clock) covers the later token.
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let later = match scope {
+        Scope::Subject => store.revoke_subject_now("bob").await.unwrap(),
+        Scope::Org => store.revoke_org_now("acme").await.unwrap(),
+    };
+    assert!(later > t);
+    assert!(store.check(&claims("after3", t + 1)).await.unwrap());
+    assert!(!store.check(&claims("later", later + 1)).await.unwrap());
+
+    // A cut-off so old that every token it covers has expired writes nothing.
+    let ancient = match scope {
+        Scope::Subject => store
+            .revoke_subject("zed", at_secs(t - 2 * lifetime))
+            .await
+            .unwrap(),
+        Scope::Org => store
+            .revoke_org("zedcorp", at_secs(t - 2 * lifetime))
+            .await
+            .unwrap(),
+    };
+    assert_eq!(ancient, t - 2 * lifetime);
+    let zkey = match scope {
+        Scope::Subject => format!("{}:sub:zed", store.options().keys().prefix()),
+        Scope::Org => format!("{}:org:zedcorp", store.options().keys().prefix()),
+    };
+    let exists: i64 = redis.client().exists(&zkey).await.unwrap();
+    assert_eq!(exists, 0);
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tracking_ten_thousand_expired_tokens_leaves_only_the_live_ones(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let store = store(&redis, options("tracking", FailMode::Closed)).await;
+    let key = format!("{}:active:erin", store.options().keys().prefix());
+    let t = now_secs();
+    let short_exp = t + 4;
+    let long_exp = t + 3000;
+    let mut tokens: Vec<TokenClaims> = (0..10_000)
+        .map(|i| token(&format!("short-{i}"), "erin", None, t, short_exp))
+        .collect();
+    tokens.extend((0..3).map(|i| token(&format!("live-{i}"), "erin", None, t, long_exp)));
+    store.track_many(&tokens).await.unwrap();
+    let n: i64 = redis.client().zcard(&key).await.unwrap();
+    assert_eq!(n, 10_003);
+    // The set's own expiry follows its latest member.
+    let expiry: i64 = redis.client().pexpire_time(&key).await.unwrap();
+    assert_eq!(expiry, (long_exp * 1000) as i64);
+
+    sleep_until_ms(short_exp * 1000 + 50).await;
+    // Listing already skips the expired ones (server clock), before any trim.
+    let listed = store.list_active("erin").await.unwrap();
+    assert_eq!(listed.len(), 3);
+    assert!(listed
+        .iter()
+        .all(|a| a.jti.starts_with("live-") && a.expires_at == at_secs(long_exp)));
+
+    // The next write trims: only live tokens remain.
+    let live = store
+        .track(&token("live-3", "erin", None, now_secs(), long_exp - 1))
+        .await
+        .unwrap();
+    assert_eq!(live, 4);
+    let n: i64 = redis.client().zcard(&key).await.unwrap();
+    assert_eq!(n, 4);
+    // A token that has already expired is not added.
+    assert_eq!(
+        store
+            .track(&token("dead", "erin", None, t - 100, t - 50))
+            .await
+            .unwrap(),
+        4
+    );
+    let names: Vec<String> = store
+        .list_active("erin")
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|a| a.jti)
+        .collect();
+    assert_eq!(names, ["live-3", "live-0", "live-1", "live-2"]);
+    let expiry: i64 = redis.client().pexpire_time(&key).await.unwrap();
+    assert_eq!(expiry, (long_exp * 1000) as i64);
+
+    // When the last token expires the set goes with it.
+    let gone_sub = "frank";
+    let exp = now_secs() + 1;
+    store
+        .track(&token("f1", gone_sub, None, exp - 1, exp))
+        .await
+        .unwrap();
+    sleep_until_ms(exp * 1000 + 50).await;
+    let gone: i64 = redis
+        .client()
+        .exists(format!(
+            "{}:active:{gone_sub}",
+            store.options().keys().prefix()
+        ))
+        .await
+        .unwrap();
+    assert_eq!(gone, 0);
+    assert!(store.list_active(gone_sub).await.unwrap().is_empty());
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tokens_outliving_max_lifetime_and_garbage_cutoffs_are_errors_not_answers(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let store = store(&redis, options("errors", FailMode::Open)).await;
+    let t = now_secs();
+    let too_long = token("long", "gina", None, t, t + 3601);
+    assert_eq!(
+        store.check(&too_long).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+    let _: () = redis
+        .client()
+        .set(
+            format!("{}:sub:gina", store.options().keys().prefix()),
+            "not-a-number",
+            None,
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let ok = token("ok", "gina", None, t, t + 60);
+    assert_eq!(
+        store.check(&ok).await.unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
+    // Not an outage: neither fail mode decided anything.
+    let m = store.metrics();
+    assert_eq!((m.fail_open, m.fail_closed, m.checks), (0, 0, 0));
+    // A cut-off over garbage replaces it.
+    assert_eq!(store.revoke_subject("gina", at_secs(t)).await.unwrap(), t);
+    assert!(store.check(&ok).await.unwrap());
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_store_works_behind_the_object_safe_trait() {
+    let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+    let store: Arc<dyn RevocationStore> =
+        Arc::new(store(&redis, options("trait", FailMode::Closed)).await);
+    let t = now_secs();
+    store.revoke("x", at_secs(t + 60)).await.unwrap();
+    assert!(store.is_revoked("x").await.unwrap());
+    store.revoke_subject("henry", at_secs(t)).await.unwrap();
+    assert!(store
+        .check(&token("y", "henry", None, t, t + 60))
+        .await
+        .unwrap());
+    assert!(!store
+        .check(&token("z", "henry", None, t + 1, t + 60))
+        .await
+        .unwrap());
+}
+
+// ---------------------------------------------------------------- fail modes
+
+/// A private deployment whose servers the test may kill.
+enum Private {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Private {
+    fn start(topology: Topology) -> Private {
+        match topology {
+            Topology::Cluster => {
+                Private::Cluster(RedisCluster::start(ClusterOptions::default()).unwrap())
+            }
+            _ => Private::Server(RedisServer::start().unwrap()),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Private::Server(s) => s.url(),
+            Private::Cluster(c) => c.url(),
+        }
+    }
+
+    fn kill(&mut self) {
+        match self {
+            Private::Server(s) => s.kill().unwrap(),
+            Private::Cluster(c) => c.masters_mut().iter_mut().for_each(|m| m.kill().unwrap()),
+        }
+    }
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_killed_server_open_says_not_revoked_closed_says_revoked_and_the_breaker_takes_over(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let mut private = Private::start(topology);
+    let redis = connect(&private.url()).await;
+    let breaker = |name: &str| {
+        CircuitBreaker::builder()
+            .name(name)
+            .minimum_throughput(4)
+            .break_duration(Duration::from_secs(600))
+            .build()
+            .unwrap()
+    };
+    let open = store(
+        &redis,
+        options("fail_open", FailMode::Open).circuit_breaker(breaker("open")),
+    )
+    .await;
+    let closed = store(
+        &redis,
+        options("fail_closed", FailMode::Closed).circuit_breaker(breaker("closed")),
+    )
+    .await;
+    let t = now_secs();
+    let revoked = token("revoked", "ivy", None, t, t + 600);
+    let clean = token("clean", "ivy", None, t, t + 600);
+    open.revoke("revoked", at_secs(t + 600)).await.unwrap();
+    closed.revoke("revoked", at_secs(t + 600)).await.unwrap();
+    // While the server is up both modes tell the truth.
+    assert!(open.check(&revoked).await.unwrap());
+    assert!(!closed.check(&clean).await.unwrap());
+
+    private.kill();
+
+    // Open: even a revoked token is accepted; closed: even a clean one is refused.
+    let answers = futures::future::join_all((0..4).map(|_| open.check(&revoked))).await;
+    assert!(answers.into_iter().all(|a| !a.unwrap()));
+    let answers = futures::future::join_all((0..4).map(|_| closed.check(&clean))).await;
+    assert!(answers.into_iter().all(|a| a.unwrap()));
+    assert_eq!(open.breaker_state(), BreakerState::Open);
+    assert_eq!(closed.breaker_state(), BreakerState::Open);
+
+    // The breaker answers from now on: no further Redis call is made.
+    let reads_open = open.metrics().redis_reads;
+    let reads_closed = closed.metrics().redis_reads;
+    for _ in 0..100 {
+        assert!(!open.check(&revoked).await.unwrap());
+        assert!(!open.is_revoked("revoked").await.unwrap());
+        assert!(closed.check(&clean).await.unwrap());
+        assert!(closed.is_revoked("clean").await.unwrap());
+    }
+    let (o, c) = (open.metrics(), closed.metrics());
+    assert_eq!(
+        o.redis_reads, reads_open,
+        "open breaker must keep reads off Redis"
+    );
+    assert_eq!(
+        c.redis_reads, reads_closed,
+        "open breaker must keep reads off Redis"
+    );
+    // Every outage answer is counted, in its own mode only.
+    assert_eq!((o.fail_open, o.fail_closed), (204, 0));
+    assert_eq!((c.fail_open, c.fail_closed), (0, 204));
+    // Writes say they failed.
+    let e = open.revoke("x", at_secs(t + 600)).await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+}
+
+// ---------------------------------------------------------------- local cache
+
+#[cfg(feature = "local-cache")]
+mod local_cache {
+    use super::*;
+    use fredkit_revocation::LocalCacheOptions;
+    use std::time::Instant;
+
+    /// Bounds waits that do not belong to the acceptance criteria.
+    const DEADLINE: Duration = Duration::from_secs(15);
+
+    fn cached(test: &str, mode: FailMode, ttl: Duration) -> RevocationOptionsBuilder {
+        options(test, mode).local_cache(LocalCacheOptions::default().ttl(ttl))
+    }
+
+    async fn wait_for(deadline: Duration, mut f: impl FnMut() -> bool) -> bool {
+        let until = Instant::now() + deadline;
+        while Instant::now() < until {
+            if f() {
+                return true;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        f()
+    }
+
+    /// Polls `store.check(claims)` until it says revoked, at most `deadline`.
+    async fn revoked_within(store: &Revocations, claims: &TokenClaims, deadline: Duration) -> bool {
+        let until = Instant::now() + deadline;
+        loop {
+            if store.check(claims).await.unwrap() {
+                return true;
+            }
+            if Instant::now() >= until {
+                return false;
+            }
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+    }
+
+    #[rstest]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocation_through_a_is_seen_by_b_within_a_second_without_a_round_trip(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        let url = shared_url(topology).unwrap();
+        let (redis_a, redis_b) = (connect(&url).await, connect(&url).await);
+        let p = prefix("a_to_b");
+        let opts = |mode| {
+            RevocationOptions::builder(mode)
+                .prefix(p.clone())
+                .max_token_lifetime(Duration::from_secs(3600))
+                .local_cache(LocalCacheOptions::default().ttl(Duration::from_secs(600)))
+        };
+        let a = store(&redis_a, opts(FailMode::Closed)).await;
+        let b = store(&redis_b, opts(FailMode::Open)).await;
+        assert!(b.has_local_cache());
+        let t = now_secs();
+        let by_id = token("k1", "jack", None, t - 5, t + 600);
+        let by_sub = token("k2", "kate", Some("initech"), t - 5, t + 600);
+        let by_org = token("k3", "liam", Some("umbrella"), t - 5, t + 600);
+        for c in [&by_id, &by_sub, &by_org] {
+            assert!(!b.check(c).await.unwrap());
+        }
+        let reads = b.metrics().redis_reads;
+        assert_eq!(reads, 3);
+        // Known now: answered locally.
+        for c in [&by_id, &by_sub, &by_org] {
+            assert!(!b.check(c).await.unwrap());
+        }
+        assert_eq!(b.metrics().redis_reads, reads);
+
+        // Cut B off from Redis for commands: from now on a read would fail
+        // (and B, failing open, would answer "not revoked"). Its subscriber
+        // is its own connection and stays up.
+        redis_b.shutdown().await.unwrap();
+
+        a.revoke("k1", at_secs(t + 600)).await.unwrap();
+        let started = Instant::now();
+        assert!(
+            revoked_within(&b, &by_id, Duration::from_secs(1)).await,
+            "B did not see A's revocation within 1 s"
+        );
+        assert!(started.elapsed() < Duration::from_secs(1));
+        assert!(b.is_revoked("k1").await.unwrap());
+
+        a.revoke_subject_now("kate").await.unwrap();
+        assert!(
+            revoked_within(&b, &by_sub, Duration::from_secs(1)).await,
+            "B did not see A's subject revocation within 1 s"
+        );
+        a.revoke_org_now("umbrella").await.unwrap();
+        assert!(
+            revoked_within(&b, &by_org, Duration::from_secs(1)).await,
+            "B did not see A's organisation revocation within 1 s"
+        );
+        // A token B never saw, revoked through A: once its event is in, B
+        // knows it from the event alone. (Asked before the event arrives, B
+        // would have to read Redis: it has never seen that token.)
+        let events = b.metrics().events_received;
+        a.revoke("k4", at_secs(t + 600)).await.unwrap();
+        assert!(
+            wait_for(Duration::from_secs(1), || b.metrics().events_received > events).await,
+            "A's event did not reach B within 1 s"
+        );
+        let unseen = token("k4", "mia", None, t, t + 600);
+        assert!(b.check(&unseen).await.unwrap());
+
+        let m = b.metrics();
+        assert_eq!(m.redis_reads, reads, "B's hot path made a round trip");
+        assert_eq!(m.fail_open, 0, "B's hot path tried Redis");
+        assert!(m.events_received >= 4);
+        assert!(m.local_answers > 0);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn not_revoked_is_trusted_for_the_ttl_only() {
+        let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+        let b = store(
+            &redis,
+            cached("ttl_bound", FailMode::Open, Duration::from_millis(300)),
+        )
+        .await;
+        let t = now_secs();
+        let c = token("silent", "noah", None, t, t + 600);
+        assert!(!b.check(&c).await.unwrap());
+        // Revoked behind the store's back: no event.
+        let key = format!("{}:jti:silent", b.options().keys().prefix());
+        let _: () = redis
+            .client()
+            .set(&key, "1", Some(Expiration::EX(600)), None, false)
+            .await
+            .unwrap();
+        // Right now B still trusts its read (proof that it answers locally)...
+        assert!(!b.check(&c).await.unwrap());
+        assert_eq!(b.metrics().redis_reads, 1);
+        // ...but not for longer than the ttl.
+        tokio::time::sleep(Duration::from_millis(350)).await;
+        assert!(b.check(&c).await.unwrap());
+        assert_eq!(b.metrics().redis_reads, 2);
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fault_client_kill_of_the_subscriber_flushes_the_local_cache() {
+        let server = RedisServer::start().unwrap();
+        let redis = connect(&server.url()).await;
+        let b = store(
+            &redis,
+            cached("gap_flush", FailMode::Open, Duration::from_secs(600)),
+        )
+        .await;
+        let t = now_secs();
+        let c = token("lost", "olivia", None, t, t + 600);
+        assert!(!b.check(&c).await.unwrap());
+        // A revocation whose event B never gets.
+        let _: () = redis
+            .client()
+            .set(
+                format!("{}:jti:lost", b.options().keys().prefix()),
+                "1",
+                Some(Expiration::EX(600)),
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert!(
+            !b.check(&c).await.unwrap(),
+            "the ttl is long: B answers from its cache"
+        );
+        let reads = b.metrics().redis_reads;
+        assert_eq!(b.metrics().cache_flushes, 0);
+
+        server
+            .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .unwrap();
+        assert!(
+            wait_for(DEADLINE, || b.metrics().cache_flushes >= 1).await,
+            "no flush after the subscriber reconnected"
+        );
+        assert!(
+            b.check(&c).await.unwrap(),
+            "after the gap B must read Redis again"
+        );
+        assert_eq!(b.metrics().redis_reads, reads + 1);
+        // And events flow again after the resubscription.
+        let other = token("later", "olivia", None, t, t + 600);
+        assert!(!b.check(&other).await.unwrap());
+        b.revoke("later", at_secs(t + 600)).await.unwrap();
+        assert!(b.check(&other).await.unwrap());
+    }
+}
+
+// ---------------------------------------------------------------- tower
+
+#[cfg(feature = "tower")]
+mod tower_layer {
+    use super::*;
+    use axum::body::Body;
+    use axum::routing::get;
+    use axum::Router;
+    use fredkit_revocation::RevocationLayer;
+    use http::{Request, StatusCode};
+    use tower::ServiceExt;
+
+    /// Stands in for the JWT validation layer: the (already verified)
+    /// claims are in the extensions. Here they come from test headers.
+    fn claims_of(parts: &http::request::Parts) -> Option<TokenClaims> {
+        let h = |name: &str| {
+            parts
+                .headers
+                .get(name)
+                .and_then(|v| v.to_str().ok())
+                .map(str::to_string)
+        };
+        let jti = h("x-jti")?;
+        let iat: u64 = h("x-iat")?.parse().ok()?;
+        Some(TokenClaims {
+            jti,
+            sub: h("x-sub")?,
+            org: None,
+            iat,
+            exp: iat + 600,
+        })
+    }
+
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn axum_route_answers_401_for_revoked_tokens_only() {
+        let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+        let store = store(&redis, options("tower", FailMode::Closed)).await;
+        let t = now_secs();
+        store.revoke("bad", at_secs(t + 600)).await.unwrap();
+        let app = Router::new()
+            .route("/me", get(|| async { "hello" }))
+            .layer(RevocationLayer::new(store.clone(), claims_of));
+        let request = |jti: Option<&str>| {
+            let mut b = Request::builder().uri("/me");
+            if let Some(jti) = jti {
+                b = b
+                    .header("x-jti", jti)
+                    .header("x-sub", "paul")
+                    .header("x-iat", t.to_string());
+            }
+            b.body(Body::empty()).unwrap()
+        };
+        let ok = app.clone().oneshot(request(Some("good"))).await.unwrap();
+        assert_eq!(ok.status(), StatusCode::OK);
+        let refused = app.clone().oneshot(request(Some("bad"))).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::UNAUTHORIZED);
+        let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("invalid_token"), "{challenge}");
+        let anonymous = app.clone().oneshot(request(None)).await.unwrap();
+        assert_eq!(anonymous.status(), StatusCode::OK);
+        store.revoke_subject("paul", at_secs(t)).await.unwrap();
+        let after = app.oneshot(request(Some("good"))).await.unwrap();
+        assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(store.metrics().checks, 3);
+    }
+}
