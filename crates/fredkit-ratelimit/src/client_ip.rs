@@ -45,7 +45,9 @@ impl Net {
     fn contains(&self, ip: IpAddr) -> bool {
         match (self.addr, ip.to_canonical()) {
             (IpAddr::V4(net), IpAddr::V4(ip)) => {
-                let mask = u32::MAX.checked_shl(32 - u32::from(self.prefix)).unwrap_or(0);
+                let mask = u32::MAX
+                    .checked_shl(32 - u32::from(self.prefix))
+                    .unwrap_or(0);
                 u32::from(net) & mask == u32::from(ip) & mask
             }
             (IpAddr::V6(net), IpAddr::V6(ip)) => {
@@ -232,7 +234,9 @@ mod tests {
         for v in xff {
             b = b.header("x-forwarded-for", *v);
         }
-        b.extension(IpAddr::from_str(peer).unwrap()).body(()).unwrap()
+        b.extension(IpAddr::from_str(peer).unwrap())
+            .body(())
+            .unwrap()
     }
 
     fn ip(s: &str) -> Option<IpAddr> {
@@ -242,13 +246,19 @@ mod tests {
     #[test]
     fn forwarded_for_is_ignored_without_trusted_proxies() {
         let c = ClientIp::new();
-        assert_eq!(c.client_ip(&req("198.51.100.9", &["1.2.3.4"])), ip("198.51.100.9"));
+        assert_eq!(
+            c.client_ip(&req("198.51.100.9", &["1.2.3.4"])),
+            ip("198.51.100.9")
+        );
     }
 
     #[test]
     fn forwarded_for_is_ignored_when_the_peer_is_not_trusted() {
         let c = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
-        assert_eq!(c.client_ip(&req("198.51.100.9", &["1.2.3.4"])), ip("198.51.100.9"));
+        assert_eq!(
+            c.client_ip(&req("198.51.100.9", &["1.2.3.4"])),
+            ip("198.51.100.9")
+        );
     }
 
     #[test]
@@ -257,14 +267,20 @@ mod tests {
             .trust_proxies(["10.0.0.0/8", "192.168.1.5"])
             .unwrap();
         // The client forged "6.6.6.6" on the left; proxies appended the rest.
-        let r = req("10.0.0.1", &["6.6.6.6, 203.0.113.7", "192.168.1.5, 10.9.9.9"]);
+        let r = req(
+            "10.0.0.1",
+            &["6.6.6.6, 203.0.113.7", "192.168.1.5, 10.9.9.9"],
+        );
         assert_eq!(c.client_ip(&r), ip("203.0.113.7"));
     }
 
     #[test]
     fn all_trusted_hops_give_the_leftmost() {
         let c = ClientIp::new().trust_proxies(["10.0.0.0/8"]).unwrap();
-        assert_eq!(c.client_ip(&req("10.0.0.1", &["10.0.0.3, 10.0.0.2"])), ip("10.0.0.3"));
+        assert_eq!(
+            c.client_ip(&req("10.0.0.1", &["10.0.0.3, 10.0.0.2"])),
+            ip("10.0.0.3")
+        );
         assert_eq!(c.client_ip(&req("10.0.0.1", &[])), ip("10.0.0.1"));
     }
 
@@ -279,9 +295,17 @@ mod tests {
 
     #[test]
     fn ports_brackets_and_mapped_addresses_are_understood() {
-        let c = ClientIp::new().trust_proxies(["::1", "10.0.0.0/8"]).unwrap();
-        assert_eq!(c.client_ip(&req("::1", &["[2001:db8::1]:443"])), ip("2001:db8::1"));
-        assert_eq!(c.client_ip(&req("::ffff:10.0.0.1", &["203.0.113.7:5555"])), ip("203.0.113.7"));
+        let c = ClientIp::new()
+            .trust_proxies(["::1", "10.0.0.0/8"])
+            .unwrap();
+        assert_eq!(
+            c.client_ip(&req("::1", &["[2001:db8::1]:443"])),
+            ip("2001:db8::1")
+        );
+        assert_eq!(
+            c.client_ip(&req("::ffff:10.0.0.1", &["203.0.113.7:5555"])),
+            ip("203.0.113.7")
+        );
     }
 
     #[test]

@@ -215,10 +215,7 @@ impl Limit {
         let clamp = |v: u64| i64::try_from(v).unwrap_or(i64::MAX);
         let window_us = u64::try_from(self.window.as_micros()).unwrap_or(u64::MAX);
         match self.algorithm {
-            Algorithm::FixedWindow => [
-                clamp(self.quota),
-                clamp(window_us.div_ceil(1000).max(1)),
-            ],
+            Algorithm::FixedWindow => [clamp(self.quota), clamp(window_us.div_ceil(1000).max(1))],
             Algorithm::SlidingLog | Algorithm::SlidingCounter => {
                 [clamp(self.quota), clamp(window_us)]
             }

@@ -354,7 +354,10 @@ impl Limiter {
             elapsed_us = tracing::field::Empty,
         );
         let started = Instant::now();
-        let result = self.check_inner(identity, cost).instrument(span.clone()).await;
+        let result = self
+            .check_inner(identity, cost)
+            .instrument(span.clone())
+            .await;
         let outcome = match &result {
             Ok(o) => match o.fallback {
                 Some(FailMode::Open) => "fail_open",
@@ -596,10 +599,16 @@ mod tests {
 
     #[test]
     fn binding_limit_is_the_longest_wait_or_the_least_remaining() {
-        assert_eq!(binding(true, &[d(5, 1, None), d(2, 1, None), d(3, 9, None)]), 1);
+        assert_eq!(
+            binding(true, &[d(5, 1, None), d(2, 1, None), d(3, 9, None)]),
+            1
+        );
         assert_eq!(binding(true, &[d(2, 1, None), d(2, 9, None)]), 1);
         assert_eq!(
-            binding(false, &[d(0, 1, Some(1)), d(4, 1, Some(0)), d(0, 9, Some(7))]),
+            binding(
+                false,
+                &[d(0, 1, Some(1)), d(4, 1, Some(0)), d(0, 9, Some(7))]
+            ),
             2
         );
     }

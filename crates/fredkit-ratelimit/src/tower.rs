@@ -289,9 +289,15 @@ where
             } else {
                 let mut res = Response::new(ResBody::from("Too Many Requests"));
                 *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
-                let retry = outcome.decision().retry_after.unwrap_or(Duration::from_secs(1));
+                let retry = outcome
+                    .decision()
+                    .retry_after
+                    .unwrap_or(Duration::from_secs(1));
                 let headers = res.headers_mut();
-                headers.insert(http::header::RETRY_AFTER, HeaderValue::from(ceil_secs(retry).max(1)));
+                headers.insert(
+                    http::header::RETRY_AFTER,
+                    HeaderValue::from(ceil_secs(retry).max(1)),
+                );
                 write_headers(headers, &limiter, &outcome, &options);
                 Ok(res)
             }
@@ -346,7 +352,10 @@ fn write_headers(headers: &mut HeaderMap, limiter: &Limiter, outcome: &Outcome, 
     }
     if options.x_headers {
         let d = outcome.decision();
-        headers.insert(HeaderName::from_static("x-ratelimit-limit"), HeaderValue::from(d.limit));
+        headers.insert(
+            HeaderName::from_static("x-ratelimit-limit"),
+            HeaderValue::from(d.limit),
+        );
         headers.insert(
             HeaderName::from_static("x-ratelimit-remaining"),
             HeaderValue::from(d.remaining),

@@ -1,0 +1,271 @@
+//! The tower layer in an axum app, driven with `tower::ServiceExt::oneshot`.
+
+use std::net::SocketAddr;
+
+use axum::{body::Body, extract::ConnectInfo, routing::get, Router};
+use fredkit_core::BreakerState;
+use fredkit_ratelimit::tower::{key_fn, ClientIp, HeaderKey, KeyExtractor, RateLimitLayer};
+use http::{HeaderName, Request, Response, StatusCode};
+use tower::ServiceExt;
+
+use super::*;
+
+fn router<K>(layer: RateLimitLayer<K>) -> Router
+where
+    K: KeyExtractor<Body>,
+{
+    Router::new()
+        .route("/", get(|| async { "ok" }))
+        .layer(layer)
+}
+
+fn from_ip(ip: [u8; 4]) -> Request<Body> {
+    Request::builder()
+        .uri("/")
+        .extension(ConnectInfo(SocketAddr::from((ip, 40_000))))
+        .body(Body::empty())
+        .unwrap()
+}
+
+async fn send(app: &Router, req: Request<Body>) -> Response<Body> {
+    app.clone().oneshot(req).await.unwrap()
+}
+
+fn header<'a>(res: &'a Response<Body>, name: &str) -> Option<&'a str> {
+    res.headers().get(name).map(|v| v.to_str().unwrap())
+}
+
+/// `"default";r=2;t=60` -> (2, 60)
+fn r_and_t(item: &str) -> (u64, u64) {
+    let mut r = None;
+    let mut t = None;
+    for param in item.split(';').skip(1) {
+        let (k, v) = param.trim().split_once('=').unwrap();
+        match k {
+            "r" => r = Some(v.parse().unwrap()),
+            "t" => t = Some(v.parse().unwrap()),
+            _ => {}
+        }
+    }
+    (r.unwrap(), t.unwrap())
+}
+
+/// Per client IP, 3 requests a minute: 200s carrying the draft and
+/// X-RateLimit headers counting down, then 429 with Retry-After; other
+/// clients are unaffected; a request without a peer address is refused.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_answers_429_with_headers_once_the_limit_is_hit(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_layer");
+    let limiter = build(
+        &redis,
+        &prefix,
+        vec![Limit::fixed_window(3, Duration::from_secs(60))],
+    );
+    let app = router(RateLimitLayer::new(limiter, ClientIp::new()).x_ratelimit_headers(true));
+
+    for expected in [2, 1, 0] {
+        let res = send(&app, from_ip([203, 0, 113, 9])).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            Some("\"default\";q=3;w=60")
+        );
+        let item = header(&res, "ratelimit").unwrap();
+        assert!(item.starts_with("\"default\";"), "{item}");
+        let (r, t) = r_and_t(item);
+        assert_eq!(r, expected);
+        assert!((1..=60).contains(&t), "{item}");
+        assert_eq!(header(&res, "x-ratelimit-limit"), Some("3"));
+        assert_eq!(
+            header(&res, "x-ratelimit-remaining"),
+            Some(expected.to_string().as_str())
+        );
+        let reset: u64 = header(&res, "x-ratelimit-reset").unwrap().parse().unwrap();
+        assert!((1..=60).contains(&reset));
+        assert!(header(&res, "retry-after").is_none());
+    }
+    let res = send(&app, from_ip([203, 0, 113, 9])).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let retry: u64 = header(&res, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=60).contains(&retry), "{retry}");
+    assert_eq!(r_and_t(header(&res, "ratelimit").unwrap()).0, 0);
+    assert_eq!(header(&res, "x-ratelimit-remaining"), Some("0"));
+
+    // Another client has its own quota.
+    assert_eq!(
+        send(&app, from_ip([198, 51, 100, 1])).await.status(),
+        StatusCode::OK
+    );
+    // No peer address: no key.
+    let res = send(
+        &app,
+        Request::builder().uri("/").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // X-Forwarded-For from an untrusted peer changes nothing.
+    let mut spoofed = from_ip([203, 0, 113, 9]);
+    spoofed
+        .headers_mut()
+        .insert("x-forwarded-for", "1.1.1.1".parse().unwrap());
+    assert_eq!(
+        send(&app, spoofed).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+}
+
+/// Two limits keyed by an API-key header: both policies are listed, the
+/// tighter one answers 429, `X-RateLimit-*` stay off by default; a closure
+/// extractor works the same way.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn layer_reports_every_policy_for_header_and_closure_keys(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_layer_multi");
+    let limiter = build(
+        &redis,
+        &prefix,
+        vec![
+            Limit::gcra(2, Duration::from_secs(10)).name("burst"),
+            Limit::gcra(100, HOUR).name("hour"),
+        ],
+    );
+    let app = router(RateLimitLayer::new(
+        limiter.clone(),
+        HeaderKey::new(HeaderName::from_static("x-api-key")),
+    ));
+    let with_key = || {
+        Request::builder()
+            .uri("/")
+            .header("x-api-key", "k1")
+            .body(Body::empty())
+            .unwrap()
+    };
+    for _ in 0..2 {
+        let res = send(&app, with_key()).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            Some("\"burst\";q=2;w=10, \"hour\";q=100;w=3600")
+        );
+        assert!(header(&res, "x-ratelimit-limit").is_none());
+    }
+    let res = send(&app, with_key()).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let items: Vec<&str> = header(&res, "ratelimit").unwrap().split(", ").collect();
+    assert_eq!(items.len(), 2, "{items:?}");
+    assert_eq!(r_and_t(items[0]).0, 0);
+    assert_eq!(
+        r_and_t(items[1]).0,
+        98,
+        "the denied request consumed nothing"
+    );
+    let retry: u64 = header(&res, "retry-after").unwrap().parse().unwrap();
+    assert!((1..=5).contains(&retry), "one unit refills in 5 s: {retry}");
+    // Missing header: no key.
+    let res = send(
+        &app,
+        Request::builder().uri("/").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+
+    let closure = router(
+        RateLimitLayer::new(
+            limiter,
+            key_fn(|req: &Request<Body>| req.uri().query().map(str::to_string)),
+        )
+        .missing_key_status(StatusCode::UNAUTHORIZED),
+    );
+    let q = |s: &str| {
+        Request::builder()
+            .uri(format!("/?{s}"))
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(send(&closure, q("user=7")).await.status(), StatusCode::OK);
+    assert_eq!(send(&closure, q("user=7")).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&closure, q("user=7")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    assert_eq!(send(&closure, q("user=8")).await.status(), StatusCode::OK);
+    let res = send(
+        &closure,
+        Request::builder().uri("/").body(Body::empty()).unwrap(),
+    )
+    .await;
+    assert_eq!(res.status(), StatusCode::UNAUTHORIZED);
+}
+
+fn fault_limiter(redis: &Redis, mode: FailMode) -> Limiter {
+    let breaker = CircuitBreaker::builder()
+        .name(format!("{mode:?}"))
+        .minimum_throughput(2)
+        .failure_ratio(0.5)
+        .break_duration(Duration::from_secs(60))
+        .build()
+        .unwrap();
+    Limiter::builder(redis, "fault")
+        .limit(Limit::fixed_window(100, HOUR))
+        .fail_mode(mode)
+        .breaker(breaker)
+        .timeout(Duration::from_millis(300))
+        .build()
+        .unwrap()
+}
+
+/// With the private server (or every cluster master) killed: the fail-open
+/// app keeps answering 200 (policy header, no made-up `RateLimit` counts),
+/// the fail-closed app answers 429 with Retry-After; both breakers open, so
+/// later requests no longer wait for Redis.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_server_killed_layers_fail_open_and_fail_closed(#[case] topology: Topology) {
+    let mut deployment = Deployment::start(topology);
+    let redis = connect(&deployment.url()).await.unwrap();
+    let open = fault_limiter(&redis, FailMode::Open);
+    let closed = fault_limiter(&redis, FailMode::Closed);
+    let app_open = router(RateLimitLayer::new(open.clone(), ClientIp::new()));
+    let app_closed = router(RateLimitLayer::new(closed.clone(), ClientIp::new()));
+
+    for app in [&app_open, &app_closed] {
+        let res = send(app, from_ip([192, 0, 2, 1])).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(header(&res, "ratelimit").is_some());
+    }
+
+    deployment.kill();
+
+    for _ in 0..6 {
+        let res = send(&app_open, from_ip([192, 0, 2, 1])).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert_eq!(
+            header(&res, "ratelimit-policy"),
+            Some("\"default\";q=100;w=3600")
+        );
+        assert!(header(&res, "ratelimit").is_none(), "no made-up counts");
+
+        let res = send(&app_closed, from_ip([192, 0, 2, 1])).await;
+        assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        let retry: u64 = header(&res, "retry-after").unwrap().parse().unwrap();
+        assert!(retry >= 1);
+    }
+    assert_eq!(open.breaker().state(), BreakerState::Open);
+    assert_eq!(closed.breaker().state(), BreakerState::Open);
+    let (mo, mc) = (open.metrics(), closed.metrics());
+    assert_eq!((mo.allowed, mo.fail_open, mo.fail_closed), (1, 6, 0));
+    assert_eq!((mc.allowed, mc.fail_closed, mc.fail_open), (1, 6, 0));
+    // With the breaker open, the plain check answers at once too.
+    let d = closed.check("anyone", 1).await.unwrap();
+    assert!(!d.allowed && d.retry_after.unwrap() > Duration::ZERO);
+    assert!(open.check("anyone", 1).await.unwrap().allowed);
+}

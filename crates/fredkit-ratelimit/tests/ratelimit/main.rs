@@ -1,0 +1,527 @@
+//! fredkit-ratelimit against real servers, standalone and a 3-master
+//! cluster: exactness under concurrency, all-or-nothing multi-limits,
+//! honest GCRA retry_after, server clock only, TTLs, login throttling, and
+//! (feature `tower`) the HTTP layer with fail-open / fail-closed outages.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+#[cfg(feature = "axum")]
+mod http_layer;
+
+use std::{
+    collections::HashMap,
+    sync::{
+        atomic::{AtomicU64, Ordering},
+        Arc,
+    },
+    time::{Duration, SystemTime, UNIX_EPOCH},
+};
+
+use fred::prelude::*;
+use fredkit_conn::Redis;
+use fredkit_core::{CircuitBreaker, ErrorKind, FailMode, ManualClock};
+use fredkit_ratelimit::{Algorithm, Limit, Limiter, LoginThrottle};
+use fredkit_testkit::{
+    connect, shared_url, unique_prefix, ClusterOptions, RedisCluster, RedisServer, Reply,
+    ServerOptions, Topology,
+};
+use futures::StreamExt;
+use rstest::rstest;
+
+const HOUR: Duration = Duration::from_secs(3600);
+
+fn limit(algorithm: Algorithm, quota: u64, window: Duration) -> Limit {
+    match algorithm {
+        Algorithm::FixedWindow => Limit::fixed_window(quota, window),
+        Algorithm::SlidingLog => Limit::sliding_log(quota, window),
+        Algorithm::SlidingCounter => Limit::sliding_counter(quota, window),
+        Algorithm::Gcra => Limit::gcra(quota, window),
+        other => panic!("unknown algorithm {other:?}"),
+    }
+}
+
+fn build(redis: &Redis, prefix: &str, limits: Vec<Limit>) -> Limiter {
+    let mut b = Limiter::builder(redis, prefix.trim_end_matches(':')).fail_mode(FailMode::Closed);
+    for l in limits {
+        b = b.limit(l);
+    }
+    b.build().unwrap()
+}
+
+/// 64 tasks over two limiters with their own connections send 1,000
+/// requests against a limit of 100 per hour: exactly 100 are allowed.
+///
+/// The windows cannot straddle a boundary: fixed windows and sliding
+/// counters start with the identity's first request and last an hour, GCRA
+/// refills one unit per 36 s, and the test takes well under a second. So
+/// the sliding counter's previous window is empty and its documented error
+/// is zero here: it must be exact too.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn exactly_the_quota_is_allowed_under_64_concurrent_tasks_on_two_instances(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::Gcra
+    )]
+    algorithm: Algorithm,
+) {
+    let url = shared_url(topology).unwrap();
+    let prefix = unique_prefix("rl_exact");
+    let (ra, rb) = (connect(&url).await.unwrap(), connect(&url).await.unwrap());
+    let a = build(&ra, &prefix, vec![limit(algorithm, 100, HOUR)]);
+    let b = build(&rb, &prefix, vec![limit(algorithm, 100, HOUR)]);
+
+    let issued = Arc::new(AtomicU64::new(0));
+    let allowed = Arc::new(AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for t in 0..64 {
+        let limiter = if t % 2 == 0 { a.clone() } else { b.clone() };
+        let (issued, allowed) = (Arc::clone(&issued), Arc::clone(&allowed));
+        tasks.push(tokio::spawn(async move {
+            while issued.fetch_add(1, Ordering::SeqCst) < 1000 {
+                let d = limiter.check("client-1", 1).await.unwrap();
+                assert!(d.remaining <= 100);
+                if d.allowed {
+                    allowed.fetch_add(1, Ordering::SeqCst);
+                    assert!(d.retry_after.is_none());
+                } else {
+                    assert_eq!(d.remaining, 0, "{d:?}");
+                    let wait = d.retry_after.expect("a denial says when to retry");
+                    assert!(
+                        wait > Duration::ZERO && wait <= HOUR + Duration::from_secs(1),
+                        "{d:?}"
+                    );
+                }
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    assert_eq!(allowed.load(Ordering::SeqCst), 100, "{}", algorithm.name());
+    let (ma, mb) = (a.metrics(), b.metrics());
+    assert_eq!(ma.allowed + mb.allowed, 100);
+    assert_eq!(ma.denied + mb.denied, 900);
+    assert_eq!(ma.fail_closed + mb.fail_closed + ma.errors + mb.errors, 0);
+    // The state agrees: nothing left.
+    assert_eq!(a.check("client-1", 0).await.unwrap().remaining, 0);
+}
+
+/// Two limits on one identity are checked and consumed together: once the
+/// small one denies, the big one is not charged either.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn denied_requests_consume_nothing_on_any_limit(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::Gcra
+    )]
+    algorithm: Algorithm,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_all_or_nothing");
+    let limiter = build(
+        &redis,
+        &prefix,
+        vec![
+            limit(algorithm, 3, HOUR).name("small"),
+            limit(algorithm, 10, HOUR).name("big"),
+        ],
+    );
+    // cost 2 then 1: small is full, big has 7 left.
+    for cost in [2, 1] {
+        let o = limiter.check_all("u", cost).await.unwrap();
+        assert!(o.allowed());
+    }
+    let o = limiter.check_all("u", 0).await.unwrap();
+    assert!(o.allowed());
+    assert_eq!(o.per_limit()[0].remaining, 0);
+    assert_eq!(o.per_limit()[1].remaining, 7);
+    assert_eq!(o.binding(), 0);
+
+    let mut last_retry = Duration::MAX;
+    for _ in 0..20 {
+        let o = limiter.check_all("u", 1).await.unwrap();
+        assert!(!o.allowed());
+        assert_eq!(o.binding(), 0, "the small limit denies");
+        let retry = o.decision().retry_after.unwrap();
+        assert!(retry > Duration::ZERO);
+        // Denials do not push the small limit's retry further away.
+        assert!(retry <= last_retry, "{retry:?} > {last_retry:?}");
+        last_retry = retry;
+        assert_eq!(o.per_limit()[1].remaining, 7, "big was charged by a denial");
+    }
+    let keys = limiter.keys("u").unwrap();
+    assert_eq!(keys.len(), 2);
+    assert!(keys.iter().all(|k| k.contains("{u}")), "{keys:?}");
+
+    // A cost above the smallest limit is misuse, not a denial.
+    let e = limiter.check("u", 4).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+    assert_eq!(
+        limiter.check("", 1).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+
+    // reset forgets the identity: the full quota is back.
+    limiter.reset("u").await.unwrap();
+    assert!(limiter.check("u", 3).await.unwrap().allowed);
+}
+
+/// GCRA's retry_after is exact: after a denial, waiting exactly
+/// `retry_after` (measured from when the reply arrived, which is after the
+/// server's `now`) gets the same request allowed — and with nothing to spare
+/// (remaining 0), so the wait was not longer than needed by a whole unit.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn gcra_retry_after_is_honest(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_gcra_honest");
+    // One unit per 500 ms, bursts of 3.
+    let limiter = build(
+        &redis,
+        &prefix,
+        vec![Limit::gcra(2, Duration::from_secs(1)).burst(3)],
+    );
+    assert!(limiter.check("u", 3).await.unwrap().allowed);
+    for cost in [1, 2, 1] {
+        let denied = limiter.check("u", cost).await.unwrap();
+        assert!(!denied.allowed, "cost {cost}: {denied:?}");
+        let wait = denied.retry_after.unwrap();
+        assert!(
+            wait <= Duration::from_millis(500) * cost
+                && wait > Duration::from_millis(500) * (cost - 1),
+            "cost {cost}: {wait:?}"
+        );
+        tokio::time::sleep(wait).await;
+        let d = limiter.check("u", cost).await.unwrap();
+        assert!(
+            d.allowed,
+            "cost {cost}: denied after waiting retry_after {wait:?}: {d:?}"
+        );
+        assert_eq!(d.remaining, 0, "cost {cost}: {d:?}");
+    }
+}
+
+/// Decisions depend only on the server's clock. The only clock the API
+/// takes (the circuit breaker's) is set ten years ahead, and every command
+/// the limiters send is captured from the server's SLOWLOG (threshold 0):
+/// no argument is a timestamp of the client's wall clock in seconds,
+/// milliseconds or microseconds. So a client whose clock is wrong sends
+/// exactly what a correct one sends, and gets the same decisions — which are
+/// checked to be the policy's.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn decisions_use_the_server_clock_not_the_clients(#[case] topology: Topology) {
+    let opts = ServerOptions::default()
+        .arg("slowlog-log-slower-than", "0")
+        .arg("slowlog-max-len", "100000");
+    let deployment = match topology {
+        Topology::Standalone => Deployment::Server(RedisServer::start_with(opts).unwrap()),
+        _ => Deployment::Cluster(
+            RedisCluster::start(ClusterOptions::default().server_options(opts)).unwrap(),
+        ),
+    };
+    skewed_clock_run(&deployment).await;
+}
+
+/// A private standalone server or cluster.
+pub(crate) enum Deployment {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Deployment {
+    pub(crate) fn url(&self) -> String {
+        match self {
+            Deployment::Server(s) => s.url(),
+            Deployment::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The servers holding data.
+    pub(crate) fn nodes(&self) -> Vec<&RedisServer> {
+        match self {
+            Deployment::Server(s) => vec![s],
+            Deployment::Cluster(c) => c.masters().iter().collect(),
+        }
+    }
+
+    /// Kills every server holding data.
+    pub(crate) fn kill(&mut self) {
+        match self {
+            Deployment::Server(s) => s.kill().unwrap(),
+            Deployment::Cluster(c) => c.masters_mut().iter_mut().for_each(|m| m.kill().unwrap()),
+        }
+    }
+
+    pub(crate) fn start(topology: Topology) -> Deployment {
+        match topology {
+            Topology::Standalone => Deployment::Server(RedisServer::start().unwrap()),
+            _ => Deployment::Cluster(RedisCluster::start(ClusterOptions::default()).unwrap()),
+        }
+    }
+}
+
+async fn skewed_clock_run(holder: &Deployment) {
+    let redis = connect(&holder.url()).await.unwrap();
+    let skewed = ManualClock::new();
+    skewed.advance(Duration::from_secs(10 * 365 * 24 * 3600));
+    for node in holder.nodes() {
+        node.command(&["SLOWLOG", "RESET"]).unwrap();
+    }
+    for algorithm in [
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::Gcra,
+    ] {
+        let breaker = CircuitBreaker::builder()
+            .clock(Arc::new(skewed.clone()))
+            .build()
+            .unwrap();
+        let limiter = Limiter::builder(&redis, "skew")
+            .limit(limit(algorithm, 3, Duration::from_secs(60)))
+            .fail_mode(FailMode::Closed)
+            .breaker(breaker)
+            .build()
+            .unwrap();
+        let allowed = {
+            let mut n = 0;
+            for _ in 0..5 {
+                let d = limiter.check(algorithm.name(), 1).await.unwrap();
+                assert!(d.reset_after <= Duration::from_secs(61), "{d:?}");
+                n += u32::from(d.allowed);
+            }
+            n
+        };
+        assert_eq!(allowed, 3, "{}", algorithm.name());
+    }
+
+    let now = SystemTime::now().duration_since(UNIX_EPOCH).unwrap();
+    let day = 2 * 86_400u64;
+    let near = |v: u64, unit_now: u64, unit_day: u64| v.abs_diff(unit_now) < unit_day;
+    let mut evals = 0;
+    for node in holder.nodes() {
+        let log = node.command(&["SLOWLOG", "GET", "100000"]).unwrap();
+        for entry in log.as_array().unwrap_or(&[]) {
+            let Some(fields) = entry.as_array() else {
+                continue;
+            };
+            let Some(args) = fields.get(3).and_then(Reply::as_array) else {
+                continue;
+            };
+            let args: Vec<String> = args
+                .iter()
+                .filter_map(|a| a.as_str().map(str::to_string))
+                .collect();
+            let Some(cmd) = args.first() else { continue };
+            if !cmd.eq_ignore_ascii_case("evalsha") && !cmd.eq_ignore_ascii_case("eval") {
+                continue;
+            }
+            evals += 1;
+            for a in &args[1..] {
+                if let Ok(v) = a.parse::<u64>() {
+                    assert!(
+                        !near(v, now.as_secs(), day)
+                            && !near(v, now.as_millis() as u64, day * 1000)
+                            && !near(v, now.as_micros() as u64, day * 1_000_000),
+                        "a client timestamp was sent to Redis: {args:?}"
+                    );
+                }
+            }
+        }
+    }
+    assert!(
+        evals >= 20,
+        "expected the 20 checks in the SLOWLOG, saw {evals}"
+    );
+}
+
+/// After traffic on every algorithm, multi-limits and the login throttle,
+/// every key under the test's prefix (SCAN on every node) has a TTL, and no
+/// TTL is longer than its window + 1 s.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn every_key_expires_within_its_window(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_ttl");
+    let base = prefix.trim_end_matches(':');
+    let secs = Duration::from_secs;
+    let mut windows: HashMap<&str, Duration> = HashMap::new();
+    let mut limiters = Vec::new();
+    for (algorithm, w) in [
+        (Algorithm::FixedWindow, secs(2)),
+        (Algorithm::SlidingLog, secs(3)),
+        (Algorithm::SlidingCounter, secs(4)),
+        (Algorithm::Gcra, secs(5)),
+    ] {
+        let name = algorithm.name();
+        windows.insert(name, w);
+        let multi = format!("{name}m");
+        limiters.push(build(
+            &redis,
+            &format!("{base}:{name}"),
+            vec![limit(algorithm, 5, w)],
+        ));
+        limiters.push(build(
+            &redis,
+            &format!("{base}:{name}m"),
+            vec![
+                limit(algorithm, 3, w).name("a"),
+                limit(algorithm, 10, w * 2).name("b"),
+            ],
+        ));
+        windows.insert(Box::leak(multi.into_boxed_str()), w * 2);
+    }
+    for limiter in &limiters {
+        for id in 0..20 {
+            for _ in 0..4 {
+                limiter.check(&format!("id{id}"), 1).await.unwrap();
+            }
+        }
+    }
+    let login = LoginThrottle::builder(&redis, format!("{base}:login"))
+        .max_failures(3)
+        .failure_window(secs(6))
+        .lockout(secs(7))
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    for id in 0..10 {
+        for _ in 0..id % 5 {
+            login.record_failure(&format!("user{id}")).await.unwrap();
+        }
+    }
+    windows.insert("login", secs(7));
+
+    let pattern = format!("{base}:*");
+    let client = redis.client();
+    let keys: Vec<Key> = if client.is_clustered() {
+        client
+            .scan_cluster_buffered(pattern, Some(100), None)
+            .collect::<Vec<_>>()
+            .await
+    } else {
+        client
+            .scan_buffered(pattern, Some(100), None)
+            .collect::<Vec<_>>()
+            .await
+    }
+    .into_iter()
+    .map(|k| k.unwrap())
+    .collect();
+    // 8 limiters x 20 identities x (1 or 2 keys), + the login keys.
+    assert!(keys.len() >= 4 * 20 * 3, "found only {} keys", keys.len());
+    for key in keys {
+        let name = key.as_str().unwrap().to_string();
+        let space = name[base.len() + 1..]
+            .split(':')
+            .next()
+            .unwrap()
+            .to_string();
+        let window = windows[space.as_str()];
+        let ttl: i64 = client.pttl(key).await.unwrap();
+        assert!(ttl > 0, "{name} has no TTL ({ttl})");
+        assert!(
+            Duration::from_millis(ttl as u64) <= window + Duration::from_secs(1),
+            "{name}: TTL {ttl} ms is longer than its window {window:?} + 1 s"
+        );
+    }
+}
+
+/// Failures are counted, the N-th locks the identity out, a success
+/// resets the count, unlock lifts a lockout.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn login_locks_out_after_n_failures_and_success_resets(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_login");
+    let login = LoginThrottle::builder(&redis, prefix.trim_end_matches(':'))
+        .max_failures(3)
+        .failure_window(HOUR)
+        .lockout(HOUR)
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    let user = "alice@example.com";
+    for n in 1..=2 {
+        let s = login.record_failure(user).await.unwrap();
+        assert!(!s.locked);
+        assert_eq!((s.failures, s.remaining_attempts), (n, 3 - n));
+    }
+    login.record_success(user).await.unwrap();
+    let s = login.status(user).await.unwrap();
+    assert_eq!((s.locked, s.failures), (false, 0));
+
+    for _ in 0..2 {
+        login.record_failure(user).await.unwrap();
+    }
+    let s = login.record_failure(user).await.unwrap();
+    assert!(s.locked, "{s:?}");
+    let lock = s.retry_after.unwrap();
+    assert!(
+        lock > HOUR - Duration::from_secs(5) && lock <= HOUR,
+        "{lock:?}"
+    );
+    // Failures while locked do not extend the lockout.
+    let again = login.record_failure(user).await.unwrap();
+    assert!(again.locked && again.retry_after.unwrap() <= lock);
+    // A success does not lift a lockout; unlock does.
+    login.record_success(user).await.unwrap();
+    assert!(login.status(user).await.unwrap().locked);
+    login.unlock(user).await.unwrap();
+    let s = login.status(user).await.unwrap();
+    assert_eq!((s.locked, s.failures, s.remaining_attempts), (false, 0, 3));
+    // Another identity was never affected.
+    assert!(!login.status("bob").await.unwrap().locked);
+}
+
+/// 64 concurrent failures with a threshold of 5: failures 1..4 are each
+/// reported once, every other attempt sees the lockout.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn concurrent_login_failures_lock_out_exactly_at_the_threshold(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_login_conc");
+    let login = LoginThrottle::builder(&redis, prefix.trim_end_matches(':'))
+        .max_failures(5)
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let login = login.clone();
+            tokio::spawn(async move { login.record_failure("mallory").await.unwrap() })
+        })
+        .collect();
+    let mut seen = Vec::new();
+    let mut locked = 0;
+    for t in tasks {
+        let s = t.await.unwrap();
+        if s.locked {
+            locked += 1;
+        } else {
+            seen.push(s.failures);
+        }
+    }
+    seen.sort_unstable();
+    assert_eq!(seen, vec![1, 2, 3, 4]);
+    assert_eq!(locked, 60);
+    assert_eq!(login.metrics().denied, 60);
+}
