@@ -25,12 +25,14 @@ use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
 
-static FILL_ACQUIRE: Script = Script::new("fill_acquire", include_str!("../scripts/fill_acquire.lua"));
+static FILL_ACQUIRE: Script =
+    Script::new("fill_acquire", include_str!("../scripts/fill_acquire.lua"));
 static FILL_STORE_RELEASE: Script = Script::new(
     "fill_store_release",
     include_str!("../scripts/fill_store_release.lua"),
 );
-static FILL_RELEASE: Script = Script::new("fill_release", include_str!("../scripts/fill_release.lua"));
+static FILL_RELEASE: Script =
+    Script::new("fill_release", include_str!("../scripts/fill_release.lua"));
 
 /// What a value type must be to live in a [`Cache`].
 pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -196,10 +198,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         subscriber: Option<&Subscriber>,
     ) -> Result<Self> {
         let instance: u64 = rand::random();
-        let l1 = options
-            .l1
-            .as_ref()
-            .map(|o| L1::new(o, options.max_stale));
+        let l1 = options.l1.as_ref().map(|o| L1::new(o, options.max_stale));
         let local = Arc::new(Local::new(instance, l1));
         let breaker = match &options.breaker {
             Some(b) => b.clone(),
@@ -354,7 +353,10 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let data_key = self.inner.data_key(key)?;
         self.inner
             .store(key, &data_key, None, Some(value), ttl)
-            .instrument(tracing::debug_span!("fredkit.cache.set", primitive = "cache"))
+            .instrument(tracing::debug_span!(
+                "fredkit.cache.set",
+                primitive = "cache"
+            ))
             .await
             .map(|_| ())
     }
@@ -432,7 +434,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// # Errors
     ///
     /// [`FillError`].
-    pub async fn get_or_try_set<F, Fut, E>(&self, key: &str, factory: F) -> std::result::Result<V, FillError<E>>
+    pub async fn get_or_try_set<F, Fut, E>(
+        &self,
+        key: &str,
+        factory: F,
+    ) -> std::result::Result<V, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<V, E>> + Send + 'static,
@@ -501,7 +507,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// # Errors
     ///
     /// [`FillError`].
-    pub async fn fetch<F, Fut, E>(&self, key: &str, factory: F) -> std::result::Result<Fetched<V>, FillError<E>>
+    pub async fn fetch<F, Fut, E>(
+        &self,
+        key: &str,
+        factory: F,
+    ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
@@ -592,7 +602,9 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         Some(Shared::Timeout(d)) => {
                             return serve_stale(inner, stale, FillError::Timeout(d))
                         }
-                        Some(Shared::Panicked) => return serve_stale(inner, stale, FillError::Panicked),
+                        Some(Shared::Panicked) => {
+                            return serve_stale(inner, stale, FillError::Panicked)
+                        }
                         // The leader failed (or produced an absence this
                         // caller cannot use): lead a fill of our own.
                         _ => continue,
@@ -604,11 +616,24 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     };
                     let task_inner = Arc::clone(inner);
                     let task_key = key.to_string();
-                    let span = tracing::debug_span!("fredkit.cache.fill", primitive = "cache", outcome = tracing::field::Empty);
+                    let span = tracing::debug_span!(
+                        "fredkit.cache.fill",
+                        primitive = "cache",
+                        outcome = tracing::field::Empty
+                    );
                     let task = tokio::spawn(
                         async move {
                             let r = task_inner
-                                .fill(&task_key, data_key, factory, stale, redis_up, epoch, accept_none, Mode::Fill)
+                                .fill(
+                                    &task_key,
+                                    data_key,
+                                    factory,
+                                    stale,
+                                    redis_up,
+                                    epoch,
+                                    accept_none,
+                                    Mode::Fill,
+                                )
                                 .await;
                             let shared = match &r {
                                 Ok(f) => Shared::Done(f.clone()),
@@ -616,7 +641,8 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                                 Err(FillError::Panicked) => Shared::Panicked,
                                 Err(_) => Shared::Failed,
                             };
-                            tracing::Span::current().record("outcome", if r.is_ok() { "ok" } else { "error" });
+                            tracing::Span::current()
+                                .record("outcome", if r.is_ok() { "ok" } else { "error" });
                             let _ = tx.send(Some(shared));
                             task_inner.end_flight(&task_key);
                             r
@@ -669,7 +695,10 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 let _ = tx.send(shared);
                 task_inner.end_flight(&task_key);
             }
-            .instrument(tracing::debug_span!("fredkit.cache.refresh", primitive = "cache")),
+            .instrument(tracing::debug_span!(
+                "fredkit.cache.refresh",
+                primitive = "cache"
+            )),
         );
     }
 
@@ -784,8 +813,14 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             .redis_call(async {
                 let pipe = inner.redis.client().pipeline();
                 for (_, data_key, bytes, _, px) in &prepared {
-                    pipe.set::<(), _, _>(data_key.as_str(), bytes.clone(), Some(Expiration::PX(*px)), None, false)
-                        .await?;
+                    pipe.set::<(), _, _>(
+                        data_key.as_str(),
+                        bytes.clone(),
+                        Some(Expiration::PX(*px)),
+                        None,
+                        false,
+                    )
+                    .await?;
                 }
                 pipe.all::<Vec<Value>>().await.map_err(Error::from)
             })
@@ -817,7 +852,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// Redis errors (the scan stops; already deleted keys stay deleted).
     pub async fn invalidate_prefix(&self, prefix: &str) -> Result<u64> {
         let inner = &self.inner;
-        let span = tracing::debug_span!("fredkit.cache.invalidate_prefix", primitive = "cache", deleted = tracing::field::Empty);
+        let span = tracing::debug_span!(
+            "fredkit.cache.invalidate_prefix",
+            primitive = "cache",
+            deleted = tracing::field::Empty
+        );
         async {
             let pattern = inner.scan_pattern(prefix);
             let client = inner.redis.client().clone();
@@ -1017,7 +1056,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         } else {
             rand::random::<u64>() % (self.opts.ttl_jitter.as_millis() as u64).max(1)
         };
-        let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 4).saturating_add(jitter);
+        let ttl_ms = u64::try_from(ttl.as_millis())
+            .unwrap_or(u64::MAX / 4)
+            .saturating_add(jitter);
         let now = envelope::now_ms();
         let fresh_until = now.saturating_add(ttl_ms);
         let stale_ms = if value.is_some() {
@@ -1026,7 +1067,13 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             0
         };
         let px = i64::try_from(ttl_ms.saturating_add(stale_ms)).unwrap_or(i64::MAX);
-        let bytes = envelope::encode(&self.codec, value, now, fresh_until, self.opts.compress_above)?;
+        let bytes = envelope::encode(
+            &self.codec,
+            value,
+            now,
+            fresh_until,
+            self.opts.compress_above,
+        )?;
         let stored = Stored {
             value: value.cloned(),
             created_ms: now,
@@ -1085,7 +1132,13 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     }
 
     /// `SET NX PX` the lock and `GET` the entry, in one script.
-    async fn acquire(&self, key: &str, data_key: &str, lock_key: &str, token: &str) -> Result<(bool, Option<Stored<V>>)> {
+    async fn acquire(
+        &self,
+        key: &str,
+        data_key: &str,
+        lock_key: &str,
+        token: &str,
+    ) -> Result<(bool, Option<Stored<V>>)> {
         let lock_ms = i64::try_from(self.opts.lock_ttl.as_millis()).unwrap_or(i64::MAX);
         let reply: Value = self
             .redis_call(FILL_ACQUIRE.exec(
@@ -1142,7 +1195,8 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Send + 'static,
     {
-        let usable = |s: &Stored<V>, now_ms: u64| s.is_fresh(now_ms) && (accept_none || s.value.is_some());
+        let usable =
+            |s: &Stored<V>, now_ms: u64| s.is_fresh(now_ms) && (accept_none || s.value.is_some());
         let lock_key = self.lock_key(key).map_err(FillError::Cache)?;
         let token = format!("{:032x}", rand::random::<u128>());
         let mut locked = false;
@@ -1154,7 +1208,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                     if let Some(s) = stored {
                         let newer = match mode {
                             Mode::Fill => usable(&s, now_ms),
-                            Mode::Refresh { created_ms } => s.created_ms > created_ms && usable(&s, now_ms),
+                            Mode::Refresh { created_ms } => {
+                                s.created_ms > created_ms && usable(&s, now_ms)
+                            }
                         };
                         if newer {
                             if acquired {
@@ -1174,7 +1230,17 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                             return Err(FillError::Panicked);
                         }
                         incr(&self.local.metrics.fill_lock_waits);
-                        match self.wait_for_fill(key, &data_key, &lock_key, &token, stale.is_some(), accept_none).await {
+                        match self
+                            .wait_for_fill(
+                                key,
+                                &data_key,
+                                &lock_key,
+                                &token,
+                                stale.is_some(),
+                                accept_none,
+                            )
+                            .await
+                        {
                             Waited::Found(s) => {
                                 let now_ms = envelope::now_ms();
                                 self.l1_insert_read(key, &s, epoch, now_ms);
@@ -1190,7 +1256,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                                 if stale.is_some() && self.opts.soft_timeout.is_some() {
                                     return serve_stale(self, stale, FillError::Panicked);
                                 }
-                                tracing::debug!("fredkit-cache: fill wait ran out; calling the factory");
+                                tracing::debug!(
+                                    "fredkit-cache: fill wait ran out; calling the factory"
+                                );
                             }
                             Waited::Unavailable => {}
                         }
@@ -1203,8 +1271,18 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                 }
             }
         }
-        self.run_factory(key, data_key, if locked { Some((lock_key, token)) } else { None }, factory, stale)
-            .await
+        self.run_factory(
+            key,
+            data_key,
+            if locked {
+                Some((lock_key, token))
+            } else {
+                None
+            },
+            factory,
+            stale,
+        )
+        .await
     }
 
     async fn wait_for_fill(
@@ -1263,7 +1341,11 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
 
     async fn release_now(&self, lock_key: &str, token: &str) {
         let _ = self
-            .redis_call(FILL_RELEASE.exec::<_, i64, _, _>(self.redis.client(), lock_key.to_string(), token.to_string()))
+            .redis_call(FILL_RELEASE.exec::<_, i64, _, _>(
+                self.redis.client(),
+                lock_key.to_string(),
+                token.to_string(),
+            ))
             .await;
     }
 
@@ -1287,11 +1369,21 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         let this = Arc::clone(self);
         let task_key = key.to_string();
         tokio::spawn(async move {
-            let produced = match AssertUnwindSafe(async move { factory().await }).catch_unwind().await {
+            let produced = match AssertUnwindSafe(async move { factory().await })
+                .catch_unwind()
+                .await
+            {
                 Ok(Ok(value)) => {
-                    let ttl = if value.is_some() { this.opts.ttl } else { this.opts.negative_ttl };
+                    let ttl = if value.is_some() {
+                        this.opts.ttl
+                    } else {
+                        this.opts.negative_ttl
+                    };
                     let lock_ref = lock.as_ref().map(|(k, t)| (k.as_str(), t.as_str()));
-                    if let Err(e) = this.store(&task_key, &data_key, lock_ref, value.as_ref(), ttl).await {
+                    if let Err(e) = this
+                        .store(&task_key, &data_key, lock_ref, value.as_ref(), ttl)
+                        .await
+                    {
                         tracing::debug!(error = %e, "fredkit-cache: could not store the factory's value");
                         if let Some((k, t)) = lock {
                             this.release(k, t);

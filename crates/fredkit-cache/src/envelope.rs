@@ -222,7 +222,11 @@ mod tests {
                 assert!(decode::<String, _>(&MsgPack, &b[..end], 1 << 20).is_err());
             }
         }
-        for junk in [&b"plain text value"[..], b"FK\x01\xff", b"FK\x02\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0"] {
+        for junk in [
+            &b"plain text value"[..],
+            b"FK\x01\xff",
+            b"FK\x02\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0\0",
+        ] {
             assert!(decode::<String, _>(&MsgPack, junk, 1 << 20).is_err());
         }
         // Right envelope, wrong type.

@@ -102,7 +102,13 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     }
 
     /// Inserts this instance's own write (always wins over concurrent reads).
-    pub(crate) fn insert_write(&self, key: &str, stored: &Stored<V>, now_ms: u64, eager: Option<f64>) {
+    pub(crate) fn insert_write(
+        &self,
+        key: &str,
+        stored: &Stored<V>,
+        now_ms: u64,
+        eager: Option<f64>,
+    ) {
         let e = self.entry(stored, now_ms, eager);
         let mut guard = lock(self.stripe(key));
         *guard = guard.wrapping_add(1);

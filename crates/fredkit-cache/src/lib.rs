@@ -100,7 +100,7 @@ mod metrics;
 mod options;
 mod store;
 
-pub use cache::{Cache, CacheValue, FillError, Fetched, Origin};
+pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
 pub use metrics::CacheMetrics;
 pub use options::{CacheOptions, CacheOptionsBuilder, L1Options};
 pub use store::RedisCacheStore;

@@ -374,7 +374,9 @@ mod tests {
             b().fill_wait(Duration::ZERO).build(),
             b().eager_refresh(1.0).build(),
             b().eager_refresh(0.0).build(),
-            b().soft_timeout(Duration::from_secs(2)).hard_timeout(Duration::from_secs(1)).build(),
+            b().soft_timeout(Duration::from_secs(2))
+                .hard_timeout(Duration::from_secs(1))
+                .build(),
             b().l1(L1Options::new().max_entries(0)).build(),
             b().l1(L1Options::new().ttl(Duration::ZERO)).build(),
         ];

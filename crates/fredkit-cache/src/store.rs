@@ -73,7 +73,13 @@ fn unreachable_breaker() -> CircuitBreaker {
 impl CacheStore for RedisCacheStore {
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
         self.breaker
-            .call(async { self.redis.client().get::<Option<Bytes>, _>(key).await.map_err(Error::from) })
+            .call(async {
+                self.redis
+                    .client()
+                    .get::<Option<Bytes>, _>(key)
+                    .await
+                    .map_err(Error::from)
+            })
             .await
     }
 
@@ -95,7 +101,13 @@ impl CacheStore for RedisCacheStore {
 
     async fn remove(&self, key: &str) -> Result<bool> {
         self.breaker
-            .call(async { self.redis.client().unlink::<i64, _>(key).await.map_err(Error::from) })
+            .call(async {
+                self.redis
+                    .client()
+                    .unlink::<i64, _>(key)
+                    .await
+                    .map_err(Error::from)
+            })
             .await
             .map(|n| n > 0)
     }

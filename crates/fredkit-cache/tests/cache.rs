@@ -1,0 +1,700 @@
+//! fredkit-cache against real servers, standalone and cluster.
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use fred::interfaces::{HashesInterface, KeysInterface};
+use fred::types::Expiration;
+use fredkit_cache::{Cache, CacheOptions, CacheOptionsBuilder, FillError, L1Options, Origin};
+use fredkit_conn::Redis;
+use fredkit_testkit::{
+    shared_url, unique_prefix, ClusterOptions, RedisCluster, RedisServer, Topology,
+};
+use rstest::rstest;
+use serde::{Deserialize, Serialize};
+use std::sync::atomic::{AtomicUsize, Ordering};
+use std::sync::Arc;
+use std::time::Duration;
+
+const DEADLINE: Duration = Duration::from_secs(15);
+
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+struct Item {
+    id: u64,
+    name: String,
+}
+
+fn item(id: u64) -> Item {
+    Item {
+        id,
+        name: format!("item-{id}"),
+    }
+}
+
+async fn connect(url: &str) -> Redis {
+    fredkit_testkit::connect(url).await.unwrap()
+}
+
+fn prefix(test: &str) -> String {
+    unique_prefix(test).trim_end_matches(':').to_string()
+}
+
+fn opts(prefix: &str) -> CacheOptionsBuilder {
+    CacheOptions::builder(prefix)
+}
+
+async fn cache(redis: &Redis, o: CacheOptionsBuilder) -> Cache<Item> {
+    Cache::new(redis, o.build().unwrap()).await.unwrap()
+}
+
+/// Polls `check` every 10 ms until it returns true or `limit` passes.
+async fn eventually<F, Fut>(limit: Duration, mut check: F) -> bool
+where
+    F: FnMut() -> Fut,
+    Fut: std::future::Future<Output = bool>,
+{
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        if check().await {
+            return true;
+        }
+        if tokio::time::Instant::now() >= deadline {
+            return false;
+        }
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn factory_runs_once_for_500_concurrent_callers_on_two_instances(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    // Two instances with separate connections, as two processes would be.
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let p = prefix("stampede");
+    let a = cache(&ra, opts(&p)).await;
+    let b = cache(&rb, opts(&p)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..500 {
+        let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let calls = Arc::clone(&calls);
+        tasks.push(tokio::spawn(async move {
+            c.get_or_set("hot", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Slow enough that every caller arrives while it runs.
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                item(7)
+            })
+            .await
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap().unwrap(), item(7));
+    }
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "factory must run exactly once"
+    );
+    let (ma, mb) = (a.metrics(), b.metrics());
+    assert_eq!(ma.factory_calls + mb.factory_calls, 1);
+    assert_eq!(ma.fill_wait_timeouts + mb.fill_wait_timeouts, 0);
+    // The lock is gone after the fill.
+    let lock: Option<String> = ra.client().get(format!("{p}:lock:{{hot}}")).await.unwrap();
+    assert_eq!(lock, None);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_value_is_served_when_the_factory_fails_after_logical_expiry(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("failsafe"))
+            .ttl(Duration::from_millis(200))
+            .max_stale(Duration::from_secs(60)),
+    )
+    .await;
+    assert_eq!(
+        c.get_or_set("k", || async { item(1) }).await.unwrap(),
+        item(1)
+    );
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    // Logically expired: plain get says miss.
+    assert_eq!(c.get("k").await.unwrap(), None);
+    let f = c
+        .fetch("k", || async { Err::<Option<Item>, _>("db down") })
+        .await
+        .unwrap();
+    assert_eq!(f.value, Some(item(1)));
+    assert!(f.stale);
+    assert_eq!(c.metrics().stale_served, 1);
+    assert_eq!(c.metrics().factory_errors, 1);
+    // Nothing to fall back on: the factory's error comes back, nothing cached.
+    let e = c
+        .get_or_try_set("other", || async { Err::<Item, _>("db down") })
+        .await
+        .unwrap_err();
+    assert!(matches!(e, FillError::Factory("db down")), "{e:?}");
+    assert_eq!(c.get("other").await.unwrap(), None);
+    // A working factory replaces the stale value.
+    assert_eq!(
+        c.get_or_set("k", || async { item(2) }).await.unwrap(),
+        item(2)
+    );
+    assert_eq!(c.get("k").await.unwrap(), Some(item(2)));
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn undecodable_entry_is_a_miss_that_is_deleted_and_counted(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("garbage");
+    let c = cache(&redis, opts(&p)).await;
+    let planted: [&[u8]; 3] = [b"not an envelope", b"FK\x01\x00", &[0xFF; 40]];
+    for (i, bytes) in planted.iter().enumerate() {
+        let key = format!("g{i}");
+        let data_key = format!("{p}:{{{key}}}");
+        redis
+            .client()
+            .set::<(), _, _>(
+                data_key.as_str(),
+                bytes.to_vec(),
+                Some(Expiration::EX(60)),
+                None,
+                false,
+            )
+            .await
+            .unwrap();
+        assert_eq!(c.get(&key).await.unwrap(), None);
+        assert!(
+            eventually(DEADLINE, || async {
+                redis
+                    .client()
+                    .exists::<i64, _>(data_key.as_str())
+                    .await
+                    .unwrap()
+                    == 0
+            })
+            .await,
+            "garbage under {data_key} was not deleted"
+        );
+    }
+    // A valid envelope holding the wrong type is garbage too.
+    let strings: Cache<String> = Cache::new(&redis, opts(&p).build().unwrap()).await.unwrap();
+    strings.set("typed", &"text".to_string()).await.unwrap();
+    assert_eq!(c.get("typed").await.unwrap(), None);
+    // A hash under the key (a foreign writer) as well.
+    let hash_key = format!("{p}:{{h}}");
+    redis
+        .client()
+        .hset::<(), _, _>(hash_key.as_str(), ("f", "v"))
+        .await
+        .unwrap();
+    assert_eq!(c.get("h").await.unwrap(), None);
+    assert_eq!(c.metrics().decode_failures, 5);
+    // get_or_set treats garbage as a miss: no error.
+    redis
+        .client()
+        .set::<(), _, _>(format!("{p}:{{g0}}"), "junk", None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get_or_set("g0", || async { item(3) }).await.unwrap(),
+        item(3)
+    );
+    assert_eq!(c.get("g0").await.unwrap(), Some(item(3)));
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_returns_1000_values_in_order_across_slots(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(&redis, opts(&prefix("many"))).await;
+    let items: Vec<(String, Item)> = (0..1000).map(|i| (format!("k{i}"), item(i))).collect();
+    c.set_many(&items).await.unwrap();
+    let mut keys: Vec<String> = items.iter().map(|(k, _)| k.clone()).collect();
+    keys.insert(500, "absent".to_string());
+    let got = c.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), 1001);
+    for (i, v) in got.iter().enumerate() {
+        match i.cmp(&500) {
+            std::cmp::Ordering::Less => assert_eq!(v.as_ref(), Some(&item(i as u64))),
+            std::cmp::Ordering::Equal => assert_eq!(v, &None),
+            std::cmp::Ordering::Greater => assert_eq!(v.as_ref(), Some(&item(i as u64 - 1))),
+        }
+    }
+    assert_eq!(c.metrics().l2_hits, 1000);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_prefix_deletes_only_matching_entries_on_every_node(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(&redis, opts(&prefix("invprefix")).l1(L1Options::new())).await;
+    let mut items: Vec<(String, Item)> = (0..300).map(|i| (format!("user:{i}"), item(i))).collect();
+    items.extend((0..50).map(|i| (format!("order:{i}"), item(i))));
+    items.push(("user*[x]".to_string(), item(999)));
+    c.set_many(&items).await.unwrap();
+    let deleted = c.invalidate_prefix("user:").await.unwrap();
+    assert_eq!(deleted, 300);
+    assert_eq!(c.get("user:7").await.unwrap(), None);
+    assert_eq!(c.get("order:7").await.unwrap(), Some(item(7)));
+    assert_eq!(c.get("user*[x]").await.unwrap(), Some(item(999)));
+    assert_eq!(c.invalidate_prefix("").await.unwrap(), 51);
+    assert_eq!(c.get("order:7").await.unwrap(), None);
+}
+
+/// Makes `b` hold an L1 copy of `key` = `want`: waits until A's invalidation
+/// of the write has arrived (it would drop an earlier copy), then reads twice
+/// and checks the second read was an L1 hit.
+async fn hold_l1_copy(b: &Cache<Item>, seen: u64, key: &str, want: &Item) {
+    assert!(
+        eventually(DEADLINE, || async {
+            b.metrics().invalidations_received > seen
+        })
+        .await
+    );
+    assert_eq!(b.get(key).await.unwrap().as_ref(), Some(want));
+    let hits = b.metrics().l1_hits;
+    assert_eq!(b.get(key).await.unwrap().as_ref(), Some(want));
+    assert_eq!(
+        b.metrics().l1_hits,
+        hits + 1,
+        "B should answer from its L1 copy"
+    );
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn instance_b_sees_instance_a_update_within_a_second(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let p = prefix("l1coherent");
+    let l1 = L1Options::new().ttl(Duration::from_secs(60));
+    let a = cache(&ra, opts(&p).l1(l1.clone())).await;
+    let b = cache(&rb, opts(&p).l1(l1)).await;
+    let seen = b.metrics().invalidations_received;
+    a.set("k", &item(1)).await.unwrap();
+    hold_l1_copy(&b, seen, "k", &item(1)).await;
+    for v in 2..5 {
+        a.set("k", &item(v)).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(1), || async {
+                b.get("k").await.unwrap() == Some(item(v))
+            })
+            .await,
+            "B still serves an old value 1 s after A wrote {v}"
+        );
+    }
+    a.remove("k").await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.get("k").await.unwrap().is_none()
+        })
+        .await
+    );
+    assert_eq!(
+        b.metrics().l1_flushes,
+        0,
+        "no gap expected on a healthy connection"
+    );
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn l1_copy_never_outlives_its_ttl_even_without_invalidations(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let p = prefix("l1ttl");
+    // B hears nothing (invalidation off): only the L1 TTL bounds its copy.
+    let a = cache(&ra, opts(&p)).await;
+    let b = cache(
+        &rb,
+        opts(&p)
+            .invalidation(false)
+            .l1(L1Options::new().ttl(Duration::from_millis(300))),
+    )
+    .await;
+    a.set("k", &item(1)).await.unwrap();
+    assert_eq!(b.get("k").await.unwrap(), Some(item(1)));
+    a.set("k", &item(2)).await.unwrap();
+    let written = tokio::time::Instant::now();
+    loop {
+        let v = b.get("k").await.unwrap();
+        if v == Some(item(2)) {
+            break;
+        }
+        assert!(
+            written.elapsed() < Duration::from_millis(300),
+            "L1 copy served past its TTL"
+        );
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn absent_values_are_cached_for_the_negative_ttl(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("negative")).negative_ttl(Duration::from_millis(300)),
+    )
+    .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lookup = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<Item>, String>(None)
+        }
+    };
+    for _ in 0..3 {
+        assert_eq!(
+            c.get_or_try_set_optional("missing", lookup(calls.clone()))
+                .await
+                .unwrap(),
+            None
+        );
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    // A non-optional caller does not take the absence for a value.
+    assert_eq!(
+        c.get_or_set("missing", || async { item(5) }).await.unwrap(),
+        item(5)
+    );
+    tokio::time::sleep(Duration::from_millis(10)).await;
+    assert_eq!(c.get("missing").await.unwrap(), Some(item(5)));
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_returns_the_cached_value_and_refreshes_once(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("eager"))
+            .ttl(Duration::from_millis(600))
+            .eager_refresh(0.5),
+    )
+    .await;
+    c.set("k", &item(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(350)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    for _ in 0..20 {
+        let calls = Arc::clone(&calls);
+        let v = c
+            .get_or_set("k", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(100)).await;
+                item(2)
+            })
+            .await
+            .unwrap();
+        assert_eq!(
+            v,
+            item(1),
+            "a hit past the refresh point still answers at once"
+        );
+    }
+    assert!(
+        eventually(DEADLINE, || async {
+            c.get("k").await.unwrap() == Some(item(2))
+        })
+        .await
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(c.metrics().eager_refreshes, 1);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn soft_timeout_serves_stale_and_the_factory_result_is_stored_later(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("soft"))
+            .ttl(Duration::from_millis(100))
+            .soft_timeout(Duration::from_millis(50))
+            .hard_timeout(Duration::from_secs(1)),
+    )
+    .await;
+    c.set("k", &item(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let f = c
+        .fetch("k", || async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, String>(Some(item(2)))
+        })
+        .await
+        .unwrap();
+    assert_eq!((f.value, f.stale), (Some(item(1)), true));
+    assert_eq!(c.metrics().factory_timeouts, 1);
+    // The factory finished in the background and its value was stored
+    // (the value is fresh for 100 ms: read it through get_or_set's hit path).
+    assert!(
+        eventually(DEADLINE, || async {
+            redis
+                .client()
+                .get::<Option<Vec<u8>>, _>(format!("{}:{{k}}", c.options().keys().prefix()))
+                .await
+                .unwrap()
+                .is_some_and(|b| b.windows(6).any(|w| w == b"item-2"))
+        })
+        .await
+    );
+    // Hard timeout with nothing stale: a timeout error.
+    let e = c
+        .fetch("cold", || async {
+            tokio::time::sleep(Duration::from_secs(30)).await;
+            Ok::<_, String>(Some(item(3)))
+        })
+        .await;
+    // soft_timeout only applies with a stale value; the hard one is 1 s.
+    assert!(
+        matches!(e, Err(FillError::Timeout(d)) if d == Duration::from_secs(1)),
+        "{e:?}"
+    );
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_expired_fill_lock_taken_by_another_filler_is_not_released_by_the_first(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("lockowner");
+    let c = cache(&redis, opts(&p).lock_ttl(Duration::from_millis(100))).await;
+    let lock_key = format!("{p}:lock:{{k}}");
+    let fill = {
+        let c = c.clone();
+        tokio::spawn(async move {
+            c.get_or_set("k", || async {
+                tokio::time::sleep(Duration::from_millis(400)).await;
+                item(1)
+            })
+            .await
+        })
+    };
+    // Our fill takes the lock; it expires after 100 ms and another process takes it.
+    assert!(
+        eventually(DEADLINE, || async {
+            redis
+                .client()
+                .exists::<i64, _>(lock_key.as_str())
+                .await
+                .unwrap()
+                == 1
+        })
+        .await
+    );
+    assert!(
+        eventually(DEADLINE, || async {
+            redis
+                .client()
+                .set::<Option<String>, _, _>(
+                    lock_key.as_str(),
+                    "other",
+                    Some(Expiration::EX(30)),
+                    Some(fred::types::SetOptions::NX),
+                    false,
+                )
+                .await
+                .unwrap()
+                .is_some()
+        })
+        .await
+    );
+    assert_eq!(fill.await.unwrap().unwrap(), item(1));
+    let holder: Option<String> = redis.client().get(lock_key.as_str()).await.unwrap();
+    assert_eq!(
+        holder.as_deref(),
+        Some("other"),
+        "the first filler deleted a lock it no longer owned"
+    );
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn large_values_are_compressed_and_round_trip(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("lz4");
+    let c: Cache<String> = Cache::new(&redis, opts(&p).compress_above(Some(1024)).build().unwrap())
+        .await
+        .unwrap();
+    let big = "fredkit ".repeat(10_000);
+    c.set("big", &big).await.unwrap();
+    let stored: Vec<u8> = redis.client().get(format!("{p}:{{big}}")).await.unwrap();
+    assert!(
+        stored.len() < big.len() / 10,
+        "stored {} bytes",
+        stored.len()
+    );
+    assert_eq!(c.get("big").await.unwrap(), Some(big));
+}
+
+// ---------------------------------------------------------------- faults
+
+/// Builds the cache used by the outage tests: a quick breaker so the outage
+/// is noticed after a few calls.
+fn outage_opts(p: &str) -> CacheOptionsBuilder {
+    opts(p)
+        .ttl(Duration::from_millis(200))
+        .max_stale(Duration::from_secs(60))
+        .breaker(
+            fredkit_core::CircuitBreaker::builder()
+                .minimum_throughput(2)
+                .break_duration(Duration::from_millis(500))
+                .build()
+                .unwrap(),
+        )
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resumes_after_restart()
+{
+    let mut server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let p = prefix("killed");
+    let with_l1 = cache(
+        &redis,
+        outage_opts(&p).l1(L1Options::new().ttl(Duration::from_millis(200))),
+    )
+    .await;
+    let no_l1 = cache(&redis, outage_opts(&p).invalidation(false)).await;
+    with_l1.set("k", &item(1)).await.unwrap();
+    assert_eq!(with_l1.get("k").await.unwrap(), Some(item(1)));
+
+    server.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await; // past the logical TTL
+                                                          // L1 on: the factory fails, the stale L1 copy is served.
+    let f = with_l1
+        .fetch("k", || async { Err::<Option<Item>, _>("source down too") })
+        .await
+        .unwrap();
+    assert_eq!((f.value, f.stale), (Some(item(1)), true));
+    assert!(with_l1.metrics().stale_served >= 1);
+    // L1 off: get_or_set falls back to the factory, no error.
+    for i in 0..5 {
+        assert_eq!(
+            no_l1
+                .get_or_set(&format!("n{i}"), || async { item(9) })
+                .await
+                .unwrap(),
+            item(9)
+        );
+    }
+    assert!(no_l1.metrics().redis_errors >= 1);
+    assert_eq!(no_l1.metrics().factory_calls, 5);
+
+    server.restart().unwrap();
+    redis.wait_connected().await.unwrap();
+    // Writes resume (after the breaker's break duration).
+    assert!(
+        eventually(DEADLINE, || async {
+            no_l1.set("after", &item(4)).await.is_ok()
+        })
+        .await,
+        "writes did not resume after the restart"
+    );
+    let fresh = cache(&connect(&server.url()).await, opts(&p).invalidation(false)).await;
+    assert_eq!(fresh.get("after").await.unwrap(), Some(item(4)));
+}
+
+/// Kills every pub/sub connection on `nodes` while A keeps writing, then
+/// checks B serves A's last write once its subscriber is back.
+async fn b_serves_nothing_older_than_a_last_write_after_pubsub_kill(url: &str, kill: impl Fn()) {
+    let (ra, rb) = (connect(url).await, connect(url).await);
+    let p = prefix("pubsubkill");
+    let l1 = L1Options::new().ttl(Duration::from_secs(60));
+    let b = cache(&rb, opts(&p).l1(l1.clone())).await;
+    let a = cache(&ra, opts(&p).l1(l1)).await;
+    let seen = b.metrics().invalidations_received;
+    a.set("k", &item(1)).await.unwrap();
+    hold_l1_copy(&b, seen, "k", &item(1)).await;
+    let flushes = b.metrics().l1_flushes;
+
+    kill();
+    for v in 2..=5 {
+        a.set("k", &item(v)).await.unwrap();
+    }
+    // B notices: its subscriber comes back, reports the gap, L1 is flushed.
+    assert!(
+        eventually(DEADLINE, || async { b.metrics().l1_flushes > flushes }).await,
+        "B never noticed the lost invalidations"
+    );
+    // From then on B serves A's last write, never an older one.
+    for _ in 0..20 {
+        assert_eq!(b.get("k").await.unwrap(), Some(item(5)));
+    }
+    a.set("k", &item(6)).await.unwrap();
+    assert!(
+        eventually(Duration::from_secs(1), || async {
+            b.get("k").await.unwrap() == Some(item(6))
+        })
+        .await
+    );
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn standalone_client_kill_of_b_subscriber_never_leaves_b_serving_an_old_value() {
+    let server = RedisServer::start().unwrap();
+    b_serves_nothing_older_than_a_last_write_after_pubsub_kill(&server.url(), || {
+        server
+            .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
+            .unwrap();
+    })
+    .await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cluster_client_kill_of_b_subscriber_never_leaves_b_serving_an_old_value() {
+    let cluster = RedisCluster::start(ClusterOptions::default()).unwrap();
+    b_serves_nothing_older_than_a_last_write_after_pubsub_kill(&cluster.url(), || {
+        for m in cluster.masters() {
+            m.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+        }
+    })
+    .await;
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn origins_report_l1_l2_and_factory(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(&redis, opts(&prefix("origin")).l1(L1Options::new())).await;
+    let f = || async { Ok::<_, String>(Some(item(1))) };
+    assert_eq!(c.fetch("k", f).await.unwrap().origin, Origin::Factory);
+    assert_eq!(c.fetch("k", f).await.unwrap().origin, Origin::L1);
+    c.flush_l1();
+    assert_eq!(c.fetch("k", f).await.unwrap().origin, Origin::L2);
+}
