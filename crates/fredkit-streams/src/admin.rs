@@ -183,7 +183,9 @@ pub struct StreamAdmin {
 
 impl fmt::Debug for StreamAdmin {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
-        f.debug_struct("StreamAdmin").field("keys", &self.keys).finish()
+        f.debug_struct("StreamAdmin")
+            .field("keys", &self.keys)
+            .finish()
     }
 }
 

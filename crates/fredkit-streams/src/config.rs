@@ -240,7 +240,9 @@ impl WorkerConfigBuilder {
             return fail("worker: the consumer group name is empty");
         }
         if c.consumer.as_deref() == Some("") {
-            return fail("worker: the consumer name is empty; leave it unset to get a generated one");
+            return fail(
+                "worker: the consumer name is empty; leave it unset to get a generated one",
+            );
         }
         if c.count == 0 || c.concurrency == 0 || c.ack_batch == 0 {
             return fail("worker: count, concurrency and ack_batch must be at least 1");

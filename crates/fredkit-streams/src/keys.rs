@@ -86,8 +86,36 @@ impl fmt::Debug for StreamKeys {
 
 /// A stream entry id as Redis returns it (`"1700000000000-0"`: server time in
 /// milliseconds, then a sequence number).
-#[derive(Clone, PartialEq, Eq, Hash, PartialOrd, Ord)]
+///
+/// Ids order like Redis orders them: by milliseconds, then by sequence,
+/// numerically (`"5-10"` > `"5-9"`). Ids without the `ms-seq` shape sort
+/// after well-formed ones, by text.
+#[derive(Clone, PartialEq, Eq, Hash)]
 pub struct StreamId(String);
+
+impl StreamId {
+    fn parts(&self) -> Option<(u64, u64)> {
+        let (ms, seq) = self.0.split_once('-')?;
+        Some((ms.parse().ok()?, seq.parse().ok()?))
+    }
+}
+
+impl Ord for StreamId {
+    fn cmp(&self, other: &Self) -> std::cmp::Ordering {
+        match (self.parts(), other.parts()) {
+            (Some(a), Some(b)) => a.cmp(&b).then_with(|| self.0.cmp(&other.0)),
+            (Some(_), None) => std::cmp::Ordering::Less,
+            (None, Some(_)) => std::cmp::Ordering::Greater,
+            (None, None) => self.0.cmp(&other.0),
+        }
+    }
+}
+
+impl PartialOrd for StreamId {
+    fn partial_cmp(&self, other: &Self) -> Option<std::cmp::Ordering> {
+        Some(self.cmp(other))
+    }
+}
 
 impl StreamId {
     /// Wraps an id string as Redis returned it.
@@ -159,6 +187,16 @@ mod tests {
     fn empty_stream_name_is_rejected() {
         let space = KeySpace::new("app").unwrap();
         assert!(StreamKeys::new(&space, "").is_err());
+    }
+
+    #[test]
+    fn stream_ids_order_numerically_like_redis() {
+        let id = StreamId::new;
+        assert!(id("5-9") < id("5-10"));
+        assert!(id("9-0") < id("10-0"));
+        assert!(id("10-0") > id("9-99"));
+        assert_eq!(id("7-1").cmp(&id("7-1")), std::cmp::Ordering::Equal);
+        assert!(id("7-1") < id("garbage"));
     }
 
     #[test]

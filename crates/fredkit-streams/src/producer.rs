@@ -2,8 +2,7 @@
 
 use std::fmt;
 use std::marker::PhantomData;
-use std::sync::atomic::{AtomicU64, Ordering};
-use std::sync::Arc;
+use std::sync::{Arc, Mutex};
 use std::time::{Duration, Instant};
 
 use async_trait::async_trait;
@@ -37,9 +36,11 @@ pub enum Trim {
     /// `MAXLEN ~ n`: keep about the newest `n` entries.
     MaxLen(u64),
     /// `MINID ~ <now - age>`: drop entries older than `age`. "Now" is the
-    /// Redis server's clock, read from the id of the producer's previous
-    /// entry (ids start with the server time in ms), so the first publish of
-    /// a producer does not trim and clocks of producer machines never matter.
+    /// Redis server's clock: the id of the producer's latest entry (ids
+    /// start with the server time in ms) plus the time elapsed on the
+    /// producer's monotonic clock since that reply. The first publish of a
+    /// producer does not trim, and wall clocks of producer machines never
+    /// matter.
     MaxAge(Duration),
 }
 
@@ -122,7 +123,9 @@ impl ProducerConfigBuilder {
             _ => {}
         }
         if self.config.event_type.as_deref() == Some("") {
-            return Err(Error::config("event_type is empty; give a name or leave it unset"));
+            return Err(Error::config(
+                "event_type is empty; give a name or leave it unset",
+            ));
         }
         Ok(self.config)
     }
@@ -170,7 +173,7 @@ pub struct Producer<T, C: Codec = MsgPack> {
     keys: StreamKeys,
     codec: C,
     config: ProducerConfig,
-    last_ms: Arc<AtomicU64>,
+    last_id: Arc<Mutex<Option<(u64, Instant)>>>,
     metrics: Arc<ProducerMetrics>,
     _t: PhantomData<fn(&T)>,
 }
@@ -182,7 +185,7 @@ impl<T, C: Codec + Clone> Clone for Producer<T, C> {
             keys: self.keys.clone(),
             codec: self.codec.clone(),
             config: self.config.clone(),
-            last_ms: Arc::clone(&self.last_ms),
+            last_id: Arc::clone(&self.last_id),
             metrics: Arc::clone(&self.metrics),
             _t: PhantomData,
         }
@@ -214,7 +217,7 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
             keys,
             codec,
             config,
-            last_ms: Arc::new(AtomicU64::new(0)),
+            last_id: Arc::new(Mutex::new(None)),
             metrics: Arc::new(ProducerMetrics::default()),
             _t: PhantomData,
         }
@@ -307,7 +310,9 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
                         .into_iter()
                         .find_map(|r| r.err())
                         .map(Error::from)
-                        .unwrap_or_else(|| Error::protocol("XADD pipeline: wrong number of replies"));
+                        .unwrap_or_else(|| {
+                            Error::protocol("XADD pipeline: wrong number of replies")
+                        });
                     for i in queued {
                         results[i] = Some(Err(clone_error(&err)));
                     }
@@ -327,7 +332,12 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
         .await
     }
 
-    async fn append(&self, key: &str, payload: Bytes, headers: &[(&str, &str)]) -> Result<StreamId> {
+    async fn append(
+        &self,
+        key: &str,
+        payload: Bytes,
+        headers: &[(&str, &str)],
+    ) -> Result<StreamId> {
         let trace_id = headers
             .iter()
             .find(|(k, _)| *k == TRACE_ID_HEADER)
@@ -392,14 +402,21 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     fn cap(&self) -> Result<XCap> {
         let cap = match self.config.trim {
             Trim::None => return Ok(XCap::from(None::<()>)),
-            Trim::MaxLen(n) => XCap::try_from(("MAXLEN", "~", i64::try_from(n).unwrap_or(i64::MAX))),
+            Trim::MaxLen(n) => {
+                XCap::try_from(("MAXLEN", "~", i64::try_from(n).unwrap_or(i64::MAX)))
+            }
             Trim::MaxAge(age) => {
-                let last = self.last_ms.load(Ordering::Relaxed);
+                let last = *self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+                let Some((ms, at)) = last else {
+                    return Ok(XCap::from(None::<()>));
+                };
+                let elapsed = u64::try_from(at.elapsed().as_millis()).unwrap_or(u64::MAX);
+                let now = ms.saturating_add(elapsed);
                 let age = u64::try_from(age.as_millis()).unwrap_or(u64::MAX);
-                if last == 0 || last <= age {
+                if now <= age {
                     return Ok(XCap::from(None::<()>));
                 }
-                let min = i64::try_from(last - age).unwrap_or(i64::MAX);
+                let min = i64::try_from(now - age).unwrap_or(i64::MAX);
                 XCap::try_from(("MINID", "~", min))
             }
         };
@@ -413,7 +430,10 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
         })?;
         let id = StreamId::new(id);
         if let Some(ms) = id.millis() {
-            self.last_ms.fetch_max(ms, Ordering::Relaxed);
+            let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+            if last.is_none_or(|(prev, _)| ms >= prev) {
+                *last = Some((ms, Instant::now()));
+            }
         }
         Ok(id)
     }
@@ -448,7 +468,9 @@ where
         let key = if stream == self.keys.name() {
             self.keys.stream().to_string()
         } else {
-            StreamKeys::new(self.keys.space(), stream)?.stream().to_string()
+            StreamKeys::new(self.keys.space(), stream)?
+                .stream()
+                .to_string()
         };
         self.append(&key, payload, headers).await.map(String::from)
     }
@@ -460,7 +482,10 @@ mod tests {
 
     #[test]
     fn degenerate_trims_are_config_errors() {
-        assert!(ProducerConfig::builder().trim(Trim::MaxLen(0)).build().is_err());
+        assert!(ProducerConfig::builder()
+            .trim(Trim::MaxLen(0))
+            .build()
+            .is_err());
         assert!(ProducerConfig::builder()
             .trim(Trim::MaxAge(Duration::ZERO))
             .build()

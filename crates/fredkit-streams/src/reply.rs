@@ -219,7 +219,10 @@ mod tests {
         // Odd-length field lists and non-array items are tolerated.
         let odd = Value::Array(vec![s("1-0"), Value::Array(vec![s("payload")])]);
         assert!(entry(odd).unwrap().unwrap().fields.is_empty());
-        let weird = Value::Array(vec![s("0-0"), Value::Array(vec![Value::Array(vec![s("1-0")])])]);
+        let weird = Value::Array(vec![
+            s("0-0"),
+            Value::Array(vec![Value::Array(vec![s("1-0")])]),
+        ]);
         assert!(claimed(weird).unwrap().entries.is_empty());
     }
 
@@ -229,7 +232,10 @@ mod tests {
             s("5-0"),
             Value::Array(vec![Value::Array(vec![
                 s("3-0"),
-                Value::Array(vec![s("payload"), Value::Bytes(Bytes::from_static(b"\x01"))]),
+                Value::Array(vec![
+                    s("payload"),
+                    Value::Bytes(Bytes::from_static(b"\x01")),
+                ]),
                 Value::Integer(4),
             ])]),
             Value::Integer(2),

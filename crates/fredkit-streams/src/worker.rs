@@ -41,9 +41,8 @@ static FORGET_CONSUMER: Script = Script::new(
     include_str!("../scripts/forget_consumer.lua"),
 );
 
-type Handler<T> = dyn Fn(Message<T>) -> BoxFuture<'static, std::result::Result<(), String>>
-    + Send
-    + Sync;
+type Handler<T> =
+    dyn Fn(Message<T>) -> BoxFuture<'static, std::result::Result<(), String>> + Send + Sync;
 
 /// What [`Worker::shutdown`] observed.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -718,7 +717,9 @@ async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
         .await;
     match r {
         Ok(1) => add(&ctx.metrics.dead_lettered, 1),
-        Ok(_) => tracing::debug!(id = %id, "not dead-lettered: no longer pending for this consumer"),
+        Ok(_) => {
+            tracing::debug!(id = %id, "not dead-lettered: no longer pending for this consumer")
+        }
         Err(e) => tracing::warn!(
             id = %id,
             error = %e,
