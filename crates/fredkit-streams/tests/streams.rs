@@ -21,6 +21,8 @@ use fredkit_testkit::{shared_url, Topology};
 use rstest::rstest;
 
 type Counts = Arc<Mutex<HashMap<u64, u32>>>;
+/// (job, delivery count, replayed from).
+type Handled = Arc<Mutex<Vec<(u64, u64, Option<String>)>>>;
 
 fn bump(map: &Counts, n: u64) {
     *map.lock().unwrap().entry(n).or_insert(0) += 1;
@@ -427,7 +429,7 @@ async fn poison_message_is_dead_lettered_after_max_deliveries_and_replays(
     let admin = StreamAdmin::new(&redis, keys.clone());
     let producer = Producer::<Job>::new(&redis, keys.clone());
     let healed = Arc::new(AtomicBool::new(false));
-    let handled: Arc<Mutex<Vec<(u64, u64, Option<String>)>>> = Arc::default();
+    let handled: Handled = Arc::default();
     let (h, record) = (Arc::clone(&healed), Arc::clone(&handled));
     let worker = Worker::start(
         &redis,
