@@ -103,6 +103,9 @@ pub struct Revocations {
 
 struct Inner {
     redis: Redis,
+    /// The pool's only client when it has one: skips the pool's shared
+    /// round-robin counter on the hot path.
+    single: Option<fred::clients::Client>,
     options: RevocationOptions,
     counters: Arc<Counters>,
     leeway_ms: i64,
@@ -179,6 +182,10 @@ impl Revocations {
         Ok(Revocations {
             inner: Arc::new(Inner {
                 redis: redis.clone(),
+                single: match redis.pool().clients() {
+                    [only] => Some(only.clone()),
+                    _ => None,
+                },
                 leeway_ms,
                 keep_ms: lifetime_ms.saturating_add(leeway_ms),
                 max_lifetime_secs: options.max_token_lifetime.as_secs(),
@@ -284,6 +291,14 @@ impl Revocations {
         }
     }
 
+    /// The client for the next command.
+    fn client(&self) -> &fred::clients::Client {
+        match &self.inner.single {
+            Some(c) => c,
+            None => self.inner.redis.client(),
+        }
+    }
+
     fn jti_key(&self, jti: &str) -> String {
         self.inner.options.keys.key(["jti", jti])
     }
@@ -304,7 +319,6 @@ impl Revocations {
     /// A read could not reach Redis: answer by the fail mode.
     fn unavailable(&self, op: &'static str, e: &Error) -> bool {
         let c = &self.inner.counters;
-        Counters::add(&c.checks);
         let revoked = match self.inner.options.fail_mode {
             FailMode::Open => {
                 Counters::add(&c.fail_open);
@@ -324,12 +338,15 @@ impl Revocations {
     }
 
     fn answered(&self, revoked: bool) -> bool {
-        let c = &self.inner.counters;
-        Counters::add(&c.checks);
         if revoked {
-            Counters::add(&c.revoked_hits);
+            Counters::add(&self.inner.counters.revoked_hits);
         }
         revoked
+    }
+
+    /// A read sent to Redis got no answer from it.
+    fn read_failed(&self) {
+        Counters::add(&self.inner.counters.read_failures);
     }
 
     #[cfg(feature = "local-cache")]
@@ -373,7 +390,7 @@ impl Revocations {
         async move {
             tracing::debug!(key = %key, until, "revoking token");
             let status: i64 = self
-                .guarded(REVOKE_JTI.exec(self.inner.redis.client(), key, until))
+                .guarded(REVOKE_JTI.exec(self.client(), key, until))
                 .await?;
             let outcome = match status {
                 0 => Revoked::Expired,
@@ -431,8 +448,6 @@ impl Revocations {
             };
             Counters::add(&self.inner.counters.redis_reads);
             let reply: Result<i64> = self
-                .inner
-                .redis
                 .client()
                 .exists(self.jti_key(jti))
                 .await
@@ -444,10 +459,12 @@ impl Revocations {
                 }
                 Err(e) if e.is_unavailable() => {
                     permit.failure();
+                    self.read_failed();
                     return Ok(self.unavailable("is_revoked", &e));
                 }
                 Err(e) => {
                     permit.success();
+                    self.read_failed();
                     return Err(e);
                 }
             };
@@ -524,10 +541,12 @@ impl Revocations {
                 }
                 Err(e) if e.is_unavailable() => {
                     permit.failure();
+                    self.read_failed();
                     return Ok(self.unavailable("check", &e));
                 }
                 Err(e) => {
                     permit.success();
+                    self.read_failed();
                     return Err(e);
                 }
             };
@@ -548,7 +567,7 @@ impl Revocations {
     }
 
     async fn read_check(&self, claims: &TokenClaims) -> Result<(bool, Option<i64>, Option<i64>)> {
-        let pipe = self.inner.redis.client().pipeline();
+        let pipe = self.client().pipeline();
         let () = pipe.exists(self.jti_key(&claims.jti)).await?;
         let () = pipe
             .get(self.cutoff_key(Scope::Subject, &claims.sub))
@@ -581,7 +600,7 @@ impl Revocations {
             tracing::debug!(key = %key, "moving cut-off");
             let (cut, _status): (i64, i64) = self
                 .guarded(REVOKE_CUTOFF.exec(
-                    self.inner.redis.client(),
+                    self.client(),
                     key,
                     vec![cut_arg, Value::from(self.inner.keep_ms)],
                 ))
@@ -685,7 +704,7 @@ impl Revocations {
     pub async fn track(&self, claims: &TokenClaims) -> Result<u64> {
         let (key, args) = self.track_args(claims);
         let n: i64 = self
-            .guarded(TRACK.exec(self.inner.redis.client(), key, args))
+            .guarded(TRACK.exec(self.client(), key, args))
             .instrument(tracing::debug_span!("fredkit.revocation.track"))
             .await?;
         Ok(u64::try_from(n).unwrap_or(0))
@@ -701,7 +720,7 @@ impl Revocations {
         let calls: Vec<(String, Vec<Value>)> = tokens.iter().map(|c| self.track_args(c)).collect();
         let permit = self.inner.options.breaker.try_acquire()?;
         let results: Vec<Result<i64>> = TRACK
-            .exec_pipelined(self.inner.redis.client(), calls)
+            .exec_pipelined(self.client(), calls)
             .instrument(tracing::debug_span!(
                 "fredkit.revocation.track_many",
                 tokens = tokens.len()
@@ -728,7 +747,7 @@ impl Revocations {
     /// malformed reply.
     pub async fn list_active(&self, sub: &str) -> Result<Vec<ActiveToken>> {
         let flat: Vec<Value> = self
-            .guarded(LIST_ACTIVE.exec(self.inner.redis.client(), self.active_key(sub), ()))
+            .guarded(LIST_ACTIVE.exec(self.client(), self.active_key(sub), ()))
             .instrument(tracing::debug_span!("fredkit.revocation.list_active"))
             .await?;
         let mut out = Vec::with_capacity(flat.len() / 2);

@@ -597,7 +597,9 @@ mod local_cache {
         let events = b.metrics().events_received;
         a.revoke("k4", at_secs(t + 600)).await.unwrap();
         assert!(
-            wait_for(Duration::from_secs(1), || b.metrics().events_received > events).await,
+            wait_for(Duration::from_secs(1), || b.metrics().events_received
+                > events)
+            .await,
             "A's event did not reach B within 1 s"
         );
         let unseen = token("k4", "mia", None, t, t + 600);
