@@ -8,6 +8,7 @@ use fredkit_core::{
     traits::{Decision, RateLimiter},
     CircuitBreaker, Error, ErrorKind, FailMode, KeySpace, Result,
 };
+use fred::types::Value;
 use tracing::Instrument;
 
 use crate::{
@@ -400,7 +401,7 @@ impl Limiter {
         args.push(i64::from(cost));
         args.extend_from_slice(&inner.args);
         let script = inner.algorithm.script();
-        let run = script.exec::<_, Vec<i64>, _, _>(inner.redis.client(), keys, args);
+        let run = script.exec::<_, Value, _, _>(inner.redis.client(), keys, args);
         let reply = match inner.timeout {
             Some(limit) => match tokio::time::timeout(limit, run).await {
                 Ok(r) => r,
@@ -411,9 +412,9 @@ impl Limiter {
             None => run.await,
         };
         match reply {
-            Ok(values) => {
+            Ok(reply) => {
                 permit.success();
-                self.parse(&values)
+                self.parse(reply, cost)
             }
             Err(e) if e.is_unavailable() => {
                 permit.failure();
@@ -427,8 +428,20 @@ impl Limiter {
         }
     }
 
-    fn parse(&self, values: &[i64]) -> Result<Outcome> {
+    fn parse(&self, reply: Value, cost: u32) -> Result<Outcome> {
         let limits = &self.inner.limits;
+        if let (Value::Integer(d), [limit]) = (&reply, limits.as_slice()) {
+            if self.inner.algorithm == Algorithm::Gcra {
+                return Ok(gcra_single(limit, *d, cost));
+            }
+        }
+        let values: Vec<i64> = reply.convert().map_err(|e| {
+            Error::protocol(format!(
+                "rate-limit script '{}' returned something other than integers: {}",
+                self.inner.algorithm.script().name(),
+                e.details()
+            ))
+        })?;
         if values.len() != 1 + 3 * limits.len() {
             return Err(Error::protocol(format!(
                 "rate-limit script '{}' returned {} values, expected {}",
@@ -553,6 +566,32 @@ impl Limiter {
     /// shared by the limiter's clones.
     pub fn metrics(&self) -> MetricsSnapshot {
         self.inner.metrics.snapshot()
+    }
+}
+
+/// Decodes the one-limit GCRA reply: `d >= 0` allowed with `TAT - now = d`
+/// after the request; `d < 0` denied with `TAT - now = -d - 1` (see
+/// `scripts/gcra.lua`). All in server microseconds.
+fn gcra_single(limit: &Limit, d: i64, cost: u32) -> Outcome {
+    let [ei, burst] = limit.script_args();
+    let ei = ei.max(1);
+    let tol = ei.saturating_mul(burst);
+    let allowed = d >= 0;
+    let ahead = if allowed { d } else { -d - 1 }.max(0);
+    let remaining = u64::try_from((tol - ahead).div_euclid(ei)).unwrap_or(0);
+    let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
+    let retry = ahead.saturating_add(ei.saturating_mul(i64::from(cost))) - tol;
+    Outcome {
+        allowed,
+        decisions: vec![Decision {
+            allowed,
+            limit: limit.limit(),
+            remaining: remaining.min(limit.limit()),
+            reset_after: us(ahead),
+            retry_after: (!allowed).then(|| us(retry)),
+        }],
+        binding: 0,
+        fallback: None,
     }
 }
 

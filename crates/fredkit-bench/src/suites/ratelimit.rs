@@ -1,10 +1,19 @@
-//! `ratelimit`: not written yet (stub registered so the suite list is complete).
+//! `ratelimit`: one check per algorithm (64 tasks, spread over many
+//! identities so that most checks are allowed and write), against raw fred
+//! `EVALSHA` of the very same GCRA script (the library's own overhead) and of
+//! a one-line `INCR` + `PEXPIRE` script (how lean the GCRA script is), all
+//! interleaved in the same run; plus `MEMORY USAGE` of one identity's keys
+//! after 100 requests, per algorithm.
 
 use super::Suite;
-use crate::harness::Report;
+use crate::harness::{interleave, op, Contender, Report, Unit};
 use crate::Ctx;
-use anyhow::Result;
+use anyhow::{bail, Result};
+use fred::prelude::*;
+use fredkit_core::{FailMode, Script};
+use fredkit_ratelimit::{Algorithm, Limit, Limiter};
 use futures::future::BoxFuture;
+use std::time::Duration;
 
 /// The `ratelimit` suite.
 pub(crate) struct Ratelimit;
@@ -15,10 +24,156 @@ impl Suite for Ratelimit {
     }
 
     fn about(&self) -> &'static str {
-        "not written yet"
+        "check per algorithm vs raw EVALSHA of the same GCRA script and of INCR+PEXPIRE; bytes per key"
     }
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, _report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async { Ok(()) })
+    fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
+        Box::pin(run(ctx, report))
     }
+}
+
+const CONCURRENCY: usize = 64;
+/// Checks are spread over this many identities.
+const IDENTITIES: u64 = 10_000;
+const QUOTA: u64 = 100;
+const WINDOW: Duration = Duration::from_secs(60);
+
+/// The reference: the leanest useful limiter script, one counter with a TTL.
+static INCR_PEXPIRE: Script = Script::new(
+    "bench.incr_pexpire",
+    "local n = redis.call('INCR', KEYS[1]) redis.call('PEXPIRE', KEYS[1], ARGV[1]) return n",
+);
+
+const ALGORITHMS: [Algorithm; 4] = [
+    Algorithm::FixedWindow,
+    Algorithm::SlidingLog,
+    Algorithm::SlidingCounter,
+    Algorithm::Gcra,
+];
+
+fn limit(algorithm: Algorithm) -> Limit {
+    match algorithm {
+        Algorithm::FixedWindow => Limit::fixed_window(QUOTA, WINDOW),
+        Algorithm::SlidingLog => Limit::sliding_log(QUOTA, WINDOW),
+        Algorithm::SlidingCounter => Limit::sliding_counter(QUOTA, WINDOW),
+        _ => Limit::gcra(QUOTA, WINDOW),
+    }
+}
+
+fn limiter(redis: &fredkit_conn::Redis, prefix: &str, algorithm: Algorithm) -> Result<Limiter> {
+    Ok(Limiter::builder(redis, prefix)
+        .limit(limit(algorithm))
+        .fail_mode(FailMode::Closed)
+        .build()?)
+}
+
+async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let redis = ctx.redis().await?;
+    let raw = ctx.fred_client().await?;
+    let gcra_script = Algorithm::Gcra.script();
+    gcra_script.load(&raw).await?;
+    INCR_PEXPIRE.load(&raw).await?;
+
+    let mut contenders = Vec::new();
+    for algorithm in ALGORITHMS {
+        let limiter = limiter(&redis, "bench:rl", algorithm)?;
+        contenders.push(Contender::new(
+            algorithm.name(),
+            CONCURRENCY,
+            op(move |i| {
+                let limiter = limiter.clone();
+                async move {
+                    let id = format!("id{}", i % IDENTITIES);
+                    limiter.check(&id, 1).await?;
+                    Ok(())
+                }
+            }),
+        ));
+    }
+    // The same script, keys and arguments as the GCRA limiter sends
+    // (cost 1, emission interval 60 s / 100 = 600 ms in µs, burst 100).
+    let gcra_sha = gcra_script.sha1().to_string();
+    let c = raw.clone();
+    contenders.push(Contender::new(
+        "raw_gcra_script",
+        CONCURRENCY,
+        op(move |i| {
+            let c = c.clone();
+            let sha = gcra_sha.clone();
+            async move {
+                let key = format!("bench:rw:{{id{}}}:default:g", i % IDENTITIES);
+                let _: Vec<i64> = c.evalsha(sha, key, vec![1_i64, 600_000, 100]).await?;
+                Ok(())
+            }
+        }),
+    ));
+    let incr_sha = INCR_PEXPIRE.sha1().to_string();
+    let c = raw.clone();
+    contenders.push(Contender::new(
+        "raw_incr",
+        CONCURRENCY,
+        op(move |i| {
+            let c = c.clone();
+            let sha = incr_sha.clone();
+            async move {
+                let key = format!("bench:ri:{{id{}}}:default:fw", i % IDENTITIES);
+                let _: i64 = c.evalsha(sha, key, 60_000_i64).await?;
+                Ok(())
+            }
+        }),
+    ));
+
+    let s = interleave(ctx.rounds(), ctx.load(), &contenders).await?;
+    let [fixed, log, counter, gcra, raw_script, raw_incr] = s.as_slice() else {
+        bail!("expected 6 summaries, got {}", s.len());
+    };
+    let note = format!("check, {CONCURRENCY} tasks, {IDENTITIES} identities, {QUOTA}/60 s");
+    report.summary("fixed_window", fixed, &note);
+    report.summary("sliding_log", log, &note);
+    report.summary("sliding_counter", counter, &note);
+    report.summary("gcra", gcra, &note);
+    report.summary(
+        "raw_gcra_script",
+        raw_script,
+        "raw fred EVALSHA of the GCRA script, same keys and arguments",
+    );
+    report.summary(
+        "raw_incr",
+        raw_incr,
+        "raw fred EVALSHA of INCR + PEXPIRE (one counter with a TTL)",
+    );
+    report.ratio(
+        "gcra_vs_raw_script",
+        gcra.ratio_to(raw_script),
+        "Limiter::check / raw EVALSHA of the same script (library overhead; goal >= 0.95)",
+    );
+    report.ratio(
+        "gcra_vs_raw_incr",
+        gcra.ratio_to(raw_incr),
+        "GCRA check / raw INCR+PEXPIRE script (script leanness; goal >= 0.70)",
+    );
+
+    for algorithm in ALGORITHMS {
+        let limiter = limiter(&redis, "bench:rlmem", algorithm)?;
+        let id = format!("mem-{}", algorithm.name());
+        limiter.reset(&id).await?;
+        for _ in 0..100 {
+            limiter.check(&id, 1).await?;
+        }
+        let mut bytes = 0_u64;
+        for key in limiter.keys(&id)? {
+            let b: Option<u64> = raw.memory_usage(key, Some(0)).await?;
+            bytes += b.unwrap_or(0);
+        }
+        report.add(
+            &format!("{}_bytes_per_key", algorithm.name()),
+            bytes as f64,
+            Unit::Count,
+            "MEMORY USAGE of one identity's key after 100 requests (quota 100)",
+        );
+        limiter.reset(&id).await?;
+    }
+
+    raw.quit().await?;
+    Ok(())
 }
