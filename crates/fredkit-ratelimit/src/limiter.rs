@@ -3,12 +3,12 @@
 use std::{fmt, sync::Arc, time::Duration, time::Instant};
 
 use async_trait::async_trait;
+use fred::types::Value;
 use fredkit_conn::Redis;
 use fredkit_core::{
     traits::{Decision, RateLimiter},
     CircuitBreaker, Error, ErrorKind, FailMode, KeySpace, Result,
 };
-use fred::types::Value;
 use tracing::Instrument;
 
 use crate::{
