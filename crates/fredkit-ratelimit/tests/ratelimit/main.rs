@@ -525,3 +525,73 @@ async fn concurrent_login_failures_lock_out_exactly_at_the_threshold(#[case] top
     assert_eq!(locked, 60);
     assert_eq!(login.metrics().denied, 60);
 }
+
+/// For every algorithm, a denied request's `retry_after` is enough: the
+/// same request sent that long after the denial (by the reply's arrival,
+/// which is after the server's decision) is allowed.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn waiting_retry_after_gets_the_request_allowed(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::Gcra
+    )]
+    algorithm: Algorithm,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_retry");
+    let limiter = build(
+        &redis,
+        &prefix,
+        vec![limit(algorithm, 3, Duration::from_millis(600))],
+    );
+    // Through the object-safe trait, as a consumer depending on core only would.
+    let dynamic: Arc<dyn fredkit_core::traits::RateLimiter> = Arc::new(limiter.clone());
+    for cost in [1, 2] {
+        while dynamic.check("u", cost).await.unwrap().allowed {}
+        let denied = dynamic.check("u", cost).await.unwrap();
+        let wait = denied.retry_after.unwrap();
+        assert!(
+            wait > Duration::ZERO && wait <= Duration::from_millis(1201),
+            "{wait:?}"
+        );
+        tokio::time::sleep(wait).await;
+        let d = dynamic.check("u", cost).await.unwrap();
+        assert!(
+            d.allowed,
+            "{}: cost {cost} denied after waiting {wait:?}: {d:?}",
+            algorithm.name()
+        );
+    }
+}
+
+/// Sliding log members stay unique for concurrent requests of cost 3 (many
+/// land in the same microsecond): the sorted set holds exactly 3 members
+/// per allowed request, and exactly 33 of 64 requests fit a quota of 100.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_log_counts_every_unit_of_concurrent_costly_requests(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_log_units");
+    let limiter = build(&redis, &prefix, vec![Limit::sliding_log(100, HOUR)]);
+    let tasks: Vec<_> = (0..64)
+        .map(|_| {
+            let limiter = limiter.clone();
+            tokio::spawn(async move { limiter.check("u", 3).await.unwrap().allowed })
+        })
+        .collect();
+    let mut allowed = 0;
+    for t in tasks {
+        allowed += u64::from(t.await.unwrap());
+    }
+    assert_eq!(allowed, 33);
+    let key = limiter.keys("u").unwrap().remove(0);
+    let members: u64 = redis.client().zcard(&key).await.unwrap();
+    assert_eq!(members, 99);
+    assert_eq!(limiter.check("u", 0).await.unwrap().remaining, 1);
+}
