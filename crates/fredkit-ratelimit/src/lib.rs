@@ -16,14 +16,14 @@
 //!   add a timeout to every request.
 //! - [`LoginThrottle`]: count failed logins, lock out after N, reset on
 //!   success, atomically.
-//! - Feature `tower`: [`tower::RateLimitLayer`] for axum and other tower
+//! - Feature `tower`: `tower::RateLimitLayer` for axum and other tower
 //!   stacks, with 429 + `Retry-After`, the IETF draft `RateLimit-Policy` /
 //!   `RateLimit` headers and optional `X-RateLimit-*`, keyed by client IP
 //!   (proxies trusted only when named), a header, or a closure. Feature
 //!   `axum` also reads axum's `ConnectInfo`.
 //!
 //! [`Limiter`] implements fredkit-core's object-safe
-//! [`RateLimiter`](fredkit_core::traits::RateLimiter) trait.
+//! [`RateLimiter`] trait.
 //!
 //! ```no_run
 //! use std::time::Duration;
@@ -80,7 +80,7 @@
 //! | [`Limiter::check`] / [`Limiter::check_all`], any number of limits | 1 |
 //! | the same while the circuit breaker is open | 0 |
 //! | [`LoginThrottle`] status / failure / success / unlock | 1 each |
-//! | [`tower::RateLimitLayer`] per request | 1 (the check) |
+//! | `tower::RateLimitLayer` per request | 1 (the check) |
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -240,6 +240,7 @@ pub(crate) enum Deployment {
     Cluster(RedisCluster),
 }
 
+#[cfg_attr(not(feature = "axum"), allow(dead_code))]
 impl Deployment {
     pub(crate) fn url(&self) -> String {
         match self {
