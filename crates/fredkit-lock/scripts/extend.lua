@@ -4,8 +4,10 @@
 -- ARGV[1]  the holder's token
 -- ARGV[2]  the new TTL in milliseconds (> 0)
 --
+-- The value is the token, or the token followed by '+' (waiters recorded).
 -- Returns 1 when extended, 0 when the lock is not held with this token.
-if redis.call('GET', KEYS[1]) == ARGV[1] then
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[1] .. '+' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1
 end

@@ -179,7 +179,6 @@ pub struct LockGuard {
     pub(crate) inner: Arc<Inner>,
     pub(crate) resource: String,
     pub(crate) lock_key: Key,
-    pub(crate) wait_key: Key,
     pub(crate) token: Str,
     pub(crate) fencing_token: u64,
     pub(crate) ttl: Duration,
@@ -314,7 +313,7 @@ impl LockGuard {
             primitive = "lock",
             outcome = tracing::field::Empty
         );
-        let r = release(&self.inner, &self.lock_key, &self.wait_key, &self.token)
+        let r = release(&self.inner, &self.lock_key, &self.token)
             .instrument(span.clone())
             .await;
         span.record(
@@ -330,20 +329,12 @@ impl LockGuard {
 }
 
 /// Runs the release script and counts the outcome.
-pub(crate) async fn release(
-    inner: &Inner,
-    lock_key: &Key,
-    wait_key: &Key,
-    token: &Str,
-) -> Result<bool> {
+pub(crate) async fn release(inner: &Inner, lock_key: &Key, token: &Str) -> Result<bool> {
     let r: i64 = RELEASE
         .exec(
             inner.redis.client(),
-            vec![lock_key.clone(), wait_key.clone()],
-            vec![
-                Value::String(token.clone()),
-                Value::String(inner.channel.clone()),
-            ],
+            lock_key.clone(),
+            Value::String(token.clone()),
         )
         .await?;
     if r > 0 {
@@ -371,10 +362,9 @@ impl Drop for LockGuard {
         };
         let inner = self.inner.clone();
         let lock_key = self.lock_key.clone();
-        let wait_key = self.wait_key.clone();
         let token = self.token.clone();
         rt.spawn(async move {
-            if let Err(e) = release(&inner, &lock_key, &wait_key, &token).await {
+            if let Err(e) = release(&inner, &lock_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background release failed; the lock expires at its TTL");
             }
         });

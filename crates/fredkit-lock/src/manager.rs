@@ -43,11 +43,10 @@ pub(crate) struct Inner {
     replica_conn: tokio::sync::Mutex<Option<Dedicated<Client>>>,
 }
 
-/// The keys of one resource's lock, all in the resource's hash slot.
+/// The keys of one resource's lock, both in the resource's hash slot.
 pub(crate) struct LockKeys {
     pub(crate) lock: Key,
     pub(crate) fence: Key,
-    pub(crate) wait: Key,
 }
 
 /// The outcome of one try.
@@ -56,6 +55,18 @@ pub(crate) enum Attempt {
     Granted(u64),
     /// Held by someone else for about this much longer.
     Held(Duration),
+}
+
+/// How a try is made (ARGV[3] of `acquire.lua`).
+#[derive(Clone, Copy, Debug)]
+pub(crate) enum Mode {
+    /// One try; nothing recorded.
+    Single = 0,
+    /// A waiting caller's first try: record the waiter on a busy lock.
+    FirstWait = 1,
+    /// A waiting caller's retry: as `FirstWait`, and a won lock starts
+    /// marked (other waiters may still be asleep).
+    Retry = 2,
 }
 
 /// Decodes the reply of `acquire.lua` / `sem_acquire.lua`.
@@ -85,9 +96,9 @@ pub(crate) fn new_token() -> Str {
 /// # Keys
 ///
 /// For resource `r` under prefix `p`: `p:{r}:lock` (the holder's token, with
-/// the TTL), `p:{r}:fence` (the fencing counter) and `p:{r}:wait` (a flag
-/// raised by waiters, with the longest remaining wait as TTL). All three
-/// share the hash tag `{r}`, so every script runs on one node of a cluster.
+/// the TTL; a trailing `+` records that someone waits) and `p:{r}:fence`
+/// (the fencing counter). Both share the hash tag `{r}`, so every script
+/// runs on one node of a cluster. Wake-ups are published on `p:wake`.
 ///
 /// **The fencing counter has no TTL, on purpose**: fencing tokens must keep
 /// growing across every grant for ever, also after a quiet period longer
@@ -209,11 +220,18 @@ impl LockManager {
                 "a lock resource name must not be empty",
             ));
         }
-        let ks = &self.inner.keys;
+        // One escaping pass for both keys: `p:{r}` + `:lock` / `:fence`.
+        let mut lock = self
+            .inner
+            .keys
+            .tagged(resource, std::iter::empty::<&str>())?;
+        let mut fence = String::with_capacity(lock.len() + 6);
+        fence.push_str(&lock);
+        lock.push_str(":lock");
+        fence.push_str(":fence");
         Ok(LockKeys {
-            lock: Key::from(ks.tagged(resource, ["lock"])?),
-            fence: Key::from(ks.tagged(resource, ["fence"])?),
-            wait: Key::from(ks.tagged(resource, ["wait"])?),
+            lock: Key::from(lock),
+            fence: Key::from(fence),
         })
     }
 
@@ -221,8 +239,8 @@ impl LockManager {
     /// busy. `Ok(None)` when it stayed busy (with the default zero wait:
     /// when it was busy at the one try).
     ///
-    /// Waiting costs no busy loop: a failed try raises the resource's waiter
-    /// flag (in the same script), the holder's release then publishes a
+    /// Waiting costs no busy loop: a failed try marks the held lock as
+    /// awaited (in the same script), the holder's release then publishes a
     /// wake-up, and this manager's one subscription wakes one local waiter.
     /// A try also happens when the lock's TTL runs out (a crashed holder)
     /// and on the fallback poll (capped backoff with jitter), which covers
@@ -272,7 +290,7 @@ impl LockManager {
         let token = new_token();
         if opts.wait.is_zero() {
             let started = Instant::now();
-            return match self.try_grant(&keys, &token, opts, 0).await? {
+            return match self.try_grant(&keys, &token, opts, Mode::Single).await? {
                 Attempt::Granted(fence) => Ok(Some(
                     self.guard(resource, keys, token, fence, opts, started),
                 )),
@@ -291,8 +309,8 @@ impl LockManager {
         {
             tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
         }
-        let wait_key = String::from_utf8_lossy(keys.wait.as_bytes()).into_owned();
-        let registration = self.inner.waiters.register(&wait_key);
+        let lock_key = String::from_utf8_lossy(keys.lock.as_bytes()).into_owned();
+        let registration = self.inner.waiters.register(&lock_key);
         let deadline = Instant::now() + opts.wait;
         let mut polls = 0u32;
         let mut tries = 0u32;
@@ -301,9 +319,13 @@ impl LockManager {
             tokio::pin!(notified);
             notified.as_mut().enable();
             let now = Instant::now();
-            let wait_ms = millis(deadline.saturating_duration_since(now)).max(1);
+            let mode = if tries == 0 {
+                Mode::FirstWait
+            } else {
+                Mode::Retry
+            };
             tries += 1;
-            match self.try_grant(&keys, &token, opts, wait_ms).await? {
+            match self.try_grant(&keys, &token, opts, mode).await? {
                 Attempt::Granted(fence) => {
                     tracing::Span::current().record("tries", tries);
                     return Ok(Some(self.guard(resource, keys, token, fence, opts, now)));
@@ -338,17 +360,11 @@ impl LockManager {
         keys: &LockKeys,
         token: &Str,
         opts: &LockOptions,
-        wait_ms: i64,
+        mode: Mode,
     ) -> Result<Attempt> {
         let Some((replicas, timeout)) = opts.replicas else {
             return self
-                .attempt(
-                    self.inner.redis.client(),
-                    keys,
-                    token,
-                    opts.ttl_ms(),
-                    wait_ms,
-                )
+                .attempt(self.inner.redis.client(), keys, token, opts.ttl_ms(), mode)
                 .await;
         };
         let mut conn = self.inner.replica_conn.lock().await;
@@ -361,7 +377,7 @@ impl LockManager {
             ));
         };
         let attempt = self
-            .attempt(client.client(), keys, token, opts.ttl_ms(), wait_ms)
+            .attempt(client.client(), keys, token, opts.ttl_ms(), mode)
             .await?;
         if let Attempt::Granted(_) = attempt {
             let options = Options {
@@ -381,7 +397,7 @@ impl LockManager {
                 Ok(n) if n >= i64::from(replicas) => {}
                 other => {
                     // Undo the grant: fail closed.
-                    let undone = guard::release(&self.inner, &keys.lock, &keys.wait, token).await;
+                    let undone = guard::release(&self.inner, &keys.lock, token).await;
                     let why = match other {
                         Ok(n) => format!(
                             "only {n} of {replicas} replicas confirmed the lock within {timeout:?}"
@@ -404,16 +420,16 @@ impl LockManager {
         keys: &LockKeys,
         token: &Str,
         ttl_ms: i64,
-        wait_ms: i64,
+        mode: Mode,
     ) -> Result<Attempt> {
         let r: i64 = ACQUIRE
             .exec(
                 client,
-                vec![keys.lock.clone(), keys.fence.clone(), keys.wait.clone()],
+                vec![keys.lock.clone(), keys.fence.clone()],
                 vec![
                     Value::String(token.clone()),
                     Value::Integer(ttl_ms),
-                    Value::Integer(wait_ms),
+                    Value::Integer(mode as i64),
                 ],
             )
             .await?;
@@ -449,7 +465,6 @@ impl LockManager {
             inner: self.inner.clone(),
             resource: resource.to_string(),
             lock_key: keys.lock,
-            wait_key: keys.wait,
             token,
             fencing_token,
             ttl: opts.ttl,
@@ -528,7 +543,7 @@ impl DistributedLock for LockManager {
                 &keys,
                 &token,
                 millis(ttl).max(1),
-                0,
+                Mode::Single,
             )
             .await?;
         match r {
@@ -549,13 +564,7 @@ impl DistributedLock for LockManager {
 
     async fn release(&self, lease: &LockLease) -> Result<bool> {
         let keys = self.lock_keys(&lease.resource)?;
-        guard::release(
-            &self.inner,
-            &keys.lock,
-            &keys.wait,
-            &Str::from(lease.token.as_str()),
-        )
-        .await
+        guard::release(&self.inner, &keys.lock, &Str::from(lease.token.as_str())).await
     }
 
     async fn extend(&self, lease: &LockLease, ttl: Duration) -> Result<bool> {
