@@ -354,33 +354,30 @@ impl Limiter {
             outcome = tracing::field::Empty,
             elapsed_us = tracing::field::Empty,
         );
-        let started = Instant::now();
+        // Timing only when someone listens: the hot path stays lean.
+        let started = (!span.is_disabled()).then(Instant::now);
         let result = self
             .check_inner(identity, cost)
             .instrument(span.clone())
             .await;
-        let outcome = match &result {
+        let m = &inner.metrics;
+        let (outcome, counter) = match &result {
             Ok(o) => match o.fallback {
-                Some(FailMode::Open) => "fail_open",
-                Some(FailMode::Closed) => "fail_closed",
-                None if o.allowed => "allowed",
-                None => "denied",
+                Some(FailMode::Open) => ("fail_open", &m.fail_open),
+                Some(FailMode::Closed) => ("fail_closed", &m.fail_closed),
+                None if o.allowed => ("allowed", &m.allowed),
+                None => ("denied", &m.denied),
             },
-            Err(_) => "error",
-        };
-        let counter = match outcome {
-            "fail_open" => &inner.metrics.fail_open,
-            "fail_closed" => &inner.metrics.fail_closed,
-            "allowed" => &inner.metrics.allowed,
-            "denied" => &inner.metrics.denied,
-            _ => &inner.metrics.errors,
+            Err(_) => ("error", &m.errors),
         };
         Metrics::bump(counter);
-        span.record("outcome", outcome);
-        span.record(
-            "elapsed_us",
-            u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
-        );
+        if let Some(started) = started {
+            span.record("outcome", outcome);
+            span.record(
+                "elapsed_us",
+                u64::try_from(started.elapsed().as_micros()).unwrap_or(u64::MAX),
+            );
+        }
         result
     }
 

@@ -596,3 +596,48 @@ async fn sliding_log_counts_every_unit_of_concurrent_costly_requests(#[case] top
     assert_eq!(members, 99);
     assert_eq!(limiter.check("u", 0).await.unwrap().remaining, 1);
 }
+
+/// With the server (every cluster master) killed, the login throttle
+/// answers with its fail mode — closed: locked, open: not locked — flagged
+/// as a fallback and counted; after the first failure the breaker answers
+/// without waiting for Redis.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_login_throttle_uses_its_fail_mode_when_server_killed(#[case] topology: Topology) {
+    let mut deployment = Deployment::start(topology);
+    let redis = connect(&deployment.url()).await.unwrap();
+    let throttle = |mode: FailMode| {
+        let breaker = CircuitBreaker::builder()
+            .minimum_throughput(1)
+            .break_duration(Duration::from_secs(60))
+            .build()
+            .unwrap();
+        LoginThrottle::builder(&redis, "login")
+            .max_failures(3)
+            .fail_mode(mode)
+            .breaker(breaker)
+            .build()
+            .unwrap()
+    };
+    let (closed, open) = (throttle(FailMode::Closed), throttle(FailMode::Open));
+    let s = closed.record_failure("u").await.unwrap();
+    assert_eq!((s.locked, s.failures, s.fallback), (false, 1, None));
+
+    deployment.kill();
+
+    for _ in 0..3 {
+        let s = closed.status("u").await.unwrap();
+        assert!(s.locked && s.retry_after.is_some(), "{s:?}");
+        assert_eq!(s.fallback, Some(FailMode::Closed));
+        let s = open.record_failure("u").await.unwrap();
+        assert!(!s.locked, "{s:?}");
+        assert_eq!(s.fallback, Some(FailMode::Open));
+    }
+    assert_eq!(closed.metrics().fail_closed, 3);
+    assert_eq!(open.metrics().fail_open, 3);
+    // record_success has no fail mode: the outage is an error.
+    let e = closed.record_success("u").await.unwrap_err();
+    assert!(e.is_unavailable(), "{e}");
+}
