@@ -250,7 +250,10 @@ impl LoginThrottle {
     /// unexpected replies. Unavailability gives the fail mode's status.
     pub async fn status(&self, identity: &str) -> Result<LoginStatus> {
         let keys = self.keys(identity)?;
-        let span = tracing::debug_span!("fredkit.ratelimit.login_status");
+        let span = tracing::debug_span!(
+            "fredkit.ratelimit.login_status",
+            outcome = tracing::field::Empty
+        );
         self.run(&LOGIN_STATUS, keys.to_vec(), Vec::new())
             .instrument(span)
             .await
@@ -270,7 +273,10 @@ impl LoginThrottle {
             ms(self.inner.failure_window),
             ms(self.inner.lockout),
         ];
-        let span = tracing::debug_span!("fredkit.ratelimit.login_failure");
+        let span = tracing::debug_span!(
+            "fredkit.ratelimit.login_failure",
+            outcome = tracing::field::Empty
+        );
         self.run(&LOGIN_FAILURE, keys.to_vec(), args)
             .instrument(span)
             .await
@@ -332,14 +338,16 @@ impl LoginThrottle {
                 }
             },
         };
-        let counter = match &result {
-            Ok(s) if s.fallback == Some(FailMode::Open) => &inner.metrics.fail_open,
-            Ok(s) if s.fallback == Some(FailMode::Closed) => &inner.metrics.fail_closed,
-            Ok(s) if s.locked => &inner.metrics.denied,
-            Ok(_) => &inner.metrics.allowed,
-            Err(_) => &inner.metrics.errors,
+        let m = &inner.metrics;
+        let (outcome, counter) = match &result {
+            Ok(s) if s.fallback == Some(FailMode::Open) => ("fail_open", &m.fail_open),
+            Ok(s) if s.fallback == Some(FailMode::Closed) => ("fail_closed", &m.fail_closed),
+            Ok(s) if s.locked => ("locked", &m.denied),
+            Ok(_) => ("not_locked", &m.allowed),
+            Err(_) => ("error", &m.errors),
         };
         Metrics::bump(counter);
+        tracing::Span::current().record("outcome", outcome);
         result
     }
 
