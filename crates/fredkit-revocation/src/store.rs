@@ -441,6 +441,7 @@ impl Revocations {
             "fredkit.revocation.is_revoked",
             outcome = tracing::field::Empty
         );
+        let recorder = span.clone();
         async move {
             let permit = match self.inner.options.breaker.try_acquire() {
                 Ok(p) => p,
@@ -472,7 +473,7 @@ impl Revocations {
             if let (Some(local), Some(start)) = (&self.inner.local, start) {
                 local.cache.record_jti(jti, revoked, start);
             }
-            tracing::Span::current().record("outcome", revoked);
+            recorder.record("outcome", revoked);
             Ok(self.answered(revoked))
         }
         .instrument(span)
@@ -527,6 +528,7 @@ impl Revocations {
         };
         let span =
             tracing::debug_span!("fredkit.revocation.check", outcome = tracing::field::Empty);
+        let recorder = span.clone();
         async move {
             let permit = match self.inner.options.breaker.try_acquire() {
                 Ok(p) => p,
@@ -559,7 +561,7 @@ impl Revocations {
             let revoked = by_id
                 || sub_cut.is_some_and(|cut| iat <= cut)
                 || org_cut.is_some_and(|cut| iat <= cut);
-            tracing::Span::current().record("outcome", revoked);
+            recorder.record("outcome", revoked);
             Ok(self.answered(revoked))
         }
         .instrument(span)

@@ -188,7 +188,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ],
     )
     .await?;
-    let [_conn, is_revoked, exists, check, pipeline] = s.as_slice() else {
+    let [conn_exists, is_revoked, exists, check, pipeline] = s.as_slice() else {
         bail!("expected 5 summaries, got {}", s.len());
     };
 
@@ -218,6 +218,11 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "is_revoked_vs_raw_exists",
         is_revoked.ratio_to(exists),
         "is_revoked ops/s / raw EXISTS ops/s (goal >= 0.90)",
+    );
+    report.ratio(
+        "is_revoked_vs_conn_exists",
+        is_revoked.ratio_to(conn_exists),
+        "is_revoked / raw EXISTS on the same fredkit-conn client (the store's own overhead)",
     );
     report.summary("check", check, &format!("{note}, token with sub and org"));
     report.summary("raw_pipeline", pipeline, &note);
