@@ -296,6 +296,13 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }
             }
         }
+        // The Redis path lives in its own (boxed) future so that the future
+        // of an L1 hit stays small and cheap to create.
+        Box::pin(self.get_l2(key)).await
+    }
+
+    async fn get_l2(&self, key: &str) -> Result<Option<V>> {
+        let inner = &self.inner;
         let data_key = inner.data_key(key)?;
         let epoch = inner.local.l1.as_ref().map(|l1| l1.epoch(key));
         match inner.l2_get(key, data_key).await {
@@ -554,6 +561,23 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }
             }
         }
+        Box::pin(self.fetch_l2(key, factory, accept_none, stale)).await
+    }
+
+    async fn fetch_l2<F, Fut, E>(
+        &self,
+        key: &str,
+        factory: F,
+        accept_none: bool,
+        mut stale: Option<Option<V>>,
+    ) -> std::result::Result<Fetched<V>, FillError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        let inner = &self.inner;
+        let usable = |v: &Option<V>| accept_none || v.is_some();
         let data_key = inner.data_key(key).map_err(FillError::Cache)?;
         let epoch = inner.local.l1.as_ref().map(|l1| l1.epoch(key));
         let mut redis_up = true;
