@@ -115,7 +115,7 @@ async fn revoked_token_is_revoked_until_exp_and_its_key_is_gone_within_a_second_
             assert!(!by_id && !by_check, "record outlived exp");
             break;
         }
-        tokio::time::sleep(Duration::from_millis(100)).await;
+        tokio::time::sleep(Duration::from_millis(50)).await;
     }
     assert!(
         checked_before_exp >= 5,
