@@ -679,14 +679,15 @@ impl Revocations {
         self.revoke_cutoff(Scope::Org, org, None).await
     }
 
-    fn track_args(&self, claims: &TokenClaims) -> (String, Vec<Value>) {
+    fn track_args(&self, claims: &TokenClaims) -> Result<(String, Vec<Value>)> {
+        self.token_iat(claims)?;
         let exp_ms = secs_i64(claims.exp)
             .saturating_mul(1000)
             .saturating_add(self.inner.leeway_ms);
-        (
+        Ok((
             self.active_key(&claims.sub),
             vec![Value::from(claims.jti.as_str()), Value::from(exp_ms)],
-        )
+        ))
     }
 
     /// Tracks a token of `claims.sub` for [`list_active`](Self::list_active).
@@ -701,10 +702,12 @@ impl Revocations {
     ///
     /// # Errors
     ///
-    /// Connection, timeout or circuit-open errors: the token may not be
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
+    /// for a token living longer than `max_token_lifetime` (nothing sent);
+    /// connection, timeout or circuit-open errors: the token may not be
     /// tracked.
     pub async fn track(&self, claims: &TokenClaims) -> Result<u64> {
-        let (key, args) = self.track_args(claims);
+        let (key, args) = self.track_args(claims)?;
         let n: i64 = self
             .guarded(TRACK.exec(self.client(), key, args))
             .instrument(tracing::debug_span!("fredkit.revocation.track"))
@@ -717,9 +720,14 @@ impl Revocations {
     ///
     /// # Errors
     ///
-    /// The first error of any call; the others may have been tracked.
+    /// `InvalidInput` as [`track`](Self::track) for any token (nothing
+    /// sent); otherwise the first error of any call, the others may have
+    /// been tracked.
     pub async fn track_many(&self, tokens: &[TokenClaims]) -> Result<()> {
-        let calls: Vec<(String, Vec<Value>)> = tokens.iter().map(|c| self.track_args(c)).collect();
+        let calls = tokens
+            .iter()
+            .map(|c| self.track_args(c))
+            .collect::<Result<Vec<(String, Vec<Value>)>>>()?;
         let permit = self.inner.options.breaker.try_acquire()?;
         let results: Vec<Result<i64>> = TRACK
             .exec_pipelined(self.client(), calls)

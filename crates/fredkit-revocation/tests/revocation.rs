@@ -349,6 +349,10 @@ async fn tokens_outliving_max_lifetime_and_garbage_cutoffs_are_errors_not_answer
         store.check(&too_long).await.unwrap_err().kind(),
         ErrorKind::InvalidInput
     );
+    assert_eq!(
+        store.track(&too_long).await.unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
     let _: () = redis
         .client()
         .set(
