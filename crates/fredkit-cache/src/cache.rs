@@ -3,7 +3,7 @@
 
 use crate::envelope::{self, Stored};
 use crate::invalidation::{self, Inv, Invalidation};
-use crate::l1::{Local, L1};
+use crate::l1::{Local, Ticket, L1};
 use crate::metrics::{incr, CacheMetrics};
 use crate::options::CacheOptions;
 use bytes::Bytes;
@@ -304,7 +304,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     async fn get_l2(&self, key: &str) -> Result<Option<V>> {
         let inner = &self.inner;
         let data_key = inner.data_key(key)?;
-        let epoch = inner.local.l1.as_ref().map(|l1| l1.epoch(key));
+        let epoch = inner.local.l1.as_ref().map(|l1| l1.ticket(key));
         match inner.l2_get(key, data_key).await {
             Ok(Some(stored)) => {
                 let now_ms = envelope::now_ms();
@@ -579,7 +579,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let inner = &self.inner;
         let usable = |v: &Option<V>| accept_none || v.is_some();
         let data_key = inner.data_key(key).map_err(FillError::Cache)?;
-        let epoch = inner.local.l1.as_ref().map(|l1| l1.epoch(key));
+        let epoch = inner.local.l1.as_ref().map(|l1| l1.ticket(key));
         let mut redis_up = true;
         match inner.l2_get(key, data_key.clone()).await {
             Ok(Some(stored)) if usable(&stored.value) => {
@@ -740,7 +740,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     pub async fn get_many<K: AsRef<str>>(&self, keys: &[K]) -> Result<Vec<Option<V>>> {
         let inner = &self.inner;
         let mut out: Vec<Option<V>> = vec![None; keys.len()];
-        let mut todo: Vec<(usize, String, Option<u64>)> = Vec::new();
+        let mut todo: Vec<(usize, String, Option<Ticket>)> = Vec::new();
         let now = Instant::now();
         for (i, k) in keys.iter().enumerate() {
             let k = k.as_ref();
@@ -753,7 +753,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     }
                 }
             }
-            let epoch = inner.local.l1.as_ref().map(|l1| l1.epoch(k));
+            let epoch = inner.local.l1.as_ref().map(|l1| l1.ticket(k));
             todo.push((i, inner.data_key(k)?, epoch));
         }
         if todo.is_empty() {
@@ -1067,7 +1067,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         });
     }
 
-    fn l1_insert_read(&self, key: &str, stored: &Stored<V>, epoch: Option<u64>, now_ms: u64) {
+    fn l1_insert_read(&self, key: &str, stored: &Stored<V>, epoch: Option<Ticket>, now_ms: u64) {
         if let (Some(l1), Some(epoch)) = (&self.local.l1, epoch) {
             l1.insert_read(key, stored, epoch, now_ms, self.opts.eager_refresh);
         }
@@ -1210,7 +1210,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         factory: F,
         stale: Option<Option<V>>,
         redis_up: bool,
-        epoch: Option<u64>,
+        epoch: Option<Ticket>,
         accept_none: bool,
         mode: Mode,
     ) -> std::result::Result<Fetched<V>, FillError<E>>

@@ -12,6 +12,15 @@ use tokio::sync::Notify;
 
 const STRIPES: usize = 64;
 
+/// Taken before a Redis read whose result may go into L1: the key's stripe
+/// epoch and the time, so the copy can be refused if an invalidation came in
+/// meanwhile, and its L1 life counts from before the read.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Ticket {
+    epoch: u64,
+    started: Instant,
+}
+
 /// One L1 copy.
 pub(crate) struct L1Entry<V> {
     pub(crate) value: Option<V>,
@@ -63,11 +72,21 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         self.cache.get(key)
     }
 
-    pub(crate) fn epoch(&self, key: &str) -> u64 {
-        *lock(self.stripe(key))
+    pub(crate) fn ticket(&self, key: &str) -> Ticket {
+        Ticket {
+            epoch: *lock(self.stripe(key)),
+            started: Instant::now(),
+        }
     }
 
-    fn entry(&self, stored: &Stored<V>, now_ms: u64, eager: Option<f64>) -> Arc<L1Entry<V>> {
+    /// A copy whose L1 life starts at `born` (before the read it came from).
+    fn entry(
+        &self,
+        stored: &Stored<V>,
+        now_ms: u64,
+        eager: Option<f64>,
+        born: Instant,
+    ) -> Arc<L1Entry<V>> {
         let now = Instant::now();
         let left = Duration::from_millis(stored.fresh_until_ms.saturating_sub(now_ms));
         let refresh_at = eager.map(|f| {
@@ -78,25 +97,25 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         });
         Arc::new(L1Entry {
             value: stored.value.clone(),
-            fresh_until: now + left.min(self.ttl),
+            fresh_until: (now + left).min(born + self.ttl),
             refresh_at,
             created_ms: stored.created_ms,
         })
     }
 
     /// Inserts a copy read from Redis, unless the key's stripe saw a write,
-    /// removal or flush since `epoch` was taken.
+    /// removal or flush since the ticket was taken.
     pub(crate) fn insert_read(
         &self,
         key: &str,
         stored: &Stored<V>,
-        epoch: u64,
+        ticket: Ticket,
         now_ms: u64,
         eager: Option<f64>,
     ) {
-        let e = self.entry(stored, now_ms, eager);
+        let e = self.entry(stored, now_ms, eager, ticket.started);
         let guard = lock(self.stripe(key));
-        if *guard == epoch {
+        if *guard == ticket.epoch {
             self.cache.insert(key.to_string(), e);
         }
     }
@@ -109,7 +128,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         now_ms: u64,
         eager: Option<f64>,
     ) {
-        let e = self.entry(stored, now_ms, eager);
+        let e = self.entry(stored, now_ms, eager, Instant::now());
         let mut guard = lock(self.stripe(key));
         *guard = guard.wrapping_add(1);
         self.cache.insert(key.to_string(), e);

@@ -40,6 +40,9 @@
 //! - **Metrics** ([`Cache::metrics`]) and `tracing` spans
 //!   (`fredkit.cache.*`, debug level, so the hit path stays cheap).
 //!
+//! A runnable tour of every feature, against `REDIS_URL` or a throwaway
+//! server: `cargo run -p fredkit-cache --example tour`.
+//!
 //! ```no_run
 //! use std::time::Duration;
 //! use fredkit_cache::{Cache, CacheOptions, L1Options};
@@ -71,6 +74,12 @@
 //! println!("{p:?} {:?}", products.metrics());
 //! # Ok(()) }
 //! ```
+//!
+//! # Choosing `V`
+//!
+//! Values are returned by clone. For large values read mostly from L1, use
+//! `Cache<Arc<T>>`: an L1 hit then copies a pointer (serde's `rc` support is
+//! enabled by this crate).
 //!
 //! # Keys and round trips
 //!
