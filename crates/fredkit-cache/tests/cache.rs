@@ -577,11 +577,66 @@ fn outage_opts(p: &str) -> CacheOptionsBuilder {
         )
 }
 
+/// A private deployment the outage test may kill.
+enum Private {
+    Server(RedisServer),
+    Cluster(RedisCluster),
+}
+
+impl Private {
+    fn start(topology: Topology) -> Private {
+        match topology {
+            Topology::Cluster => {
+                Private::Cluster(RedisCluster::start(ClusterOptions::default()).unwrap())
+            }
+            _ => Private::Server(RedisServer::start().unwrap()),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Private::Server(s) => s.url(),
+            Private::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The index of the master serving cache key `key` (its hash tag).
+    fn owner(&self, key: &str) -> usize {
+        match self {
+            Private::Server(_) => 0,
+            Private::Cluster(c) => c
+                .master_index_for_slot(fredkit_testkit::key_slot(key.as_bytes()))
+                .unwrap(),
+        }
+    }
+
+    fn kill(&mut self, owner: usize) {
+        match self {
+            Private::Server(s) => s.kill().unwrap(),
+            Private::Cluster(c) => c.masters_mut()[owner].kill().unwrap(),
+        }
+    }
+
+    fn restart(&mut self, owner: usize) {
+        match self {
+            Private::Server(s) => s.restart().unwrap(),
+            Private::Cluster(c) => {
+                c.masters_mut()[owner].restart().unwrap();
+                c.wait_healthy(DEADLINE).unwrap();
+            }
+        }
+    }
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resumes_after_restart()
-{
-    let mut server = RedisServer::start().unwrap();
-    let redis = connect(&server.url()).await;
+async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resumes_after_restart(
+    #[case] topology: Topology,
+) {
+    let mut deployment = Private::start(topology);
+    let redis = connect(&deployment.url()).await;
     let p = prefix("killed");
     let with_l1 = cache(
         &redis,
@@ -589,10 +644,17 @@ async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resu
     )
     .await;
     let no_l1 = cache(&redis, outage_opts(&p).invalidation(false)).await;
+    // Every key used below lives on the server (cluster: master) we kill.
+    let owner = deployment.owner("k");
+    let on_owner: Vec<String> = (0..1000)
+        .map(|i| format!("n{i}"))
+        .filter(|k| deployment.owner(k) == owner)
+        .take(6)
+        .collect();
     with_l1.set("k", &item(1)).await.unwrap();
     assert_eq!(with_l1.get("k").await.unwrap(), Some(item(1)));
 
-    server.kill().unwrap();
+    deployment.kill(owner);
     tokio::time::sleep(Duration::from_millis(300)).await; // past the logical TTL
                                                           // L1 on: the factory fails, the stale L1 copy is served.
     let f = with_l1
@@ -602,30 +664,31 @@ async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resu
     assert_eq!((f.value, f.stale), (Some(item(1)), true));
     assert!(with_l1.metrics().stale_served >= 1);
     // L1 off: get_or_set falls back to the factory, no error.
-    for i in 0..5 {
+    for k in &on_owner[..5] {
         assert_eq!(
-            no_l1
-                .get_or_set(&format!("n{i}"), || async { item(9) })
-                .await
-                .unwrap(),
+            no_l1.get_or_set(k, || async { item(9) }).await.unwrap(),
             item(9)
         );
     }
     assert!(no_l1.metrics().redis_errors >= 1);
     assert_eq!(no_l1.metrics().factory_calls, 5);
 
-    server.restart().unwrap();
-    redis.wait_connected().await.unwrap();
+    deployment.restart(owner);
     // Writes resume (after the breaker's break duration).
+    let after = &on_owner[5];
     assert!(
         eventually(DEADLINE, || async {
-            no_l1.set("after", &item(4)).await.is_ok()
+            no_l1.set(after, &item(4)).await.is_ok()
         })
         .await,
         "writes did not resume after the restart"
     );
-    let fresh = cache(&connect(&server.url()).await, opts(&p).invalidation(false)).await;
-    assert_eq!(fresh.get("after").await.unwrap(), Some(item(4)));
+    let fresh = cache(
+        &connect(&deployment.url()).await,
+        opts(&p).invalidation(false),
+    )
+    .await;
+    assert_eq!(fresh.get(after).await.unwrap(), Some(item(4)));
 }
 
 /// Kills every pub/sub connection on `nodes` while A keeps writing, then
