@@ -37,7 +37,7 @@ for i = 1, #KEYS do
   out[j] = quota - u
   out[j + 1] = reset
   out[j + 2] = 0
-  if u + cost > quota then
+  if cost > 0 and u + cost > quota then
     out[1] = 0
     out[j + 2] = reset
   end

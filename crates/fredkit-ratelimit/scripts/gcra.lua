@@ -24,7 +24,7 @@ if #KEYS == 1 then
   local tat = tonumber(redis.call('GET', KEYS[1])) or now
   if tat < now then tat = now end
   local n = tat + ei * cost
-  if n - ei * tonumber(ARGV[3]) > now then
+  if cost > 0 and n - ei * tonumber(ARGV[3]) > now then
     return now - tat - 1
   end
   if cost > 0 then
@@ -45,7 +45,7 @@ for i = 1, #KEYS do
   out[j] = math.floor((tol - tat + now) / ei)
   out[j + 1] = tat - now
   out[j + 2] = 0
-  if wait > 0 then
+  if cost > 0 and wait > 0 then
     out[1] = 0
     out[j + 2] = wait
   end

@@ -48,7 +48,7 @@ for i = 1, #KEYS do
   local reset = 0
   if c > 0 then reset = s + 2 * win - now elseif p > 0 then reset = s + win - now end
   out[j + 2] = 0
-  if est + cost > quota then
+  if cost > 0 and est + cost > quota then
     out[1] = 0
     local wait
     if c + cost <= quota and p > 0 and (p * (win - e) / win) > 0 then

@@ -40,7 +40,7 @@ for i = 1, #KEYS do
   out[j + 1] = 0
   if c > 0 then out[j + 1] = last + win - tn end
   out[j + 2] = 0
-  if c + cost > quota then
+  if cost > 0 and c + cost > quota then
     out[1] = 0
     local r = c + cost - quota - 1
     local m = redis.call('ZRANGE', k, r, r, 'WITHSCORES')

@@ -641,3 +641,41 @@ async fn fault_login_throttle_uses_its_fail_mode_when_server_killed(#[case] topo
     let e = closed.record_success("u").await.unwrap_err();
     assert!(e.is_unavailable(), "{e}");
 }
+
+/// Cost 0 only reports, and is allowed, even when the state is over a
+/// policy that was lowered since it was written; the next real request is
+/// denied and reports remaining 0.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cost_zero_reports_without_consuming_even_over_a_lowered_limit(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::Gcra
+    )]
+    algorithm: Algorithm,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_cost0");
+    let before = build(&redis, &prefix, vec![limit(algorithm, 10, HOUR)]);
+    assert!(before.check("u", 8).await.unwrap().allowed);
+    for _ in 0..3 {
+        let d = before.check("u", 0).await.unwrap();
+        assert!(d.allowed && d.remaining == 2, "{d:?}");
+    }
+    // (GCRA: a lower burst at the same rate; a lower rate would stretch the
+    // emission interval and the stored state would fit it again.)
+    let lower = match algorithm {
+        Algorithm::Gcra => Limit::gcra(10, HOUR).burst(5),
+        _ => limit(algorithm, 5, HOUR),
+    };
+    let lowered = build(&redis, &prefix, vec![lower]);
+    let d = lowered.check("u", 0).await.unwrap();
+    assert!(d.allowed && d.remaining == 0, "{d:?}");
+    let d = lowered.check("u", 1).await.unwrap();
+    assert!(!d.allowed && d.remaining == 0, "{d:?}");
+    // Nothing was consumed by the reports or the denial.
+    assert_eq!(before.check("u", 0).await.unwrap().remaining, 2);
+}
