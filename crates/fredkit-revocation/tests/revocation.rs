@@ -259,6 +259,62 @@ async fn cutoff_revokes_tokens_issued_at_or_before_it_and_not_after(
     assert_eq!(exists, 0);
 }
 
+/// The first `name-<n>` whose key `prefix:kind:name-<n>` falls in the
+/// `third`-th third of the slots: on the 3-master test cluster (slots split
+/// evenly), a different master for each third.
+fn name_on_master(prefix: &str, kind: &str, name: &str, third: u16) -> String {
+    (0..)
+        .map(|n| format!("{name}-{n}"))
+        .find(|candidate| {
+            let slot = fredkit_testkit::key_slot(format!("{prefix}:{kind}:{candidate}").as_bytes());
+            (u32::from(slot) * 3 / 16384) as u16 == third
+        })
+        .unwrap()
+}
+
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn one_check_reads_id_subject_and_org_keys_even_on_three_different_masters(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let store = store(&redis, options("three_masters", FailMode::Open)).await;
+    let p = store.options().keys().prefix().to_string();
+    let t = now_secs();
+    let jti = name_on_master(&p, "jti", "tok", 0);
+    let sub = name_on_master(&p, "sub", "user", 1);
+    let org = name_on_master(&p, "org", "org", 2);
+    let claims = token(&jti, &sub, Some(&org), t, t + 600);
+    let mut reads = 0;
+    let mut check = |expected: bool| {
+        reads += 1;
+        let (store, claims) = (store.clone(), claims.clone());
+        async move {
+            assert_eq!(store.check(&claims).await.unwrap(), expected);
+            assert_eq!(store.metrics().redis_reads, reads, "one read per check");
+        }
+    };
+    check(false).await;
+    store.revoke_org(&org, at_secs(t)).await.unwrap();
+    check(true).await;
+    let other_org = token(&jti, &sub, Some("elsewhere"), t, t + 600);
+    assert!(!store.check(&other_org).await.unwrap());
+    reads += 1;
+    store.revoke_subject(&sub, at_secs(t)).await.unwrap();
+    let no_org = token(&jti, &sub, None, t, t + 600);
+    assert!(store.check(&no_org).await.unwrap());
+    reads += 1;
+    let fresh_sub = token(&jti, "nobody", None, t, t + 600);
+    assert!(!store.check(&fresh_sub).await.unwrap());
+    reads += 1;
+    store.revoke(&jti, at_secs(t + 600)).await.unwrap();
+    assert!(store.check(&fresh_sub).await.unwrap());
+    reads += 1;
+    let m = store.metrics();
+    assert_eq!(m.redis_reads, reads);
+    assert_eq!((m.checks, m.revoked_hits), (reads, 3));
+}
+
 #[rstest]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn tracking_ten_thousand_expired_tokens_leaves_only_the_live_ones(
