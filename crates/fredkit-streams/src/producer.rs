@@ -9,7 +9,7 @@ use async_trait::async_trait;
 use bytes::Bytes;
 use fred::interfaces::StreamsInterface;
 use fred::types::streams::XCap;
-use fred::types::Value;
+use fred::types::{Key, Value};
 use fredkit_conn::Redis;
 use fredkit_core::traits::StreamProducer;
 use fredkit_core::{Codec, Error, MsgPack, Result};
@@ -384,17 +384,17 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
         .await
     }
 
-    fn fields(&self, payload: Bytes, headers: &[(&str, &str)]) -> Result<Vec<(String, Value)>> {
+    fn fields(&self, payload: Bytes, headers: &[(&str, &str)]) -> Result<Vec<(Key, Value)>> {
         let mut fields = Vec::with_capacity(2 + headers.len());
-        fields.push((PAYLOAD_FIELD.to_string(), Value::Bytes(payload)));
+        fields.push((Key::from_static_str(PAYLOAD_FIELD), Value::Bytes(payload)));
         if let Some(t) = &self.config.event_type {
             if !headers.iter().any(|(k, _)| *k == TYPE_HEADER) {
-                fields.push((TYPE_HEADER.to_string(), Value::from(t.as_str())));
+                fields.push((Key::from_static_str(TYPE_HEADER), Value::from(t.as_str())));
             }
         }
         for (k, v) in headers {
             check_header(k)?;
-            fields.push(((*k).to_string(), Value::from(*v)));
+            fields.push((Key::from(*k), Value::from(*v)));
         }
         Ok(fields)
     }
@@ -429,6 +429,9 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
             Error::protocol(format!("XADD answered {} instead of an entry id", v.kind()))
         })?;
         let id = StreamId::new(id);
+        if !matches!(self.config.trim, Trim::MaxAge(_)) {
+            return Ok(id);
+        }
         if let Some(ms) = id.millis() {
             let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_none_or(|(prev, _)| ms >= prev) {

@@ -16,6 +16,7 @@ use fred::types::Value;
 use fredkit_conn::{Dedicated, Redis};
 use fredkit_core::{Backoff, Codec, Error, MsgPack, Result, Script};
 use futures::future::BoxFuture;
+use futures::stream::{FuturesUnordered, StreamExt};
 use futures::FutureExt;
 use serde::de::DeserializeOwned;
 use tokio::sync::{mpsc, oneshot, watch, OwnedSemaphorePermit, Semaphore};
@@ -310,10 +311,26 @@ impl<T, C: Codec> Drop for Worker<T, C> {
 }
 
 enum AckMsg {
-    Ack(StreamId),
+    Ack(Vec<StreamId>),
     /// Flush everything queued before, then report how many could not be
     /// acknowledged and stop.
     Close(Instant, oneshot::Sender<u64>),
+}
+
+/// A stream id as numbers (cheap to hash); the text for odd ids.
+#[derive(Clone, PartialEq, Eq, Hash)]
+enum IdKey {
+    Parsed(u64, u64),
+    Text(String),
+}
+
+impl IdKey {
+    fn of(id: &StreamId) -> IdKey {
+        match (id.millis(), id.seq()) {
+            (Some(ms), Some(seq)) => IdKey::Parsed(ms, seq),
+            _ => IdKey::Text(id.as_str().to_string()),
+        }
+    }
 }
 
 struct Ctx<T, C> {
@@ -327,18 +344,25 @@ struct Ctx<T, C> {
     generated: bool,
     /// Entries being handled or waiting for their XACK: a claim that hands
     /// one of them back to this worker must not run it a second time.
-    inflight: Mutex<HashSet<StreamId>>,
+    inflight: Mutex<HashSet<IdKey>>,
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     backoff: Backoff,
 }
 
 impl<T, C> Ctx<T, C> {
-    fn inflight(&self) -> std::sync::MutexGuard<'_, HashSet<StreamId>> {
+    fn inflight(&self) -> std::sync::MutexGuard<'_, HashSet<IdKey>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
 
     fn done(&self, id: &StreamId) {
-        self.inflight().remove(id);
+        self.inflight().remove(&IdKey::of(id));
+    }
+
+    fn done_all(&self, ids: &[StreamId]) {
+        let mut inflight = self.inflight();
+        for id in ids {
+            inflight.remove(&IdKey::of(id));
+        }
     }
 }
 
@@ -373,22 +397,25 @@ where
             },
             _ = stop_rx.changed() => continue,
         };
-        let mut permits = vec![first];
-        while permits.len() < cfg.count {
-            match Arc::clone(&sem).try_acquire_owned() {
-                Ok(p) => permits.push(p),
-                Err(_) => break,
+        // Free handler slots, up to `count`, in one permit.
+        let mut permits = Permits(Some(first));
+        let more = sem.available_permits().min(cfg.count - 1);
+        if more > 0 {
+            if let Ok(p) = Arc::clone(&sem).try_acquire_many_owned(more as u32) {
+                permits.merge(p);
             }
         }
 
         if Instant::now() >= next_claim {
             match claim(&ctx, &mut cursor, permits.len()).await {
                 Ok(entries) => {
-                    for (entry, deliveries) in entries {
-                        if let Some(permit) = permits.pop() {
-                            spawn_handler(&ctx, &mut tasks, permit, entry, deliveries);
-                        }
-                    }
+                    let batch: Vec<_> = entries
+                        .into_iter()
+                        .filter_map(|(entry, deliveries)| {
+                            permits.pop().map(|permit| (entry, deliveries, permit))
+                        })
+                        .collect();
+                    spawn_batch(&ctx, &mut tasks, batch);
                     if cursor == "0-0" {
                         next_claim = Instant::now() + cfg.claim_interval;
                     }
@@ -412,9 +439,10 @@ where
             Ok(entries) => {
                 failures = 0;
                 add(&ctx.metrics.delivered, entries.len() as u64);
+                let mut batch = Vec::with_capacity(entries.len());
                 for entry in entries {
                     match permits.pop() {
-                        Some(permit) => spawn_handler(&ctx, &mut tasks, permit, entry, 1),
+                        Some(permit) => batch.push((entry, 1, permit)),
                         None => {
                             // Cannot happen (COUNT = permits); if Redis sent
                             // more, the extra entries stay pending and are
@@ -423,6 +451,7 @@ where
                         }
                     }
                 }
+                spawn_batch(&ctx, &mut tasks, batch);
             }
             Err(e) => {
                 add(&ctx.metrics.read_errors, 1);
@@ -449,7 +478,8 @@ where
 
     // Graceful shutdown.
     let deadline = Instant::now() + cfg.shutdown_timeout;
-    let in_flight_at_stop = tasks.len() as u64;
+    let busy = |sem: &Semaphore| cfg.concurrency.saturating_sub(sem.available_permits()) as u64;
+    let in_flight_at_stop = busy(&sem);
     let mut abandoned = 0;
     loop {
         tokio::select! {
@@ -459,7 +489,7 @@ where
                 }
             }
             _ = tokio::time::sleep_until(deadline) => {
-                abandoned = tasks.len() as u64;
+                abandoned = busy(&sem);
                 tasks.abort_all();
                 while tasks.join_next().await.is_some() {}
                 break;
@@ -501,19 +531,28 @@ where
     }
 }
 
-fn spawn_handler<T, C>(
+/// Spawns one task that runs the handlers of one read (or claim) batch
+/// concurrently, with one shared deadline (`handler_timeout` after the
+/// delivery).
+fn spawn_batch<T, C>(
     ctx: &Arc<Ctx<T, C>>,
     tasks: &mut JoinSet<()>,
-    permit: OwnedSemaphorePermit,
-    entry: RawEntry,
-    deliveries: u64,
+    items: Vec<(RawEntry, u64, OwnedSemaphorePermit)>,
 ) where
     T: DeserializeOwned + Send + 'static,
     C: Codec,
 {
+    if items.is_empty() {
+        return;
+    }
     let read_at = Instant::now();
-    ctx.inflight().insert(entry.id.clone());
-    tasks.spawn(handle(Arc::clone(ctx), entry, deliveries, read_at, permit));
+    {
+        let mut inflight = ctx.inflight();
+        for (entry, _, _) in &items {
+            inflight.insert(IdKey::of(&entry.id));
+        }
+    }
+    tasks.spawn(run_batch(Arc::clone(ctx), items, read_at));
 }
 
 async fn read<T, C>(
@@ -586,7 +625,7 @@ async fn claim<T, C>(
         let inflight = ctx.inflight();
         for (entry, deliveries) in claimed.entries {
             // Already running (or waiting for its XACK) here: do not run it twice.
-            if !inflight.contains(&entry.id) {
+            if !inflight.contains(&IdKey::of(&entry.id)) {
                 out.push((entry, deliveries));
             }
         }
@@ -595,47 +634,85 @@ async fn claim<T, C>(
     Ok(out)
 }
 
-async fn handle<T, C>(
-    ctx: Arc<Ctx<T, C>>,
-    entry: RawEntry,
+/// Some handler slots held at once (one semaphore permit per slot).
+struct Permits(Option<OwnedSemaphorePermit>);
+
+impl Permits {
+    fn len(&self) -> usize {
+        self.0.as_ref().map_or(0, OwnedSemaphorePermit::num_permits)
+    }
+
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+
+    fn merge(&mut self, other: OwnedSemaphorePermit) {
+        match &mut self.0 {
+            Some(p) => p.merge(other),
+            None => self.0 = Some(other),
+        }
+    }
+
+    /// One slot, released when the returned permit is dropped.
+    fn pop(&mut self) -> Option<OwnedSemaphorePermit> {
+        match self.len() {
+            0 => None,
+            1 => self.0.take(),
+            _ => self.0.as_mut().and_then(|p| p.split(1)),
+        }
+    }
+}
+
+/// One delivery waiting for its handler's outcome.
+struct Slot {
+    id: StreamId,
     deliveries: u64,
+    span: tracing::Span,
+}
+
+async fn run_batch<T, C>(
+    ctx: Arc<Ctx<T, C>>,
+    items: Vec<(RawEntry, u64, OwnedSemaphorePermit)>,
     read_at: Instant,
-    _permit: OwnedSemaphorePermit,
 ) where
     T: DeserializeOwned + Send + 'static,
     C: Codec,
 {
-    if deliveries > 1 {
-        add(&ctx.metrics.retried, 1);
-    }
-    let id = entry.id;
-    let mut payload = None;
-    let mut headers = Vec::with_capacity(entry.fields.len());
-    for (k, v) in entry.fields {
-        if k == PAYLOAD_FIELD && payload.is_none() {
-            payload = Some(v);
-        } else {
-            headers.push((k, String::from_utf8_lossy(&v).into_owned()));
+    let deadline = read_at + ctx.config.handler_timeout;
+    let mut slots: Vec<Option<Slot>> = Vec::with_capacity(items.len());
+    let mut running = FuturesUnordered::new();
+    let mut undecodable: Vec<(StreamId, String)> = Vec::new();
+    for (entry, deliveries, permit) in items {
+        if deliveries > 1 {
+            add(&ctx.metrics.retried, 1);
         }
-    }
-    let header = |name: &str| {
-        headers
-            .iter()
-            .find(|(k, _)| k == name)
-            .map(|(_, v)| v.clone())
-            .unwrap_or_default()
-    };
-    let span = tracing::info_span!(
-        "fredkit.streams.handle",
-        stream = %ctx.keys.name(),
-        group = %ctx.config.group,
-        id = %id,
-        deliveries,
-        trace_id = %header(TRACE_ID_HEADER),
-        event_type = %header(TYPE_HEADER),
-        outcome = tracing::field::Empty
-    );
-    async move {
+        let id = entry.id;
+        let mut payload = None;
+        let mut headers = Vec::with_capacity(entry.fields.len());
+        for (k, v) in entry.fields {
+            if k == PAYLOAD_FIELD && payload.is_none() {
+                payload = Some(v);
+            } else {
+                headers.push((k, String::from_utf8_lossy(&v).into_owned()));
+            }
+        }
+        let header = |name: &str| {
+            headers
+                .iter()
+                .find(|(k, _)| k == name)
+                .map(|(_, v)| v.as_str())
+                .unwrap_or_default()
+        };
+        let span = tracing::info_span!(
+            "fredkit.streams.handle",
+            stream = %ctx.keys.name(),
+            group = %ctx.config.group,
+            id = %id,
+            deliveries,
+            trace_id = %header(TRACE_ID_HEADER),
+            event_type = %header(TYPE_HEADER),
+            outcome = tracing::field::Empty
+        );
         let decoded = match &payload {
             Some(p) => ctx.codec.decode::<T>(p),
             None => Err(Error::Codec {
@@ -644,61 +721,114 @@ async fn handle<T, C>(
                 message: format!("the entry has no '{PAYLOAD_FIELD}' field"),
             }),
         };
-        let value = match decoded {
-            Ok(v) => v,
+        match decoded {
+            Ok(value) => {
+                let index = slots.len();
+                let message = Message {
+                    id: id.clone(),
+                    payload: value,
+                    deliveries,
+                    headers,
+                };
+                let handler = Arc::clone(&ctx.handler);
+                let run = AssertUnwindSafe(async move { handler(message).await })
+                    .catch_unwind()
+                    .instrument(span.clone());
+                slots.push(Some(Slot {
+                    id,
+                    deliveries,
+                    span,
+                }));
+                running.push(async move {
+                    let outcome = run.await;
+                    drop(permit);
+                    (index, outcome)
+                });
+            }
             Err(e) => {
                 add(&ctx.metrics.decode_errors, 1);
-                tracing::Span::current().record("outcome", "undecodable");
-                tracing::warn!(id = %id, error = %e, "undecodable entry: dead-lettering it");
-                dead_letter(&ctx, &id, &e.to_string()).await;
-                return;
+                span.record("outcome", "undecodable");
+                tracing::warn!(parent: &span, id = %id, error = %e, "undecodable entry: dead-lettering it");
+                undecodable.push((id, e.to_string()));
+                drop(permit);
             }
+        }
+    }
+
+    let mut acks: Vec<StreamId> = Vec::new();
+    let mut failures: Vec<(Slot, String)> = Vec::new();
+    let mut settle = |index: usize,
+                      outcome: std::thread::Result<std::result::Result<(), String>>,
+                      acks: &mut Vec<StreamId>| {
+        let Some(slot) = slots.get_mut(index).and_then(Option::take) else {
+            return;
         };
-        let message = Message {
-            id: id.clone(),
-            payload: value,
-            deliveries,
-            headers,
-        };
-        let deadline = read_at + ctx.config.handler_timeout;
-        let handler = Arc::clone(&ctx.handler);
-        let run = AssertUnwindSafe(async move { handler(message).await }).catch_unwind();
-        let error = match tokio::time::timeout_at(deadline, run).await {
-            Ok(Ok(Ok(()))) => {
+        match outcome {
+            Ok(Ok(())) => {
                 add(&ctx.metrics.handled, 1);
-                tracing::Span::current().record("outcome", "ok");
-                if ctx.ack_tx.send(AckMsg::Ack(id.clone())).is_err() {
-                    ctx.done(&id);
-                }
-                return;
+                slot.span.record("outcome", "ok");
+                acks.push(slot.id);
             }
-            Ok(Ok(Err(e))) => e,
-            Ok(Err(panic)) => {
+            Ok(Err(e)) => failures.push((slot, e)),
+            Err(panic) => {
                 let what = panic
                     .downcast_ref::<&str>()
                     .map(|s| (*s).to_string())
                     .or_else(|| panic.downcast_ref::<String>().cloned())
                     .unwrap_or_else(|| "non-string panic payload".into());
-                format!("handler panicked: {what}")
+                failures.push((slot, format!("handler panicked: {what}")));
             }
-            Err(_) => format!(
-                "handler timed out (handler_timeout {:?}, counted from delivery)",
-                ctx.config.handler_timeout
-            ),
-        };
+        }
+    };
+    if !running.is_empty() {
+        let timer = tokio::time::sleep_until(deadline);
+        tokio::pin!(timer);
+        loop {
+            tokio::select! {
+                biased;
+                next = running.next() => {
+                    let Some((index, outcome)) = next else { break };
+                    settle(index, outcome, &mut acks);
+                    // Whatever else is done already goes in the same batch.
+                    while let Some(Some((index, outcome))) = running.next().now_or_never() {
+                        settle(index, outcome, &mut acks);
+                    }
+                    if !acks.is_empty() {
+                        let batch = std::mem::take(&mut acks);
+                        if let Err(mpsc::error::SendError(AckMsg::Ack(ids))) =
+                            ctx.ack_tx.send(AckMsg::Ack(batch))
+                        {
+                            ctx.done_all(&ids);
+                        }
+                    }
+                }
+                _ = &mut timer => break,
+            }
+        }
+        // Handlers still running at the deadline are cancelled: failures.
+        drop(running);
+    }
+    let timeout = format!(
+        "handler timed out (handler_timeout {:?}, counted from delivery)",
+        ctx.config.handler_timeout
+    );
+    let late: Vec<Slot> = slots.into_iter().flatten().collect();
+    failures.extend(late.into_iter().map(|slot| (slot, timeout.clone())));
+    for (slot, error) in failures {
         add(&ctx.metrics.failed, 1);
-        if deliveries >= ctx.config.max_deliveries {
-            tracing::Span::current().record("outcome", "dead_letter");
-            tracing::warn!(id = %id, deliveries, error = %error, "last delivery failed: dead-lettering");
-            dead_letter(&ctx, &id, &error).await;
+        if slot.deliveries >= ctx.config.max_deliveries {
+            slot.span.record("outcome", "dead_letter");
+            tracing::warn!(parent: &slot.span, id = %slot.id, deliveries = slot.deliveries, error = %error, "last delivery failed: dead-lettering");
+            dead_letter(&ctx, &slot.id, &error).await;
         } else {
-            tracing::Span::current().record("outcome", "failed");
-            tracing::debug!(id = %id, deliveries, error = %error, "handler failed; retry after min_idle");
-            ctx.done(&id);
+            slot.span.record("outcome", "failed");
+            tracing::debug!(parent: &slot.span, id = %slot.id, deliveries = slot.deliveries, error = %error, "handler failed; retry after min_idle");
+            ctx.done(&slot.id);
         }
     }
-    .instrument(span)
-    .await
+    for (id, error) in undecodable {
+        dead_letter(&ctx, &id, &error).await;
+    }
 }
 
 async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
@@ -735,53 +865,35 @@ async fn ack_loop<T, C>(
     stop_rx: watch::Receiver<bool>,
 ) {
     let mut batch: Vec<StreamId> = Vec::new();
-    let mut close: Option<(Instant, oneshot::Sender<u64>)> = None;
     while let Some(first) = rx.recv().await {
+        // Everything queued while the previous XACK was in flight goes in
+        // this one (up to ack_batch ids).
+        let mut close = None;
         let mut next = Some(first);
         while let Some(msg) = next.take() {
             match msg {
-                AckMsg::Ack(id) => batch.push(id),
-                AckMsg::Close(deadline, tx) => close = Some((deadline, tx)),
+                AckMsg::Ack(ids) => batch.extend(ids),
+                AckMsg::Close(deadline, tx) => {
+                    close = Some((deadline, tx));
+                    break;
+                }
             }
-            if batch.len() >= ctx.config.ack_batch || close.is_some() {
+            if batch.len() >= ctx.config.ack_batch {
                 break;
             }
             next = rx.try_recv().ok();
         }
-        if !batch.is_empty() {
-            let deadline = close.as_ref().map(|(d, _)| *d);
-            if !ack(&ctx, &batch, deadline, &stop_rx).await {
-                // Given up (closing and past the deadline): they stay pending.
-                let n = batch.len() as u64;
-                for id in batch.drain(..) {
-                    ctx.done(&id);
-                }
-                if let Some((_, tx)) = close.take() {
-                    let mut lost = n;
-                    while let Ok(AckMsg::Ack(_)) = rx.try_recv() {
-                        lost += 1;
-                    }
-                    let _ = tx.send(lost);
-                    return;
-                }
-                continue;
-            }
-            for id in batch.drain(..) {
-                ctx.done(&id);
+        let deadline = close.as_ref().map(|(d, _)| *d);
+        let mut lost = 0;
+        for chunk in batch.chunks(ctx.config.ack_batch) {
+            if !ack(&ctx, chunk, deadline, &stop_rx).await {
+                lost += chunk.len() as u64;
             }
         }
-        if let Some((deadline, tx)) = close.take() {
-            // Acks queued before Close were all read before it (FIFO); flush
-            // any stragglers, then report.
-            let mut rest = Vec::new();
-            while let Ok(AckMsg::Ack(id)) = rx.try_recv() {
-                rest.push(id);
-            }
-            let lost = if rest.is_empty() || ack(&ctx, &rest, Some(deadline), &stop_rx).await {
-                0
-            } else {
-                rest.len() as u64
-            };
+        ctx.done_all(&batch);
+        batch.clear();
+        if let Some((_, tx)) = close {
+            // Close is sent after every handler finished: nothing can follow.
             let _ = tx.send(lost);
             return;
         }

@@ -1,10 +1,23 @@
-//! `streams`: not written yet (stub registered so the suite list is complete).
+//! `streams`: Redis Streams through fredkit-streams (`Producer` + 4
+//! `Worker`s) against the same flow hand-written on raw fred (XADD,
+//! XREADGROUP COUNT 100 BLOCK on 4 dedicated connections, batched XACK on
+//! the shared client), interleaved. Plus raw XADD throughput at concurrency
+//! 64, the ceiling of any producer.
 
 use super::Suite;
-use crate::harness::Report;
+use crate::harness::{
+    interleave, interleave_with, op, Contender, Measurement, Report, Runner, Unit,
+};
 use crate::Ctx;
-use anyhow::Result;
+use anyhow::{bail, Context, Result};
+use fred::prelude::*;
+use fredkit_core::KeySpace;
+use fredkit_streams::{Message, Producer, StreamKeys, Worker, WorkerConfig};
 use futures::future::BoxFuture;
+use std::convert::Infallible;
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The `streams` suite.
 pub(crate) struct Streams;
@@ -15,10 +28,446 @@ impl Suite for Streams {
     }
 
     fn about(&self) -> &'static str {
-        "not written yet"
+        "publish -> handled -> acked: Producer + 4 Workers vs the same flow on raw fred; raw XADD"
     }
 
-    fn run<'a>(&'a self, _ctx: &'a Ctx, _report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
-        Box::pin(async { Ok(()) })
+    fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
+        Box::pin(run(ctx, report))
     }
+}
+
+/// Publishers in flight at once (XADD and e2e throughput).
+const IN_FLIGHT: usize = 64;
+/// Consumers on each side.
+const CONSUMERS: usize = 4;
+/// XREADGROUP COUNT on each side.
+const COUNT: u64 = 100;
+/// XREADGROUP BLOCK on each side.
+const BLOCK_MS: u64 = 100;
+/// Approximate MAXLEN on each side (fredkit's Producer default).
+const MAXLEN: i64 = 1_000_000;
+const GROUP: &str = "g";
+
+fn nanos_since(base: Instant) -> u64 {
+    u64::try_from(base.elapsed().as_nanos()).unwrap_or(u64::MAX)
+}
+
+/// Shared by the handlers of one side: messages handled, their latencies.
+#[derive(Default)]
+struct Sink {
+    acked: AtomicU64,
+    latencies: Mutex<Vec<u64>>,
+}
+
+impl Sink {
+    fn record(&self, base: Instant, sent: u64) {
+        let lat = nanos_since(base).saturating_sub(sent);
+        self.latencies
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .push(lat);
+    }
+
+    fn take(&self) -> Vec<u64> {
+        std::mem::take(&mut *self.latencies.lock().unwrap_or_else(|p| p.into_inner()))
+    }
+}
+
+/// Publishes `n` timestamps with `publish` (`IN_FLIGHT` at once, or one at a
+/// time), then waits until `acked()` has grown by `n`. Elapsed: first publish
+/// to the last acknowledgement seen.
+async fn e2e<P, PF>(
+    n: u64,
+    sequential: bool,
+    base: Instant,
+    publish: P,
+    acked: impl Fn() -> u64,
+    diag: impl Fn() -> String,
+    sink: &Sink,
+) -> Result<Measurement>
+where
+    P: Fn(u64) -> PF + Send + Sync + 'static,
+    PF: std::future::Future<Output = Result<()>> + Send,
+{
+    let before = acked();
+    sink.take();
+    let publish = Arc::new(publish);
+    let started = Instant::now();
+    let tasks_n = if sequential { 1 } else { IN_FLIGHT as u64 };
+    let mut tasks = Vec::new();
+    for t in 0..tasks_n {
+        let publish = Arc::clone(&publish);
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while i < n {
+                publish(nanos_since(base)).await?;
+                i += tasks_n;
+            }
+            Ok::<_, anyhow::Error>(())
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(60);
+    while acked() < before + n {
+        if Instant::now() > deadline {
+            bail!(
+                "only {} of {n} messages acknowledged ({})",
+                acked() - before,
+                diag()
+            );
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    let elapsed = started.elapsed();
+    Ok(Measurement::new(n, elapsed, sink.take()))
+}
+
+/// The hand-written consumer: read a batch, handle it, XACK it, repeat.
+async fn raw_consumer(
+    reader: Client,
+    shared: Client,
+    key: String,
+    name: String,
+    base: Instant,
+    sink: Arc<Sink>,
+    stop: Arc<AtomicBool>,
+) -> Result<()> {
+    while !stop.load(Ordering::Relaxed) {
+        // RESP2: nil, or [[key, [[id, [field, value, ...]], ...]]].
+        let reply: Value = reader
+            .xreadgroup(
+                GROUP,
+                name.as_str(),
+                Some(COUNT),
+                Some(BLOCK_MS),
+                false,
+                key.as_str(),
+                ">",
+            )
+            .await?;
+        let Value::Array(streams) = reply else {
+            continue;
+        };
+        for stream in streams {
+            let Value::Array(mut kv) = stream else {
+                continue;
+            };
+            let Some(Value::Array(entries)) = kv.pop() else {
+                continue;
+            };
+            let mut ids = Vec::with_capacity(entries.len());
+            for entry in entries {
+                let Value::Array(mut parts) = entry else {
+                    continue;
+                };
+                let fields = parts.pop();
+                let Some(id) = parts.pop().and_then(|v| v.as_string()) else {
+                    continue;
+                };
+                if let Some(Value::Array(fields)) = fields {
+                    if let Some(payload) = fields.get(1).and_then(|v| v.as_bytes()) {
+                        let sent: u64 = rmp_serde::from_slice(payload)?;
+                        sink.record(base, sent);
+                    }
+                }
+                ids.push(id);
+            }
+            let n = ids.len() as u64;
+            let _: i64 = shared.xack(key.as_str(), GROUP, ids).await?;
+            sink.acked.fetch_add(n, Ordering::Relaxed);
+        }
+    }
+    Ok(())
+}
+
+async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let base = Instant::now();
+    let redis = ctx.redis().await?;
+    let shared = ctx.fred_client().await?;
+    let space = KeySpace::new("bench:streams")?;
+    // Fresh keys per run (a throwaway server normally, but REDIS_URL may not be).
+    let run_id: u32 = std::process::id()
+        ^ std::time::SystemTime::now()
+            .duration_since(std::time::UNIX_EPOCH)
+            .map(|d| d.subsec_nanos())
+            .unwrap_or(0);
+
+    // --- raw XADD at concurrency 64, and Producer::publish beside it.
+    let xadd_key = format!("bench:streams:xadd:{run_id:08x}");
+    let xadd = {
+        let c = shared.clone();
+        let key = xadd_key.clone();
+        Contender::new(
+            "raw xadd",
+            IN_FLIGHT,
+            op(move |i| {
+                let c = c.clone();
+                let key = key.clone();
+                async move {
+                    let payload = rmp_serde::to_vec_named(&i)?;
+                    let _: String = c
+                        .xadd(
+                            key,
+                            false,
+                            ("MAXLEN", "~", MAXLEN),
+                            "*",
+                            vec![("payload", payload)],
+                        )
+                        .await?;
+                    Ok(())
+                }
+            }),
+        )
+    };
+    let publish_keys = StreamKeys::new(&space, &format!("publish-{run_id:08x}"))?;
+    let publisher = Producer::<u64>::new(&redis, publish_keys.clone());
+    let publish = {
+        let p = publisher.clone();
+        Contender::new(
+            "fredkit publish",
+            IN_FLIGHT,
+            op(move |i| {
+                let p = p.clone();
+                async move {
+                    p.publish(&i).await?;
+                    Ok(())
+                }
+            }),
+        )
+    };
+    let s = interleave(ctx.rounds(), ctx.load(), &[xadd, publish]).await?;
+    let [raw_xadd, fk_publish] = s.as_slice() else {
+        bail!("expected 2 summaries");
+    };
+
+    // --- end to end.
+    // fredkit: one Producer, 4 Workers on one stream for the whole suite.
+    let e2e_keys = StreamKeys::new(&space, &format!("e2e-{run_id:08x}"))?;
+    let producer = Producer::<u64>::new(&redis, e2e_keys.clone());
+    let fk_sink = Arc::new(Sink::default());
+    let mut workers = Vec::new();
+    for _ in 0..CONSUMERS {
+        let sink = Arc::clone(&fk_sink);
+        let config = WorkerConfig::builder(GROUP)
+            .count(COUNT as usize)
+            .concurrency(4 * COUNT as usize)
+            .block(Duration::from_millis(BLOCK_MS))
+            .build()?;
+        workers.push(
+            Worker::start(&redis, e2e_keys.clone(), config, move |m: Message<u64>| {
+                sink.record(base, m.payload);
+                async { Ok::<(), Infallible>(()) }
+            })
+            .await?,
+        );
+    }
+    let workers = Arc::new(workers);
+    // raw: the same shape by hand.
+    let raw_key = format!("bench:streams:raw-e2e:{run_id:08x}");
+    let _: Value = shared
+        .xgroup_create(raw_key.as_str(), GROUP, "0", true)
+        .await
+        .context("XGROUP CREATE")?;
+    let raw_sink = Arc::new(Sink::default());
+    let stop = Arc::new(AtomicBool::new(false));
+    let mut raw_consumers = Vec::new();
+    let mut readers = Vec::new();
+    for i in 0..CONSUMERS {
+        let reader = ctx.fred_client().await?;
+        readers.push(reader.clone());
+        raw_consumers.push(tokio::spawn(raw_consumer(
+            reader,
+            shared.clone(),
+            raw_key.clone(),
+            format!("raw-{i}"),
+            base,
+            Arc::clone(&raw_sink),
+            Arc::clone(&stop),
+        )));
+    }
+    // Let the workers' dedicated connections come up.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+
+    let n: u64 = ctx.pick(50_000, 10_000);
+    let lat_n: u64 = ctx.pick(3_000, 1_000);
+    let make_fk = |count: u64, sequential: bool| -> Runner<'_> {
+        let producer = producer.clone();
+        let workers = Arc::clone(&workers);
+        let sink = Arc::clone(&fk_sink);
+        Box::new(move || {
+            let producer = producer.clone();
+            let workers = Arc::clone(&workers);
+            let sink = Arc::clone(&sink);
+            Box::pin(async move {
+                e2e(
+                    count,
+                    sequential,
+                    base,
+                    move |ts| {
+                        let producer = producer.clone();
+                        async move {
+                            producer.publish(&ts).await?;
+                            Ok(())
+                        }
+                    },
+                    || workers.iter().map(|w| w.metrics().acked).sum(),
+                    || {
+                        format!(
+                            "{:?}",
+                            workers.iter().map(|w| w.metrics()).collect::<Vec<_>>()
+                        )
+                    },
+                    &sink,
+                )
+                .await
+            })
+        })
+    };
+    let make_raw = |count: u64, sequential: bool| -> Runner<'_> {
+        let client = shared.clone();
+        let key = raw_key.clone();
+        let sink = Arc::clone(&raw_sink);
+        Box::new(move || {
+            let client = client.clone();
+            let key = key.clone();
+            let sink = Arc::clone(&sink);
+            Box::pin(async move {
+                let acked = Arc::clone(&sink);
+                e2e(
+                    count,
+                    sequential,
+                    base,
+                    move |ts| {
+                        let client = client.clone();
+                        let key = key.clone();
+                        async move {
+                            let payload = rmp_serde::to_vec_named(&ts)?;
+                            let _: String = client
+                                .xadd(
+                                    key,
+                                    false,
+                                    ("MAXLEN", "~", MAXLEN),
+                                    "*",
+                                    vec![("payload", payload)],
+                                )
+                                .await?;
+                            Ok(())
+                        }
+                    },
+                    move || acked.acked.load(Ordering::Relaxed),
+                    || String::from("raw consumers stalled"),
+                    &sink,
+                )
+                .await
+            })
+        })
+    };
+    let throughput = interleave_with(
+        ctx.rounds(),
+        vec![
+            ("fredkit e2e".to_string(), make_fk(n, false)),
+            ("raw fred e2e".to_string(), make_raw(n, false)),
+        ],
+    )
+    .await?;
+    let latency = interleave_with(
+        ctx.rounds(),
+        vec![
+            ("fredkit latency".to_string(), make_fk(lat_n, true)),
+            ("raw fred latency".to_string(), make_raw(lat_n, true)),
+        ],
+    )
+    .await?;
+
+    // Tear down (not measured).
+    stop.store(true, Ordering::Relaxed);
+    for c in raw_consumers {
+        c.await??;
+    }
+    for r in readers {
+        let _ = r.quit().await;
+    }
+    if let Ok(workers) = Arc::try_unwrap(workers) {
+        for w in workers {
+            w.shutdown().await;
+        }
+    }
+    let _: i64 = shared
+        .unlink(vec![
+            xadd_key,
+            raw_key,
+            publish_keys.stream().to_string(),
+            e2e_keys.stream().to_string(),
+            e2e_keys.dead_letter().to_string(),
+        ])
+        .await?;
+
+    report.summary(
+        "raw_xadd",
+        raw_xadd,
+        &format!("XADD MAXLEN ~, {IN_FLIGHT} tasks"),
+    );
+    report.ops(
+        "publish_ops",
+        fk_publish.ops_per_sec,
+        format!("Producer::publish, {IN_FLIGHT} in flight"),
+    );
+    report.ratio(
+        "publish_vs_raw_xadd",
+        fk_publish.ratio_to(raw_xadd),
+        "Producer::publish / raw XADD",
+    );
+    let (fk, raw) = (&throughput[0], &throughput[1]);
+    report.ops(
+        "e2e_msgs_per_s",
+        fk.ops_per_sec,
+        format!("publish -> handled -> acked, Producer + {CONSUMERS} Workers, {IN_FLIGHT} publishes in flight"),
+    );
+    report.ops(
+        "raw_e2e_msgs_per_s",
+        raw.ops_per_sec,
+        format!("same flow on raw fred: XADD, XREADGROUP COUNT {COUNT} x{CONSUMERS}, batched XACK"),
+    );
+    report.ratio(
+        "e2e_vs_raw_e2e",
+        fk.ratio_to(raw),
+        "fredkit-streams e2e / raw fred e2e (goal >= 0.90)",
+    );
+    report.ratio(
+        "e2e_vs_raw_xadd",
+        fk.ratio_to(raw_xadd),
+        "fredkit-streams e2e / raw XADD alone (goal >= 0.40)",
+    );
+    let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 1e2;
+    report.add(
+        "latency_p99_ms",
+        ms(latency[0].p99),
+        Unit::Plain,
+        "publish -> handler, one publish at a time, ms (rounded by the harness; see latency_p99_us)",
+    );
+    report.micros(
+        "latency_p99_us",
+        latency[0].p99,
+        "publish -> handler, one publish at a time",
+    );
+    report.micros(
+        "latency_p50_us",
+        latency[0].p50,
+        "publish -> handler, one publish at a time",
+    );
+    report.micros(
+        "raw_latency_p99_us",
+        latency[1].p99,
+        "raw fred, one publish at a time",
+    );
+    report.add(
+        "e2e_latency_p99_ms",
+        ms(fk.p99),
+        Unit::Plain,
+        "publish -> handler under the throughput load, ms",
+    );
+    let _ = shared.quit().await;
+    Ok(())
 }
