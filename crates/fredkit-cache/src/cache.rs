@@ -97,9 +97,44 @@ enum Shared<V> {
 
 type FlightRx<V> = watch::Receiver<Option<Shared<V>>>;
 
-enum Join<V> {
+enum Join<V: CacheValue, C: Codec + Clone> {
     Follow(FlightRx<V>),
-    Lead(watch::Sender<Option<Shared<V>>>),
+    Lead(Flight<V, C>),
+}
+
+/// A leader's hold on a key's single flight. [`finish`](Flight::finish)
+/// unregisters the flight and hands the outcome to its followers; dropped
+/// unfinished (the task was aborted), it still unregisters, and followers see
+/// a closed channel and retry: a flight can never be left dangling.
+struct Flight<V: CacheValue, C: Codec + Clone> {
+    inner: Arc<Inner<V, C>>,
+    key: String,
+    tx: watch::Sender<Option<Shared<V>>>,
+}
+
+impl<V: CacheValue, C: Codec + Clone> Flight<V, C> {
+    fn finish(self, outcome: Shared<V>) {
+        // Unregister first: a follower that retries must not find this
+        // finished flight again.
+        self.unregister();
+        let _ = self.tx.send(Some(outcome));
+    }
+
+    fn unregister(&self) {
+        let mut flights = self.inner.flights();
+        if flights
+            .get(&self.key)
+            .is_some_and(|rx| rx.same_channel(&self.tx.subscribe()))
+        {
+            flights.remove(&self.key);
+        }
+    }
+}
+
+impl<V: CacheValue, C: Codec + Clone> Drop for Flight<V, C> {
+    fn drop(&mut self) {
+        self.unregister();
+    }
 }
 
 /// What a fill does when it runs.
@@ -305,27 +340,39 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let inner = &self.inner;
         let data_key = inner.data_key(key)?;
         let epoch = inner.local.l1.as_ref().map(|l1| l1.ticket(key));
-        match inner.l2_get(key, data_key).await {
+        // Debug level: free unless enabled (the hit path must stay cheap).
+        let span = tracing::debug_span!(
+            "fredkit.cache.get",
+            primitive = "cache",
+            outcome = tracing::field::Empty
+        );
+        let reply = inner.l2_get(key, data_key).instrument(span.clone()).await;
+        let (outcome, result) = match reply {
             Ok(Some(stored)) => {
                 let now_ms = envelope::now_ms();
                 if stored.is_fresh(now_ms) {
                     inner.local.metrics.l2_hits.incr();
                     inner.l1_insert_read(key, &stored, epoch, now_ms);
-                    return Ok(stored.value);
+                    ("l2_hit", Ok(stored.value))
+                } else {
+                    incr(&inner.local.metrics.misses);
+                    ("stale_miss", Ok(None))
                 }
-                incr(&inner.local.metrics.misses);
-                Ok(None)
             }
             Ok(None) => {
                 incr(&inner.local.metrics.misses);
-                Ok(None)
+                ("miss", Ok(None))
             }
             Err(e) if e.is_unavailable() => {
                 incr(&inner.local.metrics.misses);
-                Ok(None)
+                ("redis_unavailable", Ok(None))
             }
-            Err(e) => Err(e),
+            Err(e) => ("error", Err(e)),
+        };
+        if !span.is_disabled() {
+            span.record("outcome", outcome);
         }
+        result
     }
 
     /// Stores `value` under `key` for the default TTL (plus jitter); see
@@ -380,6 +427,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let inner = &self.inner;
         let data_key = inner.data_key(key)?;
         inner.local.remove_l1(key);
+        let span = tracing::debug_span!("fredkit.cache.remove", primitive = "cache");
         let r = inner
             .redis_call(async {
                 inner
@@ -389,6 +437,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     .await
                     .map_err(Error::from)
             })
+            .instrument(span)
             .await;
         inner.local.remove_l1(key);
         inner.publish(Inv::Key(key.to_string()));
@@ -634,7 +683,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         _ => continue,
                     }
                 }
-                Join::Lead(tx) => {
+                Join::Lead(flight) => {
                     let Some(factory) = factory.take() else {
                         return Err(FillError::Panicked);
                     };
@@ -667,8 +716,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                             };
                             tracing::Span::current()
                                 .record("outcome", if r.is_ok() { "ok" } else { "error" });
-                            let _ = tx.send(Some(shared));
-                            task_inner.end_flight(&task_key);
+                            flight.finish(shared);
                             r
                         }
                         .instrument(span),
@@ -689,7 +737,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         E: Send + 'static,
     {
         let inner = &self.inner;
-        let Join::Lead(tx) = inner.join(key) else {
+        let Join::Lead(flight) = inner.join(key) else {
             return; // a fill or refresh of this key is already running here
         };
         let Ok(data_key) = inner.data_key(key) else {
@@ -712,12 +760,10 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         Mode::Refresh { created_ms },
                     )
                     .await;
-                let shared = match r {
-                    Ok(f) => Some(Shared::Done(f)),
-                    Err(_) => Some(Shared::Failed),
-                };
-                let _ = tx.send(shared);
-                task_inner.end_flight(&task_key);
+                flight.finish(match r {
+                    Ok(f) => Shared::Done(f),
+                    Err(_) => Shared::Failed,
+                });
             }
             .instrument(tracing::debug_span!(
                 "fredkit.cache.refresh",
@@ -778,6 +824,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }
                 pipe.all::<Vec<Value>>().await.map_err(Error::from)
             })
+            .instrument(tracing::debug_span!(
+                "fredkit.cache.get_many",
+                primitive = "cache",
+                keys = todo.len()
+            ))
             .await;
         let replies = match replies {
             Ok(r) => r,
@@ -848,6 +899,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }
                 pipe.all::<Vec<Value>>().await.map_err(Error::from)
             })
+            .instrument(tracing::debug_span!(
+                "fredkit.cache.set_many",
+                primitive = "cache",
+                keys = prepared.len()
+            ))
             .await;
         let now_ms = envelope::now_ms();
         for (k, _, _, stored, _) in &prepared {
@@ -1187,18 +1243,18 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         self.flights.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    fn join(&self, key: &str) -> Join<V> {
+    fn join(self: &Arc<Self>, key: &str) -> Join<V, C> {
         let mut flights = self.flights();
         if let Some(rx) = flights.get(key) {
             return Join::Follow(rx.clone());
         }
         let (tx, rx) = watch::channel(None);
         flights.insert(key.to_string(), rx);
-        Join::Lead(tx)
-    }
-
-    fn end_flight(&self, key: &str) {
-        self.flights().remove(key);
+        Join::Lead(Flight {
+            inner: Arc::clone(self),
+            key: key.to_string(),
+            tx,
+        })
     }
 
     /// A fill (or eager refresh), run in its own task by the flight leader.

