@@ -370,3 +370,57 @@ impl Drop for LockGuard {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn state(valid_for: Duration) -> watch::Sender<LeaseState> {
+        watch::channel(LeaseState {
+            lost: false,
+            valid_until: Instant::now() + valid_for,
+        })
+        .0
+    }
+
+    #[tokio::test]
+    async fn lost_signal_fires_on_mark_and_counts_once() {
+        let tx = state(Duration::from_secs(60));
+        let signal = LostSignal::new(tx.subscribe());
+        assert!(!signal.is_lost());
+        assert!(signal.remaining() > Duration::from_secs(50));
+        let counters = Counters::default();
+        let waiting = tokio::spawn({
+            let s = signal.clone();
+            async move { s.lost().await }
+        });
+        mark_lost(&tx, &counters);
+        mark_lost(&tx, &counters);
+        tokio::time::timeout(Duration::from_secs(5), waiting)
+            .await
+            .ok()
+            .and_then(|r| r.ok())
+            .unwrap_or_else(|| panic!("lost() did not complete"));
+        assert!(signal.is_lost());
+        assert_eq!(signal.remaining(), Duration::ZERO);
+        assert_eq!(counters.snapshot().lost, 1);
+    }
+
+    #[tokio::test]
+    async fn lost_signal_fires_when_the_lease_runs_out_or_the_guard_is_gone() {
+        let tx = state(Duration::from_millis(20));
+        let signal = LostSignal::new(tx.subscribe());
+        tokio::time::timeout(Duration::from_secs(5), signal.lost())
+            .await
+            .unwrap_or_else(|_| panic!("lost() ignored the deadline"));
+        assert!(signal.is_lost());
+
+        let tx = state(Duration::from_secs(60));
+        let signal = LostSignal::new(tx.subscribe());
+        drop(tx);
+        assert!(signal.is_lost());
+        tokio::time::timeout(Duration::from_secs(5), signal.lost())
+            .await
+            .unwrap_or_else(|_| panic!("lost() ignored the dropped guard"));
+    }
+}

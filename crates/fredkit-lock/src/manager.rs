@@ -583,3 +583,42 @@ impl DistributedLock for LockManager {
         Ok(r == 1)
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+
+    #[test]
+    fn acquire_replies_decode_to_grants_and_remaining_ttls() {
+        assert!(matches!(attempt_from("a", 1).unwrap(), Attempt::Granted(1)));
+        assert!(matches!(
+            attempt_from("a", 42).unwrap(),
+            Attempt::Granted(42)
+        ));
+        assert!(matches!(attempt_from("a", -1).unwrap(), Attempt::Held(d) if d.is_zero()));
+        assert!(
+            matches!(attempt_from("a", -1501).unwrap(), Attempt::Held(d) if d == Duration::from_millis(1500))
+        );
+        assert_eq!(
+            attempt_from("a", 0).err().map(|e| e.kind()),
+            Some(fredkit_core::ErrorKind::Protocol)
+        );
+    }
+
+    #[test]
+    fn tokens_are_32_hex_digits_and_differ() {
+        let a = new_token();
+        let b = new_token();
+        assert_eq!(a.len(), 32);
+        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
+        assert_ne!(a, b);
+    }
+
+    #[test]
+    fn modes_match_the_script_contract() {
+        assert_eq!(Mode::Single as i64, 0);
+        assert_eq!(Mode::FirstWait as i64, 1);
+        assert_eq!(Mode::Retry as i64, 2);
+    }
+}
