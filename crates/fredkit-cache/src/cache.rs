@@ -850,7 +850,9 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 let (i, data_key, epoch) = &todo[j];
                 let user_key = keys[*i].as_ref();
                 let stored = match value.into_bytes() {
-                    Some(b) => inner.decode_or_unlink(user_key, data_key.clone(), &b),
+                    Some(b) => {
+                        inner.decode_or_unlink(user_key, || Key::from(data_key.as_str()), &b)
+                    }
                     None => None,
                 };
                 match stored {
@@ -1061,15 +1063,18 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                 return Err(e);
             }
         };
+        // The key's bytes move into fred's `Key` without a copy; clones of
+        // it are reference counts.
+        let data_key = Key::from(data_key);
         let reply = self
             .redis
             .client()
-            .get::<Option<Bytes>, _>(data_key.as_str())
+            .get::<Option<Bytes>, _>(data_key.clone())
             .await;
         match reply {
             Ok(Some(bytes)) => {
                 permit.success();
-                Ok(self.decode_or_unlink(key, data_key, &bytes))
+                Ok(self.decode_or_unlink(key, || data_key, &bytes))
             }
             Ok(None) => {
                 permit.success();
@@ -1094,18 +1099,23 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         }
     }
 
-    fn decode_or_unlink(&self, key: &str, data_key: String, bytes: &[u8]) -> Option<Stored<V>> {
+    fn decode_or_unlink(
+        &self,
+        key: &str,
+        data_key: impl FnOnce() -> Key,
+        bytes: &[u8],
+    ) -> Option<Stored<V>> {
         match envelope::decode::<V, C>(&self.codec, bytes, self.opts.max_value_bytes) {
             Ok(s) => Some(s),
             Err(g) => {
-                self.garbage(key, data_key, &g.0);
+                self.garbage(key, data_key(), &g.0);
                 None
             }
         }
     }
 
     /// An entry that does not decode: count, warn, delete in the background.
-    fn garbage(&self, key: &str, data_key: String, why: &str) {
+    fn garbage(&self, key: &str, data_key: Key, why: &str) {
         incr(&self.local.metrics.decode_failures);
         tracing::warn!(
             prefix = self.opts.keys.prefix(),
@@ -1235,7 +1245,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         }
         let data = parts.pop().and_then(Value::into_bytes);
         let acquired = matches!(parts.pop(), Some(Value::Integer(1)));
-        let stored = data.and_then(|b| self.decode_or_unlink(key, data_key.to_string(), &b));
+        let stored = data.and_then(|b| self.decode_or_unlink(key, || Key::from(data_key), &b));
         Ok((acquired, stored))
     }
 

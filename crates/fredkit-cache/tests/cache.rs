@@ -769,3 +769,38 @@ async fn origins_report_l1_l2_and_factory(#[case] topology: Topology) {
     c.flush_l1();
     assert_eq!(c.fetch("k", f).await.unwrap().origin, Origin::L2);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn redis_cache_store_keeps_the_cache_store_contract(#[case] topology: Topology) {
+    use fredkit_cache::RedisCacheStore;
+    use fredkit_core::traits::{CacheStore, CacheStoreExt};
+    use fredkit_core::MsgPack;
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let store: Arc<dyn CacheStore> = Arc::new(RedisCacheStore::new(&redis));
+    let key = format!("{}:store", prefix("store"));
+    assert_eq!(store.get::<Item, _>(&MsgPack, &key).await.unwrap(), None);
+    store
+        .set(&MsgPack, &key, &item(1), Duration::from_millis(300))
+        .await
+        .unwrap();
+    assert_eq!(
+        store.get::<Item, _>(&MsgPack, &key).await.unwrap(),
+        Some(item(1))
+    );
+    let pttl: i64 = redis.client().pttl(key.as_str()).await.unwrap();
+    assert!(pttl > 0 && pttl <= 300, "{pttl}");
+    assert_eq!(
+        store
+            .set_bytes(&key, "x".into(), Duration::ZERO)
+            .await
+            .unwrap_err()
+            .kind(),
+        fredkit_core::ErrorKind::InvalidInput
+    );
+    assert!(store.remove(&key).await.unwrap());
+    assert!(!store.remove(&key).await.unwrap());
+    assert_eq!(store.get_bytes(&key).await.unwrap(), None);
+}
