@@ -804,3 +804,72 @@ async fn redis_cache_store_keeps_the_cache_store_contract(#[case] topology: Topo
     assert!(!store.remove(&key).await.unwrap());
     assert_eq!(store.get_bytes(&key).await.unwrap(), None);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_waiter_stops_waiting_after_fill_wait_and_calls_the_factory_itself(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("waitbound");
+    let c = cache(&redis, opts(&p).fill_wait(Duration::from_millis(300))).await;
+    // Another "process" holds the fill lock and never finishes.
+    redis
+        .client()
+        .set::<(), _, _>(
+            format!("{p}:lock:{{k}}"),
+            "stuck",
+            Some(Expiration::EX(30)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get_or_set("k", || async { item(1) }).await.unwrap(),
+        item(1)
+    );
+    let m = c.metrics();
+    assert_eq!(
+        (m.fill_lock_waits, m.fill_wait_timeouts, m.factory_calls),
+        (1, 1, 1)
+    );
+    assert_eq!(
+        c.get("k").await.unwrap(),
+        Some(item(1)),
+        "the value is stored"
+    );
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_dead_fillers_lock_expires_and_a_waiter_takes_over(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("deadfiller");
+    let c = cache(&redis, opts(&p)).await; // fill_wait 10 s
+                                           // A filler that died holding a lock with 200 ms left.
+    redis
+        .client()
+        .set::<(), _, _>(
+            format!("{p}:lock:{{k}}"),
+            "dead",
+            Some(Expiration::PX(200)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    assert_eq!(
+        c.get_or_set("k", || async { item(1) }).await.unwrap(),
+        item(1)
+    );
+    let m = c.metrics();
+    assert_eq!(
+        (m.fill_lock_waits, m.fill_wait_timeouts, m.factory_calls),
+        (1, 0, 1)
+    );
+}
