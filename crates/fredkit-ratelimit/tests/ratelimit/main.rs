@@ -184,20 +184,22 @@ async fn denied_requests_consume_nothing_on_any_limit(
 async fn gcra_retry_after_is_honest(#[case] topology: Topology) {
     let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
     let prefix = unique_prefix("rl_gcra_honest");
-    // One unit per 500 ms, bursts of 3.
+    // One unit per second, bursts of 3: the wait after retry_after may
+    // overshoot by up to a second (a loaded machine) without changing
+    // `remaining`.
     let limiter = build(
         &redis,
         &prefix,
-        vec![Limit::gcra(2, Duration::from_secs(1)).burst(3)],
+        vec![Limit::gcra(1, Duration::from_secs(1)).burst(3)],
     );
     assert!(limiter.check("u", 3).await.unwrap().allowed);
-    for cost in [1, 2, 1] {
+    let unit = Duration::from_secs(1);
+    for cost in [1, 2] {
         let denied = limiter.check("u", cost).await.unwrap();
         assert!(!denied.allowed, "cost {cost}: {denied:?}");
         let wait = denied.retry_after.unwrap();
         assert!(
-            wait <= Duration::from_millis(500) * cost
-                && wait > Duration::from_millis(500) * (cost - 1),
+            wait <= unit * cost && wait > unit * (cost - 1),
             "cost {cost}: {wait:?}"
         );
         tokio::time::sleep(wait).await;
