@@ -221,6 +221,22 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// connection between caches; `None` opens a connection of its own) and
     /// starts its publisher task. Costs one round trip (the `SUBSCRIBE`).
     ///
+    /// ```no_run
+    /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+    /// use fredkit_cache::{Cache, CacheOptions};
+    /// use fredkit_core::MsgPack;
+    /// use fredkit_pubsub::Subscriber;
+    /// // Many caches, one subscriber connection for all their invalidations.
+    /// let subscriber = Subscriber::new(&redis).await?;
+    /// let users: Cache<String> = Cache::with_codec(
+    ///     &redis, MsgPack, CacheOptions::builder("app:user").build()?, Some(&subscriber),
+    /// ).await?;
+    /// let orders: Cache<u64> = Cache::with_codec(
+    ///     &redis, MsgPack, CacheOptions::builder("app:order").build()?, Some(&subscriber),
+    /// ).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// With invalidation on, a timeout or connection error when the
@@ -450,6 +466,18 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     ///
     /// See [`fetch`](Self::fetch) for the full behaviour and cost.
     ///
+    /// ```no_run
+    /// # async fn run(redis: fredkit_conn::Redis) -> Result<(), Box<dyn std::error::Error>> {
+    /// use fredkit_cache::{Cache, CacheOptions};
+    /// let greetings: Cache<String> =
+    ///     Cache::new(&redis, CacheOptions::builder("app:greeting").build()?).await?;
+    /// let lang = "fr".to_string();
+    /// let hello = greetings
+    ///     .get_or_set(&lang.clone(), move || async move { format!("bonjour ({lang})") })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`FillError::Timeout`] / [`FillError::Panicked`] as in
@@ -510,6 +538,17 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// find nothing: `Ok(None)` from the factory is cached as an absence for
     /// the negative TTL (so a missing row is not looked up on every call).
     ///
+    /// ```no_run
+    /// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct User;
+    /// # async fn find_user(id: u64) -> Result<Option<User>, std::io::Error> { Ok(None) }
+    /// # async fn run(users: fredkit_cache::Cache<User>) -> Result<(), Box<dyn std::error::Error>> {
+    /// // A missing user is looked up once per negative TTL, not on every request.
+    /// let user: Option<User> = users
+    ///     .get_or_try_set_optional("404", || find_user(404))
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// [`FillError`].
@@ -559,6 +598,18 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     ///
     /// Cancellation: dropping the future never cancels the fill: it finishes
     /// for the other callers and stores its value.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone, Debug, serde::Serialize, serde::Deserialize)] struct Price(u64);
+    /// # async fn price_from_db(sku: &str) -> Result<Option<Price>, std::io::Error> { Ok(None) }
+    /// # async fn run(prices: fredkit_cache::Cache<Price>) -> Result<(), Box<dyn std::error::Error>> {
+    /// let f = prices.fetch("tea-42", || price_from_db("tea-42")).await?;
+    /// if f.stale {
+    ///     // The database failed or timed out: this is the last known price.
+    ///     tracing::warn!(origin = ?f.origin, "serving a stale price");
+    /// }
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
@@ -779,6 +830,13 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// `MGET` per hash slot (standalone: one `MGET`), all in one pipeline —
     /// one round trip per node, concurrently.
     ///
+    /// ```no_run
+    /// # async fn run(c: fredkit_cache::Cache<u64>) -> fredkit_core::Result<()> {
+    /// c.set_many(&[("a", 1), ("b", 2)]).await?;
+    /// assert_eq!(c.get_many(&["a", "missing", "b"]).await?, vec![Some(1), None, Some(2)]);
+    /// # Ok(()) }
+    /// ```
+    ///
     /// # Errors
     ///
     /// `InvalidInput` for an empty key; Redis errors other than
@@ -928,6 +986,14 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// runs may survive. Cost: one round trip per page per node, plus one
     /// per page for the deletes. If the future is dropped, some pages may
     /// have been deleted; L1s are flushed only at the end.
+    ///
+    /// ```no_run
+    /// # async fn run(c: fredkit_cache::Cache<u64>) -> fredkit_core::Result<()> {
+    /// // Every entry whose key starts with "user:42:" (keys are user keys,
+    /// // not Redis key names).
+    /// let deleted = c.invalidate_prefix("user:42:").await?;
+    /// # Ok(()) }
+    /// ```
     ///
     /// # Errors
     ///
