@@ -301,17 +301,17 @@ impl LockManager {
             };
         }
 
+        let deadline = Instant::now() + opts.wait;
         if let Err(e) = self
             .inner
             .waiters
-            .listen(&self.inner.redis, &self.inner.counters)
+            .listen(&self.inner.redis, &self.inner.counters, opts.wait)
             .await
         {
             tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
         }
         let lock_key = String::from_utf8_lossy(keys.lock.as_bytes()).into_owned();
         let registration = self.inner.waiters.register(&lock_key);
-        let deadline = Instant::now() + opts.wait;
         let mut polls = 0u32;
         let mut tries = 0u32;
         loop {

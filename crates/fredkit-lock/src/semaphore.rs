@@ -160,13 +160,17 @@ impl Semaphore {
                 }
             };
         }
-        if let Err(e) = inner.waiters.listen(&inner.redis, &inner.counters).await {
+        let deadline = Instant::now() + opts.wait;
+        if let Err(e) = inner
+            .waiters
+            .listen(&inner.redis, &inner.counters, opts.wait)
+            .await
+        {
             tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
         }
         let registration = inner
             .waiters
             .register(&String::from_utf8_lossy(self.wait_key.as_bytes()));
-        let deadline = Instant::now() + opts.wait;
         let mut polls = 0u32;
         loop {
             let notified = registration.slot.notify.notified();

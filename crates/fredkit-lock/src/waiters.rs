@@ -8,10 +8,11 @@
 
 use std::collections::HashMap;
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
+use std::time::Duration;
 
 use fred::bytes::Bytes;
 use fredkit_conn::Redis;
-use fredkit_core::Result;
+use fredkit_core::{Error, Result};
 use fredkit_pubsub::{Delivery, Mode, PubSubOptions, Subscriber, Subscription};
 use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
@@ -77,28 +78,34 @@ impl Waiters {
         self: &Arc<Self>,
         redis: &Redis,
         counters: &Arc<Counters>,
+        limit: Duration,
     ) -> Result<()> {
-        self.listener
-            .get_or_try_init(|| async {
-                let subscriber = Subscriber::with_codec(
-                    redis,
-                    fredkit_core::MsgPack,
-                    PubSubOptions::default().mode(Mode::Plain),
-                )
-                .await?;
-                let subscription = subscriber.subscribe_bytes(&self.channel).await?;
-                let task = tokio::spawn(dispatch(
-                    Arc::downgrade(self),
-                    Arc::downgrade(counters),
-                    subscription,
-                ));
-                Ok::<_, fredkit_core::Error>(Listener {
-                    _subscriber: subscriber,
-                    task,
-                })
-            })
+        let init = self.listener.get_or_try_init(|| async {
+            let subscriber = Subscriber::with_codec(
+                redis,
+                fredkit_core::MsgPack,
+                PubSubOptions::default().mode(Mode::Plain),
+            )
             .await?;
-        Ok(())
+            let subscription = subscriber.subscribe_bytes(&self.channel).await?;
+            let task = tokio::spawn(dispatch(
+                Arc::downgrade(self),
+                Arc::downgrade(counters),
+                subscription,
+            ));
+            Ok::<_, fredkit_core::Error>(Listener {
+                _subscriber: subscriber,
+                task,
+            })
+        });
+        // Never wait for the subscription longer than the caller waits for
+        // the lock; a dropped attempt leaves the cell empty for the next one.
+        match tokio::time::timeout(limit, init).await {
+            Ok(r) => r.map(|_| ()),
+            Err(_) => Err(Error::timeout(format!(
+                "the wake-up subscription was not confirmed within {limit:?}"
+            ))),
+        }
     }
 
     /// Registers a local waiter on `key` until the returned registration is
