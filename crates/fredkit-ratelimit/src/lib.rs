@@ -48,7 +48,7 @@
 //! | accuracy | exact per window; up to 2× the quota across a boundary | exact over any window | approximate (bound below) | exact rate + burst |
 //! | memory per identity and limit | one counter (~90 B) | one entry per admitted unit (quota 100: ~3.7 KB) | one small hash (~120 B) | one timestamp (~90 B) |
 //! | bursts | the whole quota at once, then again right after the window ends | the whole quota at once, then as entries age out | like sliding log, smoothed | `burst` at once, then one unit per `period / rate` |
-//! | Redis calls per check | 2–3 | 5–7 | 3–5 | 3 |
+//! | `redis.call`s per check | 2–3 | 5–6 | 3–4 | 2–3 |
 //!
 //! (Memory as measured by the `ratelimit` bench suite with `MEMORY USAGE`
 //! after 100 requests, key names of ~35 bytes included.)
