@@ -682,3 +682,35 @@ async fn cost_zero_reports_without_consuming_even_over_a_lowered_limit(
     // Nothing was consumed by the reports or the denial.
     assert_eq!(before.check("u", 0).await.unwrap().remaining, 2);
 }
+
+/// A key of the limiter overwritten with another type is an error (Redis
+/// answered; it is not an outage), counted, and not a fail-mode decision.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_foreign_value_in_a_limiter_key_is_an_error_not_a_fallback(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_foreign");
+    let limiter = build(&redis, &prefix, vec![Limit::sliding_log(5, HOUR)]);
+    let key = limiter.keys("u").unwrap().remove(0);
+    let _: () = redis
+        .client()
+        .set(
+            &key,
+            "not a sorted set",
+            Some(Expiration::EX(60)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let e = limiter.check("u", 1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Script, "{e}");
+    let m = limiter.metrics();
+    assert_eq!((m.errors, m.fail_closed), (1, 0));
+    assert_eq!(
+        limiter.breaker().state(),
+        fredkit_core::BreakerState::Closed
+    );
+}
