@@ -220,18 +220,10 @@ impl LockManager {
                 "a lock resource name must not be empty",
             ));
         }
-        // One escaping pass for both keys: `p:{r}` + `:lock` / `:fence`.
-        let mut lock = self
-            .inner
-            .keys
-            .tagged(resource, std::iter::empty::<&str>())?;
-        let mut fence = String::with_capacity(lock.len() + 6);
-        fence.push_str(&lock);
-        lock.push_str(":lock");
-        fence.push_str(":fence");
+        let ks = &self.inner.keys;
         Ok(LockKeys {
-            lock: Key::from(lock),
-            fence: Key::from(fence),
+            lock: Key::from(ks.tagged(resource, ["lock"])?),
+            fence: Key::from(ks.tagged(resource, ["fence"])?),
         })
     }
 
