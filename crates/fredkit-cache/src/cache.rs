@@ -31,6 +31,10 @@ static FILL_STORE_RELEASE: Script = Script::new(
     "fill_store_release",
     include_str!("../scripts/fill_store_release.lua"),
 );
+static UNLINK_GARBAGE: Script = Script::new(
+    "unlink_garbage",
+    include_str!("../scripts/unlink_garbage.lua"),
+);
 static FILL_RELEASE: Script =
     Script::new("fill_release", include_str!("../scripts/fill_release.lua"));
 
@@ -1155,7 +1159,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                 } else {
                     permit.success();
                     if e.to_string().contains("WRONGTYPE") {
-                        self.garbage(key, data_key, "not a string (WRONGTYPE)");
+                        self.garbage(key, data_key, Bytes::new(), "not a string (WRONGTYPE)");
                         Ok(None)
                     } else {
                         Err(e)
@@ -1169,19 +1173,21 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         &self,
         key: &str,
         data_key: impl FnOnce() -> Key,
-        bytes: &[u8],
+        bytes: &Bytes,
     ) -> Option<Stored<V>> {
         match envelope::decode::<V, C>(&self.codec, bytes, self.opts.max_value_bytes) {
             Ok(s) => Some(s),
             Err(g) => {
-                self.garbage(key, data_key(), &g.0);
+                self.garbage(key, data_key(), bytes.clone(), &g.0);
                 None
             }
         }
     }
 
     /// An entry that does not decode: count, warn, delete in the background.
-    fn garbage(&self, key: &str, data_key: Key, why: &str) {
+    /// `read` is what was read: the entry is deleted only if it still holds
+    /// exactly that (a value written meanwhile survives).
+    fn garbage(&self, key: &str, data_key: Key, read: Bytes, why: &str) {
         incr(&self.local.metrics.decode_failures);
         tracing::warn!(
             prefix = self.opts.keys.prefix(),
@@ -1194,7 +1200,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         let breaker = self.breaker.clone();
         tokio::spawn(async move {
             let _ = breaker
-                .call(async { client.unlink::<i64, _>(data_key).await.map_err(Error::from) })
+                .call(UNLINK_GARBAGE.exec::<_, i64, _, _>(&client, data_key, Value::Bytes(read)))
                 .await;
         });
     }
@@ -1437,6 +1443,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             },
             factory,
             stale,
+            redis_up,
         )
         .await
     }
@@ -1514,6 +1521,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         lock: Option<(String, String)>,
         factory: F,
         stale: Option<Option<V>>,
+        redis_up: bool,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -1536,7 +1544,22 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                         this.opts.negative_ttl
                     };
                     let lock_ref = lock.as_ref().map(|(k, t)| (k.as_str(), t.as_str()));
-                    if let Err(e) = this
+                    if !redis_up {
+                        // Redis just failed to answer the GET: do not make the
+                        // caller wait for a write that would fail too. L1
+                        // keeps the value; Redis is unchanged, so no other
+                        // instance needs an invalidation.
+                        if let Some(l1) = &this.local.l1 {
+                            let now = envelope::now_ms();
+                            let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 4);
+                            let stored = Stored {
+                                value: value.clone(),
+                                created_ms: now,
+                                fresh_until_ms: now.saturating_add(ttl_ms),
+                            };
+                            l1.insert_write(&task_key, &stored, now, this.opts.eager_refresh);
+                        }
+                    } else if let Err(e) = this
                         .store(&task_key, &data_key, lock_ref, value.as_ref(), ttl)
                         .await
                     {
