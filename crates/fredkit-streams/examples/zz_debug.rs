@@ -5,7 +5,7 @@ use std::time::Duration;
 #[tokio::main]
 async fn main() {
     tracing_subscriber::fmt()
-        .with_env_filter("fredkit_streams=debug")
+        .with_env_filter("fredkit_streams=warn")
         .init();
     let server = fredkit_testkit::RedisServer::start().unwrap();
     let redis = fredkit_testkit::connect(&server.url()).await.unwrap();
@@ -37,7 +37,7 @@ async fn main() {
     for t in 0..64u64 {
         let p = p.clone();
         ts.push(tokio::spawn(async move {
-            for i in 0..150u64 {
+            for i in 0..800u64 {
                 p.publish(&(i * 64 + t)).await.unwrap();
             }
         }));

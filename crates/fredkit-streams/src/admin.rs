@@ -133,7 +133,7 @@ impl DeadLetter {
         };
         for (k, v) in e.fields {
             let s = || String::from_utf8_lossy(&v).into_owned();
-            match k.as_str() {
+            match &*k {
                 PAYLOAD_FIELD => d.payload = Some(v.clone()),
                 "dlq.id" => d.original_id = Some(StreamId::new(s())),
                 "dlq.group" => d.group = s(),
@@ -142,7 +142,7 @@ impl DeadLetter {
                 "dlq.error" => d.error = s(),
                 "dlq.at" => d.at_ms = s().parse().unwrap_or(0),
                 other if other.starts_with(RESERVED_PREFIX) => {}
-                _ => d.headers.push((k, s())),
+                _ => d.headers.push((k.to_string(), s())),
             }
         }
         d

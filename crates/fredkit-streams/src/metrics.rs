@@ -36,6 +36,8 @@ impl ProducerMetrics {
 /// Counters of one [`Worker`](crate::Worker).
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
+    pub(crate) reads: AtomicU64,
+    pub(crate) ack_calls: AtomicU64,
     pub(crate) delivered: AtomicU64,
     pub(crate) handled: AtomicU64,
     pub(crate) failed: AtomicU64,
@@ -54,6 +56,12 @@ pub struct WorkerMetrics {
 #[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct WorkerSnapshot {
+    /// `XREADGROUP` calls that returned entries (`delivered / reads` is the
+    /// average batch size).
+    pub reads: u64,
+    /// `XACK` commands sent (`acked / ack_calls` is the average
+    /// acknowledgement batch).
+    pub ack_calls: u64,
     /// New entries read with `XREADGROUP` (first deliveries).
     pub delivered: u64,
     /// Handler runs that returned `Ok` (their entries are acknowledged or
@@ -94,6 +102,8 @@ impl WorkerMetrics {
     pub fn snapshot(&self) -> WorkerSnapshot {
         let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
         WorkerSnapshot {
+            reads: r(&self.reads),
+            ack_calls: r(&self.ack_calls),
             delivered: r(&self.delivered),
             handled: r(&self.handled),
             failed: r(&self.failed),

@@ -4,6 +4,7 @@
 //! element, never a panic.
 
 use bytes::Bytes;
+use fred::bytes_utils::Str;
 use fred::types::Value;
 use fredkit_core::{Error, Result};
 
@@ -13,7 +14,7 @@ use crate::keys::StreamId;
 #[derive(Debug, Clone)]
 pub(crate) struct RawEntry {
     pub(crate) id: StreamId,
-    pub(crate) fields: Vec<(String, Bytes)>,
+    pub(crate) fields: Vec<(Str, Bytes)>,
 }
 
 /// Text of a bulk string, integer or simple string.
@@ -24,6 +25,14 @@ pub(crate) fn text(v: &Value) -> Option<String> {
         Value::Integer(i) => Some(i.to_string()),
         Value::Double(d) => Some(d.to_string()),
         _ => None,
+    }
+}
+
+/// A field name, without copying when Redis sent valid UTF-8.
+fn name(v: Value) -> Option<Str> {
+    match v {
+        Value::String(s) => Some(s),
+        other => text(&other).map(Str::from),
     }
 }
 
@@ -96,7 +105,7 @@ pub(crate) fn entry(v: Value) -> Result<Option<RawEntry>> {
     let mut out = Vec::with_capacity(items.len() / 2);
     let mut it = items.into_iter();
     while let (Some(k), Some(v)) = (it.next(), it.next()) {
-        let (Some(name), Some(value)) = (text(&k), bytes(v)) else {
+        let (Some(name), Some(value)) = (name(k), bytes(v)) else {
             continue;
         };
         out.push((name, value));

@@ -6,6 +6,7 @@ use std::fmt;
 use std::future::Future;
 use std::marker::PhantomData;
 use std::panic::AssertUnwindSafe;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
@@ -383,6 +384,7 @@ where
     // Claim right away: recover what crashed consumers left behind.
     let mut next_claim = Instant::now();
     let mut failures: u32 = 0;
+    let mut unacked_inline: u64 = 0;
     tracing::debug!("worker started");
 
     loop {
@@ -415,7 +417,8 @@ where
                             permits.pop().map(|permit| (entry, deliveries, permit))
                         })
                         .collect();
-                    spawn_batch(&ctx, &mut tasks, batch);
+                    let acks = spawn_batch(&ctx, &mut tasks, batch);
+                    unacked_inline += ack_inline(&ctx, acks, &stop_rx).await;
                     if cursor == "0-0" {
                         next_claim = Instant::now() + cfg.claim_interval;
                     }
@@ -438,6 +441,9 @@ where
         match read(&ctx, &dedicated, permits.len(), block).await {
             Ok(entries) => {
                 failures = 0;
+                if !entries.is_empty() {
+                    add(&ctx.metrics.reads, 1);
+                }
                 add(&ctx.metrics.delivered, entries.len() as u64);
                 let mut batch = Vec::with_capacity(entries.len());
                 for entry in entries {
@@ -451,7 +457,8 @@ where
                         }
                     }
                 }
-                spawn_batch(&ctx, &mut tasks, batch);
+                let acks = spawn_batch(&ctx, &mut tasks, batch);
+                unacked_inline += ack_inline(&ctx, acks, &stop_rx).await;
             }
             Err(e) => {
                 add(&ctx.metrics.read_errors, 1);
@@ -502,11 +509,12 @@ where
     // handlers used up the deadline.
     let flush_deadline = deadline.max(Instant::now() + ctx.redis.config().command_timeout() * 2);
     let (tx, rx) = oneshot::channel();
-    let unacked = if ctx.ack_tx.send(AckMsg::Close(flush_deadline, tx)).is_ok() {
-        rx.await.unwrap_or(0)
-    } else {
-        0
-    };
+    let unacked = unacked_inline
+        + if ctx.ack_tx.send(AckMsg::Close(flush_deadline, tx)).is_ok() {
+            rx.await.unwrap_or(0)
+        } else {
+            0
+        };
     let _ = acker.await;
     let consumer_removed = if ctx.generated && unacked == 0 && abandoned == 0 {
         forget_consumer(&ctx).await
@@ -531,19 +539,31 @@ where
     }
 }
 
-/// Spawns one task that runs the handlers of one read (or claim) batch
-/// concurrently, with one shared deadline (`handler_timeout` after the
-/// delivery).
+/// Acknowledgements produced while a batch is polled inline by the read
+/// loop: the read loop sends them itself (no task hop). Once the batch runs
+/// as its own task, its acknowledgements go to the acknowledger instead.
+#[derive(Default)]
+struct InlineAcks {
+    spawned: AtomicBool,
+    ids: Mutex<Vec<StreamId>>,
+}
+
+/// Runs the handlers of one read (or claim) batch concurrently, with one
+/// shared deadline (`handler_timeout` after the delivery): first polled right
+/// here, then, if some handler is still running, as a task of its own.
+/// Returns the ids acknowledged during the inline poll, for the caller to
+/// `XACK`.
 fn spawn_batch<T, C>(
     ctx: &Arc<Ctx<T, C>>,
     tasks: &mut JoinSet<()>,
     items: Vec<(RawEntry, u64, OwnedSemaphorePermit)>,
-) where
+) -> Vec<StreamId>
+where
     T: DeserializeOwned + Send + 'static,
     C: Codec,
 {
     if items.is_empty() {
-        return;
+        return Vec::new();
     }
     let read_at = Instant::now();
     {
@@ -552,7 +572,18 @@ fn spawn_batch<T, C>(
             inflight.insert(IdKey::of(&entry.id));
         }
     }
-    tasks.spawn(run_batch(Arc::clone(ctx), items, read_at));
+    let inline = Arc::new(InlineAcks::default());
+    // Handlers that finish without waiting (the common case for quick
+    // handlers) cost no task hop. Whatever is left runs as its own task
+    // (spawned tasks are polled again at once, so the wakers registered by
+    // this first poll are replaced).
+    let mut batch = Box::pin(run_batch(Arc::clone(ctx), items, read_at, Arc::clone(&inline)));
+    if (&mut batch).now_or_never().is_none() {
+        inline.spawned.store(true, Ordering::SeqCst);
+        tasks.spawn(batch);
+    }
+    let mut ids = inline.ids.lock().unwrap_or_else(|p| p.into_inner());
+    std::mem::take(&mut *ids)
 }
 
 async fn read<T, C>(
@@ -674,6 +705,7 @@ async fn run_batch<T, C>(
     ctx: Arc<Ctx<T, C>>,
     items: Vec<(RawEntry, u64, OwnedSemaphorePermit)>,
     read_at: Instant,
+    inline: Arc<InlineAcks>,
 ) where
     T: DeserializeOwned + Send + 'static,
     C: Codec,
@@ -690,10 +722,10 @@ async fn run_batch<T, C>(
         let mut payload = None;
         let mut headers = Vec::with_capacity(entry.fields.len());
         for (k, v) in entry.fields {
-            if k == PAYLOAD_FIELD && payload.is_none() {
+            if &*k == PAYLOAD_FIELD && payload.is_none() {
                 payload = Some(v);
             } else {
-                headers.push((k, String::from_utf8_lossy(&v).into_owned()));
+                headers.push((k.to_string(), String::from_utf8_lossy(&v).into_owned()));
             }
         }
         let header = |name: &str| {
@@ -795,7 +827,13 @@ async fn run_batch<T, C>(
                     }
                     if !acks.is_empty() {
                         let batch = std::mem::take(&mut acks);
-                        if let Err(mpsc::error::SendError(AckMsg::Ack(ids))) =
+                        if !inline.spawned.load(Ordering::SeqCst) {
+                            inline
+                                .ids
+                                .lock()
+                                .unwrap_or_else(|p| p.into_inner())
+                                .extend(batch);
+                        } else if let Err(mpsc::error::SendError(AckMsg::Ack(ids))) =
                             ctx.ack_tx.send(AckMsg::Ack(batch))
                         {
                             ctx.done_all(&ids);
@@ -900,6 +938,24 @@ async fn ack_loop<T, C>(
     }
 }
 
+/// Acknowledges what a batch finished during its inline poll, from the read
+/// loop (like a hand-written consumer: read, handle, `XACK`, read).
+/// Returns how many could not be acknowledged.
+async fn ack_inline<T, C>(
+    ctx: &Ctx<T, C>,
+    ids: Vec<StreamId>,
+    stop: &watch::Receiver<bool>,
+) -> u64 {
+    let mut lost = 0;
+    for chunk in ids.chunks(ctx.config.ack_batch) {
+        if !ack(ctx, chunk, None, stop).await {
+            lost += chunk.len() as u64;
+        }
+    }
+    ctx.done_all(&ids);
+    lost
+}
+
 /// Sends one `XACK` for `ids`, retrying transient errors with backoff (until
 /// `deadline`, when closing). Returns false when it gave up.
 async fn ack<T, C>(
@@ -920,6 +976,7 @@ async fn ack<T, C>(
                 ids.iter().map(|i| i.as_str()).collect::<Vec<_>>(),
             )
             .await;
+        add(&ctx.metrics.ack_calls, 1);
         match r {
             Ok(_) => {
                 add(&ctx.metrics.acked, ids.len() as u64);

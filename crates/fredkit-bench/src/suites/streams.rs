@@ -56,6 +56,7 @@ fn nanos_since(base: Instant) -> u64 {
 #[derive(Default)]
 struct Sink {
     acked: AtomicU64,
+    reads: AtomicU64,
     latencies: Mutex<Vec<u64>>,
 }
 
@@ -175,6 +176,7 @@ async fn raw_consumer(
                 ids.push(id);
             }
             let n = ids.len() as u64;
+            sink.reads.fetch_add(1, Ordering::Relaxed);
             let _: i64 = shared.xack(key.as_str(), GROUP, ids).await?;
             sink.acked.fetch_add(n, Ordering::Relaxed);
         }
@@ -381,6 +383,17 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     )
     .await?;
 
+    // Average entries per XREADGROUP over the whole suite, each side.
+    let fk_batch = {
+        let (d, r) = workers.iter().fold((0, 0), |(d, r), w| {
+            let m = w.metrics();
+            (d + m.delivered, r + m.reads)
+        });
+        d as f64 / r.max(1) as f64
+    };
+    let raw_batch = raw_sink.acked.load(Ordering::Relaxed) as f64
+        / raw_sink.reads.load(Ordering::Relaxed).max(1) as f64;
+
     // Tear down (not measured).
     stop.store(true, Ordering::Relaxed);
     for c in raw_consumers {
@@ -439,6 +452,18 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "e2e_vs_raw_xadd",
         fk.ratio_to(raw_xadd),
         "fredkit-streams e2e / raw XADD alone (goal >= 0.40)",
+    );
+    report.add(
+        "e2e_read_batch",
+        fk_batch,
+        Unit::Count,
+        "fredkit: average entries per XREADGROUP",
+    );
+    report.add(
+        "raw_e2e_read_batch",
+        raw_batch,
+        Unit::Count,
+        "raw: average entries per XREADGROUP",
     );
     let ms = |d: Duration| (d.as_secs_f64() * 1e5).round() / 1e2;
     report.add(
