@@ -873,3 +873,74 @@ async fn a_dead_fillers_lock_expires_and_a_waiter_takes_over(#[case] topology: T
         (1, 0, 1)
     );
 }
+
+/// The wire form of an invalidation message, to forge one.
+#[derive(Serialize)]
+struct ForgedInvalidation {
+    i: u64,
+    s: u64,
+    k: Vec<String>,
+    a: bool,
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_sequence_gap_in_invalidations_flushes_the_whole_l1(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let p = prefix("seqgap");
+    let l1 = L1Options::new().ttl(Duration::from_secs(60));
+    let b = cache(&rb, opts(&p).l1(l1.clone())).await;
+    let a = cache(&ra, opts(&p).l1(l1)).await;
+    let seen = b.metrics().invalidations_received;
+    a.set("k", &item(1)).await.unwrap(); // A's message 1
+    hold_l1_copy(&b, seen, "k", &item(1)).await;
+    // A message of A's was lost: B next hears A's message 3, about another key.
+    let publisher = fredkit_pubsub::Publisher::new(&ra);
+    let forged = ForgedInvalidation {
+        i: a.instance_id(),
+        s: 3,
+        k: vec!["other".into()],
+        a: false,
+    };
+    publisher
+        .publish(&format!("{p}:invalidations"), &forged)
+        .await
+        .unwrap();
+    assert!(
+        eventually(DEADLINE, || async { b.metrics().l1_flushes == 1 }).await,
+        "B did not notice the missing message"
+    );
+    // B's copy of "k" went with the flush: the next read asks Redis.
+    let l2_hits = b.metrics().l2_hits;
+    assert_eq!(b.get("k").await.unwrap(), Some(item(1)));
+    assert_eq!(b.metrics().l2_hits, l2_hits + 1);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_live_ttl_plus_jitter_plus_max_stale_in_redis(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("jitter");
+    let c = cache(
+        &redis,
+        opts(&p)
+            .ttl(Duration::from_secs(100))
+            .ttl_jitter(Duration::from_secs(50))
+            .max_stale(Duration::from_secs(1000)),
+    )
+    .await;
+    let items: Vec<(String, Item)> = (0..50).map(|i| (format!("j{i}"), item(i))).collect();
+    c.set_many(&items).await.unwrap();
+    let mut ttls = std::collections::BTreeSet::new();
+    for (k, _) in &items {
+        let pttl: i64 = redis.client().pttl(format!("{p}:{{{k}}}")).await.unwrap();
+        assert!((1_099_000..=1_150_000).contains(&pttl), "{k}: {pttl}");
+        ttls.insert(pttl / 1000);
+    }
+    assert!(ttls.len() > 5, "jitter should spread expiries: {ttls:?}");
+}
