@@ -577,7 +577,12 @@ where
     // handlers) cost no task hop. Whatever is left runs as its own task
     // (spawned tasks are polled again at once, so the wakers registered by
     // this first poll are replaced).
-    let mut batch = Box::pin(run_batch(Arc::clone(ctx), items, read_at, Arc::clone(&inline)));
+    let mut batch = Box::pin(run_batch(
+        Arc::clone(ctx),
+        items,
+        read_at,
+        Arc::clone(&inline),
+    ));
     if (&mut batch).now_or_never().is_none() {
         inline.spawned.store(true, Ordering::SeqCst);
         tasks.spawn(batch);

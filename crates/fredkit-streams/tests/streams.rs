@@ -741,3 +741,187 @@ async fn publishing_trims_by_length_and_by_age(#[case] topology: Topology) {
     let len: u64 = redis.client().xlen(untrimmed.stream()).await.unwrap();
     assert_eq!(len, 1000);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn handler_panics_and_timeouts_are_failed_deliveries_that_are_retried(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("panic_timeout");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let ok: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
+    let record = Arc::clone(&ok);
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").build().unwrap(),
+        move |m: Message<Job>| {
+            let record = Arc::clone(&record);
+            async move {
+                if m.deliveries == 1 {
+                    match m.payload.n {
+                        1 => panic!("boom"),
+                        2 => tokio::time::sleep(Duration::from_secs(5)).await,
+                        _ => {}
+                    }
+                }
+                record
+                    .lock()
+                    .unwrap()
+                    .entry(m.payload.n)
+                    .or_default()
+                    .push(m.deliveries);
+                Ok::<(), String>(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    for n in 0..3 {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    wait_until("all three handled", || {
+        let ok = Arc::clone(&ok);
+        let admin = admin.clone();
+        async move { ok.lock().unwrap().len() == 3 && pending(&admin, "g").await == 0 }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let ok = ok.lock().unwrap().clone();
+    assert_eq!(ok[&0], vec![1]);
+    assert_eq!(ok[&1], vec![2], "the panicking delivery was retried once");
+    assert_eq!(
+        ok[&2],
+        vec![2],
+        "the timed-out delivery was cancelled and retried"
+    );
+    assert_eq!(report.metrics.failed, 2);
+    assert_eq!(report.metrics.retried, 2);
+    assert_eq!(report.metrics.handled, 3);
+    assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn entries_whose_consumers_keep_crashing_are_dead_lettered_by_the_claim(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("crash_loop");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    admin.create_group("g", StartFrom::Beginning).await.unwrap();
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let id = producer.publish(&Job { n: 9 }).await.unwrap();
+    // Three deliveries that never reported (consumers that died mid-handler).
+    let _: Value = redis
+        .client()
+        .xreadgroup("g", "ghost-1", Some(1), None, false, keys.stream(), ">")
+        .await
+        .unwrap();
+    for ghost in ["ghost-2", "ghost-3"] {
+        let _: Value = redis
+            .client()
+            .xclaim(
+                keys.stream(),
+                "g",
+                ghost,
+                0,
+                id.as_str(),
+                None,
+                None,
+                None,
+                false,
+                false,
+            )
+            .await
+            .unwrap();
+    }
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&handled);
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").max_deliveries(3).build().unwrap(),
+        move |_m: Message<Job>| {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), String>(()) }
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the crash-looping entry is dead-lettered", || {
+        let admin = admin.clone();
+        async move { admin.dead_letter_count().await.unwrap() == 1 }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let dead = admin.dead_letters(10).await.unwrap();
+    assert_eq!(dead[0].original_id.as_ref(), Some(&id));
+    assert_eq!(dead[0].deliveries, 4, "the claim was the fourth delivery");
+    assert!(
+        dead[0].error.contains("without an outcome"),
+        "{:?}",
+        dead[0]
+    );
+    assert_eq!(
+        handled.load(Ordering::SeqCst),
+        0,
+        "never handed to the handler"
+    );
+    assert_eq!(report.metrics.dead_lettered, 1);
+    assert_eq!(pending(&admin, "g").await, 0);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn shutdown_deadline_cancels_slow_handlers_whose_entries_stay_pending(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("shutdown_deadline");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let started = Arc::new(AtomicU64::new(0));
+    let s = Arc::clone(&started);
+    let config = fast("g")
+        .handler_timeout(Duration::from_secs(20))
+        .min_idle(Duration::from_secs(30))
+        .shutdown_timeout(Duration::from_millis(200))
+        .build()
+        .unwrap();
+    let worker = Worker::start(&redis, keys.clone(), config, move |_m: Message<Job>| {
+        s.fetch_add(1, Ordering::SeqCst);
+        async {
+            tokio::time::sleep(Duration::from_secs(10)).await;
+            Ok::<(), String>(())
+        }
+    })
+    .await
+    .unwrap();
+    for n in 0..3 {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    wait_until("three handlers running", || {
+        let started = Arc::clone(&started);
+        async move { started.load(Ordering::SeqCst) == 3 }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    assert_eq!(report.in_flight_at_stop, 3);
+    assert_eq!(report.abandoned, 3);
+    assert_eq!(report.metrics.handled, 0);
+    assert!(!report.consumer_removed, "it still owns pending entries");
+    assert_eq!(
+        pending(&admin, "g").await,
+        3,
+        "abandoned entries stay pending, nothing lost"
+    );
+}
