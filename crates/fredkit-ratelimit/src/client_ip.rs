@@ -103,6 +103,7 @@ impl Net {
 pub struct ClientIp {
     trusted: Arc<[Net]>,
     header: HeaderName,
+    ipv6_prefix: u8,
 }
 
 impl Default for ClientIp {
@@ -117,7 +118,20 @@ impl ClientIp {
         ClientIp {
             trusted: Arc::from(Vec::new()),
             header: HeaderName::from_static("x-forwarded-for"),
+            ipv6_prefix: 128,
         }
+    }
+
+    /// Keys IPv6 clients by their network of `prefix` bits instead of their
+    /// full address (the key becomes e.g. `2001:db8:1:2::/64`). An IPv6 user
+    /// usually holds a whole /64 and can pick a new address per request, so
+    /// `ipv6_prefix(64)` is the sensible setting for abuse limits. Default
+    /// 128 (the full address); values above 128 are treated as 128. IPv4
+    /// addresses are always used whole.
+    #[must_use]
+    pub fn ipv6_prefix(mut self, prefix: u8) -> ClientIp {
+        self.ipv6_prefix = prefix.min(128);
+        self
     }
 
     /// Trusts the proxies at these addresses or CIDR networks
@@ -219,9 +233,26 @@ fn peer_addr(ext: &http::Extensions) -> Option<IpAddr> {
     ext.get::<IpAddr>().copied()
 }
 
+impl ClientIp {
+    /// The rate-limit key of a client address: the address, or its IPv6
+    /// network (see [`ipv6_prefix`](Self::ipv6_prefix)).
+    pub fn key_of(&self, ip: IpAddr) -> String {
+        match ip {
+            IpAddr::V6(v6) if self.ipv6_prefix < 128 => {
+                let mask = u128::MAX
+                    .checked_shl(128 - u32::from(self.ipv6_prefix))
+                    .unwrap_or(0);
+                let net = std::net::Ipv6Addr::from(u128::from(v6) & mask);
+                format!("{net}/{}", self.ipv6_prefix)
+            }
+            ip => ip.to_string(),
+        }
+    }
+}
+
 impl<B> KeyExtractor<B> for ClientIp {
     fn extract(&self, req: &Request<B>) -> Option<String> {
-        self.client_ip(req).map(|ip| ip.to_string())
+        self.client_ip(req).map(|ip| self.key_of(ip))
     }
 }
 
@@ -305,6 +336,31 @@ mod tests {
         assert_eq!(
             c.client_ip(&req("::ffff:10.0.0.1", &["203.0.113.7:5555"])),
             ip("203.0.113.7")
+        );
+    }
+
+    #[test]
+    fn ipv6_clients_can_be_keyed_by_network() {
+        let c = ClientIp::new().ipv6_prefix(64);
+        let r = req("2001:db8:1:2:aaaa:bbbb:cccc:dddd", &[]);
+        assert_eq!(
+            KeyExtractor::extract(&c, &r).as_deref(),
+            Some("2001:db8:1:2::/64")
+        );
+        let r = req("198.51.100.9", &[]);
+        assert_eq!(
+            KeyExtractor::extract(&c, &r).as_deref(),
+            Some("198.51.100.9")
+        );
+        let whole = ClientIp::new();
+        let r = req("2001:db8::1", &[]);
+        assert_eq!(
+            KeyExtractor::extract(&whole, &r).as_deref(),
+            Some("2001:db8::1")
+        );
+        assert_eq!(
+            ClientIp::new().ipv6_prefix(0).key_of(ip("::1").unwrap()),
+            "::/0"
         );
     }
 
