@@ -645,7 +645,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let inner = &self.inner;
         let usable = |v: &Option<V>| accept_none || v.is_some();
         // Fail-safe fallback: the best stale value seen on the way.
-        let mut stale: Option<Option<V>> = None;
+        let mut stale: Option<(Option<V>, Origin)> = None;
         if let Some(l1) = &inner.local.l1 {
             if let Some(e) = l1.get(key) {
                 if usable(&e.value) {
@@ -661,7 +661,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                             stale: false,
                         });
                     }
-                    stale = Some(e.value.clone());
+                    stale = Some((e.value.clone(), Origin::L1));
                 }
             }
         }
@@ -673,7 +673,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         key: &str,
         factory: F,
         accept_none: bool,
-        mut stale: Option<Option<V>>,
+        mut stale: Option<(Option<V>, Origin)>,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -704,7 +704,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     });
                 }
                 if !inner.opts.max_stale.is_zero() {
-                    stale = Some(stored.value);
+                    stale = Some((stored.value, Origin::L2));
                 }
             }
             Ok(_) => {}
@@ -1052,15 +1052,15 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
 
 fn serve_stale<V, E>(
     inner: &Inner<V, impl Codec>,
-    stale: Option<Option<V>>,
+    stale: Option<(Option<V>, Origin)>,
     err: FillError<E>,
 ) -> std::result::Result<Fetched<V>, FillError<E>> {
     match stale {
-        Some(value) => {
+        Some((value, origin)) => {
             incr(&inner.local.metrics.stale_served);
             Ok(Fetched {
                 value,
-                origin: Origin::L2,
+                origin,
                 stale: true,
             })
         }
@@ -1346,7 +1346,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         key: &str,
         data_key: String,
         factory: F,
-        stale: Option<Option<V>>,
+        stale: Option<(Option<V>, Origin)>,
         redis_up: bool,
         epoch: Option<Ticket>,
         accept_none: bool,
@@ -1520,7 +1520,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         data_key: String,
         lock: Option<(String, String)>,
         factory: F,
-        stale: Option<Option<V>>,
+        stale: Option<(Option<V>, Origin)>,
         redis_up: bool,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
@@ -1618,7 +1618,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     fn produced<E>(
         &self,
         r: Option<Produced<V, E>>,
-        stale: Option<Option<V>>,
+        stale: Option<(Option<V>, Origin)>,
     ) -> std::result::Result<Fetched<V>, FillError<E>> {
         match r {
             Some(Produced::Value(value)) => Ok(Fetched {

@@ -133,6 +133,7 @@ async fn stale_value_is_served_when_the_factory_fails_after_logical_expiry(
         .unwrap();
     assert_eq!(f.value, Some(item(1)));
     assert!(f.stale);
+    assert_eq!(f.origin, Origin::L2);
     assert_eq!(c.metrics().stale_served, 1);
     assert_eq!(c.metrics().factory_errors, 1);
     // Nothing to fall back on: the factory's error comes back, nothing cached.
@@ -664,7 +665,10 @@ async fn fault_server_killed_serves_stale_from_l1_falls_back_to_factory_and_resu
         .fetch("k", || async { Err::<Option<Item>, _>("source down too") })
         .await
         .unwrap();
-    assert_eq!((f.value, f.stale), (Some(item(1)), true));
+    assert_eq!(
+        (f.value, f.stale, f.origin),
+        (Some(item(1)), true, Origin::L1)
+    );
     assert!(with_l1.metrics().stale_served >= 1);
     // L1 off: get_or_set falls back to the factory, no error.
     for k in &on_owner[..5] {
