@@ -101,6 +101,18 @@ pub struct ShutdownReport {
 /// # Ok(()) }
 /// ```
 ///
+/// # How handlers run
+///
+/// The entries of one read are handled concurrently by one future (like
+/// `join_all`), which the read loop polls once itself: when every handler
+/// finishes without waiting, the loop acknowledges the batch with one `XACK`
+/// and reads again, with no task spawned (as fast as a hand-written consumer).
+/// Otherwise the batch continues as a task of its own and the read loop moves
+/// on. So a handler should not block its thread: CPU-heavy or blocking work
+/// belongs in `tokio::task::spawn_blocking` (or `spawn`) inside the handler,
+/// or it holds up the other entries of its batch and, on its first poll, the
+/// read loop.
+///
 /// # Round trips
 ///
 /// | step | round trips |
