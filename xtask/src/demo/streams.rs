@@ -70,17 +70,32 @@ async fn tour(demo: &Demo) -> Result<()> {
         let trace = format!("trace-{id:04}");
         ids.push(
             producer
-                .publish_with(&Order { id, cents: 100 * id }, &[(TRACE_ID_HEADER, &trace)])
+                .publish_with(
+                    &Order {
+                        id,
+                        cents: 100 * id,
+                    },
+                    &[(TRACE_ID_HEADER, &trace)],
+                )
                 .await?,
         );
     }
     step(
         "producer.publish_with(&Order { .. }, &[(\"trace_id\", ..)]) x8",
-        format!("ids {} … {} (MAXLEN ~ 1,000,000 trimming in the same XADD)", ids[0], ids[7]),
+        format!(
+            "ids {} … {} (MAXLEN ~ 1,000,000 trimming in the same XADD)",
+            ids[0], ids[7]
+        ),
     );
     let _: String = redis
         .client()
-        .xadd(keys.stream(), false, None, "*", vec![("payload", "not msgpack")])
+        .xadd(
+            keys.stream(),
+            false,
+            None,
+            "*",
+            vec![("payload", "not msgpack")],
+        )
         .await?;
     step("a raw XADD with a garbage payload", "appended");
 
@@ -118,7 +133,10 @@ async fn tour(demo: &Demo) -> Result<()> {
     .await?;
     step(
         "Worker::start(&redis, keys, WorkerConfig::builder(\"billing\")…, handler)",
-        format!("consumer {} reading with XREADGROUP BLOCK on its own connection", worker.consumer()),
+        format!(
+            "consumer {} reading with XREADGROUP BLOCK on its own connection",
+            worker.consumer()
+        ),
     );
 
     let admin = StreamAdmin::new(redis, keys.clone());
@@ -183,7 +201,10 @@ async fn tour(demo: &Demo) -> Result<()> {
     );
     let _: i64 = redis
         .client()
-        .unlink(vec![keys.stream().to_string(), keys.dead_letter().to_string()])
+        .unlink(vec![
+            keys.stream().to_string(),
+            keys.dead_letter().to_string(),
+        ])
         .await?;
     Ok(())
 }
