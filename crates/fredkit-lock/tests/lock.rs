@@ -770,3 +770,74 @@ async fn fault_server_paused_past_ttl_marks_watchdog_guard_lost() {
         .is_none());
     assert!(new.release().await.unwrap());
 }
+
+/// A cluster master that stops answering (SIGSTOP): locks on its slots fail
+/// with an error, never a grant; locks on the other masters keep working;
+/// after it resumes, its locks work again.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_master_paused_lock_fails_closed() {
+    let cluster = tokio::task::spawn_blocking(|| {
+        fredkit_testkit::RedisCluster::start(fredkit_testkit::ClusterOptions::default()).unwrap()
+    })
+    .await
+    .unwrap();
+    let url = cluster.url();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let redis = Redis::connect(
+        fredkit_conn::RedisConfig::from_url(&format!("{url}{sep}command_timeout=500ms")).unwrap(),
+    )
+    .await
+    .unwrap();
+    redis.wait_connected().await.unwrap();
+    let m = LockManager::new(&redis, &prefix("lock_cluster_paused")).unwrap();
+    // A resource on master 0 and one elsewhere.
+    let owner = |r: &str| {
+        cluster
+            .master_index_for_slot(fredkit_testkit::key_slot(r.as_bytes()))
+            .unwrap()
+    };
+    let on_paused = (0..1000)
+        .map(|i| format!("a{i}"))
+        .find(|r| owner(r) == 0)
+        .unwrap();
+    let elsewhere = (0..1000)
+        .map(|i| format!("b{i}"))
+        .find(|r| owner(r) != 0)
+        .unwrap();
+    m.acquire(&on_paused, &opts(5_000, 0))
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+
+    cluster.masters()[0].pause().unwrap();
+    let r = tokio::time::timeout(DEADLINE, m.acquire(&on_paused, &opts(5_000, 0)))
+        .await
+        .unwrap();
+    let other = m.acquire(&elsewhere, &opts(5_000, 0)).await;
+    cluster.masters()[0].resume().unwrap();
+    assert!(
+        r.is_err(),
+        "a paused master must be an error, never a lock: {r:?}"
+    );
+    assert!(other.unwrap().is_some(), "other masters keep granting");
+
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    loop {
+        match m.acquire(&on_paused, &opts(5_000, 0)).await {
+            Ok(Some(g)) => {
+                g.release().await.unwrap();
+                break;
+            }
+            other => {
+                assert!(
+                    tokio::time::Instant::now() < deadline,
+                    "never recovered: {other:?}"
+                );
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+}
