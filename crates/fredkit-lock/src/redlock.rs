@@ -408,3 +408,38 @@ impl Drop for RedlockGuard {
         });
     }
 }
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use fredkit_core::ErrorKind;
+
+    #[test]
+    fn defaults_and_drift_follow_the_redlock_recipe() {
+        let o = RedlockOptions::builder().build().unwrap();
+        assert_eq!(o.ttl(), Duration::from_secs(10));
+        // 1% of the TTL plus 2 ms.
+        assert_eq!(o.drift(), Duration::from_millis(102));
+        let short = RedlockOptions::builder()
+            .ttl(Duration::from_millis(500))
+            .node_timeout(Duration::from_millis(20))
+            .build()
+            .unwrap();
+        assert_eq!(short.drift(), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn invalid_options_fail_at_build() {
+        for b in [
+            RedlockOptions::builder().ttl(Duration::from_millis(5)),
+            RedlockOptions::builder().ttl(MAX_TTL * 2),
+            RedlockOptions::builder().node_timeout(Duration::ZERO),
+            RedlockOptions::builder()
+                .ttl(Duration::from_millis(100))
+                .node_timeout(Duration::from_millis(50)),
+        ] {
+            assert_eq!(b.build().unwrap_err().kind(), ErrorKind::Config);
+        }
+    }
+}
