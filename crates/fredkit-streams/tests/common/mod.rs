@@ -29,13 +29,13 @@ pub(crate) fn keys(test: &str) -> StreamKeys {
 }
 
 /// A worker configuration with short timings for tests: handlers may run
-/// 200 ms, entries are retried / taken over after 600 ms idle (the 400 ms
-/// margin covers the acknowledgement on a loaded machine).
+/// 200 ms, entries are retried / taken over after 1 s idle (the 800 ms
+/// margin covers the acknowledgement even on a loaded 2-core machine).
 pub(crate) fn fast(group: &str) -> WorkerConfigBuilder {
     WorkerConfig::builder(group)
         .block(Duration::from_millis(100))
         .handler_timeout(Duration::from_millis(200))
-        .min_idle(Duration::from_millis(600))
+        .min_idle(Duration::from_millis(1000))
         .claim_interval(Duration::from_millis(100))
         .shutdown_timeout(Duration::from_secs(10))
 }
