@@ -468,7 +468,8 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// stored. Never errors because of Redis: when Redis is unreachable the
     /// factory is called (and stale values are served if it fails).
     ///
-    /// See [`fetch`](Self::fetch) for the full behaviour and cost.
+    /// See [`fetch`](Self::fetch) for the full behaviour, cost and
+    /// cancellation (a dropped call never cancels the fill).
     ///
     /// ```no_run
     /// # async fn run(redis: fredkit_conn::Redis) -> Result<(), Box<dyn std::error::Error>> {
@@ -831,8 +832,10 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// undecodable, or Redis unreachable).
     ///
     /// Cost: fresh L1 copies answer first; the other keys are read with one
-    /// `MGET` per hash slot (standalone: one `MGET`), all in one pipeline —
-    /// one round trip per node, concurrently.
+    /// `MGET` per hash slot (standalone: one `MGET` per 1000 keys), all in
+    /// one pipeline — one round trip per node, concurrently. Undecodable
+    /// entries are misses (deleted and counted, as in [`get`](Self::get)).
+    /// Dropping the future has no effect.
     ///
     /// ```no_run
     /// # async fn run(c: fredkit_cache::Cache<u64>) -> fredkit_core::Result<()> {
