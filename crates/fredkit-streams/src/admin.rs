@@ -203,6 +203,10 @@ impl StreamAdmin {
         &self.keys
     }
 
+    fn span(&self, op: &'static str) -> tracing::Span {
+        tracing::debug_span!("fredkit.streams.admin", op, stream = %self.keys.name())
+    }
+
     /// Creates consumer group `group` starting at `start`, creating the
     /// stream if needed (`MKSTREAM`). Idempotent: returns `true` when the
     /// group was created, `false` when it already existed (`BUSYGROUP`; its
@@ -214,7 +218,9 @@ impl StreamAdmin {
     /// for an empty group name; a protocol error when the key holds something
     /// other than a stream.
     pub async fn create_group(&self, group: &str, start: StartFrom) -> Result<bool> {
-        create_group(&self.redis, &self.keys, group, &start).await
+        create_group(&self.redis, &self.keys, group, &start)
+            .instrument(self.span("create_group"))
+            .await
     }
 
     /// `XPENDING` summary of `group`.
@@ -224,6 +230,12 @@ impl StreamAdmin {
     /// Connection errors; a protocol error when the group does not exist
     /// (`NOGROUP`).
     pub async fn pending(&self, group: &str) -> Result<PendingSummary> {
+        self.pending_inner(group)
+            .instrument(self.span("pending"))
+            .await
+    }
+
+    async fn pending_inner(&self, group: &str) -> Result<PendingSummary> {
         let v: Value = self
             .redis
             .client()
@@ -259,6 +271,10 @@ impl StreamAdmin {
     ///
     /// Connection errors; a protocol error when the key is not a stream.
     pub async fn groups(&self) -> Result<Vec<GroupInfo>> {
+        self.groups_inner().instrument(self.span("groups")).await
+    }
+
+    async fn groups_inner(&self) -> Result<Vec<GroupInfo>> {
         let v: Value = match self.redis.client().xinfo_groups(self.keys.stream()).await {
             Ok(v) => v,
             Err(e) if e.details().contains("no such key") => return Ok(Vec::new()),
@@ -302,6 +318,7 @@ impl StreamAdmin {
             .redis
             .client()
             .xrange(self.keys.dead_letter(), "-", "+", Some(count))
+            .instrument(self.span("dead_letters"))
             .await?;
         Ok(reply::entries(v)?
             .into_iter()
