@@ -925,3 +925,30 @@ async fn shutdown_deadline_cancels_slow_handlers_whose_entries_stay_pending(
         "abandoned entries stay pending, nothing lost"
     );
 }
+
+#[tokio::test]
+async fn public_types_and_futures_are_send_and_sync() {
+    fn send_sync<T: Send + Sync>(_: &T) {}
+    fn send<T: Send>(_: T) {}
+    fn send_sync_type<T: Send + Sync>() {}
+    send_sync_type::<Worker<Job>>();
+    send_sync_type::<fredkit_streams::ShutdownReport>();
+    // Lazy connect: nothing is contacted.
+    let redis = fredkit_conn::Redis::from_url("redis://127.0.0.1:1")
+        .await
+        .unwrap();
+    let keys = keys("types");
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    send_sync(&producer);
+    send_sync(&StreamAdmin::new(&redis, keys.clone()));
+    send(producer.publish(&Job { n: 1 }));
+    send(producer.publish_batch(&[]));
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    send(admin.replay_dead_letters(1));
+    send(Worker::start(
+        &redis,
+        keys,
+        fast("g").build().unwrap(),
+        |_m: Message<Job>| async { Ok::<(), String>(()) },
+    ));
+}
