@@ -84,6 +84,13 @@ pub enum FillError<E> {
     /// and there was no stale value.
     #[error("cache factory panicked and no stale value was available")]
     Panicked,
+    /// This call joined a concurrent call's fill of the same key (single
+    /// flight) and that call's factory failed; there was no stale value.
+    /// The error itself went to that caller. Nothing was cached; the next
+    /// call tries again. (So a failing source sees one call per wave of
+    /// concurrent misses, not one per caller.)
+    #[error("the concurrent fill this call joined failed (its factory returned an error) and no stale value was available; retry later")]
+    JoinedFillFailed,
     /// The call itself was invalid (an empty key).
     #[error(transparent)]
     Cache(Error),
@@ -93,8 +100,11 @@ pub enum FillError<E> {
 #[derive(Clone)]
 enum Shared<V> {
     Done(Fetched<V>),
-    /// The leader's factory failed: each follower tries on its own.
+    /// The leader's factory failed: followers fail too (or serve stale).
     Failed,
+    /// The flight ended without a value for others (an eager refresh that
+    /// was skipped): followers try on their own.
+    Retry,
     Timeout(Duration),
     Panicked,
 }
@@ -512,6 +522,9 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             Err(FillError::Panicked) => Err(Error::protocol(
                 "cache factory panicked and no stale value was available",
             )),
+            Err(FillError::JoinedFillFailed) => Err(Error::protocol(
+                "the concurrent fill this call joined failed and no stale value was available",
+            )),
             Err(FillError::Cache(e)) => Err(e),
         }
     }
@@ -734,8 +747,12 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         Some(Shared::Panicked) => {
                             return serve_stale(inner, stale, FillError::Panicked)
                         }
-                        // The leader failed (or produced an absence this
-                        // caller cannot use): lead a fill of our own.
+                        Some(Shared::Failed) => {
+                            return serve_stale(inner, stale, FillError::JoinedFillFailed)
+                        }
+                        // The flight gave nothing usable by this caller (an
+                        // absence it cannot take, a skipped refresh, a
+                        // vanished leader): lead a fill of our own.
                         _ => continue,
                     }
                 }
@@ -818,7 +835,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     .await;
                 flight.finish(match r {
                     Ok(f) => Shared::Done(f),
-                    Err(_) => Shared::Failed,
+                    Err(_) => Shared::Retry,
                 });
             }
             .instrument(tracing::debug_span!(

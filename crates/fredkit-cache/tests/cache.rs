@@ -948,3 +948,36 @@ async fn entries_live_ttl_plus_jitter_plus_max_stale_in_redis(#[case] topology: 
     }
     assert!(ttls.len() > 5, "jitter should spread expiries: {ttls:?}");
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_failing_source_gets_one_call_per_wave_of_concurrent_misses(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(&redis, opts(&prefix("failwave"))).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..50 {
+        let (c, calls) = (c.clone(), Arc::clone(&calls));
+        tasks.push(tokio::spawn(async move {
+            c.get_or_try_set("k", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(500)).await;
+                Err::<Item, _>("db down")
+            })
+            .await
+        }));
+    }
+    let (mut own, mut joined) = (0, 0);
+    for t in tasks {
+        match t.await.unwrap() {
+            Err(FillError::Factory("db down")) => own += 1,
+            Err(FillError::JoinedFillFailed) => joined += 1,
+            other => panic!("unexpected {other:?}"),
+        }
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!((own, joined), (1, 49));
+    assert_eq!(c.get("k").await.unwrap(), None, "nothing cached");
+}
