@@ -104,6 +104,20 @@ async fn mutual_exclusion_16_tasks_2_managers_count_exactly_1600(#[case] topolog
     }
     let v: i64 = counter_client.client().get(&counter).await.unwrap();
     assert_eq!(v, 1600);
+    if topology == Topology::Standalone {
+        // One wake-up subscription per manager, however many waiters and
+        // hand-overs (on a cluster NUMSUB only sees one node).
+        let numsub: Vec<fred::types::Value> = counter_client
+            .client()
+            .pubsub_numsub(managers[0].wake_channel())
+            .await
+            .unwrap();
+        assert_eq!(
+            numsub.get(1).and_then(|v| v.as_i64()),
+            Some(2),
+            "{numsub:?}"
+        );
+    }
     let acquired: u64 = managers.iter().map(|m| m.metrics().acquired).sum();
     assert_eq!(acquired, 1600);
 }
