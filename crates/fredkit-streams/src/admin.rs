@@ -171,6 +171,7 @@ pub struct ReplayReport {
 /// | [`groups`](Self::groups), [`group`](Self::group) | 1 (`XINFO GROUPS`) |
 /// | [`dead_letters`](Self::dead_letters) | 1 (`XRANGE`) |
 /// | [`dead_letter_count`](Self::dead_letter_count) | 1 (`XLEN`) |
+/// | [`discard_dead_letters`](Self::discard_dead_letters) | 1 (`XDEL`) |
 /// | [`replay_dead_letters`](Self::replay_dead_letters) | 1 (script) |
 ///
 /// All are reads except `create_group` and `replay_dead_letters`; dropping a
@@ -333,6 +334,31 @@ impl StreamAdmin {
     /// Connection errors.
     pub async fn dead_letter_count(&self) -> Result<u64> {
         let n: i64 = self.redis.client().xlen(self.keys.dead_letter()).await?;
+        Ok(n.max(0) as u64)
+    }
+
+    /// Deletes the given dead letters (`XDEL`, one round trip) and returns
+    /// how many existed: for entries nobody will replay, e.g. those without a
+    /// payload, which [`replay_dead_letters`](Self::replay_dead_letters)
+    /// skips and which would otherwise stay at the head of the dead-letter
+    /// stream.
+    ///
+    /// # Errors
+    ///
+    /// Connection errors.
+    pub async fn discard_dead_letters(&self, ids: &[StreamId]) -> Result<u64> {
+        if ids.is_empty() {
+            return Ok(0);
+        }
+        let n: i64 = self
+            .redis
+            .client()
+            .xdel(
+                self.keys.dead_letter(),
+                ids.iter().map(StreamId::as_str).collect::<Vec<_>>(),
+            )
+            .instrument(self.span("discard_dead_letters"))
+            .await?;
         Ok(n.max(0) as u64)
     }
 

@@ -325,6 +325,21 @@ async fn garbage_payload_is_dead_lettered_with_the_decode_error_and_the_worker_k
     );
     assert_eq!(report.metrics.decode_errors, 2);
     assert_eq!(report.metrics.dead_lettered, 2);
+    // An entry without a payload cannot be replayed; the operator discards it.
+    let replay = admin.replay_dead_letters(10).await.unwrap();
+    assert_eq!(
+        replay.replayed, 1,
+        "the garbage bytes go back (they are a payload)"
+    );
+    assert_eq!(replay.skipped, 1);
+    assert_eq!(
+        admin
+            .discard_dead_letters(std::slice::from_ref(&np.id))
+            .await
+            .unwrap(),
+        1
+    );
+    assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
     assert_eq!(report.metrics.handled, 3);
     assert_eq!(pending(&admin, "g").await, 0);
     assert!(handled.lock().unwrap().values().all(|c| *c == 1));
