@@ -90,14 +90,17 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             .collect(),
     );
 
+    // Each contender moves one Arc into its operations (one clone per op,
+    // the same on every side).
     let fk_is_revoked = {
-        let (store, claims) = (store.clone(), Arc::clone(&claims));
+        let shared = Arc::new((store.clone(), Arc::clone(&claims)));
         Contender::new(
             "fredkit is_revoked",
             CONCURRENCY,
             op(move |i| {
-                let (store, claims) = (store.clone(), Arc::clone(&claims));
+                let shared = Arc::clone(&shared);
                 async move {
+                    let (store, claims) = &*shared;
                     let c = &claims[i as usize % TOKENS];
                     let revoked = store.is_revoked(&c.jti).await?;
                     if revoked != (i as usize % TOKENS % REVOKED_EVERY == 0) {
@@ -109,13 +112,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         )
     };
     let raw_exists = {
-        let (raw, raw_keys) = (raw.clone(), Arc::clone(&raw_keys));
+        let shared = Arc::new((raw.clone(), Arc::clone(&raw_keys)));
         Contender::new(
             "raw EXISTS",
             CONCURRENCY,
             op(move |i| {
-                let (raw, raw_keys) = (raw.clone(), Arc::clone(&raw_keys));
+                let shared = Arc::clone(&shared);
                 async move {
+                    let (raw, raw_keys) = &*shared;
                     let key = raw_keys[i as usize % TOKENS][0].clone();
                     let _: i64 = raw.exists(key).await?;
                     Ok(())
@@ -124,13 +128,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         )
     };
     let fk_check = |name: &str, store: &Revocations| {
-        let (store, claims) = (store.clone(), Arc::clone(&claims));
+        let shared = Arc::new((store.clone(), Arc::clone(&claims)));
         Contender::new(
             name,
             CONCURRENCY,
             op(move |i| {
-                let (store, claims) = (store.clone(), Arc::clone(&claims));
+                let shared = Arc::clone(&shared);
                 async move {
+                    let (store, claims) = &*shared;
                     let c = &claims[i as usize % TOKENS];
                     let revoked = store.check(c).await?;
                     if revoked != (i as usize % TOKENS % REVOKED_EVERY == 0) {
@@ -142,13 +147,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         )
     };
     let raw_pipeline = {
-        let (raw, raw_keys) = (raw.clone(), Arc::clone(&raw_keys));
+        let shared = Arc::new((raw.clone(), Arc::clone(&raw_keys)));
         Contender::new(
             "raw EXISTS+GET+GET pipeline",
             CONCURRENCY,
             op(move |i| {
-                let (raw, raw_keys) = (raw.clone(), Arc::clone(&raw_keys));
+                let shared = Arc::clone(&shared);
                 async move {
+                    let (raw, raw_keys) = &*shared;
                     let [jti, sub, org] = raw_keys[i as usize % TOKENS].clone();
                     let pipe = raw.pipeline();
                     let () = pipe.exists(jti).await?;
@@ -162,13 +168,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     };
 
     let conn_exists = {
-        let (raw, raw_keys) = (redis.client().clone(), Arc::clone(&raw_keys));
+        let shared = Arc::new((redis.client().clone(), Arc::clone(&raw_keys)));
         Contender::new(
             "raw EXISTS on the fredkit-conn client",
             CONCURRENCY,
             op(move |i| {
-                let (raw, raw_keys) = (raw.clone(), Arc::clone(&raw_keys));
+                let shared = Arc::clone(&shared);
                 async move {
+                    let (raw, raw_keys) = &*shared;
                     let key = raw_keys[i as usize % TOKENS][0].clone();
                     let _: i64 = raw.exists(key).await?;
                     Ok(())
