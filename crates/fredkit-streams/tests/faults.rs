@@ -195,3 +195,69 @@ async fn fault_restart_with_aof_loses_nothing_and_redelivers_no_acknowledged_ent
     .unwrap();
     restart_while_working(Deployment::Cluster(cluster)).await;
 }
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_client_kill_of_every_connection_while_working_loses_nothing() {
+    const TOTAL: u64 = 600;
+    let server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let keys = keys("client_kill");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let successes: Successes = Arc::default();
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        workers.push(start_worker(&redis, &keys, &successes).await);
+    }
+    let publisher = {
+        let producer = producer.clone();
+        tokio::spawn(async move {
+            for n in 0..TOTAL {
+                while producer.publish(&Job { n }).await.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20)).await;
+                }
+                if n % 20 == 0 {
+                    tokio::time::sleep(Duration::from_millis(5)).await;
+                }
+            }
+        })
+    };
+    let mut kills = 0;
+    while !publisher.is_finished() {
+        tokio::time::sleep(Duration::from_millis(60)).await;
+        // The workers' dedicated connections, the shared pool, everything.
+        let killed = server
+            .command(&["CLIENT", "KILL", "TYPE", "normal"])
+            .unwrap();
+        kills += killed.as_int().unwrap_or(0);
+    }
+    publisher.await.unwrap();
+    assert!(kills > 0, "connections were killed while working");
+    wait_until("every job handled, nothing pending", || {
+        let successes = Arc::clone(&successes);
+        let admin = admin.clone();
+        async move {
+            let mut jobs: Vec<u64> = successes
+                .lock()
+                .unwrap()
+                .values()
+                .map(|(n, _)| *n)
+                .collect();
+            jobs.sort_unstable();
+            jobs.dedup();
+            jobs.len() as u64 == TOTAL && matches!(admin.pending("g").await, Ok(p) if p.total == 0)
+        }
+    })
+    .await;
+    for w in workers {
+        w.shutdown().await;
+    }
+    let successes = successes.lock().unwrap().clone();
+    let duplicates: u32 = successes.values().map(|(_, c)| c - 1).sum();
+    assert!(
+        duplicates as usize <= 2 * 16,
+        "{duplicates} duplicate handlings"
+    );
+    assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
+    println!("connections killed: {kills}; duplicates: {duplicates}");
+}
