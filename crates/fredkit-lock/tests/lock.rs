@@ -855,3 +855,45 @@ async fn fault_cluster_master_paused_lock_fails_closed() {
         }
     }
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn semaphore_waiter_is_woken_by_release_not_by_polling(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_sem_wake");
+    let holder_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let waiter_m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let sem = holder_m.semaphore("one", 1).unwrap();
+    let permit = sem.acquire(&opts(30_000, 0)).await.unwrap().unwrap();
+    let o = LockOptions::builder()
+        .ttl(Duration::from_secs(5))
+        .wait(Duration::from_secs(8))
+        .poll_backoff(
+            Backoff::builder()
+                .initial(Duration::from_secs(20))
+                .max(Duration::from_secs(20))
+                .jitter(false)
+                .build()
+                .unwrap(),
+        )
+        .build()
+        .unwrap();
+    let wm = waiter_m.clone();
+    let waiter = tokio::spawn(async move {
+        let sem = wm.semaphore("one", 1).unwrap();
+        sem.acquire(&o).await.unwrap().map(|p| p.ttl())
+    });
+    until_contended(&waiter_m).await;
+    assert!(permit.release().await.unwrap());
+    let got = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(
+        got.is_some(),
+        "the semaphore waiter must be woken by the release"
+    );
+    assert!(waiter_m.metrics().wakeups >= 1);
+}
