@@ -15,7 +15,23 @@
 --          remaining, reset_after_us, retry_after_us (0 when not blocking)}
 -- The hash expires one window after the last admitted request: by then no
 -- admitted request is inside the sliding window any more, so forgetting the
--- counters only removes over-estimation.
+-- counters only removes over-estimation. reset_after and retry_after take
+-- that expiry into account (rounded up to the next millisecond boundary of
+-- the key's PTTL, so they are never short).
+-- Waits are computed relative to now: absolute server times in microseconds
+-- (~1.8e15) hold only quarter microseconds in a double, which would lose the
+-- rounding up of a fractional wait.
+
+-- How long until key k is gone (µs, rounded up to its next millisecond
+-- boundary), nil if it does not expire. Memoised: PTTL at most once per key.
+local gones = {}
+local function expiry(k)
+  if gones[k] == nil then
+    local ttl = redis.call('PTTL', k)
+    if ttl >= 0 then gones[k] = (ttl + 1) * 1000 else gones[k] = false end
+  end
+  return gones[k] or nil
+end
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
@@ -46,7 +62,7 @@ for i = 1, #KEYS do
   local j = 3 * i - 1
   out[j] = math.floor(quota - est)
   local reset = 0
-  if c > 0 then reset = s + 2 * win - now elseif p > 0 then reset = s + win - now end
+  if c > 0 then reset = (s - now) + 2 * win elseif p > 0 then reset = (s - now) + win end
   out[j + 2] = 0
   if cost > 0 and est + cost > quota then
     out[1] = 0
@@ -59,29 +75,38 @@ for i = 1, #KEYS do
       -- in the next window, where this window's count becomes the previous
       local at = 0
       if c > 0 and c + cost > quota then at = win * (1 - (quota - cost) / c) end
-      wait = (s + win + at) - now
+      wait = (s - now) + win + at
     end
     wait = math.ceil(wait)
-    local ttl = redis.call('PTTL', k)
-    if ttl >= 0 and (ttl + 1) * 1000 < wait then wait = (ttl + 1) * 1000 end
+    local gone = expiry(k)
+    if gone and gone < wait then wait = gone end
     if wait < 1 then wait = 1 end
     out[j + 2] = wait
   end
-  if reset > win then reset = win end
-  out[j + 1] = math.ceil(reset)
+  out[j + 1] = reset
 end
 if out[1] == 1 and cost > 0 then
   for i = 1, #KEYS do
     local k = KEYS[i]
     local win = tonumber(ARGV[2 * i + 1])
     local s, c, p = st[i][1], st[i][2], st[i][3]
+    local px = math.ceil(win / 1000)
     redis.call('HSET', k, 's', s, 'c', c + cost, 'p', p)
-    redis.call('PEXPIRE', k, math.ceil(win / 1000))
+    redis.call('PEXPIRE', k, px)
     local j = 3 * i - 1
     out[j] = out[j] - cost
-    local reset = s + 2 * win - now
-    if reset > win then reset = win end
-    out[j + 1] = math.ceil(reset)
+    local reset = (s - now) + 2 * win
+    if (px + 1) * 1000 < reset then reset = (px + 1) * 1000 end
+    out[j + 1] = reset
+  end
+else
+  -- Nothing written: the reset is also bounded by the key's expiry.
+  for i = 1, #KEYS do
+    local j = 3 * i - 1
+    if out[j + 1] > 0 then
+      local gone = expiry(KEYS[i])
+      if gone and gone < out[j + 1] then out[j + 1] = gone end
+    end
   end
 end
 return out
