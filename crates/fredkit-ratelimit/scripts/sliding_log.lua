@@ -17,6 +17,9 @@
 -- time removes the same members every time), so every member is unique,
 -- even for many requests in one microsecond and for cost > 1.
 -- A denied request only trims members that have left the window.
+-- Waits count from the server's now, also when the clock went back behind
+-- the newest member (a failover to a server whose clock is behind): a
+-- member scored m stops counting once now >= m + window.
 local t = redis.call('TIME')
 local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
@@ -38,13 +41,13 @@ for i = 1, #KEYS do
   local j = 3 * i - 1
   out[j] = quota - c
   out[j + 1] = 0
-  if c > 0 then out[j + 1] = last + win - tn end
+  if c > 0 then out[j + 1] = last + win - now end
   out[j + 2] = 0
   if cost > 0 and c + cost > quota then
     out[1] = 0
     local r = c + cost - quota - 1
     local m = redis.call('ZRANGE', k, r, r, 'WITHSCORES')
-    out[j + 2] = tonumber(m[2]) + win - tn
+    out[j + 2] = tonumber(m[2]) + win - now
   end
 end
 if out[1] == 1 and cost > 0 then
@@ -67,7 +70,7 @@ if out[1] == 1 and cost > 0 then
     redis.call('PEXPIRE', k, math.ceil(win / 1000))
     local j = 3 * i - 1
     out[j] = out[j] - cost
-    out[j + 1] = win
+    out[j + 1] = tn + win - now
   end
 end
 return out

@@ -210,3 +210,33 @@ async fn sliding_counter_rounds_fractional_waits_up(#[case] topology: Topology) 
     let (allowed, _) = sim.run(&state, now + denied[3], 90, quota, win).await;
     assert_eq!(allowed[0], 1, "{allowed:?}");
 }
+
+/// The sliding log never goes back in time for a key (a failover to a
+/// server whose clock is behind); its waits still count from the server's
+/// `now`, so they are honest there too.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn sliding_log_waits_are_honest_after_the_server_clock_went_back(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let sim = Sim::new(&redis, Algorithm::SlidingLog, "clock_back");
+    let (quota, win) = (2, 1_000_000);
+    let start: i64 = 1_796_031_733_000_000;
+    let (out, state) = sim.run(&Snapshot::empty(), start, 2, quota, win).await;
+    assert_eq!(out[0], 1);
+    // The clock is now 5 ms behind the newest entry.
+    let now = start - 5_000;
+    let (denied, _) = sim.run(&state, now, 1, quota, win).await;
+    assert_eq!(denied[0], 0, "{denied:?}");
+    let (retry, reset) = (denied[3], denied[2]);
+    let (again, _) = sim.run(&state, now + retry, 1, quota, win).await;
+    assert_eq!(again[0], 1, "denied after retry_after {retry}: {again:?}");
+    let (later, _) = sim.run(&state, now + reset, 0, quota, win).await;
+    assert_eq!(
+        later[1], quota,
+        "not full after reset_after {reset}: {later:?}"
+    );
+    let (before, _) = sim.run(&state, now + retry - 1, 1, quota, win).await;
+    assert_eq!(before[0], 0, "retry_after {retry} is longer than needed");
+}
