@@ -14,7 +14,6 @@ use fred::types::{ClusterHash, Key, Value};
 use fredkit_conn::{Dedicated, Redis};
 use fredkit_core::traits::{DistributedLock, LockLease};
 use fredkit_core::{Error, KeySpace, Result, Script};
-use rand::Rng;
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -23,7 +22,7 @@ use crate::guard::{self, LeaseState, LockGuard, LostSignal};
 use crate::metrics::{Counters, LockMetrics};
 use crate::options::{millis, LockOptions, MAX_TTL};
 use crate::semaphore::Semaphore;
-use crate::waiters::Waiters;
+use crate::waiters::{wait_for, Waited, Waiters};
 
 pub(crate) static ACQUIRE: Script =
     Script::new("lock_acquire", include_str!("../scripts/acquire.lua"));
@@ -293,54 +292,24 @@ impl LockManager {
             };
         }
 
-        let deadline = Instant::now() + opts.wait;
-        if let Err(e) = self
-            .inner
-            .waiters
-            .listen(&self.inner.redis, &self.inner.counters, opts.wait)
-            .await
-        {
-            tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
-        }
         let lock_key = String::from_utf8_lossy(keys.lock.as_bytes()).into_owned();
-        let registration = self.inner.waiters.register(&lock_key);
-        let mut polls = 0u32;
-        let mut tries = 0u32;
-        loop {
-            let notified = registration.slot.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let now = Instant::now();
-            let mode = if tries == 0 {
-                Mode::FirstWait
-            } else {
+        let waited = wait_for(&self.inner, &lock_key, opts, |t| {
+            let mode = if t.retry {
                 Mode::Retry
+            } else {
+                Mode::FirstWait
             };
-            tries += 1;
-            match self.try_grant(&keys, &token, opts, mode).await? {
-                Attempt::Granted(fence) => {
-                    tracing::Span::current().record("tries", tries);
-                    return Ok(Some(self.guard(resource, keys, token, fence, opts, now)));
-                }
-                Attempt::Held(left) => {
-                    Counters::add(&self.inner.counters.contended);
-                    let now = Instant::now();
-                    if now >= deadline {
-                        tracing::Span::current().record("tries", tries);
-                        Counters::add(&self.inner.counters.timed_out);
-                        return Ok(None);
-                    }
-                    let poll = opts.poll.delay(polls).max(Duration::from_millis(1));
-                    polls = polls.saturating_add(1);
-                    // Expiry of a crashed holder's lock, plus a little jitter
-                    // so that waiters do not all arrive at once.
-                    let jitter = Duration::from_micros(rand::thread_rng().gen_range(0..2_000));
-                    let sleep = (deadline - now).min(poll).min(left + jitter);
-                    tokio::select! {
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep(sleep) => {}
-                    }
-                }
+            self.try_grant(&keys, &token, opts, mode)
+        })
+        .await?;
+        match waited {
+            Waited::Granted { value, at, tries } => {
+                tracing::Span::current().record("tries", tries);
+                Ok(Some(self.guard(resource, keys, token, value, opts, at)))
+            }
+            Waited::TimedOut { tries } => {
+                tracing::Span::current().record("tries", tries);
+                Ok(None)
             }
         }
     }

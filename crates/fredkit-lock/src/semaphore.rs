@@ -7,13 +7,12 @@ use std::time::Duration;
 use fred::bytes_utils::Str;
 use fred::types::{Key, Value};
 use fredkit_core::{Error, Result, Script};
-use rand::Rng;
-use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::manager::{attempt_from, new_token, Attempt, Inner, LockManager};
 use crate::metrics::Counters;
 use crate::options::{millis, LockOptions};
+use crate::waiters::{wait_for, Waited};
 
 static SEM_ACQUIRE: Script = Script::new(
     "semaphore_acquire",
@@ -160,42 +159,14 @@ impl Semaphore {
                 }
             };
         }
-        let deadline = Instant::now() + opts.wait;
-        if let Err(e) = inner
-            .waiters
-            .listen(&inner.redis, &inner.counters, opts.wait)
-            .await
-        {
-            tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
-        }
-        let registration = inner
-            .waiters
-            .register(&String::from_utf8_lossy(self.wait_key.as_bytes()));
-        let mut polls = 0u32;
-        loop {
-            let notified = registration.slot.notify.notified();
-            tokio::pin!(notified);
-            notified.as_mut().enable();
-            let wait_ms = millis(deadline.saturating_duration_since(Instant::now())).max(1);
-            match self.attempt(&token, opts, wait_ms).await? {
-                Attempt::Granted(_) => return Ok(Some(self.permit(token, opts))),
-                Attempt::Held(left) => {
-                    Counters::add(&inner.counters.contended);
-                    let now = Instant::now();
-                    if now >= deadline {
-                        Counters::add(&inner.counters.timed_out);
-                        return Ok(None);
-                    }
-                    let poll = opts.poll.delay(polls).max(Duration::from_millis(1));
-                    polls = polls.saturating_add(1);
-                    let jitter = Duration::from_micros(rand::thread_rng().gen_range(0..2_000));
-                    let sleep = (deadline - now).min(poll).min(left + jitter);
-                    tokio::select! {
-                        _ = &mut notified => {}
-                        _ = tokio::time::sleep(sleep) => {}
-                    }
-                }
-            }
+        let key = String::from_utf8_lossy(self.wait_key.as_bytes()).into_owned();
+        let waited = wait_for(inner, &key, opts, |t| {
+            self.attempt(&token, opts, millis(t.remaining).max(1))
+        })
+        .await?;
+        match waited {
+            Waited::Granted { .. } => Ok(Some(self.permit(token, opts))),
+            Waited::TimedOut { .. } => Ok(None),
         }
     }
 

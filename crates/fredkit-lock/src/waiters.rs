@@ -18,7 +18,14 @@ use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::JoinHandle;
 
+use std::future::Future;
+
+use rand::Rng;
+use tokio::time::Instant;
+
+use crate::manager::{Attempt, Inner};
 use crate::metrics::Counters;
+use crate::options::LockOptions;
 
 /// Where local waiters of one key wait.
 #[derive(Debug, Default)]
@@ -190,6 +197,81 @@ async fn dispatch(
             }
             // Messages may have been lost: every waiter retries now.
             _ => w.wake_all(),
+        }
+    }
+}
+
+/// One try made by [`wait_for`]: whether it is a retry, and how long the
+/// caller keeps waiting from now.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct Try {
+    pub(crate) retry: bool,
+    pub(crate) remaining: Duration,
+}
+
+/// What [`wait_for`] ended with.
+pub(crate) enum Waited {
+    /// Granted (the attempt's value) by a try sent at `at`, after `tries` tries.
+    Granted { value: u64, at: Instant, tries: u32 },
+    /// Still busy at the deadline after `tries` tries.
+    TimedOut { tries: u32 },
+}
+
+/// The waiting loop shared by locks and semaphores: subscribe (once per
+/// manager, bounded by the wait), register under `key` (the name the
+/// release script publishes), then try until granted or `opts.wait` runs
+/// out, sleeping between tries until a wake-up, the holder's expiry (plus up
+/// to 2 ms jitter) or the fallback poll, whichever comes first.
+pub(crate) async fn wait_for<F, Fut>(
+    inner: &Inner,
+    key: &str,
+    opts: &LockOptions,
+    mut attempt: F,
+) -> Result<Waited>
+where
+    F: FnMut(Try) -> Fut,
+    Fut: Future<Output = Result<Attempt>>,
+{
+    let deadline = Instant::now() + opts.wait;
+    if let Err(e) = inner
+        .waiters
+        .listen(&inner.redis, &inner.counters, opts.wait)
+        .await
+    {
+        tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
+    }
+    let registration = inner.waiters.register(key);
+    let mut polls = 0u32;
+    let mut tries = 0u32;
+    loop {
+        // Enabled before the try: a wake-up arriving during it is kept.
+        let notified = registration.slot.notify.notified();
+        tokio::pin!(notified);
+        notified.as_mut().enable();
+        let at = Instant::now();
+        let this = Try {
+            retry: tries > 0,
+            remaining: deadline.saturating_duration_since(at),
+        };
+        tries += 1;
+        match attempt(this).await? {
+            Attempt::Granted(value) => return Ok(Waited::Granted { value, at, tries }),
+            Attempt::Held(left) => {
+                Counters::add(&inner.counters.contended);
+                let now = Instant::now();
+                if now >= deadline {
+                    Counters::add(&inner.counters.timed_out);
+                    return Ok(Waited::TimedOut { tries });
+                }
+                let poll = opts.poll.delay(polls).max(Duration::from_millis(1));
+                polls = polls.saturating_add(1);
+                let jitter = Duration::from_micros(rand::thread_rng().gen_range(0..2_000));
+                let sleep = (deadline - now).min(poll).min(left + jitter);
+                tokio::select! {
+                    _ = &mut notified => {}
+                    _ = tokio::time::sleep(sleep) => {}
+                }
+            }
         }
     }
 }
