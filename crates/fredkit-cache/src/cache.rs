@@ -2,7 +2,7 @@
 //! fail-safe, eager refresh and an optional coherent L1.
 
 use crate::envelope::{self, Stored};
-use crate::invalidation::{self, Inv, Invalidation};
+use crate::invalidation::{self, Inv};
 use crate::l1::{Local, Ticket, L1};
 use crate::metrics::{incr, CacheMetrics};
 use crate::options::CacheOptions;
@@ -233,7 +233,19 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// With invalidation on (the default) it subscribes to
     /// `prefix:invalidations` on `subscriber` (pass one to share its
     /// connection between caches; `None` opens a connection of its own) and
-    /// starts its publisher task. Costs one round trip (the `SUBSCRIBE`).
+    /// starts its publisher task.
+    ///
+    /// **Start-up never needs Redis.** The subscription is made by a
+    /// background task that retries with capped exponential backoff until
+    /// Redis confirms it. When the Redis handle is connected, `new` waits for
+    /// that confirmation (one round trip, at most the connect + command
+    /// timeouts) so L1 serves from the first call; when it is not (Redis down
+    /// or late at start-up), `new` returns at once. Until the subscription is
+    /// confirmed **L1 is off** — nothing is read from or stored into it —
+    /// because invalidations from other instances could be missed; reads go
+    /// to Redis, or to the factory while Redis is down. When it is confirmed,
+    /// L1 starts empty. [`is_ready`](Self::is_ready) and
+    /// [`wait_ready`](Self::wait_ready) tell when that happened.
     ///
     /// ```no_run
     /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
@@ -253,9 +265,8 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     ///
     /// # Errors
     ///
-    /// With invalidation on, a timeout or connection error when the
-    /// subscription is not confirmed within the command timeout (Redis
-    /// unreachable at start-up): retry, or build with invalidation off.
+    /// A config error from the breaker options. Never an error because Redis
+    /// is unreachable.
     pub async fn with_codec(
         redis: &Redis,
         codec: C,
@@ -274,16 +285,15 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let clustered = matches!(redis.config().topology(), Topology::Cluster(_));
         let (inv_tx, listener) = if options.invalidation {
             let channel = options.keys.key(["invalidations"]);
-            let owned;
-            let sub = match subscriber {
-                Some(s) => s,
-                None => {
-                    owned = Subscriber::new(redis).await?;
-                    &owned
-                }
+            let source = match subscriber {
+                Some(s) => invalidation::Source::Shared(s.clone()),
+                None => invalidation::Source::Own(redis.clone()),
             };
-            let subscription = sub.subscribe::<Invalidation>(&channel).await?;
-            let listener = tokio::spawn(invalidation::listen(Arc::clone(&local), subscription));
+            let listener = tokio::spawn(invalidation::subscribe_and_listen(
+                Arc::clone(&local),
+                source,
+                channel.clone(),
+            ));
             let (tx, rx) = mpsc::unbounded_channel();
             tokio::spawn(invalidation::publish_loop(
                 Publisher::new(redis),
@@ -292,8 +302,22 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 Arc::clone(&local),
                 rx,
             ));
+            // Redis answers: wait for the subscription as before, so L1
+            // serves from the first call. Redis not (yet) reachable: do not
+            // wait; the subscription is made in the background.
+            if fred::interfaces::ClientLike::is_connected(redis.client()) {
+                let limit = redis
+                    .config()
+                    .connect_timeout()
+                    .saturating_add(redis.config().command_timeout());
+                let mut ready = local.ready_rx();
+                let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r))
+                    .await
+                    .map(|r| r.map(|_| ()));
+            }
             (Some(tx), Some(listener))
         } else {
+            local.set_ready();
             (None, None)
         };
         Ok(Cache {
@@ -309,6 +333,45 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 listener,
             }),
         })
+    }
+
+    /// Whether the invalidation subscription is confirmed, so L1 (if on)
+    /// serves reads. Always `true` with invalidation off. Becomes `true` once
+    /// and stays so (later reconnects are handled by flushing L1, see the
+    /// [crate docs](crate)). One atomic load.
+    pub fn is_ready(&self) -> bool {
+        self.inner.local.is_ready()
+    }
+
+    /// Waits until [`is_ready`](Self::is_ready), at most `limit`. Useful after
+    /// starting with Redis down, or before a warm-up that should fill L1.
+    /// Works without it: until then reads skip L1.
+    ///
+    /// ```no_run
+    /// # async fn run(c: fredkit_cache::Cache<u64>) -> fredkit_core::Result<()> {
+    /// c.wait_ready(std::time::Duration::from_secs(5)).await?;
+    /// assert!(c.is_ready());
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when the
+    /// subscription is still not confirmed after `limit` (Redis unreachable);
+    /// the cache keeps working, without L1, and keeps trying.
+    pub async fn wait_ready(&self, limit: Duration) -> Result<()> {
+        let mut rx = self.inner.local.ready_rx();
+        let ready = matches!(
+            tokio::time::timeout(limit, rx.wait_for(|r| *r)).await,
+            Ok(Ok(_))
+        );
+        if ready {
+            Ok(())
+        } else {
+            Err(Error::timeout(format!(
+            "the cache's invalidation subscription was not confirmed within {limit:?} (is Redis reachable?); the cache works meanwhile, with L1 off"
+        )))
+        }
     }
 
     /// The options this cache was built with.

@@ -10,8 +10,9 @@
 
 use crate::l1::Local;
 use crate::metrics::incr;
-use fredkit_core::{CircuitBreaker, Error};
-use fredkit_pubsub::{Delivery, Publisher, Subscription};
+use fredkit_conn::Redis;
+use fredkit_core::{Backoff, CircuitBreaker, Error};
+use fredkit_pubsub::{Delivery, Publisher, Subscriber, Subscription};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
@@ -88,7 +89,72 @@ pub(crate) async fn publish_loop<V: Clone + Send + Sync + 'static>(
     }
 }
 
-pub(crate) async fn listen<V: Clone + Send + Sync + 'static>(
+/// Where the listener gets its subscription from.
+pub(crate) enum Source {
+    /// A subscriber shared with other caches.
+    Shared(Subscriber),
+    /// Open a subscriber connection of its own.
+    Own(Redis),
+}
+
+/// Subscribes to `channel` — retrying with backoff for as long as it takes
+/// (Redis down at start-up, subscribe not confirmed) — then lets L1 serve
+/// and listens. Until the subscription is confirmed L1 serves nothing, so no
+/// copy can outlive an invalidation this instance could not hear.
+pub(crate) async fn subscribe_and_listen<V: Clone + Send + Sync + 'static>(
+    local: Arc<Local<V>>,
+    source: Source,
+    channel: String,
+) {
+    let mut delays = Backoff::builder()
+        .initial(std::time::Duration::from_millis(50))
+        .max(std::time::Duration::from_secs(2))
+        .build()
+        .unwrap_or_default()
+        .iter();
+    let mut owned: Option<Subscriber> = None;
+    let mut attempt = 0u32;
+    let subscription = loop {
+        let sub = match (&source, &owned) {
+            (Source::Shared(s), _) => Ok(s.clone()),
+            (Source::Own(_), Some(s)) => Ok(s.clone()),
+            (Source::Own(redis), None) => Subscriber::new(redis).await,
+        };
+        let result = match sub {
+            Ok(sub) => {
+                let r = sub.subscribe::<Invalidation>(&channel).await;
+                if matches!(source, Source::Own(_)) {
+                    owned = Some(sub);
+                }
+                r
+            }
+            Err(e) => Err(e),
+        };
+        match result {
+            Ok(s) => break s,
+            Err(e) => {
+                attempt += 1;
+                if attempt == 1 {
+                    tracing::warn!(error = %e, channel, "fredkit-cache: invalidation subscription not confirmed; L1 stays off until it is, retrying in the background");
+                } else {
+                    tracing::debug!(error = %e, attempt, "fredkit-cache: invalidation subscribe retry failed");
+                }
+                let pause = delays.next().unwrap_or(std::time::Duration::from_secs(1));
+                tokio::time::sleep(pause).await;
+            }
+        }
+    };
+    if attempt > 0 {
+        tracing::info!(
+            attempt,
+            "fredkit-cache: invalidation subscription confirmed; L1 on"
+        );
+    }
+    local.set_ready();
+    listen(local, subscription).await;
+}
+
+async fn listen<V: Clone + Send + Sync + 'static>(
     local: Arc<Local<V>>,
     mut sub: Subscription<Invalidation>,
 ) {

@@ -6,9 +6,10 @@ use crate::metrics::{incr, Metrics};
 use crate::options::L1Options;
 use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::{Duration, Instant};
-use tokio::sync::Notify;
+use tokio::sync::{watch, Notify};
 
 const STRIPES: usize = 64;
 
@@ -41,6 +42,10 @@ pub(crate) struct L1<V> {
     /// cannot be put back into L1 after the invalidation removed it.
     stripes: Vec<Mutex<u64>>,
     hasher: RandomState,
+    /// False until the invalidation subscription is confirmed (or always
+    /// true with invalidation off): until then nothing is read from or put
+    /// into L1, since invalidations from other instances could be missed.
+    live: AtomicBool,
 }
 
 fn lock(m: &Mutex<u64>) -> MutexGuard<'_, u64> {
@@ -59,7 +64,21 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
             ttl: o.ttl,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             hasher: RandomState::new(),
+            live: AtomicBool::new(false),
         }
+    }
+
+    #[inline]
+    fn is_live(&self) -> bool {
+        self.live.load(Ordering::Acquire)
+    }
+
+    /// Starts serving: drops whatever is in L1 (bumping every epoch, so a
+    /// read that started before cannot insert its copy) and then lets reads
+    /// and inserts through.
+    pub(crate) fn go_live(&self) {
+        self.flush();
+        self.live.store(true, Ordering::Release);
     }
 
     fn stripe(&self, key: &str) -> &Mutex<u64> {
@@ -69,6 +88,9 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
 
     #[inline]
     pub(crate) fn get(&self, key: &str) -> Option<Arc<L1Entry<V>>> {
+        if !self.is_live() {
+            return None;
+        }
         self.cache.get(key)
     }
 
@@ -115,7 +137,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     ) {
         let e = self.entry(stored, now_ms, eager, ticket.started);
         let guard = lock(self.stripe(key));
-        if *guard == ticket.epoch {
+        if *guard == ticket.epoch && self.is_live() {
             self.cache.insert(key.to_string(), e);
         }
     }
@@ -131,7 +153,9 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         let e = self.entry(stored, now_ms, eager, Instant::now());
         let mut guard = lock(self.stripe(key));
         *guard = guard.wrapping_add(1);
-        self.cache.insert(key.to_string(), e);
+        if self.is_live() {
+            self.cache.insert(key.to_string(), e);
+        }
     }
 
     pub(crate) fn remove(&self, key: &str) {
@@ -158,6 +182,9 @@ pub(crate) struct Local<V> {
     /// Fill waiters of this process: at most one per key (the single flight's
     /// leader), woken when the key is written.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
+    /// True once the invalidation subscription is confirmed (at once with
+    /// invalidation off).
+    ready: watch::Sender<bool>,
 }
 
 impl<V: Clone + Send + Sync + 'static> Local<V> {
@@ -167,7 +194,26 @@ impl<V: Clone + Send + Sync + 'static> Local<V> {
             l1,
             metrics: Metrics::default(),
             waiters: Mutex::new(HashMap::new()),
+            ready: watch::channel(false).0,
         }
+    }
+
+    /// The invalidation subscription is confirmed (or there is none): L1
+    /// starts serving, from empty.
+    pub(crate) fn set_ready(&self) {
+        if let Some(l1) = &self.l1 {
+            l1.go_live();
+            tracing::debug!("fredkit-cache: L1 live");
+        }
+        self.ready.send_replace(true);
+    }
+
+    pub(crate) fn is_ready(&self) -> bool {
+        *self.ready.borrow()
+    }
+
+    pub(crate) fn ready_rx(&self) -> watch::Receiver<bool> {
+        self.ready.subscribe()
     }
 
     fn waiters(&self) -> MutexGuard<'_, HashMap<String, Arc<Notify>>> {

@@ -32,6 +32,10 @@
 //!   and a per-publisher sequence; a receiver that sees a gap in a sequence,
 //!   a pub/sub reconnect (`Gap`) or lag flushes its whole L1. The L1 TTL
 //!   bounds staleness whatever happens to pub/sub.
+//! - **Start-up never needs Redis**: [`Cache::new`] succeeds while Redis is
+//!   down or late; the invalidation subscription is retried in the
+//!   background, and L1 stays off (reads skip it) until Redis confirms it
+//!   ([`Cache::is_ready`], [`Cache::wait_ready`]).
 //! - **Garbage in**: an entry that does not decode is a miss: deleted,
 //!   logged as a warning, counted in [`CacheMetrics::decode_failures`].
 //! - **Circuit breaker** ([`fredkit_core::CircuitBreaker`]) around Redis

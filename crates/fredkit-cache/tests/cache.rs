@@ -632,6 +632,99 @@ impl Private {
     }
 }
 
+impl Private {
+    fn kill_all(&mut self) {
+        match self {
+            Private::Server(s) => s.kill().unwrap(),
+            Private::Cluster(c) => c.masters_mut().iter_mut().for_each(|m| m.kill().unwrap()),
+        }
+    }
+
+    fn restart_all(&mut self) {
+        match self {
+            Private::Server(s) => s.restart().unwrap(),
+            Private::Cluster(c) => {
+                c.masters_mut()
+                    .iter_mut()
+                    .for_each(|m| m.restart().unwrap());
+                c.wait_healthy(DEADLINE).unwrap();
+            }
+        }
+    }
+}
+
+/// Start-up with Redis down: `Cache::new` succeeds, `get_or_set` answers
+/// from the factory, and L1 serves nothing until the invalidation
+/// subscription is confirmed (made in the background once Redis is up);
+/// from then on L1 invalidation between two instances works.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cache_starts_with_redis_down_and_turns_l1_on_once_subscribed_after_restart(
+    #[case] topology: Topology,
+) {
+    let mut deployment = Private::start(topology);
+    deployment.kill_all();
+    // Lazy connect: the handles are made while nothing listens.
+    let ra = Redis::from_url(&deployment.url()).await.unwrap();
+    let rb = Redis::from_url(&deployment.url()).await.unwrap();
+    let p = prefix("startdown");
+    let o = || {
+        outage_opts(&p)
+            .ttl(Duration::from_secs(60))
+            .l1(L1Options::new().ttl(Duration::from_secs(60)))
+            .build()
+            .unwrap()
+    };
+    let a: Cache<Item> = tokio::time::timeout(DEADLINE, Cache::new(&ra, o()))
+        .await
+        .expect("Cache::new hung with Redis down")
+        .expect("Cache::new failed with Redis down");
+    let b: Cache<Item> = tokio::time::timeout(DEADLINE, Cache::new(&rb, o()))
+        .await
+        .expect("Cache::new hung with Redis down")
+        .expect("Cache::new failed with Redis down");
+    assert!(!a.is_ready() && !b.is_ready());
+
+    // Redis down, L1 not live: every call is the factory's (an L1 copy of
+    // the first value would answer the second call).
+    for v in 1..=3 {
+        assert_eq!(
+            a.get_or_set("k", move || async move { item(v) })
+                .await
+                .unwrap(),
+            item(v)
+        );
+    }
+    assert_eq!(a.metrics().factory_calls, 3);
+    assert_eq!(a.metrics().l1_hits, 0);
+    assert!(a.wait_ready(Duration::from_millis(50)).await.is_err());
+
+    deployment.restart_all();
+    a.wait_ready(DEADLINE).await.unwrap();
+    b.wait_ready(DEADLINE).await.unwrap();
+    assert!(a.is_ready() && b.is_ready());
+
+    // Writes resume (once A's breaker lets them through), and B follows A.
+    let seen = b.metrics().invalidations_received;
+    assert!(
+        eventually(DEADLINE, || async { a.set("k", &item(10)).await.is_ok() }).await,
+        "writes did not resume after the restart"
+    );
+    hold_l1_copy(&b, seen, "k", &item(10)).await;
+    for v in 11..14 {
+        a.set("k", &item(v)).await.unwrap();
+        assert!(
+            eventually(Duration::from_secs(1), || async {
+                b.get("k").await.unwrap() == Some(item(v))
+            })
+            .await,
+            "B still serves an old value 1 s after A wrote {v}"
+        );
+    }
+}
+
 #[rstest]
 #[case::standalone(Topology::Standalone)]
 #[case::cluster(Topology::Cluster)]

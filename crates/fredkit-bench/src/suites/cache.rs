@@ -130,6 +130,8 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             .build()
     };
     let l1_arc: FkCache<Arc<Product>> = FkCache::new(&redis, l1_opts()?).await?;
+    // L1 serves once the invalidation subscription is confirmed.
+    l1_arc.wait_ready(Duration::from_secs(10)).await?;
     l1_arc.set("hot", &Arc::new(product(2))).await?;
     let l1_arc_ops = l1_hits_per_sec(l1_arc.clone(), window).await?;
     report.ops(
@@ -138,6 +140,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "Cache<Arc<T>>::get answered by L1, one thread (moka lookup + Arc clone)",
     );
     let l1_owned: FkCache<Product> = FkCache::new(&redis, l1_opts()?).await?;
+    l1_owned.wait_ready(Duration::from_secs(10)).await?;
     l1_owned.set("hot", &product(2)).await?;
     let l1_owned_ops = l1_hits_per_sec(l1_owned.clone(), window).await?;
     report.ops(
