@@ -75,7 +75,10 @@ const FAIL_CLOSED_RETRY: Duration = Duration::from_secs(1);
 /// caller chose ([`Outcome::fallback`] says so): allowed for
 /// [`FailMode::Open`], denied for [`FailMode::Closed`]. The breaker
 /// ([`LimiterBuilder::breaker`]) stops sending checks to a dead server, so an
-/// outage costs a timeout only until it opens. Errors are left for misuse
+/// outage costs a timeout only until it opens. A check that timed out had
+/// been sent: a stalled server may still run it when it recovers, so its
+/// cost may end up consumed although the caller got the fail mode's answer
+/// (a fail-closed denial included). Errors are left for misuse
 /// (`InvalidInput`: a cost above a limit, an empty identity) and for Redis
 /// answering something unexpected (`Script`, `Protocol`: for example a key
 /// of this limiter overwritten with another type).

@@ -715,3 +715,81 @@ async fn a_foreign_value_in_a_limiter_key_is_an_error_not_a_fallback(#[case] top
         fredkit_core::BreakerState::Closed
     );
 }
+
+/// With the server (every cluster master) frozen by SIGSTOP — connections
+/// stay open, nothing is answered — a check does not hang: it returns the
+/// fail mode's decision once the limiter's timeout (or, without one, the
+/// connection's command timeout) runs out, then the breaker answers without
+/// waiting; after the server resumes and the breaker's pause ends, Redis
+/// decides again.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_server_checks_return_the_fail_mode_decision(#[case] topology: Topology) {
+    let deployment = Deployment::start(topology);
+    let redis = connect(&deployment.url()).await.unwrap();
+    let limiter = |mode: FailMode, timeout: Option<Duration>| {
+        let breaker = CircuitBreaker::builder()
+            .minimum_throughput(2)
+            .break_duration(Duration::from_millis(300))
+            .build()
+            .unwrap();
+        let mut b = Limiter::builder(&redis, "paused")
+            .limit(Limit::gcra(5, HOUR))
+            .fail_mode(mode)
+            .breaker(breaker);
+        if let Some(t) = timeout {
+            b = b.timeout(t);
+        }
+        b.build().unwrap()
+    };
+    let open = limiter(FailMode::Open, None);
+    let closed = limiter(FailMode::Closed, Some(Duration::from_millis(200)));
+    assert!(open.check("u", 2).await.unwrap().allowed);
+    assert!(closed.check("v", 2).await.unwrap().allowed);
+
+    for node in deployment.nodes() {
+        node.pause().unwrap();
+    }
+    // Not a timing assertion: a generous bound that only a hang exceeds.
+    let bounded = Duration::from_secs(10);
+    for _ in 0..4 {
+        let o = tokio::time::timeout(bounded, open.check_all("u", 1))
+            .await
+            .expect("a check hung on a paused server")
+            .unwrap();
+        assert!(o.allowed() && o.fallback() == Some(FailMode::Open), "{o:?}");
+        let o = tokio::time::timeout(bounded, closed.check_all("v", 1))
+            .await
+            .expect("a check hung on a paused server")
+            .unwrap();
+        assert!(
+            !o.allowed() && o.fallback() == Some(FailMode::Closed),
+            "{o:?}"
+        );
+        assert!(o.decision().retry_after.unwrap() > Duration::ZERO);
+    }
+    assert_eq!(open.metrics().fail_open, 4);
+    assert_eq!(closed.metrics().fail_closed, 4);
+    assert_eq!(open.breaker().state(), fredkit_core::BreakerState::Open);
+
+    for node in deployment.nodes() {
+        node.resume().unwrap();
+    }
+    // Redis decides again (the breaker lets a trial through after 300 ms).
+    let mut decided = None;
+    for _ in 0..100 {
+        let o = open.check_all("u", 0).await.unwrap();
+        if o.fallback().is_none() {
+            decided = Some(o.decision());
+            break;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let d = decided.expect("Redis never answered again after the server resumed");
+    // 2 consumed before the freeze. The checks that timed out had been sent:
+    // the server ran them when it resumed, so they may have consumed too
+    // (documented on `LimiterBuilder::timeout`), never more than the burst.
+    assert!(d.remaining <= 3, "{d:?}");
+}
