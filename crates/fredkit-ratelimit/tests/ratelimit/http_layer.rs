@@ -269,3 +269,47 @@ async fn fault_server_killed_layers_fail_open_and_fail_closed(#[case] topology: 
     assert!(!d.allowed && d.retry_after.unwrap() > Duration::ZERO);
     assert!(open.check("anyone", 1).await.unwrap().allowed);
 }
+
+/// A key extractor that yields an empty key (a closure reading an empty
+/// header, say) gets the missing-key status: it is not a limiter error that
+/// a fail-open limiter would wave through unlimited.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_is_refused_not_let_through_by_fail_open(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_layer_empty");
+    let limiter = Limiter::builder(&redis, prefix.trim_end_matches(':'))
+        .limit(Limit::fixed_window(1, HOUR))
+        .fail_mode(FailMode::Open)
+        .build()
+        .unwrap();
+    let app = router(RateLimitLayer::new(
+        limiter.clone(),
+        key_fn(|req: &Request<Body>| {
+            let user = req.headers().get("x-user")?;
+            Some(user.to_str().unwrap_or_default().to_string())
+        }),
+    ));
+    let as_user = |user: &str| {
+        Request::builder()
+            .uri("/")
+            .header("x-user", user)
+            .body(Body::empty())
+            .unwrap()
+    };
+    assert_eq!(send(&app, as_user("ann")).await.status(), StatusCode::OK);
+    assert_eq!(
+        send(&app, as_user("ann")).await.status(),
+        StatusCode::TOO_MANY_REQUESTS
+    );
+    for _ in 0..3 {
+        assert_eq!(
+            send(&app, as_user("")).await.status(),
+            StatusCode::BAD_REQUEST
+        );
+    }
+    let m = limiter.metrics();
+    assert_eq!((m.fail_open, m.errors), (0, 0), "{m:?}");
+}
