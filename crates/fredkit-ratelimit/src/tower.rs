@@ -49,8 +49,9 @@
 //! the request through, closed answers 429. Any other limiter error (a
 //! script or protocol error) is logged and handled the same way, so the
 //! layer never turns a Redis problem into a 500. A request the extractor
-//! finds no key for gets [`missing_key_status`](RateLimitLayer::missing_key_status)
-//! (400 by default).
+//! finds no key (or an empty one) for gets
+//! [`missing_key_status`](RateLimitLayer::missing_key_status) (400 by
+//! default).
 //!
 //! # Cancellation
 //!
@@ -76,8 +77,9 @@ pub use crate::client_ip::ClientIp;
 
 /// Derives the rate-limit key (the identity) of a request.
 ///
-/// `None` means the request cannot be identified; the layer answers it with
-/// [`RateLimitLayer::missing_key_status`] without calling the inner service.
+/// `None` (or an empty key) means the request cannot be identified; the
+/// layer answers it with [`RateLimitLayer::missing_key_status`] without
+/// calling the inner service.
 pub trait KeyExtractor<B>: Clone + Send + Sync + 'static {
     /// The key of `req`.
     fn extract(&self, req: &Request<B>) -> Option<String>;
@@ -215,7 +217,8 @@ impl<K> RateLimitLayer<K> {
         self
     }
 
-    /// The status for requests the extractor finds no key for. Default
+    /// The status for requests the extractor finds no key (or an empty
+    /// one) for. Default
     /// `400 Bad Request`.
     pub fn missing_key_status(mut self, status: StatusCode) -> Self {
         self.options.missing_key = status;
@@ -268,7 +271,9 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let limiter = self.limiter.clone();
         let options = Arc::clone(&self.options);
-        let key = self.extractor.extract(&req);
+        // An empty key would be a limiter error, which the fail mode handles:
+        // a fail-open limiter would let it through unlimited. It is no key.
+        let key = self.extractor.extract(&req).filter(|k| !k.is_empty());
         Box::pin(async move {
             let Some(key) = key else {
                 let mut res = Response::new(ResBody::from("request has no rate-limit key"));
