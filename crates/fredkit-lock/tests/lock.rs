@@ -61,13 +61,18 @@ async fn mutual_exclusion_16_tasks_2_managers_count_exactly_1600(#[case] topolog
     let url = shared_url(topology).unwrap();
     let p = prefix("lock_mutex");
     // Two managers, each on its own connection, like two processes.
+    // A generous command timeout: on a loaded 2-core box a command can take
+    // more than the default 1 s, and such an error says nothing about the lock.
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}command_timeout=5s");
     let managers = [
         LockManager::new(&connect(&url).await, &p).unwrap(),
         LockManager::new(&connect(&url).await, &p).unwrap(),
     ];
     let counter_client = connect(&url).await;
     let counter = format!("{p}:counter");
-    let o = opts(5_000, 30_000);
+    // Longer than any GET + SET can take, so mutual exclusion is the lock's alone.
+    let o = opts(20_000, 60_000);
     let mut tasks = Vec::new();
     for t in 0..16 {
         let m = managers[t % 2].clone();
