@@ -57,8 +57,9 @@ pub struct ShutdownReport {
     /// Handlers cancelled because the shutdown deadline passed (their entries
     /// stay pending and are redelivered to another worker after `min_idle`).
     pub abandoned: u64,
-    /// Successfully handled entries whose `XACK` could not be sent before the
-    /// deadline: they stay pending and will be delivered again (the
+    /// Successfully handled entries whose `XACK` the worker gave up on (still
+    /// failing at the shutdown deadline, or refused by Redis) over its whole
+    /// life: they stay pending and will be delivered again (the
     /// at-least-once case).
     pub unacked: u64,
     /// Whether the consumer was removed from the group (only a generated,
@@ -920,6 +921,10 @@ async fn ack_loop<T, C>(
     stop_rx: watch::Receiver<bool>,
 ) {
     let mut batch: Vec<StreamId> = Vec::new();
+    // Every id given up on over the worker's life (not only those of the
+    // last flush): an acknowledgement abandoned while the shutdown began
+    // must show up in the report too.
+    let mut lost: u64 = 0;
     while let Some(first) = rx.recv().await {
         // Everything queued while the previous XACK was in flight goes in
         // this one (up to ack_batch ids).
@@ -939,7 +944,6 @@ async fn ack_loop<T, C>(
             next = rx.try_recv().ok();
         }
         let deadline = close.as_ref().map(|(d, _)| *d);
-        let mut lost = 0;
         for chunk in batch.chunks(ctx.config.ack_batch) {
             if !ack(&ctx, chunk, deadline, &stop_rx).await {
                 lost += chunk.len() as u64;

@@ -4,12 +4,14 @@
 
 mod common;
 
-use std::collections::HashMap;
+use std::collections::{HashMap, HashSet};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{connect, fast, keys, pending, wait_until, Job};
+use fred::interfaces::StreamsInterface;
+use fred::types::Value;
 use fredkit_conn::Redis;
 use fredkit_streams::{Message, Producer, StreamAdmin, StreamId, StreamKeys, Worker};
 use fredkit_testkit::{key_slot, ClusterOptions, RedisCluster, RedisServer, ServerOptions};
@@ -260,4 +262,177 @@ async fn fault_client_kill_of_every_connection_while_working_loses_nothing() {
     );
     assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
     println!("connections killed: {kills}; duplicates: {duplicates}");
+}
+
+/// A server frozen with SIGSTOP while a worker acknowledges through its
+/// background acknowledger: shutdown during the pause must not hang, every
+/// handled entry it leaves pending is in the report's `unacked`, and a second
+/// worker then finishes everything (nothing lost).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_server_shutdown_is_bounded_reports_handled_but_unacked_entries_and_loses_nothing(
+) {
+    const TOTAL: u64 = 400;
+    let server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let keys = keys("paused");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let successes: Successes = Arc::default();
+    let record = Arc::clone(&successes);
+    // Handlers that wait a little: batches run as tasks and their successes
+    // go through the background acknowledger.
+    let w1 = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g")
+            .concurrency(16)
+            .count(16)
+            .shutdown_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap(),
+        move |m: Message<Job>| {
+            let record = Arc::clone(&record);
+            async move {
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                let mut s = record.lock().unwrap();
+                s.entry(m.id.clone()).or_insert((m.payload.n, 0)).1 += 1;
+                Ok::<(), String>(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    for r in producer
+        .publish_batch(&(0..TOTAL).map(|n| Job { n }).collect::<Vec<_>>())
+        .await
+    {
+        r.unwrap();
+    }
+    wait_until("some jobs handled", || {
+        let successes = Arc::clone(&successes);
+        async move { successes.lock().unwrap().len() >= 50 }
+    })
+    .await;
+    server.pause().unwrap();
+    // Let acknowledgements pile up and fail against the frozen server.
+    tokio::time::sleep(Duration::from_millis(1500)).await;
+    let report = tokio::time::timeout(Duration::from_secs(30), w1.shutdown())
+        .await
+        .expect("shutdown hung while the server was paused");
+    server.resume().unwrap();
+    // Entries pending now that a handler had finished must be the report's
+    // `unacked`. (A read that timed out during the pause may also have
+    // delivered entries to nobody once the server woke up: those were never
+    // handled and come back through XAUTOCLAIM below.)
+    let detail: Value = redis
+        .client()
+        .xpending(keys.stream(), "g", ("-", "+", 10_000))
+        .await
+        .unwrap();
+    let handled_ids: HashSet<StreamId> = successes.lock().unwrap().keys().cloned().collect();
+    let mut handled_but_pending = 0;
+    for item in detail.into_array() {
+        let id = item.into_array().into_iter().next().unwrap();
+        let id = StreamId::new(id.as_string().unwrap());
+        if handled_ids.contains(&id) {
+            handled_but_pending += 1;
+        }
+    }
+    assert!(
+        handled_but_pending <= report.unacked,
+        "{handled_but_pending} handled entries pending after the shutdown, but the report \
+         accounts for only {} unacknowledged: {report:?}",
+        report.unacked,
+    );
+
+    let record = Arc::clone(&successes);
+    let w2 = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").build().unwrap(),
+        move |m: Message<Job>| {
+            let mut s = record.lock().unwrap();
+            s.entry(m.id.clone()).or_insert((m.payload.n, 0)).1 += 1;
+            async { Ok::<(), String>(()) }
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("every job handled, nothing pending", || {
+        let successes = Arc::clone(&successes);
+        let admin = admin.clone();
+        async move {
+            successes.lock().unwrap().len() as u64 == TOTAL
+                && matches!(admin.pending("g").await, Ok(p) if p.total == 0)
+        }
+    })
+    .await;
+    w2.shutdown().await;
+    assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
+    println!("first worker's report: {report:?}");
+}
+
+/// Acknowledgements Redis refuses for good (here: an ACL without `XACK`)
+/// leave the entries pending, and the shutdown report counts every one of
+/// them, including those the background acknowledger gave up on before the
+/// shutdown began.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_refused_acknowledgements_are_all_counted_as_unacked_in_the_report() {
+    const N: u64 = 40;
+    let server = RedisServer::start().unwrap();
+    server
+        .command(&[
+            "ACL", "SETUSER", "noack", "on", ">pw", "~*", "&*", "+@all", "-xack",
+        ])
+        .unwrap();
+    let admin_redis = connect(&server.url()).await;
+    let url = server.url().replacen("redis://", "redis://noack:pw@", 1);
+    let redis = connect(&url).await;
+    let keys = keys("refused_ack");
+    let admin = StreamAdmin::new(&admin_redis, keys.clone());
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&handled);
+    // Handlers that wait: their batches run as tasks and acknowledge through
+    // the background acknowledger.
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").concurrency(8).count(8).build().unwrap(),
+        move |_m: Message<Job>| {
+            let h = Arc::clone(&h);
+            async move {
+                tokio::time::sleep(Duration::from_millis(5)).await;
+                h.fetch_add(1, Ordering::SeqCst);
+                Ok::<(), String>(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let producer = Producer::<Job>::new(&admin_redis, keys.clone());
+    for r in producer
+        .publish_batch(&(0..N).map(|n| Job { n }).collect::<Vec<_>>())
+        .await
+    {
+        r.unwrap();
+    }
+    wait_until("every job handled and its XACK refused", || {
+        let handled = Arc::clone(&handled);
+        let m = worker.metrics();
+        async move {
+            handled.load(Ordering::SeqCst) == N
+                && m.ack_errors > 0
+                && m.ack_calls == m.ack_errors
+                && m.handled == N
+        }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    assert_eq!(report.metrics.acked, 0);
+    assert_eq!(pending(&admin, "g").await, N, "nothing was acknowledged");
+    assert_eq!(
+        report.unacked, N,
+        "every handled entry left pending is in the report: {report:?}"
+    );
+    assert!(!report.consumer_removed);
 }
