@@ -39,7 +39,8 @@
 //! - On 429: `Retry-After: <seconds>` (rounded up, at least 1).
 //! - With [`x_ratelimit_headers(true)`](RateLimitLayer::x_ratelimit_headers):
 //!   `X-RateLimit-Limit`, `X-RateLimit-Remaining` and `X-RateLimit-Reset`
-//!   (seconds until reset, rounded up) of the binding limit.
+//!   (seconds until reset, rounded up) of the binding limit; on fail-mode
+//!   decisions only `X-RateLimit-Limit`.
 //! - [`draft_headers(false)`](RateLimitLayer::draft_headers) turns the two
 //!   draft headers off.
 //!
@@ -361,6 +362,10 @@ fn write_headers(headers: &mut HeaderMap, limiter: &Limiter, outcome: &Outcome, 
             HeaderName::from_static("x-ratelimit-limit"),
             HeaderValue::from(d.limit),
         );
+        if outcome.fallback().is_some() {
+            // Redis was not asked: no made-up counts.
+            return;
+        }
         headers.insert(
             HeaderName::from_static("x-ratelimit-remaining"),
             HeaderValue::from(d.remaining),

@@ -222,7 +222,8 @@ fn fault_limiter(redis: &Redis, mode: FailMode) -> Limiter {
 }
 
 /// With the private server (or every cluster master) killed: the fail-open
-/// app keeps answering 200 (policy header, no made-up `RateLimit` counts),
+/// app keeps answering 200 (policy header and `X-RateLimit-Limit`, no
+/// made-up `RateLimit` or `X-RateLimit-Remaining/Reset` counts),
 /// the fail-closed app answers 429 with Retry-After; both breakers open, so
 /// later requests no longer wait for Redis.
 #[rstest]
@@ -234,8 +235,10 @@ async fn fault_server_killed_layers_fail_open_and_fail_closed(#[case] topology: 
     let redis = connect(&deployment.url()).await.unwrap();
     let open = fault_limiter(&redis, FailMode::Open);
     let closed = fault_limiter(&redis, FailMode::Closed);
-    let app_open = router(RateLimitLayer::new(open.clone(), ClientIp::new()));
-    let app_closed = router(RateLimitLayer::new(closed.clone(), ClientIp::new()));
+    let app_open =
+        router(RateLimitLayer::new(open.clone(), ClientIp::new()).x_ratelimit_headers(true));
+    let app_closed =
+        router(RateLimitLayer::new(closed.clone(), ClientIp::new()).x_ratelimit_headers(true));
 
     for app in [&app_open, &app_closed] {
         let res = send(app, from_ip([192, 0, 2, 1])).await;
@@ -253,9 +256,22 @@ async fn fault_server_killed_layers_fail_open_and_fail_closed(#[case] topology: 
             Some("\"default\";q=100;w=3600")
         );
         assert!(header(&res, "ratelimit").is_none(), "no made-up counts");
+        assert_eq!(header(&res, "x-ratelimit-limit"), Some("100"));
+        assert!(
+            header(&res, "x-ratelimit-remaining").is_none(),
+            "no made-up counts"
+        );
+        assert!(
+            header(&res, "x-ratelimit-reset").is_none(),
+            "no made-up counts"
+        );
 
         let res = send(&app_closed, from_ip([192, 0, 2, 1])).await;
         assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+        assert!(
+            header(&res, "x-ratelimit-remaining").is_none(),
+            "no made-up counts"
+        );
         let retry: u64 = header(&res, "retry-after").unwrap().parse().unwrap();
         assert!(retry >= 1);
     }
