@@ -239,18 +239,18 @@ async fn watchdog_holder_paused_past_ttl_is_marked_lost(#[case] topology: Topolo
             let redis = connect(&holder_url).await;
             let m = LockManager::new(&redis, &holder_prefix).unwrap();
             let o = LockOptions::builder()
-                .ttl(Duration::from_millis(300))
+                .ttl(Duration::from_millis(600))
                 .watchdog(true)
                 .build()
                 .unwrap();
             let guard = m.acquire("job", &o).await.unwrap().unwrap();
             // Renewals work while the holder runs.
-            tokio::time::sleep(Duration::from_millis(700)).await;
+            tokio::time::sleep(Duration::from_millis(1_300)).await;
             assert!(!guard.is_lost());
             assert!(m.metrics().renewals >= 1);
             acquired_tx.send(guard.fencing_token()).unwrap();
             // The stall: nothing on this runtime runs, the watchdog neither.
-            std::thread::sleep(Duration::from_millis(1_200));
+            std::thread::sleep(Duration::from_millis(2_000));
             let lost = tokio::time::timeout(Duration::from_secs(5), guard.lost())
                 .await
                 .is_ok();
@@ -294,7 +294,7 @@ async fn watchdog_keeps_lock_for_3_ttls_and_it_frees_within_a_ttl_after_holder_a
     let p = prefix("lock_watchdog");
     let holder_m = LockManager::new(&connect(&url).await, &p).unwrap();
     let other = LockManager::new(&connect(&url).await, &p).unwrap();
-    let ttl = Duration::from_millis(300);
+    let ttl = Duration::from_millis(600);
     let o = LockOptions::builder()
         .ttl(ttl)
         .watchdog(true)
