@@ -1,9 +1,11 @@
 -- replay: move the oldest dead letters back to the stream, atomically per
 -- entry: XADD the original fields (payload and headers, without the dlq.*
--- fields) plus dlq.replayed_from = the original entry id, then XDEL the dead
--- letter. Every consumer group of the stream sees the replayed entry as a
--- new entry. Dead letters whose original entry was missing (dlq.missing, no
--- payload) cannot be replayed and stay where they are.
+-- fields) plus dlq.replayed_from = the original entry id and
+-- dlq.replay_group = the group that dead-lettered it, then XDEL the dead
+-- letter. Every consumer group reads the replayed entry; workers of the other
+-- groups (which handled the original already) acknowledge it without
+-- handling it. Dead letters whose original entry was missing (dlq.missing,
+-- no payload) cannot be replayed and stay where they are.
 --
 -- KEYS[1]  the dead-letter stream
 -- KEYS[2]  the stream (same hash tag as KEYS[1])
@@ -25,11 +27,14 @@ for _, e in ipairs(entries) do
   end
   table.insert(args, '*')
   local original = nil
+  local group = nil
   local has_payload = false
   for i = 1, #fields, 2 do
     local name = fields[i]
     if name == 'dlq.id' then
       original = fields[i + 1]
+    elseif name == 'dlq.group' then
+      group = fields[i + 1]
     elseif string.sub(name, 1, 4) ~= 'dlq.' then
       if name == 'payload' then
         has_payload = true
@@ -41,6 +46,10 @@ for _, e in ipairs(entries) do
   if has_payload then
     table.insert(args, 'dlq.replayed_from')
     table.insert(args, original or e[1])
+    if group then
+      table.insert(args, 'dlq.replay_group')
+      table.insert(args, group)
+    end
     table.insert(ids, redis.call('XADD', unpack(args)))
     redis.call('XDEL', KEYS[1], e[1])
     replayed = replayed + 1

@@ -364,10 +364,14 @@ impl StreamAdmin {
 
     /// Moves up to `count` of the oldest dead letters back to the stream, in
     /// one script: each is appended as a new entry (original payload and
-    /// headers, plus `dlq.replayed_from` = its original id) and removed from
-    /// the dead-letter stream, atomically. Every consumer group sees the
-    /// replayed entries as new. Dead letters without a payload stay (and are
-    /// counted as skipped). The stream is not trimmed by a replay.
+    /// headers, plus `dlq.replayed_from` = its original id and
+    /// `dlq.replay_group` = the group that dead-lettered it) and removed from
+    /// the dead-letter stream, atomically. Only that group handles the
+    /// replay: the workers of the stream's other groups, which handled the
+    /// original already, read it and acknowledge it without running their
+    /// handler ([`WorkerSnapshot::skipped_replays`](crate::WorkerSnapshot::skipped_replays)).
+    /// Dead letters without a payload stay (and are counted as skipped). The
+    /// stream is not trimmed by a replay.
     ///
     /// # Errors
     ///

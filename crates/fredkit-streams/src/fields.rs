@@ -12,6 +12,12 @@ pub const TRACE_ID_HEADER: &str = "trace_id";
 /// history (`dlq.id`, `dlq.error`, ...).
 pub const RESERVED_PREFIX: &str = "dlq.";
 
+/// Header of a replayed dead letter: its original entry id.
+pub(crate) const REPLAYED_FROM: &str = "dlq.replayed_from";
+/// Header of a replayed dead letter: the consumer group that dead-lettered
+/// it, the only group whose workers handle the replay.
+pub(crate) const REPLAY_GROUP: &str = "dlq.replay_group";
+
 /// Rejects header names fredkit reserves for its own fields.
 pub(crate) fn check_header(name: &str) -> Result<()> {
     if name == PAYLOAD_FIELD || name.starts_with(RESERVED_PREFIX) {

@@ -56,7 +56,10 @@
 //!   time dead-letters it with the handler's error. An entry reclaimed with
 //!   a delivery count above `max_deliveries` (its consumers kept crashing)
 //!   is dead-lettered by the claim itself. A payload that does not decode
-//!   is dead-lettered at once with the decode error.
+//!   is dead-lettered at once with the decode error. A dead letter replayed
+//!   with [`StreamAdmin::replay_dead_letters`] is handled again only by the
+//!   group that dead-lettered it (the other groups' workers acknowledge it
+//!   without running their handler).
 //! - **At least once, and exactly once per success in the normal case.**
 //!   A successful handling is acknowledged right after the handler returns
 //!   (acknowledgements are batched: the ids that finished while the previous
@@ -97,7 +100,9 @@
 //! Field `payload` holds the encoded value; every other field is a header
 //! (`type`, `trace_id`, your own). `payload` and names starting with `dlq.`
 //! are reserved. A dead letter holds the original fields plus `dlq.id`,
-//! `dlq.group`, `dlq.consumer`, `dlq.deliveries`, `dlq.error` and `dlq.at`.
+//! `dlq.group`, `dlq.consumer`, `dlq.deliveries`, `dlq.error` and `dlq.at`
+//! (and `dlq.missing` when the entry had been trimmed away); a replayed one
+//! carries `dlq.replayed_from` and `dlq.replay_group`.
 //!
 //! # Observability
 //!

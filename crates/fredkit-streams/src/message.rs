@@ -1,6 +1,6 @@
 //! [`Message`]: what a handler receives.
 
-use crate::fields::{TRACE_ID_HEADER, TYPE_HEADER};
+use crate::fields::{REPLAYED_FROM, TRACE_ID_HEADER, TYPE_HEADER};
 use crate::keys::StreamId;
 
 /// One delivery of a stream entry to a [`Worker`](crate::Worker) handler.
@@ -16,7 +16,8 @@ pub struct Message<T> {
     /// consumer. A handler can use it to tell a retry from a first attempt.
     pub deliveries: u64,
     /// Every field of the entry except the payload (`type`, `trace_id`, your
-    /// own headers, `dlq.replayed_from` for a replayed dead letter).
+    /// own headers; `dlq.replayed_from` and `dlq.replay_group` for a replayed
+    /// dead letter).
     pub headers: Vec<(String, String)>,
 }
 
@@ -41,7 +42,7 @@ impl<T> Message<T> {
 
     /// The original entry id when this entry is a replayed dead letter.
     pub fn replayed_from(&self) -> Option<&str> {
-        self.header("dlq.replayed_from")
+        self.header(REPLAYED_FROM)
     }
 
     /// The payload, consuming the message.

@@ -50,6 +50,7 @@ pub struct WorkerMetrics {
     pub(crate) ack_errors: AtomicU64,
     pub(crate) read_errors: AtomicU64,
     pub(crate) abandoned: AtomicU64,
+    pub(crate) skipped_replays: AtomicU64,
 }
 
 /// A point-in-time copy of [`WorkerMetrics`].
@@ -95,6 +96,11 @@ pub struct WorkerSnapshot {
     /// Handlers cancelled because the shutdown deadline passed (their
     /// entries stay pending and are redelivered).
     pub abandoned: u64,
+    /// Replayed dead letters of another consumer group, acknowledged without
+    /// running the handler (a replay is handled again only by the group
+    /// that dead-lettered the entry; see
+    /// [`StreamAdmin::replay_dead_letters`](crate::StreamAdmin::replay_dead_letters)).
+    pub skipped_replays: u64,
 }
 
 impl WorkerMetrics {
@@ -116,6 +122,7 @@ impl WorkerMetrics {
             ack_errors: r(&self.ack_errors),
             read_errors: r(&self.read_errors),
             abandoned: r(&self.abandoned),
+            skipped_replays: r(&self.skipped_replays),
         }
     }
 }

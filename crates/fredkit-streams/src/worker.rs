@@ -27,7 +27,7 @@ use tracing::Instrument;
 
 use crate::admin::create_group;
 use crate::config::WorkerConfig;
-use crate::fields::{PAYLOAD_FIELD, TRACE_ID_HEADER, TYPE_HEADER};
+use crate::fields::{PAYLOAD_FIELD, REPLAY_GROUP, TRACE_ID_HEADER, TYPE_HEADER};
 use crate::keys::{StreamId, StreamKeys};
 use crate::message::Message;
 use crate::metrics::{add, WorkerMetrics, WorkerSnapshot};
@@ -732,7 +732,21 @@ async fn run_batch<T, C>(
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(items.len());
     let mut running = FuturesUnordered::new();
     let mut undecodable: Vec<(StreamId, String)> = Vec::new();
+    // Replays of another group's dead letters: this group handled the
+    // original already; acknowledged without running the handler.
+    let mut foreign: Vec<StreamId> = Vec::new();
     for (entry, deliveries, permit) in items {
+        let replay_for_other_group = entry
+            .fields
+            .iter()
+            .any(|(k, v)| &**k == REPLAY_GROUP && v.as_ref() != ctx.config.group.as_bytes());
+        if replay_for_other_group {
+            add(&ctx.metrics.skipped_replays, 1);
+            tracing::debug!(id = %entry.id, "replayed dead letter of another consumer group: acknowledged without handling");
+            foreign.push(entry.id);
+            drop(permit);
+            continue;
+        }
         if deliveries > 1 {
             add(&ctx.metrics.retried, 1);
         }
@@ -805,6 +819,22 @@ async fn run_batch<T, C>(
         }
     }
 
+    let send_acks = |batch: Vec<StreamId>| {
+        if !inline.spawned.load(Ordering::SeqCst) {
+            inline
+                .ids
+                .lock()
+                .unwrap_or_else(|p| p.into_inner())
+                .extend(batch);
+        } else if let Err(mpsc::error::SendError(AckMsg::Ack(ids))) =
+            ctx.ack_tx.send(AckMsg::Ack(batch))
+        {
+            ctx.done_all(&ids);
+        }
+    };
+    if !foreign.is_empty() {
+        send_acks(foreign);
+    }
     let mut acks: Vec<StreamId> = Vec::new();
     let mut failures: Vec<(Slot, String)> = Vec::new();
     let mut settle = |index: usize,
@@ -844,18 +874,7 @@ async fn run_batch<T, C>(
                         settle(index, outcome, &mut acks);
                     }
                     if !acks.is_empty() {
-                        let batch = std::mem::take(&mut acks);
-                        if !inline.spawned.load(Ordering::SeqCst) {
-                            inline
-                                .ids
-                                .lock()
-                                .unwrap_or_else(|p| p.into_inner())
-                                .extend(batch);
-                        } else if let Err(mpsc::error::SendError(AckMsg::Ack(ids))) =
-                            ctx.ack_tx.send(AckMsg::Ack(batch))
-                        {
-                            ctx.done_all(&ids);
-                        }
+                        send_acks(std::mem::take(&mut acks));
                     }
                 }
                 _ = &mut timer => break,

@@ -967,3 +967,100 @@ async fn public_types_and_futures_are_send_and_sync() {
         |_m: Message<Job>| async { Ok::<(), String>(()) },
     ));
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_dead_letter_is_handled_again_only_by_the_group_that_gave_up(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("replay_groups");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let healed = Arc::new(AtomicBool::new(false));
+    let billing: Counts = Arc::default();
+    let shipping: Counts = Arc::default();
+    let (h, record) = (Arc::clone(&healed), Arc::clone(&billing));
+    let billing_worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("billing").max_deliveries(1).build().unwrap(),
+        move |m: Message<Job>| {
+            let poison = m.payload.n == 13 && !h.load(Ordering::SeqCst);
+            if !poison {
+                bump(&record, m.payload.n);
+            }
+            async move {
+                if poison {
+                    Err("billing cannot charge job 13")
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    let record = Arc::clone(&shipping);
+    let shipping_worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("shipping").build().unwrap(),
+        move |m: Message<Job>| {
+            bump(&record, m.payload.n);
+            async { Ok::<(), String>(()) }
+        },
+    )
+    .await
+    .unwrap();
+    producer.publish(&Job { n: 13 }).await.unwrap();
+    producer.publish(&Job { n: 14 }).await.unwrap();
+    wait_until("billing dead-lettered 13, shipping handled both", || {
+        let admin = admin.clone();
+        let shipping = Arc::clone(&shipping);
+        async move {
+            admin.dead_letter_count().await.unwrap() == 1 && shipping.lock().unwrap().len() == 2
+        }
+    })
+    .await;
+
+    healed.store(true, Ordering::SeqCst);
+    let replay = admin.replay_dead_letters(10).await.unwrap();
+    assert_eq!(replay.replayed, 1);
+    let new_id = replay.new_ids[0].clone();
+    wait_until(
+        "both groups read the replayed entry, nothing pending",
+        || {
+            let admin = admin.clone();
+            let billing = Arc::clone(&billing);
+            let new_id = new_id.clone();
+            async move {
+                let groups = admin.groups().await.unwrap();
+                billing.lock().unwrap().contains_key(&13)
+                    && groups.len() == 2
+                    && groups.iter().all(|g| {
+                        g.pending == 0 && g.last_delivered_id.as_ref().is_some_and(|l| *l >= new_id)
+                    })
+            }
+        },
+    )
+    .await;
+    let b = billing_worker.shutdown().await;
+    let s = shipping_worker.shutdown().await;
+    assert_eq!(
+        billing.lock().unwrap()[&13],
+        1,
+        "billing handled the replay"
+    );
+    assert_eq!(
+        shipping.lock().unwrap()[&13],
+        1,
+        "shipping had handled job 13 already; the replay is not for it"
+    );
+    assert_eq!(s.metrics.handled, 2);
+    assert_eq!(s.metrics.skipped_replays, 1);
+    assert_eq!(b.metrics.skipped_replays, 0);
+    assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
+}
