@@ -100,7 +100,7 @@ mod metrics;
 pub mod tower;
 
 pub use fredkit_core::traits::{Decision, RateLimiter};
-pub use limit::{Algorithm, Limit, MAX_SLIDING_LOG_QUOTA, MAX_WINDOW};
+pub use limit::{Algorithm, Limit, MAX_QUOTA, MAX_SLIDING_LOG_QUOTA, MAX_WINDOW};
 pub use limiter::{Limiter, LimiterBuilder, Outcome};
 pub use login::{LoginStatus, LoginThrottle, LoginThrottleBuilder};
 pub use metrics::MetricsSnapshot;

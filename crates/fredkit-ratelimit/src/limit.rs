@@ -22,6 +22,11 @@ static GCRA: Script = Script::new("ratelimit.gcra", include_str!("../scripts/gcr
 /// every microsecond figure the scripts compute exact in Lua's doubles.
 pub const MAX_WINDOW: Duration = Duration::from_secs(400 * 24 * 3600);
 
+/// The largest quota (or GCRA rate or burst) a [`Limit`] accepts: 10^15.
+/// The scripts count in Lua's doubles, exact up to 2^53 (~9 × 10^15), and
+/// Redis turns a script's number above `i64::MAX` into a negative integer.
+pub const MAX_QUOTA: u64 = 1_000_000_000_000_000;
+
 /// The most units a sliding-log limit accepts per window (it stores one
 /// sorted-set member per unit).
 pub const MAX_SLIDING_LOG_QUOTA: u64 = 100_000;
@@ -99,8 +104,8 @@ impl Algorithm {
 /// ```
 ///
 /// Validation happens in [`LimiterBuilder::build`](crate::LimiterBuilder::build):
-/// a quota of at least 1 (at most [`MAX_SLIDING_LOG_QUOTA`] for a sliding
-/// log), a window from 1 ms to [`MAX_WINDOW`], a GCRA rate whose emission
+/// a quota of 1 to [`MAX_QUOTA`] (at most [`MAX_SLIDING_LOG_QUOTA`] for a
+/// sliding log), a window from 1 ms to [`MAX_WINDOW`], a GCRA rate whose emission
 /// interval (period / rate) is at least 1 µs, a burst of at least 1 (only
 /// for GCRA), and a name of 1 to 64 characters from `A-Z a-z 0-9 _ - .`.
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
@@ -241,6 +246,12 @@ impl Limit {
                 "limit '{name}': the quota (or GCRA rate) must be at least 1"
             )));
         }
+        if self.quota > MAX_QUOTA || self.burst.is_some_and(|b| b > MAX_QUOTA) {
+            return Err(Error::config(format!(
+                "limit '{name}': quotas, rates and bursts are at most {MAX_QUOTA} (10^15), \
+                 so counts stay exact in the scripts; for \"no limit\" use no limiter"
+            )));
+        }
         if self.window < Duration::from_millis(1) || self.window > MAX_WINDOW {
             return Err(Error::config(format!(
                 "limit '{name}': the window (or GCRA period) must be between 1 ms and 400 days, got {:?}",
@@ -321,6 +332,10 @@ mod tests {
             Limit::gcra(2_000_000, Duration::from_secs(1)),
             Limit::gcra(1, Duration::from_secs(1)).name("has space"),
             Limit::gcra(1, Duration::from_secs(1)).name(""),
+            // Counts above 2^53 are not exact in Lua's doubles, and Redis
+            // turns a reply above i64::MAX into i64::MIN.
+            Limit::fixed_window(1 << 60, Duration::from_secs(1)),
+            Limit::sliding_counter(u64::MAX, Duration::from_secs(1)),
         ];
         for l in cases {
             let e = l.validate().unwrap_err();
