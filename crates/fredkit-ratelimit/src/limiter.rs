@@ -577,7 +577,14 @@ fn gcra_single(limit: &Limit, d: i64, cost: u32) -> Outcome {
     let ei = ei.max(1);
     let tol = ei.saturating_mul(burst);
     let allowed = d >= 0;
-    let ahead = if allowed { d } else { -d - 1 }.max(0);
+    // `-1 - d` cannot overflow, even for an absurd stored TAT that Redis
+    // replies as i64::MIN.
+    let ahead = if allowed {
+        d
+    } else {
+        (-1_i64).saturating_sub(d)
+    }
+    .max(0);
     let remaining = u64::try_from((tol - ahead).div_euclid(ei)).unwrap_or(0);
     let us = |v: i64| Duration::from_micros(u64::try_from(v).unwrap_or(0));
     let retry = ahead.saturating_add(ei.saturating_mul(i64::from(cost))) - tol;

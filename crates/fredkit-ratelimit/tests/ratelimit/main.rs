@@ -793,3 +793,28 @@ async fn fault_paused_server_checks_return_the_fail_mode_decision(#[case] topolo
     // (documented on `LimiterBuilder::timeout`), never more than the burst.
     assert!(d.remaining <= 3, "{d:?}");
 }
+
+/// A GCRA key holding an absurd number (written by something else) makes
+/// the script reply with an integer at the edge of i64; the limiter decodes
+/// it without overflowing (a debug build would panic): the request is
+/// denied, nothing remains, and the state is not touched.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_absurd_gcra_state_is_decoded_without_overflow(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_gcra_absurd");
+    let one = build(&redis, &prefix, vec![Limit::gcra(10, HOUR)]);
+    let key = one.keys("u").unwrap().remove(0);
+    let _: () = redis
+        .client()
+        .set(&key, "1e300", Some(Expiration::EX(60)), None, false)
+        .await
+        .unwrap();
+    let d = one.check("u", 1).await.unwrap();
+    assert!(!d.allowed && d.remaining == 0, "{d:?}");
+    assert!(d.retry_after.unwrap() > HOUR, "{d:?}");
+    let stored: String = redis.client().get(&key).await.unwrap();
+    assert_eq!(stored, "1e300");
+}
