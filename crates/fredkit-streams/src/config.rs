@@ -154,8 +154,10 @@ impl WorkerConfigBuilder {
         self
     }
 
-    /// `BLOCK` of `XREADGROUP`. Default 500 ms. Also bounds how long a
-    /// shutdown waits for the current read (whose entries are then handled).
+    /// `BLOCK` of `XREADGROUP`. Default 500 ms; at most 1 hour, and a read
+    /// never blocks past the next claim pass (`claim_interval`). Also bounds
+    /// how long a shutdown waits for the current read (whose entries are then
+    /// handled).
     pub fn block(mut self, block: Duration) -> Self {
         self.config.block = block;
         self
@@ -219,7 +221,7 @@ impl WorkerConfigBuilder {
     }
 
     /// Cap of the exponential backoff (full jitter, from 20 ms) after a failed
-    /// read, claim or acknowledgement. Default 2 s.
+    /// read, claim or acknowledgement. Default 2 s; at most 1 hour.
     pub fn retry_backoff_max(mut self, max: Duration) -> Self {
         self.config.retry_backoff_max = max;
         self
@@ -231,8 +233,10 @@ impl WorkerConfigBuilder {
     ///
     /// [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) naming the
     /// knob: an empty group or consumer name, a zero count, concurrency,
-    /// block, claim interval, `max_deliveries` or `ack_batch`, or
-    /// `handler_timeout >= min_idle` or `claim_interval > min_idle`.
+    /// block, claim interval, `max_deliveries` or `ack_batch`,
+    /// `handler_timeout >= min_idle`, `claim_interval > min_idle`, or
+    /// `block` or `retry_backoff_max` above 1 hour. Huge timeouts (up to
+    /// `Duration::MAX`) are fine: they mean "wait forever".
     pub fn build(self) -> Result<WorkerConfig> {
         let c = self.config;
         let fail = |m: &str| Err(Error::config(m.to_string()));
@@ -262,6 +266,20 @@ impl WorkerConfigBuilder {
                  would take over entries whose handlers are still running and handle them twice; \
                  raise min_idle or lower handler_timeout",
                 c.handler_timeout, c.min_idle
+            )));
+        }
+        if c.block > Duration::from_secs(3600) {
+            return Err(Error::config(format!(
+                "worker: block ({:?}) is above 1 hour: Redis rejects such a BLOCK and a shutdown \
+                 waits for the read in progress; lower it (claim_interval bounds it anyway)",
+                c.block
+            )));
+        }
+        if c.retry_backoff_max > Duration::from_secs(3600) {
+            return Err(Error::config(format!(
+                "worker: retry_backoff_max ({:?}) is above 1 hour: a worker would sit idle that long \
+                 after a failed read; lower it",
+                c.retry_backoff_max
             )));
         }
         if c.claim_interval > c.min_idle {
@@ -316,5 +334,12 @@ mod tests {
         assert!(b().block(Duration::ZERO).build().is_err());
         assert!(b().max_deliveries(0).build().is_err());
         assert!(b().claim_interval(Duration::from_secs(61)).build().is_err());
+        // Caught here, not at Worker::start.
+        let e = b().retry_backoff_max(Duration::MAX).build().unwrap_err();
+        assert!(e.to_string().contains("retry_backoff_max"), "{e}");
+        assert!(b()
+            .retry_backoff_max(Duration::from_secs(3600))
+            .build()
+            .is_ok());
     }
 }

@@ -433,7 +433,7 @@ where
                     let acks = spawn_batch(&ctx, &mut tasks, batch);
                     unacked_inline += ack_inline(&ctx, acks, &stop_rx).await;
                     if cursor == "0-0" {
-                        next_claim = Instant::now() + cfg.claim_interval;
+                        next_claim = after(Instant::now(), cfg.claim_interval);
                     }
                     failures = 0;
                 }
@@ -441,7 +441,7 @@ where
                     add(&ctx.metrics.read_errors, 1);
                     tracing::warn!(error = %e, "XAUTOCLAIM failed; retrying after the claim interval");
                     cursor = String::from("0-0");
-                    next_claim = Instant::now() + cfg.claim_interval;
+                    next_claim = after(Instant::now(), cfg.claim_interval);
                 }
             }
             if permits.is_empty() {
@@ -497,7 +497,7 @@ where
     }
 
     // Graceful shutdown.
-    let deadline = Instant::now() + cfg.shutdown_timeout;
+    let deadline = after(Instant::now(), cfg.shutdown_timeout);
     let busy = |sem: &Semaphore| cfg.concurrency.saturating_sub(sem.available_permits()) as u64;
     let in_flight_at_stop = busy(&sem);
     let mut abandoned = 0;
@@ -520,7 +520,10 @@ where
     drop(dedicated);
     // Flush acknowledgements: at least one command timeout even when the
     // handlers used up the deadline.
-    let flush_deadline = deadline.max(Instant::now() + ctx.redis.config().command_timeout() * 2);
+    let flush_deadline = deadline.max(after(
+        Instant::now(),
+        ctx.redis.config().command_timeout().saturating_mul(2),
+    ));
     let (tx, rx) = oneshot::channel();
     let unacked = unacked_inline
         + if ctx.ack_tx.send(AckMsg::Close(flush_deadline, tx)).is_ok() {
@@ -550,6 +553,15 @@ where
         consumer_removed,
         metrics,
     }
+}
+
+/// `at + d`, saturating far in the future instead of overflowing: a huge
+/// timeout (`Duration::MAX`) means "wait forever", never a panic.
+fn after(at: Instant, d: Duration) -> Instant {
+    const FAR: Duration = Duration::from_secs(100 * 365 * 24 * 3600);
+    at.checked_add(d.min(FAR))
+        .or_else(|| at.checked_add(FAR))
+        .unwrap_or(at)
 }
 
 /// Acknowledgements produced while a batch is polled inline by the read
@@ -613,7 +625,7 @@ async fn read<T, C>(
     // The blocking call gets its own timeout, longer than BLOCK: the
     // connection's default command timeout would cut long blocks short.
     let options = Options {
-        timeout: Some(block + ctx.redis.config().command_timeout()),
+        timeout: Some(block.saturating_add(ctx.redis.config().command_timeout())),
         ..Options::default()
     };
     let block_ms = u64::try_from(block.as_millis()).unwrap_or(u64::MAX).max(1);
@@ -645,7 +657,7 @@ async fn claim<T, C>(
             vec![
                 cfg.group.clone(),
                 ctx.consumer.clone(),
-                cfg.min_idle.as_millis().to_string(),
+                cfg.min_idle.as_millis().min(i64::MAX as u128).to_string(),
                 cursor.clone(),
                 count.to_string(),
                 cfg.max_deliveries.to_string(),
@@ -728,7 +740,7 @@ async fn run_batch<T, C>(
     T: DeserializeOwned + Send + 'static,
     C: Codec,
 {
-    let deadline = read_at + ctx.config.handler_timeout;
+    let deadline = after(read_at, ctx.config.handler_timeout);
     let mut slots: Vec<Option<Slot>> = Vec::with_capacity(items.len());
     let mut running = FuturesUnordered::new();
     let mut undecodable: Vec<(StreamId, String)> = Vec::new();
@@ -1033,10 +1045,10 @@ async fn ack<T, C>(
                 attempt = attempt.saturating_add(1);
                 if deadline.is_none() && *stop.borrow() {
                     // Shutting down: do not retry for ever.
-                    deadline = Some(Instant::now() + ctx.config.shutdown_timeout);
+                    deadline = Some(after(Instant::now(), ctx.config.shutdown_timeout));
                 }
                 if let Some(d) = deadline {
-                    if Instant::now() + delay > d {
+                    if after(Instant::now(), delay) > d {
                         tracing::warn!(error = %e, count = ids.len(), "XACK still failing at the shutdown deadline; the entries stay pending and will be redelivered");
                         return false;
                     }

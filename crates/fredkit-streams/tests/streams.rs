@@ -1064,3 +1064,47 @@ async fn a_replayed_dead_letter_is_handled_again_only_by_the_group_that_gave_up(
     assert_eq!(b.metrics.skipped_replays, 0);
     assert_eq!(admin.dead_letter_count().await.unwrap(), 0);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn huge_timeouts_mean_wait_forever_and_never_panic_the_worker(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("huge_timeouts");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let config = fredkit_streams::WorkerConfig::builder("g")
+        .block(Duration::from_millis(100))
+        .handler_timeout(Duration::MAX - Duration::from_secs(1))
+        .min_idle(Duration::MAX)
+        .claim_interval(Duration::from_millis(100))
+        .shutdown_timeout(Duration::MAX)
+        .build()
+        .unwrap();
+    let handled: Counts = Arc::default();
+    let record = Arc::clone(&handled);
+    let worker = Worker::start(&redis, keys.clone(), config, move |m: Message<Job>| {
+        let record = Arc::clone(&record);
+        async move {
+            tokio::time::sleep(Duration::from_millis(50)).await;
+            bump(&record, m.payload.n);
+            Ok::<(), String>(())
+        }
+    })
+    .await
+    .unwrap();
+    for n in 0..3 {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    wait_until("three handled", || {
+        let handled = Arc::clone(&handled);
+        async move { handled.lock().unwrap().len() == 3 }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    assert_eq!(report.metrics.handled, 3, "{report:?}");
+    assert_eq!(report.metrics.read_errors, 0, "{report:?}");
+    assert_eq!(report.unacked, 0);
+    assert_eq!(pending(&admin, "g").await, 0);
+}
