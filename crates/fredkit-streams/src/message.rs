@@ -22,6 +22,27 @@ pub struct Message<T> {
 }
 
 impl<T> Message<T> {
+    /// A first delivery of `payload` as entry `id`, without headers: for
+    /// testing a handler without Redis (set `deliveries` or push `headers`
+    /// on the returned value as needed).
+    ///
+    /// ```
+    /// use fredkit_streams::{Message, StreamId};
+    ///
+    /// let mut m = Message::new(StreamId::new("1-0"), 42u64);
+    /// m.deliveries = 3; // a retry
+    /// m.headers.push(("trace_id".into(), "abc".into()));
+    /// assert_eq!(m.trace_id(), Some("abc"));
+    /// ```
+    pub fn new(id: StreamId, payload: T) -> Message<T> {
+        Message {
+            id,
+            payload,
+            deliveries: 1,
+            headers: Vec::new(),
+        }
+    }
+
     /// The value of the first header called `name`.
     pub fn header(&self, name: &str) -> Option<&str> {
         self.headers
