@@ -3,7 +3,7 @@
 
 use crate::envelope::{self, Stored};
 use crate::invalidation::{self, Inv};
-use crate::l1::{Local, Ticket, L1};
+use crate::l1::{now as l1_now, Local, Ticket, L1};
 use crate::metrics::{incr, CacheMetrics};
 use crate::options::CacheOptions;
 use bytes::Bytes;
@@ -20,7 +20,7 @@ use std::fmt;
 use std::future::Future;
 use std::panic::AssertUnwindSafe;
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::task::JoinHandle;
 use tracing::Instrument;
@@ -417,10 +417,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     pub async fn get(&self, key: &str) -> Result<Option<V>> {
         let inner = &self.inner;
         if let Some(l1) = &inner.local.l1 {
-            if let Some(e) = l1.get(key) {
-                if Instant::now() < e.fresh_until {
+            let now = l1_now();
+            if let Some(e) = l1.get(key, now) {
+                if now < e.fresh_until {
                     inner.local.metrics.l1_hits.incr();
-                    return Ok(e.value.clone());
+                    return Ok(e.value);
                 }
             }
         }
@@ -724,21 +725,21 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         // Fail-safe fallback: the best stale value seen on the way.
         let mut stale: Option<(Option<V>, Origin)> = None;
         if let Some(l1) = &inner.local.l1 {
-            if let Some(e) = l1.get(key) {
+            let now = l1_now();
+            if let Some(e) = l1.get(key, now) {
                 if usable(&e.value) {
-                    let now = Instant::now();
                     if now < e.fresh_until {
                         inner.local.metrics.l1_hits.incr();
                         if e.refresh_at.is_some_and(|at| now >= at) {
                             self.start_refresh(key, factory, e.created_ms, accept_none);
                         }
                         return Ok(Fetched {
-                            value: e.value.clone(),
+                            value: e.value,
                             origin: Origin::L1,
                             stale: false,
                         });
                     }
-                    stale = Some((e.value.clone(), Origin::L1));
+                    stale = Some((e.value, Origin::L1));
                 }
             }
         }
@@ -932,14 +933,14 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let inner = &self.inner;
         let mut out: Vec<Option<V>> = vec![None; keys.len()];
         let mut todo: Vec<(usize, String, Option<Ticket>)> = Vec::new();
-        let now = Instant::now();
+        let now = l1_now();
         for (i, k) in keys.iter().enumerate() {
             let k = k.as_ref();
             if let Some(l1) = &inner.local.l1 {
-                if let Some(e) = l1.get(k) {
+                if let Some(e) = l1.get(k, now) {
                     if now < e.fresh_until {
                         inner.local.metrics.l1_hits.incr();
-                        out[i] = e.value.clone();
+                        out[i] = e.value;
                         continue;
                     }
                 }

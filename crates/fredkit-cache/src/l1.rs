@@ -8,10 +8,31 @@ use std::collections::HashMap;
 use std::hash::{BuildHasher, RandomState};
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard};
-use std::time::{Duration, Instant};
+use std::time::Duration;
 use tokio::sync::{watch, Notify};
 
 const STRIPES: usize = 64;
+
+/// L1 time: a coarse monotonic clock (`CLOCK_MONOTONIC_COARSE` on Linux:
+/// ~10 ns to read against ~30–40 ns for `Instant::now`, resolution one
+/// kernel tick, at most 10 ms). Read on every L1 hit.
+pub(crate) type Tick = coarsetime::Instant;
+
+/// Upper bound of the coarse clock's lag behind real time. Every L1 deadline
+/// is moved this much earlier, so a copy may stop answering up to 10 ms
+/// early, never late.
+const TICK_SLACK: Duration = Duration::from_millis(10);
+
+/// Now, on the L1 clock. Does not touch coarsetime's shared "recent" cell
+/// (a store every hit would make cores fight over one cache line).
+#[inline]
+pub(crate) fn now() -> Tick {
+    coarsetime::Instant::now_without_cache_update()
+}
+
+fn later(t: Tick, d: Duration) -> Tick {
+    t.saturating_add(coarsetime::Duration::from(d))
+}
 
 /// Taken before a Redis read whose result may go into L1: the key's stripe
 /// epoch and the time, so the copy can be refused if an invalidation came in
@@ -19,22 +40,30 @@ const STRIPES: usize = 64;
 #[derive(Clone, Copy, Debug)]
 pub(crate) struct Ticket {
     epoch: u64,
-    started: Instant,
+    started: Tick,
 }
 
-/// One L1 copy.
+/// One L1 copy. Stored by value (a hit clones it once: the value and three
+/// plain fields), so `Cache<Arc<T>>` hits cost one reference-count bump.
+#[derive(Clone)]
 pub(crate) struct L1Entry<V> {
     pub(crate) value: Option<V>,
     /// Answer reads from L1 until then (min of L1 TTL and logical expiry).
-    pub(crate) fresh_until: Instant,
+    pub(crate) fresh_until: Tick,
     /// Eager-refresh point, when eager refresh is on.
-    pub(crate) refresh_at: Option<Instant>,
+    pub(crate) refresh_at: Option<Tick>,
+    /// Physical end of the copy (fresh life + `max_stale`): past it, the
+    /// copy is not even a fail-safe fallback.
+    pub(crate) expires: Tick,
     pub(crate) created_ms: u64,
 }
 
 pub(crate) struct L1<V> {
-    cache: moka::sync::Cache<String, Arc<L1Entry<V>>>,
+    /// Bounded by entries; S3-FIFO-style eviction, sharded locks (reads take
+    /// a shard's read lock, no write on a hit).
+    cache: quick_cache::sync::Cache<String, L1Entry<V>>,
     ttl: Duration,
+    max_stale: Duration,
     /// Per-stripe epochs: bumped (under the stripe's lock) by every write,
     /// removal or flush touching the stripe. A read that fetched from Redis
     /// inserts its copy only if its stripe's epoch did not move since before
@@ -55,13 +84,11 @@ fn lock(m: &Mutex<u64>) -> MutexGuard<'_, u64> {
 impl<V: Clone + Send + Sync + 'static> L1<V> {
     pub(crate) fn new(o: &L1Options, max_stale: Duration) -> Self {
         L1 {
-            cache: moka::sync::Cache::builder()
-                .max_capacity(o.max_entries)
-                // Copies are kept past their L1 TTL for the fail-safe window
-                // (served only when Redis or the factory fails).
-                .time_to_live(o.ttl.saturating_add(max_stale))
-                .build(),
+            cache: quick_cache::sync::Cache::new(
+                usize::try_from(o.max_entries).unwrap_or(usize::MAX),
+            ),
             ttl: o.ttl,
+            max_stale,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
             hasher: RandomState::new(),
             live: AtomicBool::new(false),
@@ -86,43 +113,44 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         &self.stripes[i]
     }
 
+    /// The copy of `key` (a clone), if L1 is live and the copy is not past
+    /// its physical end; `now` is [`now()`], read once by the caller.
     #[inline]
-    pub(crate) fn get(&self, key: &str) -> Option<Arc<L1Entry<V>>> {
+    pub(crate) fn get(&self, key: &str, now: Tick) -> Option<L1Entry<V>> {
         if !self.is_live() {
             return None;
         }
-        self.cache.get(key)
+        self.cache.get(key).filter(|e| now < e.expires)
     }
 
     pub(crate) fn ticket(&self, key: &str) -> Ticket {
         Ticket {
             epoch: *lock(self.stripe(key)),
-            started: Instant::now(),
+            started: now(),
         }
     }
 
     /// A copy whose L1 life starts at `born` (before the read it came from).
-    fn entry(
-        &self,
-        stored: &Stored<V>,
-        now_ms: u64,
-        eager: Option<f64>,
-        born: Instant,
-    ) -> Arc<L1Entry<V>> {
-        let now = Instant::now();
+    fn entry(&self, stored: &Stored<V>, now_ms: u64, eager: Option<f64>, born: Tick) -> L1Entry<V> {
+        // Deadlines count from a coarse reading that may lag real time by up
+        // to TICK_SLACK: move them that much earlier.
+        let t = now().saturating_sub(coarsetime::Duration::from(TICK_SLACK));
+        let born = born.saturating_sub(coarsetime::Duration::from(TICK_SLACK));
         let left = Duration::from_millis(stored.fresh_until_ms.saturating_sub(now_ms));
         let refresh_at = eager.map(|f| {
             let life = stored.fresh_until_ms.saturating_sub(stored.created_ms) as f64;
             let at_ms = stored.created_ms as f64 + life * f;
             let in_ms = (at_ms - now_ms as f64).max(0.0);
-            now + Duration::from_millis(in_ms as u64)
+            later(t, Duration::from_millis(in_ms as u64))
         });
-        Arc::new(L1Entry {
+        let fresh_until = later(t, left).min(later(born, self.ttl));
+        L1Entry {
             value: stored.value.clone(),
-            fresh_until: (now + left).min(born + self.ttl),
+            fresh_until,
             refresh_at,
+            expires: later(later(born, self.ttl), self.max_stale),
             created_ms: stored.created_ms,
-        })
+        }
     }
 
     /// Inserts a copy read from Redis, unless the key's stripe saw a write,
@@ -150,7 +178,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         now_ms: u64,
         eager: Option<f64>,
     ) {
-        let e = self.entry(stored, now_ms, eager, Instant::now());
+        let e = self.entry(stored, now_ms, eager, now());
         let mut guard = lock(self.stripe(key));
         *guard = guard.wrapping_add(1);
         if self.is_live() {
@@ -161,7 +189,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     pub(crate) fn remove(&self, key: &str) {
         let mut guard = lock(self.stripe(key));
         *guard = guard.wrapping_add(1);
-        self.cache.invalidate(key);
+        self.cache.remove(key);
     }
 
     pub(crate) fn flush(&self) {
@@ -169,7 +197,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         for g in guards.iter_mut() {
             **g = g.wrapping_add(1);
         }
-        self.cache.invalidate_all();
+        self.cache.clear();
     }
 }
 
@@ -251,5 +279,111 @@ impl<V: Clone + Send + Sync + 'static> Local<V> {
         if let Some(l1) = &self.l1 {
             l1.remove(key);
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used)]
+    use super::*;
+    use crate::envelope::now_ms;
+
+    fn stored(v: u64, fresh_ms: u64) -> Stored<u64> {
+        let now = now_ms();
+        Stored {
+            value: Some(v),
+            created_ms: now,
+            fresh_until_ms: now + fresh_ms,
+        }
+    }
+
+    fn l1(entries: u64, ttl: Duration, max_stale: Duration) -> L1<u64> {
+        let l1 = L1::new(&L1Options::new().max_entries(entries).ttl(ttl), max_stale);
+        l1.go_live();
+        l1
+    }
+
+    fn value(l1: &L1<u64>, key: &str) -> Option<u64> {
+        let now = now();
+        l1.get(key, now)
+            .filter(|e| now < e.fresh_until)
+            .and_then(|e| e.value)
+    }
+
+    #[test]
+    fn nothing_is_served_or_stored_until_live_and_going_live_starts_empty() {
+        let l1 = L1::new(&L1Options::new(), Duration::ZERO);
+        l1.insert_write("k", &stored(1, 60_000), now_ms(), None);
+        let t = l1.ticket("r");
+        l1.insert_read("r", &stored(2, 60_000), t, now_ms(), None);
+        assert!(l1.get("k", now()).is_none() && l1.get("r", now()).is_none());
+        l1.go_live();
+        assert!(l1.get("k", now()).is_none() && l1.get("r", now()).is_none());
+        l1.insert_write("k", &stored(3, 60_000), now_ms(), None);
+        assert_eq!(value(&l1, "k"), Some(3));
+    }
+
+    #[test]
+    fn a_read_that_raced_an_invalidation_is_not_inserted() {
+        let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
+        let before_remove = l1.ticket("k");
+        l1.remove("k");
+        l1.insert_read("k", &stored(1, 60_000), before_remove, now_ms(), None);
+        assert_eq!(value(&l1, "k"), None);
+        let before_flush = l1.ticket("k");
+        l1.flush();
+        l1.insert_read("k", &stored(1, 60_000), before_flush, now_ms(), None);
+        assert_eq!(value(&l1, "k"), None);
+        let clean = l1.ticket("k");
+        l1.insert_read("k", &stored(2, 60_000), clean, now_ms(), None);
+        assert_eq!(value(&l1, "k"), Some(2));
+    }
+
+    #[test]
+    fn remove_and_flush_drop_copies() {
+        let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
+        for (i, k) in ["a", "b", "c"].iter().enumerate() {
+            l1.insert_write(k, &stored(i as u64, 60_000), now_ms(), None);
+        }
+        l1.remove("a");
+        assert_eq!((value(&l1, "a"), value(&l1, "b")), (None, Some(1)));
+        l1.flush();
+        assert_eq!((value(&l1, "b"), value(&l1, "c")), (None, None));
+    }
+
+    #[test]
+    fn l1_is_bounded_by_entries() {
+        let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
+        for i in 0..10_000u64 {
+            l1.insert_write(&format!("k{i}"), &stored(i, 60_000), now_ms(), None);
+        }
+        let held = (0..10_000u64)
+            .filter(|i| value(&l1, &format!("k{i}")).is_some())
+            .count();
+        assert!(held <= 100, "{held} copies held, bound 100");
+        assert!(held > 0);
+    }
+
+    #[test]
+    fn a_copy_answers_at_most_its_ttl_and_lives_max_stale_longer_as_fallback() {
+        let l1 = l1(100, Duration::from_millis(150), Duration::from_millis(150));
+        l1.insert_write("k", &stored(1, 60_000), now_ms(), None);
+        let e = l1.get("k", now()).unwrap();
+        // Never later than the TTL from now (deadlines err early).
+        assert!(e.fresh_until <= later(now(), Duration::from_millis(150)));
+        assert!(e.expires <= later(now(), Duration::from_millis(300)));
+        std::thread::sleep(Duration::from_millis(200));
+        let e = l1.get("k", now()).unwrap();
+        assert!(now() >= e.fresh_until, "past its TTL, a copy is stale");
+        std::thread::sleep(Duration::from_millis(150));
+        assert!(l1.get("k", now()).is_none(), "past TTL + max_stale, gone");
+    }
+
+    #[test]
+    fn a_copy_never_outlives_the_logical_expiry_of_the_entry() {
+        let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
+        l1.insert_write("k", &stored(1, 100), now_ms(), None);
+        let e = l1.get("k", now()).unwrap();
+        assert!(e.fresh_until <= later(now(), Duration::from_millis(100)));
     }
 }

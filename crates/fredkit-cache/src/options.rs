@@ -3,7 +3,10 @@
 use fredkit_core::{CircuitBreaker, Error, KeySpace, Result};
 use std::time::Duration;
 
-/// Options of the optional in-process L1 (a moka cache in front of Redis).
+/// Options of the optional in-process L1 (a sharded, entry-bounded
+/// `quick_cache` in front of Redis; a hit is a shard read lock, a hash
+/// lookup, a clone of the value and a coarse clock read: no allocation, no
+/// Redis, no breaker).
 ///
 /// ```
 /// use std::time::Duration;
@@ -35,7 +38,8 @@ impl L1Options {
         Self::default()
     }
 
-    /// The most entries L1 holds (least recently/frequently used go first).
+    /// The most entries L1 holds (S3-FIFO-style eviction: entries read
+    /// again are kept over one-hit entries).
     /// Default 10 000; must be ≥ 1.
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = n;

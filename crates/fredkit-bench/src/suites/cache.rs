@@ -137,7 +137,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     report.ops(
         "l1_hit_ops",
         l1_arc_ops,
-        "Cache<Arc<T>>::get answered by L1, one thread (moka lookup + Arc clone)",
+        "Cache<Arc<T>>::get answered by L1, one thread (L1 lookup + Arc clone)",
     );
     let l1_owned: FkCache<Product> = FkCache::new(&redis, l1_opts()?).await?;
     l1_owned.wait_ready(Duration::from_secs(10)).await?;
