@@ -2,7 +2,8 @@
 -- writer's fencing token is not older than the newest token this value has seen.
 --
 -- KEYS[1]  the protected value       <prefix>:{name}:value
--- KEYS[2]  the newest token seen     <prefix>:{name}:fence
+-- KEYS[2]  the newest token seen     <prefix>:{name}:seen  (not ':fence', the
+--          lock's counter: a store may share a lock manager's prefix)
 -- ARGV[1]  the writer's fencing token (a decimal integer < 2^53)
 -- ARGV[2]  the value
 -- ARGV[3]  TTL of both keys in ms, or 0 for none

@@ -38,8 +38,11 @@ pub enum FencedWrite {
 /// lock; its write carries an old token and is rejected.
 ///
 /// Value `name` lives in `p:{name}:value`, the newest token it has seen in
-/// `p:{name}:fence` (same hash tag: one script, one node). Equal tokens are
-/// accepted, so one holder may write several times.
+/// `p:{name}:seen` (same hash tag: one script, one node). Equal tokens are
+/// accepted, so one holder may write several times. The store may share its
+/// prefix with a [`LockManager`](crate::LockManager) (value named after the
+/// resource): their keys never collide, so a fenced write never touches the
+/// lock's fencing counter (`p:{r}:fence`).
 ///
 /// **TTL.** With `ttl` `None` neither key expires: the token marker must
 /// outlive every holder that could still write with an older token. With a
@@ -127,14 +130,14 @@ impl FencedStore {
             ));
         }
         let value_key = self.value_key(name)?;
-        let fence_key = Key::from(self.keys.tagged(name, ["fence"])?);
+        let seen_key = Key::from(self.keys.tagged(name, ["seen"])?);
         let ttl_ms = ttl.map_or(0, |t| millis(t).max(1));
         let token = i64::try_from(fencing_token)
             .map_err(|_| Error::invalid_input("fencing token too large"))?;
         let r: i64 = FENCED_SET
             .exec(
                 self.redis.client(),
-                vec![value_key, fence_key],
+                vec![value_key, seen_key],
                 vec![
                     Value::Integer(token),
                     Value::Bytes(value.into()),
