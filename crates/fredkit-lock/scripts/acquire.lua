@@ -13,6 +13,12 @@
 -- lock already marked, since other waiters may still be asleep. An
 -- uncontended lock is never marked, so its release publishes nothing.
 --
+-- Replays: fred sends a command again when its connection closed while it
+-- was in flight, so this script may run twice for one try. A lock already
+-- held with the caller's own token is that same grant: its fencing token is
+-- the counter's current value (no grant can have happened since: that would
+-- have needed the caller's key gone, and a token is never reused).
+--
 -- Returns an integer:
 --   >= 1  granted; the value is the fencing token (strictly increasing per resource)
 --   <= -1 held by someone else; -1 - value is the lock's remaining TTL in ms
@@ -21,11 +27,12 @@ if ARGV[3] == '2' then value = value .. '+' end
 if redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
   return redis.call('INCR', KEYS[2])
 end
-if ARGV[3] ~= '0' then
-  local held = redis.call('GET', KEYS[1])
-  if held and string.sub(held, -1) ~= '+' then
-    redis.call('APPEND', KEYS[1], '+')
-  end
+local held = redis.call('GET', KEYS[1])
+if held == ARGV[1] or held == ARGV[1] .. '+' then
+  return redis.call('INCRBY', KEYS[2], 0)
+end
+if ARGV[3] ~= '0' and held and string.sub(held, -1) ~= '+' then
+  redis.call('APPEND', KEYS[1], '+')
 end
 local pttl = redis.call('PTTL', KEYS[1])
 if pttl < 0 then pttl = 0 end

@@ -9,6 +9,7 @@
 --          waiting (raises the waiter flag, as acquire.lua does)
 --
 -- Expired permits (crashed holders) are trimmed first, with the server's clock.
+-- A replayed try (same token) is the same grant: ZADD only moves its expiry.
 -- Returns an integer:
 --   >= 1  granted; the value is the number of permits now held
 --   <= -1 all permits taken; -1 - value is the ms until the earliest one expires
@@ -18,11 +19,16 @@ redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
 local held = redis.call('ZCARD', KEYS[1])
 local ttl = tonumber(ARGV[2])
 if held < tonumber(ARGV[3]) then
-  redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
+  local added = redis.call('ZADD', KEYS[1], now + ttl, ARGV[1])
   if redis.call('PTTL', KEYS[1]) < ttl then
     redis.call('PEXPIRE', KEYS[1], ttl)
   end
-  return held + 1
+  return held + added
+end
+-- All taken: a replay (fred resends a command whose connection closed in
+-- flight) of a try that already took a permit is that same grant.
+if redis.call('ZSCORE', KEYS[1], ARGV[1]) then
+  return held
 end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local left = 0

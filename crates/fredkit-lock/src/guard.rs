@@ -302,7 +302,10 @@ impl LockGuard {
     /// # Errors
     ///
     /// Connection errors: the lock stays until its TTL ends. If the future is
-    /// dropped, the lock is either released or left to expire.
+    /// dropped, the lock is either released or left to expire. If the
+    /// connection dropped while the release was in flight, fred sends it
+    /// again; when the first one went through, the replay reports `false`
+    /// (the lock is free either way).
     pub async fn release(mut self) -> Result<bool> {
         self.done = true;
         if let Some(w) = self.watchdog.take() {

@@ -242,7 +242,10 @@ impl LockManager {
     /// # Errors
     ///
     /// Fails closed: a connection error, timeout or script error is returned,
-    /// never turned into a grant; the lock is then not held by this caller.
+    /// never turned into a grant; the lock is then not held by this caller
+    /// (or, if the script ran but its reply was lost, held by nobody until
+    /// its TTL). A try that fred sends again after a reconnect is the same
+    /// grant, with the same fencing token, not "busy".
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for an
     /// empty resource. With replica confirmation,
     /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when too few
