@@ -164,8 +164,10 @@ pub(crate) async fn watchdog(
     }
 }
 
-/// A held lock. Dropping it releases the lock in the background; call
-/// [`release`](Self::release) to learn whether it was still held.
+/// A held lock. Dropping it releases the lock in the background (on the
+/// current tokio runtime, or, when dropped on a thread without one, on the
+/// runtime it was acquired on); call [`release`](Self::release) to learn
+/// whether it was still held.
 ///
 /// Ownership is by token, not by task: the guard is `Send + Sync` and may be
 /// moved to another task or thread and across awaits. Whoever holds the guard
@@ -184,6 +186,9 @@ pub struct LockGuard {
     pub(crate) ttl: Duration,
     pub(crate) state: Arc<watch::Sender<LeaseState>>,
     pub(crate) watchdog: Option<AbortHandle>,
+    /// The runtime the guard was made on: a guard dropped on a thread
+    /// without one still releases there.
+    pub(crate) runtime: Option<tokio::runtime::Handle>,
     pub(crate) done: bool,
 }
 
@@ -349,6 +354,29 @@ pub(crate) async fn release(inner: &Inner, lock_key: &Key, token: &Str) -> Resul
     }
 }
 
+/// Runs `release` in the background for a guard being dropped: on the
+/// current runtime, or, when dropped on a thread without one, on the runtime
+/// the guard was made on (`made_on`). If neither runs any more, the lock (or
+/// permit) expires at its TTL.
+pub(crate) fn spawn_release<F>(made_on: Option<&tokio::runtime::Handle>, release: F)
+where
+    F: std::future::Future<Output = ()> + Send + 'static,
+{
+    match tokio::runtime::Handle::try_current() {
+        Ok(rt) => {
+            rt.spawn(release);
+        }
+        Err(_) => match made_on {
+            Some(rt) => {
+                rt.spawn(release);
+            }
+            None => tracing::debug!(
+                "fredkit.lock: dropped outside a runtime; the lock expires at its TTL"
+            ),
+        },
+    }
+}
+
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(w) = self.watchdog.take() {
@@ -357,16 +385,10 @@ impl Drop for LockGuard {
         if self.done {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            tracing::debug!(
-                "fredkit.lock: guard dropped outside a runtime; the lock expires at its TTL"
-            );
-            return;
-        };
         let inner = self.inner.clone();
         let lock_key = self.lock_key.clone();
         let token = self.token.clone();
-        rt.spawn(async move {
+        spawn_release(self.runtime.as_ref(), async move {
             if let Err(e) = release(&inner, &lock_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background release failed; the lock expires at its TTL");
             }

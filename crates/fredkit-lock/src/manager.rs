@@ -434,6 +434,7 @@ impl LockManager {
             ttl: opts.ttl,
             state,
             watchdog,
+            runtime: tokio::runtime::Handle::try_current().ok(),
             done: false,
         }
     }

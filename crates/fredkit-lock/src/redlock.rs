@@ -305,6 +305,7 @@ impl Redlock {
                     token,
                     validity,
                     valid_until: started + validity,
+                    runtime: tokio::runtime::Handle::try_current().ok(),
                     done: false,
                 }));
             }
@@ -342,7 +343,8 @@ impl Redlock {
     }
 }
 
-/// A held Redlock. Dropping it releases on every node in the background.
+/// A held Redlock. Dropping it releases on every node in the background
+/// (on the runtime it was acquired on if dropped on a thread without one).
 pub struct RedlockGuard {
     redlock: Redlock,
     resource: String,
@@ -350,6 +352,7 @@ pub struct RedlockGuard {
     token: Str,
     validity: Duration,
     valid_until: Instant,
+    runtime: Option<tokio::runtime::Handle>,
     done: bool,
 }
 
@@ -397,13 +400,10 @@ impl Drop for RedlockGuard {
         if self.done {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let redlock = self.redlock.clone();
         let key = self.key.clone();
         let token = self.token.clone();
-        rt.spawn(async move {
+        crate::guard::spawn_release(self.runtime.as_ref(), async move {
             redlock.release_all(&key, &token).await;
         });
     }

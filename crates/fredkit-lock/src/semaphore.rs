@@ -194,6 +194,7 @@ impl Semaphore {
             wait_key: self.wait_key.clone(),
             token,
             ttl: opts.ttl,
+            runtime: tokio::runtime::Handle::try_current().ok(),
             done: false,
         }
     }
@@ -213,7 +214,8 @@ impl Semaphore {
 }
 
 /// A held semaphore permit. Dropping it gives the permit back in the
-/// background; a permit that is never given back (crashed holder, leaked
+/// background (also when dropped on a thread without a tokio runtime: on
+/// the runtime it was acquired on); a permit that is never given back (crashed holder, leaked
 /// guard) expires after its TTL.
 pub struct Permit {
     inner: Arc<Inner>,
@@ -221,6 +223,7 @@ pub struct Permit {
     wait_key: Key,
     token: Str,
     ttl: Duration,
+    runtime: Option<tokio::runtime::Handle>,
     done: bool,
 }
 
@@ -301,14 +304,11 @@ impl Drop for Permit {
         if self.done {
             return;
         }
-        let Ok(rt) = tokio::runtime::Handle::try_current() else {
-            return;
-        };
         let inner = self.inner.clone();
         let set_key = self.set_key.clone();
         let wait_key = self.wait_key.clone();
         let token = self.token.clone();
-        rt.spawn(async move {
+        crate::guard::spawn_release(self.runtime.as_ref(), async move {
             if let Err(e) = release(&inner, &set_key, &wait_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background permit release failed; it expires at its TTL");
             }

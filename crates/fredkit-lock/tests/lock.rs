@@ -902,3 +902,159 @@ async fn semaphore_waiter_is_woken_by_release_not_by_polling(#[case] topology: T
     );
     assert!(waiter_m.metrics().wakeups >= 1);
 }
+
+/// The scripts as the crate runs them, for replaying one call exactly.
+static ACQUIRE_LUA: fredkit_core::Script =
+    fredkit_core::Script::new("t_lock_acquire", include_str!("../scripts/acquire.lua"));
+static SEM_ACQUIRE_LUA: fredkit_core::Script = fredkit_core::Script::new(
+    "t_semaphore_acquire",
+    include_str!("../scripts/sem_acquire.lua"),
+);
+
+/// fred sends a command again when the connection closes while it is in
+/// flight (`max_command_attempts`, reconnect on READONLY/LOADING...): a grant
+/// whose reply was lost runs a second time with the same holder token. That
+/// replay must be the same grant (same fencing token), not "busy": otherwise
+/// the caller gives up, or waits for its own lock, while the lock is held by
+/// nobody for a whole TTL.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_replayed_after_a_lost_reply_is_the_same_grant(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_replay");
+    let m = LockManager::new(&redis, &p).unwrap();
+    for (i, mode) in ["0", "1", "2"].into_iter().enumerate() {
+        let resource = format!("r{i}");
+        let lock = m.keys().tagged(&resource, ["lock"]).unwrap();
+        let fence = m.keys().tagged(&resource, ["fence"]).unwrap();
+        let run = |token: &'static str| {
+            let (lock, fence) = (lock.clone(), fence.clone());
+            let client = redis.client().clone();
+            async move {
+                ACQUIRE_LUA
+                    .exec::<_, i64, _, _>(&client, vec![lock, fence], vec![token, "10000", mode])
+                    .await
+                    .unwrap()
+            }
+        };
+        let first = run("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").await;
+        assert!(first >= 1, "mode {mode}: {first}");
+        let replay = run("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").await;
+        assert_eq!(replay, first, "mode {mode}: the replay is the same grant");
+        // Somebody else is still refused, and the fencing counter did not move.
+        assert!(run("bbbbbbbbbbbbbbbbbbbbbbbbbbbbbbbb").await <= -1);
+        let again = run("aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa").await;
+        assert_eq!(again, first, "mode {mode}: still the same grant");
+        let lease = fredkit_core::traits::LockLease {
+            resource: resource.clone(),
+            token: "aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa".into(),
+            fencing_token: first.unsigned_abs(),
+        };
+        assert!(DistributedLock::release(&m, &lease).await.unwrap());
+        let next = m
+            .acquire(&resource, &opts(1_000, 0))
+            .await
+            .unwrap()
+            .unwrap();
+        assert_eq!(next.fencing_token(), first.unsigned_abs() + 1);
+        next.release().await.unwrap();
+    }
+
+    // A semaphore permit likewise, also when the replayed permit is the last one.
+    let sem = m.semaphore("s", 1).unwrap();
+    let ks = m.keys().child("sem").unwrap();
+    let keys = vec![
+        ks.tagged("s", ["permits"]).unwrap(),
+        ks.tagged("s", ["wait"]).unwrap(),
+    ];
+    let run = |token: &'static str| {
+        let keys = keys.clone();
+        let client = redis.client().clone();
+        async move {
+            SEM_ACQUIRE_LUA
+                .exec::<_, i64, _, _>(&client, keys, vec![token, "10000", "1", "0"])
+                .await
+                .unwrap()
+        }
+    };
+    assert_eq!(run("cccccccccccccccccccccccccccccccc").await, 1);
+    assert!(
+        run("cccccccccccccccccccccccccccccccc").await >= 1,
+        "the replayed permit is granted, not refused"
+    );
+    assert!(run("dddddddddddddddddddddddddddddddd").await <= -1);
+    assert_eq!(sem.held().await.unwrap(), 1);
+}
+
+/// A `FencedStore` and a `LockManager` given the same prefix (natural when
+/// the value is named after the resource) must not share keys: a fenced
+/// write with a TTL would put that TTL on the lock's fencing counter, which
+/// would then restart at 1 and hand out tokens older than earlier ones.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_store_with_the_lock_prefix_leaves_the_fencing_counter_alone(
+    #[case] topology: Topology,
+) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_fenced_same_prefix");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let store = FencedStore::new(&redis, &p).unwrap();
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let g = m.acquire("doc", &opts(5_000, 0)).await.unwrap().unwrap();
+        tokens.push(g.fencing_token());
+        assert_eq!(
+            store
+                .write(
+                    "doc",
+                    "v",
+                    g.fencing_token(),
+                    Some(Duration::from_millis(50))
+                )
+                .await
+                .unwrap(),
+            FencedWrite::Written
+        );
+        assert!(g.release().await.unwrap());
+        tokio::time::sleep(Duration::from_millis(120)).await;
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase: {tokens:?}"
+    );
+}
+
+/// A guard (or permit) is `Send`: it may end up dropped on a thread without
+/// a tokio runtime (a plain `std::thread`, a synchronous destructor). The
+/// lock must still be released in the background, not held for its TTL.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn guard_dropped_outside_a_runtime_is_still_released(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let m = LockManager::new(&redis, &prefix("lock_drop_no_rt")).unwrap();
+    let long = opts(60_000, 0);
+    let g = m.acquire("r", &long).await.unwrap().unwrap();
+    std::thread::spawn(move || drop(g)).join().unwrap();
+    let back = m
+        .acquire("r", &opts(60_000, 5_000))
+        .await
+        .unwrap()
+        .expect("the guard dropped off the runtime was released");
+    back.release().await.unwrap();
+
+    let sem = m.semaphore("s", 1).unwrap();
+    let permit = sem.acquire(&long).await.unwrap().unwrap();
+    std::thread::spawn(move || drop(permit)).join().unwrap();
+    let back = sem
+        .acquire(&opts(60_000, 5_000))
+        .await
+        .unwrap()
+        .expect("the permit dropped off the runtime was given back");
+    back.release().await.unwrap();
+}
