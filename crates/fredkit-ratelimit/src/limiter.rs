@@ -70,7 +70,8 @@ const FAIL_CLOSED_RETRY: Duration = Duration::from_secs(1);
 ///
 /// # Failure
 ///
-/// When Redis is unreachable, times out, is busy, or the circuit breaker is
+/// When Redis is unreachable, times out, is busy, refuses writes (a replica
+/// after a failover, `OOM`), or the circuit breaker is
 /// open, a check returns `Ok` with the decision of the [`FailMode`] the
 /// caller chose ([`Outcome::fallback`] says so): allowed for
 /// [`FailMode::Open`], denied for [`FailMode::Closed`]. The breaker
@@ -416,7 +417,7 @@ impl Limiter {
                 permit.success();
                 self.parse(reply, cost)
             }
-            Err(e) if e.is_unavailable() => {
+            Err(e) if cannot_count(&e) => {
                 permit.failure();
                 tracing::warn!(error = %e, fail_mode = ?inner.fail_mode, "rate limiter: Redis unavailable, using the fail mode");
                 Ok(self.fallback(&e))
@@ -569,6 +570,25 @@ impl Limiter {
     }
 }
 
+/// Whether `e` means Redis cannot count right now, so the fail mode
+/// applies: unreachable, timed out or busy, or it answered but refuses
+/// writes — a replica (`READONLY`: a failover the client has not followed
+/// yet), out of memory (`OOM`), or without the replicas its
+/// `min-replicas-to-write` asks for (`NOREPLICAS`, `MASTERDOWN`).
+pub(crate) fn cannot_count(e: &Error) -> bool {
+    const REFUSES_WRITES: [&str; 4] = ["READONLY", "OOM", "NOREPLICAS", "MASTERDOWN"];
+    if e.is_unavailable() {
+        return true;
+    }
+    let (Error::Script { message, .. } | Error::Protocol { message, .. }) = e else {
+        return false;
+    };
+    // Redis 7 puts the code first; older servers wrap it ("... -READONLY ...").
+    REFUSES_WRITES
+        .iter()
+        .any(|code| message.starts_with(code) || message.contains(&format!("-{code} ")))
+}
+
 /// Decodes the one-limit GCRA reply: `d >= 0` allowed with `TAT - now = d`
 /// after the request; `d < 0` denied with `TAT - now = -d - 1` (see
 /// `scripts/gcra.lua`). All in server microseconds.
@@ -641,6 +661,31 @@ mod tests {
             reset_after: Duration::from_secs(reset),
             retry_after: retry.map(Duration::from_secs),
         }
+    }
+
+    #[test]
+    fn refused_writes_are_an_outage_other_script_errors_are_not() {
+        let script = |m: &str| Error::Script {
+            script: "ratelimit.gcra",
+            message: m.to_string(),
+            source: None,
+        };
+        for outage in [
+            "READONLY You can't write against a read only replica.",
+            "OOM command not allowed when used memory > 'maxmemory'.",
+            "NOREPLICAS Not enough good replicas to write.",
+            "ERR Error running script (call to f_1): @user_script:31: -READONLY You can't write",
+        ] {
+            assert!(cannot_count(&script(outage)), "{outage}");
+        }
+        assert!(cannot_count(&Error::timeout("slow")));
+        for error in [
+            "WRONGTYPE Operation against a key holding the wrong kind of value",
+            "ERR value is not an integer or out of range",
+        ] {
+            assert!(!cannot_count(&script(error)), "{error}");
+        }
+        assert!(!cannot_count(&Error::invalid_input("cost")));
     }
 
     #[test]

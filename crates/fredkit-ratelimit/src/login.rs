@@ -327,7 +327,7 @@ impl LoginThrottle {
                     permit.success();
                     self.parse(&v)
                 }
-                Err(e) if e.is_unavailable() => {
+                Err(e) if crate::limiter::cannot_count(&e) => {
                     permit.failure();
                     tracing::warn!(error = %e, fail_mode = ?inner.fail_mode, "login throttle: Redis unavailable, using the fail mode");
                     Ok(self.fallback())

@@ -818,3 +818,50 @@ async fn an_absurd_gcra_state_is_decoded_without_overflow(#[case] topology: Topo
     let stored: String = redis.client().get(&key).await.unwrap();
     assert_eq!(stored, "1e300");
 }
+
+/// A server demoted to a replica under the client (a failover the client has
+/// not followed yet) refuses the check's writes with `READONLY`: Redis
+/// cannot count there, so the check answers with the fail mode and tells
+/// the breaker, as for an outage — it is not an error the caller must
+/// handle. The login throttle does the same. (Standalone only: a cluster
+/// client follows the failover through `MOVED`.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_failover_demoted_server_gets_the_fail_mode_decision() {
+    let (primary, demoted) = (RedisServer::start().unwrap(), RedisServer::start().unwrap());
+    let redis = connect(&demoted.url()).await.unwrap();
+    let port = primary
+        .url()
+        .rsplit(':')
+        .next()
+        .unwrap()
+        .trim_end_matches('/')
+        .to_string();
+    demoted.command(&["REPLICAOF", "127.0.0.1", &port]).unwrap();
+    for mode in [FailMode::Open, FailMode::Closed] {
+        let breaker = CircuitBreaker::builder()
+            .minimum_throughput(2)
+            .build()
+            .unwrap();
+        let limiter = Limiter::builder(&redis, "demoted")
+            .limit(Limit::gcra(10, HOUR))
+            .fail_mode(mode)
+            .breaker(breaker.clone())
+            .build()
+            .unwrap();
+        for _ in 0..2 {
+            let o = limiter.check_all("u", 1).await.unwrap();
+            assert_eq!(o.fallback(), Some(mode), "{o:?}");
+            assert_eq!(o.allowed(), mode == FailMode::Open);
+        }
+        let m = limiter.metrics();
+        assert_eq!((m.errors, m.fail_open + m.fail_closed), (0, 2), "{m:?}");
+        assert_eq!(breaker.state(), fredkit_core::BreakerState::Open);
+
+        let login = LoginThrottle::builder(&redis, "demoted_login")
+            .fail_mode(mode)
+            .build()
+            .unwrap();
+        let s = login.record_failure("u").await.unwrap();
+        assert_eq!(s.fallback, Some(mode), "{s:?}");
+    }
+}
