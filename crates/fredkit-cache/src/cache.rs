@@ -1324,6 +1324,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             value: value.cloned(),
             created_ms: now,
             fresh_until_ms: fresh_until,
+            size: envelope::plain_size(&bytes),
         };
         Ok((bytes, stored, px))
     }
@@ -1640,6 +1641,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                                 value: value.clone(),
                                 created_ms: now,
                                 fresh_until_ms: now.saturating_add(ttl_ms),
+                                // Not encoded (Redis is down): the in-memory
+                                // size stands in for the L1 weight.
+                                size: std::mem::size_of::<V>(),
                             };
                             l1.insert_write(&task_key, &stored, now, this.opts.eager_refresh);
                         }

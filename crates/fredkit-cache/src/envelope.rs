@@ -34,6 +34,9 @@ pub(crate) struct Stored<V> {
     pub(crate) value: Option<V>,
     pub(crate) created_ms: u64,
     pub(crate) fresh_until_ms: u64,
+    /// The value's encoded size before compression (0 for an absence):
+    /// the L1 weight when L1 is bounded by bytes.
+    pub(crate) size: usize,
 }
 
 impl<V> Stored<V> {
@@ -55,6 +58,17 @@ pub(crate) fn now_ms() -> u64 {
 }
 
 /// Encodes `value` (or a negative entry for `None`) into an envelope.
+/// The payload size before compression of an envelope made by [`encode`].
+pub(crate) fn plain_size(envelope: &[u8]) -> usize {
+    let body = envelope.get(HEADER_LEN..).unwrap_or_default();
+    match (envelope.get(3), body.get(0..4)) {
+        (Some(flags), Some(s)) if flags & FLAG_LZ4 != 0 => {
+            u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize
+        }
+        _ => body.len(),
+    }
+}
+
 pub(crate) fn encode<V: Serialize, C: Codec>(
     codec: &C,
     value: Option<&V>,
@@ -136,8 +150,10 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
             value: None,
             created_ms,
             fresh_until_ms,
+            size: 0,
         });
     }
+    let mut plain_size = body.len();
     let value = if flags & FLAG_LZ4 != 0 {
         if body.len() < 4 {
             return Err(Garbage("compressed payload without its size".into()));
@@ -148,6 +164,7 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
                 "compressed payload claims {size} bytes, over the {max_decompressed}-byte limit"
             )));
         }
+        plain_size = size;
         let mut plain = vec![0u8; size];
         match lz4_flex::block::decompress_into(&body[4..], &mut plain) {
             Ok(n) if n == size => {}
@@ -167,6 +184,7 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
         value: Some(value),
         created_ms,
         fresh_until_ms,
+        size: plain_size,
     })
 }
 
@@ -181,6 +199,19 @@ mod tests {
     #![allow(clippy::unwrap_used)]
     use super::*;
     use fredkit_core::MsgPack;
+
+    #[test]
+    fn sizes_are_the_uncompressed_payload_size_on_write_and_read() {
+        let v = "ab".repeat(5000);
+        let plain = MsgPack.encode(&v).unwrap().len();
+        for compress in [None, Some(64)] {
+            let b = encode(&MsgPack, Some(&v), 5, 10, compress).unwrap();
+            assert_eq!(plain_size(&b), plain);
+            let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
+            assert_eq!(s.size, plain);
+        }
+        assert!(encode(&MsgPack, Some(&v), 5, 10, Some(64)).unwrap().len() < plain);
+    }
 
     #[test]
     fn values_round_trip_with_their_times() {

@@ -56,12 +56,31 @@ pub(crate) struct L1Entry<V> {
     /// copy is not even a fail-safe fallback.
     pub(crate) expires: Tick,
     pub(crate) created_ms: u64,
+    /// Weight when L1 is bounded by bytes (1 when bounded by entries).
+    weight: u32,
 }
+
+/// Weighs L1 copies: 1 each (bounded by entries), or their precomputed
+/// approximate size (bounded by bytes).
+#[derive(Clone, Copy)]
+pub(crate) struct Weight;
+
+impl<V> quick_cache::Weighter<String, L1Entry<V>> for Weight {
+    #[inline]
+    fn weight(&self, _key: &String, e: &L1Entry<V>) -> u64 {
+        u64::from(e.weight)
+    }
+}
+
+/// Fixed per-copy overhead counted when L1 is bounded by bytes (entry,
+/// map slot, key allocation).
+const ENTRY_OVERHEAD: usize = 96;
 
 pub(crate) struct L1<V> {
     /// Bounded by entries; S3-FIFO-style eviction, sharded locks (reads take
     /// a shard's read lock, no write on a hit).
-    cache: quick_cache::sync::Cache<String, L1Entry<V>>,
+    cache: quick_cache::sync::Cache<String, L1Entry<V>, Weight>,
+    by_bytes: bool,
     ttl: Duration,
     max_stale: Duration,
     /// Per-stripe epochs: bumped (under the stripe's lock) by every write,
@@ -84,9 +103,12 @@ fn lock(m: &Mutex<u64>) -> MutexGuard<'_, u64> {
 impl<V: Clone + Send + Sync + 'static> L1<V> {
     pub(crate) fn new(o: &L1Options, max_stale: Duration) -> Self {
         L1 {
-            cache: quick_cache::sync::Cache::new(
+            cache: quick_cache::sync::Cache::with_weighter(
                 usize::try_from(o.max_entries).unwrap_or(usize::MAX),
+                o.max_bytes.unwrap_or(o.max_entries),
+                Weight,
             ),
+            by_bytes: o.max_bytes.is_some(),
             ttl: o.ttl,
             max_stale,
             stripes: (0..STRIPES).map(|_| Mutex::new(0)).collect(),
@@ -131,7 +153,14 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
     }
 
     /// A copy whose L1 life starts at `born` (before the read it came from).
-    fn entry(&self, stored: &Stored<V>, now_ms: u64, eager: Option<f64>, born: Tick) -> L1Entry<V> {
+    fn entry(
+        &self,
+        key: &str,
+        stored: &Stored<V>,
+        now_ms: u64,
+        eager: Option<f64>,
+        born: Tick,
+    ) -> L1Entry<V> {
         // Deadlines count from a coarse reading that may lag real time by up
         // to TICK_SLACK: move them that much earlier.
         let t = now().saturating_sub(coarsetime::Duration::from(TICK_SLACK));
@@ -150,6 +179,12 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
             refresh_at,
             expires: later(later(born, self.ttl), self.max_stale),
             created_ms: stored.created_ms,
+            weight: if self.by_bytes {
+                let bytes = key.len() + stored.size + ENTRY_OVERHEAD;
+                u32::try_from(bytes).unwrap_or(u32::MAX)
+            } else {
+                1
+            },
         }
     }
 
@@ -163,7 +198,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         now_ms: u64,
         eager: Option<f64>,
     ) {
-        let e = self.entry(stored, now_ms, eager, ticket.started);
+        let e = self.entry(key, stored, now_ms, eager, ticket.started);
         let guard = lock(self.stripe(key));
         if *guard == ticket.epoch && self.is_live() {
             self.cache.insert(key.to_string(), e);
@@ -178,7 +213,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         now_ms: u64,
         eager: Option<f64>,
     ) {
-        let e = self.entry(stored, now_ms, eager, now());
+        let e = self.entry(key, stored, now_ms, eager, now());
         let mut guard = lock(self.stripe(key));
         *guard = guard.wrapping_add(1);
         if self.is_live() {
@@ -294,6 +329,7 @@ mod tests {
             value: Some(v),
             created_ms: now,
             fresh_until_ms: now + fresh_ms,
+            size: 1000,
         }
     }
 
@@ -362,6 +398,25 @@ mod tests {
             .count();
         assert!(held <= 100, "{held} copies held, bound 100");
         assert!(held > 0);
+    }
+
+    #[test]
+    fn l1_can_be_bounded_by_bytes() {
+        // 1000-byte values + key + overhead: ~1100 bytes each, 110 KB bound.
+        let l1 = L1::new(
+            &L1Options::new().max_entries(100).max_bytes(110_000),
+            Duration::ZERO,
+        );
+        l1.go_live();
+        for i in 0..10_000u64 {
+            l1.insert_write(&format!("k{i}"), &stored(i, 60_000), now_ms(), None);
+        }
+        let held = (0..10_000u64)
+            .filter(|i| value(&l1, &format!("k{i}")).is_some())
+            .count();
+        assert!(held > 0);
+        assert!(held <= 100, "{held} copies of ~1.1 KB held, bound 110 KB");
+        assert!(l1.cache.weight() <= 110_000);
     }
 
     #[test]

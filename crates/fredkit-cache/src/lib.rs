@@ -28,7 +28,8 @@
 //! - **Eager refresh**: past a fraction of the TTL, a hit returns at once
 //!   and refreshes the entry in the background, once.
 //! - **L1 + L2**: an optional in-process L1 ([`L1Options`]; a sharded
-//!   `quick_cache`, ~40–80 ns per hit). Every write
+//!   `quick_cache` bounded by entries or by approximate bytes, with its own
+//!   TTL; ~40–80 ns per hit). Every write
 //!   publishes an invalidation (keys only) carrying the writer's instance id
 //!   and a per-publisher sequence; a receiver that sees a gap in a sequence,
 //!   a pub/sub reconnect (`Gap`) or lag flushes its whole L1. The L1 TTL

@@ -20,6 +20,7 @@ use std::time::Duration;
 #[derive(Debug, Clone)]
 pub struct L1Options {
     pub(crate) max_entries: u64,
+    pub(crate) max_bytes: Option<u64>,
     pub(crate) ttl: Duration,
 }
 
@@ -27,6 +28,7 @@ impl Default for L1Options {
     fn default() -> Self {
         L1Options {
             max_entries: 10_000,
+            max_bytes: None,
             ttl: Duration::from_secs(5),
         }
     }
@@ -43,6 +45,18 @@ impl L1Options {
     /// Default 10 000; must be ≥ 1.
     pub fn max_entries(mut self, n: u64) -> Self {
         self.max_entries = n;
+        self
+    }
+
+    /// Bounds L1 by approximate memory instead of by entry count: the sum
+    /// over copies of the key's length, the value's encoded size (as stored
+    /// in Redis, before compression) and a fixed per-entry overhead stays
+    /// under `bytes`. With it, [`max_entries`](Self::max_entries) is only a
+    /// sizing hint. A value too large for its share of L1 is simply not kept
+    /// in L1 (it is still cached in Redis). Default: off (bounded by
+    /// entries); must be ≥ 1.
+    pub fn max_bytes(mut self, bytes: u64) -> Self {
+        self.max_bytes = Some(bytes);
         self
     }
 
@@ -319,9 +333,9 @@ impl CacheOptionsBuilder {
             }
         }
         if let Some(l1) = &self.l1 {
-            if l1.max_entries == 0 || l1.ttl.is_zero() {
+            if l1.max_entries == 0 || l1.ttl.is_zero() || l1.max_bytes == Some(0) {
                 return Err(Error::config(
-                    "L1 max_entries and ttl must be non-zero; leave L1 off instead",
+                    "L1 max_entries, max_bytes and ttl must be non-zero; leave L1 off instead",
                 ));
             }
         }
@@ -383,6 +397,7 @@ mod tests {
                 .build(),
             b().l1(L1Options::new().max_entries(0)).build(),
             b().l1(L1Options::new().ttl(Duration::ZERO)).build(),
+            b().l1(L1Options::new().max_bytes(0)).build(),
         ];
         for r in bad {
             assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
