@@ -20,12 +20,26 @@
 -- have needed the caller's key gone, and a token is never reused).
 --
 -- Returns an integer:
---   >= 1  granted; the value is the fencing token (strictly increasing per resource)
+--   >= 1  granted; the value is the fencing token (strictly increasing per
+--         resource; the first one is the server's time in microseconds)
 --   <= -1 held by someone else; -1 - value is the lock's remaining TTL in ms
 local value = ARGV[1]
 if ARGV[3] == '2' then value = value .. '+' end
 if redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
-  return redis.call('INCR', KEYS[2])
+  local n = redis.call('INCR', KEYS[2])
+  if n == 1 then
+    -- The counter did not exist: the first grant ever, or the counter was
+    -- lost (a restart without persistence, an eviction, a deleted key).
+    -- Start from the server's clock in microseconds: more than every token
+    -- handed out before the loss (each was at most its counter's start plus
+    -- one per grant, and a grant takes far more than a microsecond), as long
+    -- as the server's clock did not go back. Below 2^53 until the year 2255.
+    local t = redis.call('TIME')
+    local seed = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
+    redis.call('SET', KEYS[2], seed)
+    return tonumber(seed)
+  end
+  return n
 end
 local held = redis.call('GET', KEYS[1])
 if held == ARGV[1] or held == ARGV[1] .. '+' then

@@ -62,9 +62,14 @@
 //!
 //! The fencing counter is stored in Redis next to the lock and **never
 //! expires** (see [`LockManager`]), so tokens keep increasing across client
-//! restarts. They do not survive the loss of the Redis data itself (a
-//! failover to a replica that missed the last `INCR`, a restart without
-//! persistence): run the lock's Redis with AOF, and consider
+//! restarts. A counter that is missing — the first grant ever, or lost with
+//! the server's data (a restart without persistence, an eviction under an
+//! `allkeys-*` policy, a deleted key) — starts again from the server's clock
+//! in microseconds, above every token handed out before, as long as that
+//! clock did not go back (tokens are therefore large numbers, below 2^53
+//! until the year 2255). What this cannot cover is a counter that survived
+//! *behind*: a failover to a replica that missed the last `INCR`s. Run the
+//! lock's Redis with AOF, and consider
 //! [replica confirmation](LockOptionsBuilder::replicas).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

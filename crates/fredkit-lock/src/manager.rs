@@ -101,10 +101,12 @@ pub(crate) fn new_token() -> Str {
 ///
 /// **The fencing counter has no TTL, on purpose**: fencing tokens must keep
 /// growing across every grant for ever, also after a quiet period longer
-/// than any TTL; a counter that expired would start again at 1 and the
-/// storage would reject the next holder. It is one small integer per
-/// resource ever locked; delete it only together with everything that
-/// stored its tokens (e.g. the [`FencedStore`](crate::FencedStore) keys).
+/// than any TTL. It is one small integer per resource ever locked. A
+/// missing counter (first grant, or lost: restart without persistence,
+/// eviction, deletion) starts from the server's clock in microseconds, so
+/// tokens stay above those handed out before (see the
+/// [crate docs](crate#why-fencing-tokens)); a counter that is present but
+/// behind (failover to a lagging replica) is not detected.
 ///
 /// # Round trips
 ///

@@ -1058,3 +1058,62 @@ async fn guard_dropped_outside_a_runtime_is_still_released(#[case] topology: Top
         .expect("the permit dropped off the runtime was given back");
     back.release().await.unwrap();
 }
+
+/// The fencing counter lost with the server's data (a restart without
+/// persistence; an eviction or a deleted key do the same): the next tokens
+/// must still be greater than every token handed out before, or a stale
+/// holder's write would beat the new holder's at the storage.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_fencing_tokens_keep_increasing_after_a_restart_that_lost_the_data() {
+    let mut server =
+        tokio::task::spawn_blocking(|| RedisServer::start_with(ServerOptions::default()).unwrap())
+            .await
+            .unwrap();
+    let url = server.url();
+    let p = prefix("lock_fence_data_loss");
+    let store = FencedStore::new(&shared(Topology::Standalone).await, &p).unwrap();
+    let mut tokens = Vec::new();
+    {
+        let m = LockManager::new(&connect(&url).await, &p).unwrap();
+        for _ in 0..3 {
+            let g = m.acquire("doc", &opts(5_000, 0)).await.unwrap().unwrap();
+            tokens.push(g.fencing_token());
+            // The protected storage lives elsewhere and keeps what it saw.
+            assert_eq!(
+                store
+                    .write("doc", "v", g.fencing_token(), None)
+                    .await
+                    .unwrap(),
+                FencedWrite::Written
+            );
+            assert!(g.release().await.unwrap());
+        }
+    }
+    let mut server = tokio::task::spawn_blocking(move || {
+        server.restart().unwrap();
+        server
+    })
+    .await
+    .unwrap();
+    let m = LockManager::new(&connect(&url).await, &p).unwrap();
+    for _ in 0..2 {
+        let g = m.acquire("doc", &opts(5_000, 0)).await.unwrap().unwrap();
+        tokens.push(g.fencing_token());
+        assert_eq!(
+            store
+                .write("doc", "new", g.fencing_token(), None)
+                .await
+                .unwrap(),
+            FencedWrite::Written,
+            "a holder after the restart is not fenced off: {tokens:?}"
+        );
+        assert!(g.release().await.unwrap());
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase across the data loss: {tokens:?}"
+    );
+    tokio::task::spawn_blocking(move || server.kill().unwrap())
+        .await
+        .unwrap();
+}
