@@ -54,11 +54,31 @@ for _, e in ipairs(r[2]) do
         table.insert(args, ARGV[7])
       end
       table.insert(args, '*')
+      -- The payload always, headers while one command can carry them (Lua's
+      -- unpack fails near 8000 values), the rest counted.
+      local dropped = 0
+      local payload_at = nil
       for i = 1, #fields, 2 do
-        if string.sub(fields[i], 1, 4) ~= 'dlq.' then
+        if fields[i] == 'payload' then
+          payload_at = i
           table.insert(args, fields[i])
           table.insert(args, fields[i + 1])
+          break
         end
+      end
+      for i = 1, #fields, 2 do
+        if i ~= payload_at and string.sub(fields[i], 1, 4) ~= 'dlq.' then
+          if #args < 7800 then
+            table.insert(args, fields[i])
+            table.insert(args, fields[i + 1])
+          else
+            dropped = dropped + 1
+          end
+        end
+      end
+      if dropped > 0 then
+        table.insert(args, 'dlq.dropped_fields')
+        table.insert(args, tostring(dropped))
       end
       for _, v in ipairs({ 'dlq.id', id, 'dlq.group', ARGV[1], 'dlq.consumer', ARGV[2],
         'dlq.deliveries', tostring(n),

@@ -14,7 +14,9 @@
 -- The dead letter holds the entry's original fields (payload and headers)
 -- followed by dlq.id, dlq.group, dlq.consumer, dlq.deliveries (the server's
 -- delivery count), dlq.error, dlq.at (server time, ms) and, when the entry
--- had been trimmed from the stream meanwhile, dlq.missing = 1.
+-- had been trimmed from the stream meanwhile, dlq.missing = 1. An entry with
+-- thousands of fields keeps its payload and as many headers as one command
+-- can carry; dlq.dropped_fields counts the headers left out.
 --
 -- Returns: 1 when dead-lettered and acknowledged; 0 when the entry was no
 -- longer pending for that consumer (nothing written).
@@ -34,13 +36,31 @@ end
 table.insert(args, '*')
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 local missing = true
+-- At most this many arguments go to one redis.call (Lua's unpack fails near
+-- 8000): the payload always, headers while there is room, the rest counted
+-- in dlq.dropped_fields.
+local LIMIT = 7800
+local dropped = 0
 if #entry == 1 and entry[1][2] then
   missing = false
   local fields = entry[1][2]
+  local payload_at = nil
   for i = 1, #fields, 2 do
-    if string.sub(fields[i], 1, 4) ~= 'dlq.' then
+    if fields[i] == 'payload' then
+      payload_at = i
       table.insert(args, fields[i])
       table.insert(args, fields[i + 1])
+      break
+    end
+  end
+  for i = 1, #fields, 2 do
+    if i ~= payload_at and string.sub(fields[i], 1, 4) ~= 'dlq.' then
+      if #args < LIMIT then
+        table.insert(args, fields[i])
+        table.insert(args, fields[i + 1])
+      else
+        dropped = dropped + 1
+      end
     end
   end
 end
@@ -51,6 +71,10 @@ end
 if missing then
   table.insert(args, 'dlq.missing')
   table.insert(args, '1')
+end
+if dropped > 0 then
+  table.insert(args, 'dlq.dropped_fields')
+  table.insert(args, tostring(dropped))
 end
 redis.call('XADD', unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])

@@ -39,8 +39,12 @@ for _, e in ipairs(entries) do
       if name == 'payload' then
         has_payload = true
       end
-      table.insert(args, name)
-      table.insert(args, fields[i + 1])
+      -- Dead letters carry at most ~7800 values (see dead_letter.lua); the
+      -- bound keeps unpack below Lua's limit whatever wrote the entry.
+      if name == 'payload' or #args < 7800 then
+        table.insert(args, name)
+        table.insert(args, fields[i + 1])
+      end
     end
   end
   if has_payload then

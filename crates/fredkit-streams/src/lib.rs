@@ -101,7 +101,9 @@
 //! (`type`, `trace_id`, your own). `payload` and names starting with `dlq.`
 //! are reserved. A dead letter holds the original fields plus `dlq.id`,
 //! `dlq.group`, `dlq.consumer`, `dlq.deliveries`, `dlq.error` and `dlq.at`
-//! (and `dlq.missing` when the entry had been trimmed away); a replayed one
+//! (`dlq.missing` when the entry had been trimmed away, `dlq.dropped_fields`
+//! when it had more headers than one script call can copy: thousands); a
+//! replayed one
 //! carries `dlq.replayed_from` and `dlq.replay_group`.
 //!
 //! # Observability

@@ -1108,3 +1108,146 @@ async fn huge_timeouts_mean_wait_forever_and_never_panic_the_worker(#[case] topo
     assert_eq!(report.unacked, 0);
     assert_eq!(pending(&admin, "g").await, 0);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_with_thousands_of_fields_is_dead_lettered_and_does_not_block_retries(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("wide_entry");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    // More fields than a Lua script can pass to one redis.call (unpack limit).
+    let mut fields: Vec<(String, Value)> = vec![(
+        "payload".into(),
+        Value::Bytes(bytes::Bytes::from_static(b"\xc1 garbage")),
+    )];
+    for i in 0..4100 {
+        fields.push((format!("h{i}"), Value::from("v")));
+    }
+    let wide: String = redis
+        .client()
+        .xadd(keys.stream(), false, None, "*", fields)
+        .await
+        .unwrap();
+    for n in 0..3 {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    let ok: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
+    let record = Arc::clone(&ok);
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").max_deliveries(3).build().unwrap(),
+        move |m: Message<Job>| {
+            let first = m.deliveries == 1;
+            if !first {
+                record
+                    .lock()
+                    .unwrap()
+                    .entry(m.payload.n)
+                    .or_default()
+                    .push(m.deliveries);
+            }
+            // Every job fails once: its retry needs the claim to work.
+            async move {
+                if first {
+                    Err("first attempt fails")
+                } else {
+                    Ok(())
+                }
+            }
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the wide entry dead-lettered, every job retried", || {
+        let ok = Arc::clone(&ok);
+        let admin = admin.clone();
+        async move {
+            ok.lock().unwrap().len() == 3
+                && matches!(admin.dead_letter_count().await, Ok(1))
+                && pending(&admin, "g").await == 0
+        }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let dead = admin.dead_letters(10).await.unwrap();
+    assert_eq!(
+        dead[0].original_id.as_ref().map(StreamId::as_str),
+        Some(wide.as_str())
+    );
+    assert_eq!(dead[0].payload.as_deref(), Some(&b"\xc1 garbage"[..]));
+    assert!(dead[0].error.contains("decode"), "{}", dead[0].error);
+    assert!(!dead[0].headers.is_empty());
+    assert_eq!(report.metrics.dead_lettered, 1);
+    assert_eq!(report.metrics.handled, 3);
+
+    // The same through the claim: a wide entry whose consumers kept dying.
+    let keys = common::keys("wide_claimed");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    admin.create_group("g", StartFrom::Beginning).await.unwrap();
+    let mut fields: Vec<(String, Value)> = vec![(
+        "payload".into(),
+        Value::Bytes(MsgPack.encode(&Job { n: 7 }).unwrap()),
+    )];
+    for i in 0..4100 {
+        fields.push((format!("h{i}"), Value::from("v")));
+    }
+    let wide: String = redis
+        .client()
+        .xadd(keys.stream(), false, None, "*", fields)
+        .await
+        .unwrap();
+    let _: Value = redis
+        .client()
+        .xreadgroup("g", "ghost-1", Some(1), None, false, keys.stream(), ">")
+        .await
+        .unwrap();
+    let _: Value = redis
+        .client()
+        .xclaim(
+            keys.stream(),
+            "g",
+            "ghost-2",
+            0,
+            wide.as_str(),
+            None,
+            None,
+            None,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").max_deliveries(2).build().unwrap(),
+        |_m: Message<Job>| async { Ok::<(), String>(()) },
+    )
+    .await
+    .unwrap();
+    wait_until(
+        "the wide crash-looping entry is dead-lettered by the claim",
+        || {
+            let admin = admin.clone();
+            async move {
+                matches!(admin.dead_letter_count().await, Ok(1)) && pending(&admin, "g").await == 0
+            }
+        },
+    )
+    .await;
+    let report = worker.shutdown().await;
+    let dead = admin.dead_letters(1).await.unwrap();
+    assert_eq!(dead[0].decode::<Job, _>(&MsgPack).unwrap(), Job { n: 7 });
+    assert!(
+        dead[0].error.contains("without an outcome"),
+        "{}",
+        dead[0].error
+    );
+    assert_eq!(report.metrics.handled, 0);
+}
