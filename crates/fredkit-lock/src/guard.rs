@@ -217,7 +217,9 @@ impl LockGuard {
         self.fencing_token
     }
 
-    /// The TTL the lock was taken (or last extended) with.
+    /// The TTL the lock was taken with (what the watchdog renews to; an
+    /// [`extend`](Self::extend) with another TTL does not change it — see
+    /// [`LostSignal::remaining`] for what is left of the lease).
     pub fn ttl(&self) -> Duration {
         self.ttl
     }

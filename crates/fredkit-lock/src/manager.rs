@@ -239,6 +239,12 @@ impl LockManager {
     /// and on the fallback poll (capped backoff with jitter), which covers
     /// wake-ups lost to a reconnect. No fairness is promised.
     ///
+    /// `opts.wait()` bounds the waiting, not a try already sent: a try is
+    /// never abandoned half-way (that could leave the lock granted to
+    /// nobody), so with a slow or stalled Redis the call can return up to
+    /// one command timeout after the wait (plus the `WAIT` timeout with
+    /// replica confirmation) — with an error, never a grant.
+    ///
     /// Round trips: one script per try (see the [type docs](Self)).
     ///
     /// # Errors
