@@ -539,7 +539,13 @@ impl Limiter {
     pub async fn reset(&self, identity: &str) -> Result<()> {
         use fred::interfaces::KeysInterface;
         let keys = self.keys(identity)?;
-        let _: i64 = self.inner.redis.client().unlink(keys).await?;
+        let _: i64 = self
+            .inner
+            .redis
+            .client()
+            .unlink(keys)
+            .instrument(tracing::debug_span!("fredkit.ratelimit.reset"))
+            .await?;
         Ok(())
     }
 

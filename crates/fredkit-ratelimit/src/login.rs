@@ -293,7 +293,13 @@ impl LoginThrottle {
     /// (the fail mode does not apply).
     pub async fn record_success(&self, identity: &str) -> Result<()> {
         let [failures, _] = self.keys(identity)?;
-        let _: i64 = self.inner.redis.client().unlink(failures).await?;
+        let _: i64 = self
+            .inner
+            .redis
+            .client()
+            .unlink(failures)
+            .instrument(tracing::debug_span!("fredkit.ratelimit.login_success"))
+            .await?;
         Ok(())
     }
 
@@ -305,7 +311,13 @@ impl LoginThrottle {
     /// As [`record_success`](Self::record_success).
     pub async fn unlock(&self, identity: &str) -> Result<()> {
         let keys = self.keys(identity)?;
-        let _: i64 = self.inner.redis.client().unlink(keys.to_vec()).await?;
+        let _: i64 = self
+            .inner
+            .redis
+            .client()
+            .unlink(keys.to_vec())
+            .instrument(tracing::debug_span!("fredkit.ratelimit.login_unlock"))
+            .await?;
         Ok(())
     }
 
