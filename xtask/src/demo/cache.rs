@@ -152,6 +152,25 @@ async fn tour(demo: &Demo) -> Result<()> {
     );
 
     step("a.metrics()", format!("{:#?}", a.metrics()));
+    // Start-up never needs Redis: a cache on an address nobody listens on.
+    let nowhere = fredkit_conn::Redis::from_url("redis://127.0.0.1:1").await?;
+    let started = Instant::now();
+    let offline: Cache<Product> = Cache::new(&nowhere, options(true)?).await?;
+    let built_in = started.elapsed();
+    let p = offline
+        .get_or_set("product:42", || async { tea(499) })
+        .await?;
+    step(
+        "Cache::new(<a Redis nobody listens on>) then get_or_set(\"product:42\", load)",
+        format!(
+            "built in {built_in:?}, no error (lazy connect; the invalidation subscription \
+             is retried in the background); the loader answered {}; is_ready() = {} \
+             (L1 stays off until Redis confirms the subscription)",
+            p.cents,
+            offline.is_ready()
+        ),
+    );
+
     let removed = a.invalidate_prefix("").await? + short.invalidate_prefix("").await?;
     step(
         "a.invalidate_prefix(\"\") (SCAN + UNLINK, every primary)",
