@@ -16,7 +16,10 @@
 -- ARGV[7]  dead-letter stream MAXLEN, approximate (0 = never trim)
 --
 -- Returns: { next_cursor, { {id, {field, value, ...}, deliveries}, ... },
---            deleted, dead_lettered }
+--            deleted, dead_lettered, dead_letter_failures, last_error }
+-- where dead_letter_failures counts entries due for the dead-letter stream
+-- that it refused (they stay pending, claimed by this consumer, and are not
+-- returned) and last_error is the last refusal ('' when none).
 -- where deleted counts entries that were still pending but had been removed
 -- from the stream (trimmed or XDEL'd): XAUTOCLAIM drops them from the PEL
 -- (Redis 7 lists them in its third reply element; 6.2 returns them with nil
@@ -29,6 +32,8 @@ end
 local max = tonumber(ARGV[6])
 local out = {}
 local dead = 0
+local failed = 0
+local last_error = ''
 local now = nil
 for _, e in ipairs(r[2]) do
   local id = e[1]
@@ -87,12 +92,21 @@ for _, e in ipairs(r[2]) do
         'dlq.at', tostring(now) }) do
         table.insert(args, v)
       end
-      redis.call('XADD', unpack(args))
-      redis.call('XACK', KEYS[1], ARGV[1], id)
-      dead = dead + 1
+      -- pcall: a dead-letter stream that refuses the entry (wrong type, OOM)
+      -- must not fail the whole claim, whose XAUTOCLAIM has already taken
+      -- the other entries (they would be lost to this pass and, idle again
+      -- together, fail with it on every later pass). The entry stays pending.
+      local added = redis.pcall('XADD', unpack(args))
+      if type(added) == 'table' and added.err then
+        failed = failed + 1
+        last_error = added.err
+      else
+        redis.call('XACK', KEYS[1], ARGV[1], id)
+        dead = dead + 1
+      end
     else
       table.insert(out, { id, fields, n })
     end
   end
 end
-return { r[1], out, deleted, dead }
+return { r[1], out, deleted, dead, failed, last_error }

@@ -51,6 +51,7 @@ pub struct WorkerMetrics {
     pub(crate) read_errors: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) skipped_replays: AtomicU64,
+    pub(crate) dead_letter_errors: AtomicU64,
 }
 
 /// A point-in-time copy of [`WorkerMetrics`].
@@ -101,6 +102,11 @@ pub struct WorkerSnapshot {
     /// that dead-lettered the entry; see
     /// [`StreamAdmin::replay_dead_letters`](crate::StreamAdmin::replay_dead_letters)).
     pub skipped_replays: u64,
+    /// Entries due for the dead-letter stream that could not be moved there
+    /// (Redis unreachable, or the dead-letter key refused them: wrong type,
+    /// out of memory). They stay pending and are tried again when reclaimed
+    /// after `min_idle`; the warning in the log says why.
+    pub dead_letter_errors: u64,
 }
 
 impl WorkerMetrics {
@@ -123,6 +129,7 @@ impl WorkerMetrics {
             read_errors: r(&self.read_errors),
             abandoned: r(&self.abandoned),
             skipped_replays: r(&self.skipped_replays),
+            dead_letter_errors: r(&self.dead_letter_errors),
         }
     }
 }

@@ -165,9 +165,11 @@ pub(crate) struct Claimed {
     pub(crate) entries: Vec<(RawEntry, u64)>,
     pub(crate) deleted: u64,
     pub(crate) dead_lettered: u64,
+    pub(crate) dead_letter_failures: u64,
+    pub(crate) last_error: String,
 }
 
-/// `{cursor, {{id, fields, deliveries}...}, deleted, dead}`.
+/// `{cursor, {{id, fields, deliveries}...}, deleted, dead, dead_letter_failures, last_error}`.
 pub(crate) fn claimed(v: Value) -> Result<Claimed> {
     let mut parts = array(v)?.into_iter();
     let cursor = parts
@@ -193,6 +195,8 @@ pub(crate) fn claimed(v: Value) -> Result<Claimed> {
     }
     out.deleted = parts.next().as_ref().and_then(int).unwrap_or(0).max(0) as u64;
     out.dead_lettered = parts.next().as_ref().and_then(int).unwrap_or(0).max(0) as u64;
+    out.dead_letter_failures = parts.next().as_ref().and_then(int).unwrap_or(0).max(0) as u64;
+    out.last_error = parts.next().as_ref().and_then(text).unwrap_or_default();
     Ok(out)
 }
 
@@ -249,8 +253,12 @@ mod tests {
             ])]),
             Value::Integer(2),
             Value::Integer(1),
+            Value::Integer(1),
+            s("WRONGTYPE Operation against a key holding the wrong kind of value"),
         ]);
         let c = claimed(reply).unwrap();
+        assert_eq!(c.dead_letter_failures, 1);
+        assert!(c.last_error.starts_with("WRONGTYPE"));
         assert_eq!(c.cursor, "5-0");
         assert_eq!(c.entries[0].1, 4);
         assert_eq!(c.deleted, 2);

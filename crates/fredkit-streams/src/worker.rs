@@ -681,6 +681,17 @@ async fn claim<T, C>(
             "entries exceeded max_deliveries without an outcome and were dead-lettered"
         );
     }
+    if claimed.dead_letter_failures > 0 {
+        add(
+            &ctx.metrics.dead_letter_errors,
+            claimed.dead_letter_failures,
+        );
+        tracing::warn!(
+            count = claimed.dead_letter_failures,
+            error = %claimed.last_error,
+            "entries past max_deliveries could not be dead-lettered (the dead-letter stream refused them); they stay pending and the claim tries again after min_idle"
+        );
+    }
     let mut out = Vec::with_capacity(claimed.entries.len());
     {
         let inflight = ctx.inflight();
@@ -937,11 +948,14 @@ async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
         Ok(_) => {
             tracing::debug!(id = %id, "not dead-lettered: no longer pending for this consumer")
         }
-        Err(e) => tracing::warn!(
-            id = %id,
-            error = %e,
-            "dead-lettering failed; the entry stays pending and is dead-lettered when reclaimed"
-        ),
+        Err(e) => {
+            add(&ctx.metrics.dead_letter_errors, 1);
+            tracing::warn!(
+                id = %id,
+                error = %e,
+                "dead-lettering failed; the entry stays pending and is dead-lettered when reclaimed"
+            )
+        }
     }
     ctx.done(id);
 }

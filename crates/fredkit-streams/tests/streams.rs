@@ -9,7 +9,7 @@ use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use common::{connect, fast, keys, pending, wait_until, Job};
-use fred::interfaces::StreamsInterface;
+use fred::interfaces::{KeysInterface, StreamsInterface};
 use fred::types::Value;
 use fredkit_core::traits::StreamProducer;
 use fredkit_core::{Codec, ErrorKind, MsgPack};
@@ -1250,4 +1250,110 @@ async fn an_entry_with_thousands_of_fields_is_dead_lettered_and_does_not_block_r
         dead[0].error
     );
     assert_eq!(report.metrics.handled, 0);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_entry_that_cannot_be_dead_lettered_does_not_block_the_entries_claimed_with_it(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("dlq_broken");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    admin.create_group("g", StartFrom::Beginning).await.unwrap();
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let stuck = producer.publish(&Job { n: 99 }).await.unwrap();
+    let mut ids = vec![stuck.clone()];
+    for n in 0..3 {
+        ids.push(producer.publish(&Job { n }).await.unwrap());
+    }
+    // A consumer that died with all four: the jobs were delivered twice, the
+    // first entry many times (it kept crashing its consumers).
+    let _: Value = redis
+        .client()
+        .xreadgroup("g", "ghost-1", Some(4), None, false, keys.stream(), ">")
+        .await
+        .unwrap();
+    let _: Value = redis
+        .client()
+        .xclaim(
+            keys.stream(),
+            "g",
+            "ghost-1",
+            0,
+            stuck.as_str(),
+            None,
+            None,
+            Some(9),
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+    // One XCLAIM: the four become idle at the same instant, so every claim
+    // pass takes them together.
+    let _: Value = redis
+        .client()
+        .xclaim(
+            keys.stream(),
+            "g",
+            "ghost-2",
+            0,
+            ids.iter().map(StreamId::as_str).collect::<Vec<_>>(),
+            Some(0),
+            None,
+            None,
+            false,
+            false,
+        )
+        .await
+        .unwrap();
+    // The dead-letter stream is broken (an operator wrote a string there):
+    // the crash-looping entry cannot be dead-lettered.
+    let _: () = redis
+        .client()
+        .set(keys.dead_letter(), "oops", None, None, false)
+        .await
+        .unwrap();
+    let ok: Arc<Mutex<HashMap<u64, Vec<u64>>>> = Arc::default();
+    let record = Arc::clone(&ok);
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").max_deliveries(4).build().unwrap(),
+        move |m: Message<Job>| {
+            record
+                .lock()
+                .unwrap()
+                .entry(m.payload.n)
+                .or_default()
+                .push(m.deliveries);
+            async { Ok::<(), String>(()) }
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the jobs claimed with the stuck entry are handled", || {
+        let ok = Arc::clone(&ok);
+        async move { ok.lock().unwrap().len() == 3 }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let ok = ok.lock().unwrap().clone();
+    for n in 0..3 {
+        assert_eq!(ok[&n], vec![3], "job {n}");
+    }
+    assert!(
+        !ok.contains_key(&99),
+        "an entry past max_deliveries is not handed out"
+    );
+    assert_eq!(report.metrics.handled, 3);
+    assert!(report.metrics.dead_letter_errors >= 1, "{report:?}");
+    // Nothing lost: the entry that could not be dead-lettered is still pending.
+    let summary = admin.pending("g").await.unwrap();
+    assert_eq!(summary.total, 1);
+    assert_eq!(summary.oldest.as_ref(), Some(&stuck));
+    let _: i64 = redis.client().del(keys.dead_letter()).await.unwrap();
 }
