@@ -108,6 +108,11 @@ pub(crate) fn new_token() -> Str {
 /// [crate docs](crate#why-fencing-tokens)); a counter that is present but
 /// behind (failover to a lagging replica) is not detected.
 ///
+/// Locks are **not reentrant** (unlike Redisson's `RLock`): ownership is
+/// the guard's token, not a task or thread, so a second `acquire` of a held
+/// resource from the same task waits like anyone else's. Pass the guard (or
+/// its [`LockContext`]) down instead of locking again.
+///
 /// # Round trips
 ///
 /// | operation | round trips |

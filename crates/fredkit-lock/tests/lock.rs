@@ -335,6 +335,16 @@ async fn watchdog_keeps_lock_for_3_ttls_and_it_frees_within_a_ttl_after_holder_a
         .unwrap()
         .expect("the lock frees within one TTL after the holder is aborted");
     assert!(next.fencing_token() > token);
+    // The aborted holder's watchdog is gone, not renewing (or failing to
+    // renew) in the background for ever.
+    let renewals = holder_m.metrics().renewals;
+    tokio::time::sleep(ttl).await;
+    assert_eq!(holder_m.metrics().renewals, renewals);
+    assert_eq!(
+        holder_m.metrics().lost,
+        0,
+        "no leaked watchdog found the lock gone"
+    );
     next.release().await.unwrap();
 }
 
