@@ -74,6 +74,11 @@
 //!   `min_idle - handler_timeout` above the acknowledgement round trip (the
 //!   command timeout, 1 s by default, is a safe margin). Handlers that must
 //!   never run twice should still deduplicate on [`Message::id`].
+//! - **Lost replies.** A read or claim whose reply never reaches the worker
+//!   (its timeout expired on a paused server, the connection was killed
+//!   mid-command) may still have handed entries to this consumer on the
+//!   server. Nobody handles them until a claim takes them over after
+//!   `min_idle`, as for a crashed consumer: late, never lost.
 //! - **Ordering.** None across entries: concurrent handlers and retries
 //!   reorder. Use `concurrency(1)` and one worker for strict order (retries
 //!   still reorder).

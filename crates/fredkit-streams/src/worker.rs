@@ -112,7 +112,9 @@ pub struct ShutdownReport {
 /// on. So a handler should not block its thread: CPU-heavy or blocking work
 /// belongs in `tokio::task::spawn_blocking` (or `spawn`) inside the handler,
 /// or it holds up the other entries of its batch and, on its first poll, the
-/// read loop.
+/// read loop. The handler timeout cancels the handler's future, not a task it
+/// started: such a task should finish within `handler_timeout`, or another
+/// worker may take the entry over (after `min_idle`) while it still runs.
 ///
 /// # Round trips
 ///
