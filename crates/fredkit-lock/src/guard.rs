@@ -7,7 +7,7 @@ use std::time::Duration;
 use fred::bytes_utils::Str;
 use fred::types::{Key, Value};
 use fredkit_core::traits::LockLease;
-use fredkit_core::{Error, Result};
+use fredkit_core::Result;
 use tokio::sync::watch;
 use tokio::task::AbortHandle;
 use tokio::time::Instant;
@@ -258,13 +258,11 @@ impl LockGuard {
     ///
     /// # Errors
     ///
-    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a zero TTL;
-    /// connection errors: the lock may end at its old expiry. If the future
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a TTL
+    /// outside 1 ms ..= 24 h (as for `acquire`); connection errors: the lock may end at its old expiry. If the future
     /// is dropped, the TTL is either reset or unchanged.
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
-        if ttl.is_zero() {
-            return Err(Error::invalid_input("extend needs a non-zero ttl"));
-        }
+        crate::manager::check_ttl(ttl)?;
         let span = tracing::debug_span!(
             "fredkit.lock.extend",
             primitive = "lock",

@@ -500,7 +500,7 @@ impl LockManager {
     }
 }
 
-fn check_ttl(ttl: Duration) -> Result<()> {
+pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
     if ttl.is_zero() || ttl > MAX_TTL {
         return Err(Error::invalid_input(format!(
             "lock ttl must be between 1 ms and 24 h, got {ttl:?}"

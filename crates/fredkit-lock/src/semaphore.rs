@@ -247,11 +247,11 @@ impl Permit {
     ///
     /// # Errors
     ///
-    /// Zero `ttl`; connection errors (the permit ends at its old expiry).
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a
+    /// `ttl` outside 1 ms ..= 24 h; connection errors (the permit ends at its
+    /// old expiry).
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
-        if ttl.is_zero() {
-            return Err(Error::invalid_input("extend needs a non-zero ttl"));
-        }
+        crate::manager::check_ttl(ttl)?;
         let r: i64 = SEM_EXTEND
             .exec(
                 self.inner.redis.client(),

@@ -566,6 +566,13 @@ async fn semaphore_permit_dropped_without_release_returns_after_its_ttl(
     let b = sem.acquire(&long).await.unwrap().unwrap();
     assert!(sem.acquire(&long).await.unwrap().is_none(), "3 of 3 taken");
     assert_eq!(sem.held().await.unwrap(), 3);
+    assert_eq!(
+        a.extend(Duration::from_secs(30 * 86_400))
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::InvalidInput
+    );
     let c = sem
         .acquire(&opts(10_000, 3_000))
         .await
@@ -648,6 +655,18 @@ async fn guard_moves_across_tasks_and_only_its_token_can_release(#[case] topolog
         .await
         .unwrap());
     assert!(g2.extend(Duration::from_secs(20)).await.unwrap());
+    // extend takes the TTLs acquire takes (1 ms ..= 24 h), like the trait's extend.
+    for bad in [
+        Duration::ZERO,
+        Duration::from_secs(30 * 86_400),
+        Duration::MAX,
+    ] {
+        assert_eq!(
+            g2.extend(bad).await.unwrap_err().kind(),
+            ErrorKind::InvalidInput,
+            "{bad:?}"
+        );
+    }
     assert!(m.acquire("r", &opts(10_000, 0)).await.unwrap().is_none());
     assert!(g2.release().await.unwrap());
     assert_eq!(
