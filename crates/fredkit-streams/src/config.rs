@@ -6,6 +6,9 @@ use fredkit_core::{Error, Result};
 
 use crate::admin::StartFrom;
 
+/// Upper bound of `count` and `concurrency`.
+const MAX_SLOTS: usize = 1_000_000;
+
 /// Options of a [`Worker`](crate::Worker). Build with
 /// [`WorkerConfig::builder`]; `build()` rejects invalid combinations.
 ///
@@ -140,7 +143,8 @@ impl WorkerConfigBuilder {
         self
     }
 
-    /// Most entries per `XREADGROUP` (`COUNT`). Default 64. A worker never
+    /// Most entries per `XREADGROUP` (`COUNT`). Default 64; at most
+    /// 1 000 000. A worker never
     /// reads more entries than it has free handler slots, so no delivered
     /// entry waits in memory without its handler running.
     pub fn count(mut self, count: usize) -> Self {
@@ -148,7 +152,7 @@ impl WorkerConfigBuilder {
         self
     }
 
-    /// Handlers running at once. Default 64.
+    /// Handlers running at once. Default 64; at most 1 000 000.
     pub fn concurrency(mut self, n: usize) -> Self {
         self.config.concurrency = n;
         self
@@ -235,7 +239,8 @@ impl WorkerConfigBuilder {
     /// knob: an empty group or consumer name, a zero count, concurrency,
     /// block, claim interval, `max_deliveries` or `ack_batch`,
     /// `handler_timeout >= min_idle`, `claim_interval > min_idle`, or
-    /// `block` or `retry_backoff_max` above 1 hour. Huge timeouts (up to
+    /// `block` or `retry_backoff_max` above 1 hour, `count` or `concurrency`
+    /// above 1 000 000. Huge timeouts (up to
     /// `Duration::MAX`) are fine: they mean "wait forever".
     pub fn build(self) -> Result<WorkerConfig> {
         let c = self.config;
@@ -250,6 +255,13 @@ impl WorkerConfigBuilder {
         }
         if c.count == 0 || c.concurrency == 0 || c.ack_batch == 0 {
             return fail("worker: count, concurrency and ack_batch must be at least 1");
+        }
+        if c.count > MAX_SLOTS || c.concurrency > MAX_SLOTS {
+            return Err(Error::config(format!(
+                "worker: count ({}) and concurrency ({}) must be at most {MAX_SLOTS}; every \
+                 handler slot is a task's worth of memory, so pick a real bound",
+                c.count, c.concurrency
+            )));
         }
         if c.block.as_millis() == 0 {
             return fail("worker: block must be at least 1 ms (0 would block forever)");
@@ -341,5 +353,10 @@ mod tests {
             .retry_backoff_max(Duration::from_secs(3600))
             .build()
             .is_ok());
+        assert!(b().block(Duration::MAX).build().is_err());
+        // "Unbounded" would panic tokio's semaphore inside the worker task.
+        assert!(b().concurrency(usize::MAX).build().is_err());
+        assert!(b().count(usize::MAX).build().is_err());
+        assert!(b().concurrency(100_000).count(100_000).build().is_ok());
     }
 }
