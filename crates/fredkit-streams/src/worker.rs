@@ -272,6 +272,13 @@ impl<T, C: Codec> Worker<T, C> {
         self.metrics.snapshot()
     }
 
+    /// Whether the worker's read loop is still running: false once it
+    /// stopped (after the stop signal of a dropped handle) or died, which a
+    /// health check should report. No round trip.
+    pub fn is_running(&self) -> bool {
+        self.main.as_ref().is_some_and(|h| !h.is_finished())
+    }
+
     /// Graceful shutdown: stops reading (the read in progress, at most
     /// `block` long, completes and its entries are handled), lets in-flight
     /// handlers finish until `shutdown_timeout` (then cancels the rest: they

@@ -672,6 +672,7 @@ async fn headers_and_trace_id_travel_from_producer_to_handler(#[case] topology: 
         async move { got.lock().unwrap().len() == 2 }
     })
     .await;
+    assert!(worker.is_running());
     worker.shutdown().await;
     let got = got.lock().unwrap();
     let first = got.iter().find(|m| m.payload.n == 1).unwrap();
