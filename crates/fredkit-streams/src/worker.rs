@@ -280,7 +280,8 @@ impl<T, C: Codec> Worker<T, C> {
     }
 
     /// Graceful shutdown: stops reading (the read in progress, at most
-    /// `block` long, completes and its entries are handled), lets in-flight
+    /// `block` long, or `block` plus the command timeout on an unresponsive
+    /// server, completes and its entries are handled), lets in-flight
     /// handlers finish until `shutdown_timeout` (then cancels the rest: they
     /// stay pending), sends the remaining acknowledgements, removes a
     /// generated consumer name from the group if nothing is pending for it,
