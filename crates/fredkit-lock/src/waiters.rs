@@ -201,6 +201,20 @@ async fn dispatch(
     }
 }
 
+/// Hands a consumed wake-up on to another local waiter when dropped armed.
+struct PassOn {
+    slot: Arc<Slot>,
+    armed: bool,
+}
+
+impl Drop for PassOn {
+    fn drop(&mut self) {
+        if self.armed {
+            self.slot.notify.notify_one();
+        }
+    }
+}
+
 /// One try made by [`wait_for`]: whether it is a retry, and how long the
 /// caller keeps waiting from now.
 #[derive(Clone, Copy, Debug)]
@@ -241,6 +255,13 @@ where
         tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
     }
     let registration = inner.waiters.register(key);
+    // Armed from a wake-up until the retry it caused has an answer: if this
+    // waiter is cancelled (or its retry fails) in between, the wake-up goes
+    // to another local waiter instead of being lost until the poll.
+    let mut pass_on = PassOn {
+        slot: registration.slot.clone(),
+        armed: false,
+    };
     let mut polls = 0u32;
     let mut tries = 0u32;
     loop {
@@ -254,7 +275,9 @@ where
             remaining: deadline.saturating_duration_since(at),
         };
         tries += 1;
-        match attempt(this).await? {
+        let answer = attempt(this).await?;
+        pass_on.armed = false;
+        match answer {
             Attempt::Granted(value) => return Ok(Waited::Granted { value, at, tries }),
             Attempt::Held(left) => {
                 Counters::add(&inner.counters.contended);
@@ -268,10 +291,118 @@ where
                 let jitter = Duration::from_micros(rand::thread_rng().gen_range(0..2_000));
                 let sleep = (deadline - now).min(poll).min(left + jitter);
                 tokio::select! {
-                    _ = &mut notified => {}
+                    _ = &mut notified => pass_on.armed = true,
                     _ = tokio::time::sleep(sleep) => {}
                 }
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    #![allow(clippy::unwrap_used, clippy::expect_used)]
+    use super::*;
+    use crate::LockManager;
+    use std::sync::atomic::{AtomicU32, Ordering};
+
+    /// A manager on a port nobody listens on: the subscription fails, so
+    /// waiters are woken only by `wake_one` (or the poll, set to a minute).
+    async fn offline_manager() -> LockManager {
+        let port = std::net::TcpListener::bind("127.0.0.1:0")
+            .unwrap()
+            .local_addr()
+            .unwrap()
+            .port();
+        let config = fredkit_conn::RedisConfig::from_url(&format!(
+            "redis://127.0.0.1:{port}?command_timeout=100ms&connect_timeout=100ms"
+        ))
+        .unwrap();
+        let redis = Redis::connect(config).await.unwrap();
+        LockManager::new(&redis, "t:waiters").unwrap()
+    }
+
+    fn slow_poll() -> LockOptions {
+        LockOptions::builder()
+            .wait(Duration::from_secs(60))
+            .poll_backoff(
+                fredkit_core::Backoff::builder()
+                    .initial(Duration::from_secs(60))
+                    .max(Duration::from_secs(60))
+                    .jitter(false)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap()
+    }
+
+    /// A release wakes one local waiter. If that waiter's `acquire` is
+    /// cancelled while it retries, the wake-up goes to another local waiter
+    /// instead of being lost until the fallback poll.
+    #[tokio::test]
+    async fn a_woken_waiter_cancelled_mid_retry_passes_the_wake_up_on() {
+        let m = offline_manager().await;
+        let key = "t:waiters:{r}:lock";
+        let opts = slow_poll();
+        let held = || Ok(Attempt::Held(Duration::from_secs(60)));
+
+        // A: busy at first, then its retry hangs (a slow Redis) until cancelled.
+        let a_tries = Arc::new(AtomicU32::new(0));
+        let a = tokio::spawn({
+            let (m, opts, a_tries) = (m.clone(), opts.clone(), a_tries.clone());
+            async move {
+                wait_for(&m.inner, key, &opts, |_| {
+                    let n = a_tries.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            held()
+                        } else {
+                            std::future::pending().await
+                        }
+                    }
+                })
+                .await
+                .map(|_| ())
+            }
+        });
+        while a_tries.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // B: busy until woken, then granted.
+        let b_tries = Arc::new(AtomicU32::new(0));
+        let b = tokio::spawn({
+            let (m, opts, b_tries) = (m.clone(), opts.clone(), b_tries.clone());
+            async move {
+                wait_for(&m.inner, key, &opts, |_| {
+                    let n = b_tries.fetch_add(1, Ordering::SeqCst);
+                    async move {
+                        if n == 0 {
+                            held()
+                        } else {
+                            Ok(Attempt::Granted(7))
+                        }
+                    }
+                })
+                .await
+            }
+        });
+        while b_tries.load(Ordering::SeqCst) == 0 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        // The release's message: one wake-up, to the longest waiter (A).
+        assert!(m.inner.waiters.wake_one(key));
+        while a_tries.load(Ordering::SeqCst) < 2 {
+            tokio::time::sleep(Duration::from_millis(5)).await;
+        }
+        assert_eq!(b_tries.load(Ordering::SeqCst), 1, "only A was woken");
+        a.abort();
+        let _ = a.await;
+        let got = tokio::time::timeout(Duration::from_secs(10), b)
+            .await
+            .expect("B never got the wake-up A was cancelled with")
+            .unwrap()
+            .unwrap();
+        assert!(matches!(got, Waited::Granted { value: 7, .. }));
     }
 }
