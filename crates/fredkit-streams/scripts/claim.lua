@@ -16,10 +16,12 @@
 -- ARGV[7]  dead-letter stream MAXLEN, approximate (0 = never trim)
 --
 -- Returns: { next_cursor, { {id, {field, value, ...}, deliveries}, ... },
---            deleted, dead_lettered, dead_letter_failures, last_error }
+--            deleted, dead_lettered, dead_letter_failures, last_error,
+--            dead_letters_trimmed }
 -- where dead_letter_failures counts entries due for the dead-letter stream
 -- that it refused (they stay pending, claimed by this consumer, and are not
--- returned) and last_error is the last refusal ('' when none).
+-- returned), last_error is the last refusal ('' when none) and
+-- dead_letters_trimmed counts old dead letters the MAXLEN bound removed.
 -- where deleted counts entries that were still pending but had been removed
 -- from the stream (trimmed or XDEL'd): XAUTOCLAIM drops them from the PEL
 -- (Redis 7 lists them in its third reply element; 6.2 returns them with nil
@@ -52,13 +54,7 @@ for _, e in ipairs(r[2]) do
         local t = redis.call('TIME')
         now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
       end
-      local args = { KEYS[2] }
-      if tonumber(ARGV[7]) > 0 then
-        table.insert(args, 'MAXLEN')
-        table.insert(args, '~')
-        table.insert(args, ARGV[7])
-      end
-      table.insert(args, '*')
+      local args = { KEYS[2], '*' }
       -- The payload always, headers while one command can carry them (Lua's
       -- unpack fails near 8000 values), the rest counted.
       local dropped = 0
@@ -109,4 +105,9 @@ for _, e in ipairs(r[2]) do
     end
   end
 end
-return { r[1], out, deleted, dead, failed, last_error }
+-- Trimmed separately: XTRIM says how many old dead letters the bound removed.
+local trimmed = 0
+if dead > 0 and tonumber(ARGV[7]) > 0 then
+  trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[7])
+end
+return { r[1], out, deleted, dead, failed, last_error, trimmed }

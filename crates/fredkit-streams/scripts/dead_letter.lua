@@ -18,22 +18,18 @@
 -- thousands of fields keeps its payload and as many headers as one command
 -- can carry; dlq.dropped_fields counts the headers left out.
 --
--- Returns: 1 when dead-lettered and acknowledged; 0 when the entry was no
--- longer pending for that consumer (nothing written).
+-- Returns: { 1, trimmed } when dead-lettered and acknowledged, where trimmed
+-- counts the oldest dead letters the MAXLEN bound removed to make room;
+-- { 0, 0 } when the entry was no longer pending for that consumer (nothing
+-- written).
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #p == 0 then
-  return 0
+  return { 0, 0 }
 end
 local deliveries = p[1][4]
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local args = { KEYS[2] }
-if tonumber(ARGV[5]) > 0 then
-  table.insert(args, 'MAXLEN')
-  table.insert(args, '~')
-  table.insert(args, ARGV[5])
-end
-table.insert(args, '*')
+local args = { KEYS[2], '*' }
 local entry = redis.call('XRANGE', KEYS[1], ARGV[3], ARGV[3])
 local missing = true
 -- At most this many arguments go to one redis.call (Lua's unpack fails near
@@ -78,4 +74,9 @@ if dropped > 0 then
 end
 redis.call('XADD', unpack(args))
 redis.call('XACK', KEYS[1], ARGV[1], ARGV[3])
-return 1
+-- Trimmed separately: XTRIM says how many old dead letters the bound removed.
+local trimmed = 0
+if tonumber(ARGV[5]) > 0 then
+  trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[5])
+end
+return { 1, trimmed }

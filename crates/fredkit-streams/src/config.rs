@@ -205,7 +205,8 @@ impl WorkerConfigBuilder {
     }
 
     /// Approximate `MAXLEN` of the dead-letter stream. Default 100 000; 0
-    /// keeps every dead letter.
+    /// keeps every dead letter. Dead letters trimmed away by the bound are
+    /// counted in [`WorkerSnapshot::dead_letters_trimmed`](crate::WorkerSnapshot::dead_letters_trimmed).
     pub fn dead_letter_max_len(mut self, n: u64) -> Self {
         self.config.dead_letter_max_len = n;
         self

@@ -52,6 +52,7 @@ pub struct WorkerMetrics {
     pub(crate) abandoned: AtomicU64,
     pub(crate) skipped_replays: AtomicU64,
     pub(crate) dead_letter_errors: AtomicU64,
+    pub(crate) dead_letters_trimmed: AtomicU64,
 }
 
 /// A point-in-time copy of [`WorkerMetrics`].
@@ -107,6 +108,11 @@ pub struct WorkerSnapshot {
     /// out of memory). They stay pending and are tried again when reclaimed
     /// after `min_idle`; the warning in the log says why.
     pub dead_letter_errors: u64,
+    /// Old dead letters this worker's dead-lettering removed from the
+    /// dead-letter stream to keep it within
+    /// [`dead_letter_max_len`](crate::WorkerConfigBuilder::dead_letter_max_len)
+    /// (approximately, whole nodes at a time): gone, and counted here.
+    pub dead_letters_trimmed: u64,
 }
 
 impl WorkerMetrics {
@@ -130,6 +136,7 @@ impl WorkerMetrics {
             abandoned: r(&self.abandoned),
             skipped_replays: r(&self.skipped_replays),
             dead_letter_errors: r(&self.dead_letter_errors),
+            dead_letters_trimmed: r(&self.dead_letters_trimmed),
         }
     }
 }

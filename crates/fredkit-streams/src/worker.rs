@@ -691,6 +691,16 @@ async fn claim<T, C>(
             "entries exceeded max_deliveries without an outcome and were dead-lettered"
         );
     }
+    if claimed.dead_letters_trimmed > 0 {
+        add(
+            &ctx.metrics.dead_letters_trimmed,
+            claimed.dead_letters_trimmed,
+        );
+        tracing::warn!(
+            count = claimed.dead_letters_trimmed,
+            "old dead letters were trimmed to keep the dead-letter stream within dead_letter_max_len"
+        );
+    }
     if claimed.dead_letter_failures > 0 {
         add(
             &ctx.metrics.dead_letter_errors,
@@ -940,7 +950,7 @@ async fn run_batch<T, C>(
 }
 
 async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
-    let r: Result<i64> = DEAD_LETTER
+    let r: Result<Value> = DEAD_LETTER
         .exec(
             ctx.redis.client(),
             vec![ctx.keys.stream(), ctx.keys.dead_letter()],
@@ -953,8 +963,22 @@ async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
             ],
         )
         .await;
+    let r = r.map(|v| {
+        let mut parts = reply::array(v).unwrap_or_default().into_iter();
+        let mut next = || parts.next().as_ref().and_then(reply::int).unwrap_or(0);
+        (next(), next().max(0) as u64)
+    });
     match r {
-        Ok(1) => add(&ctx.metrics.dead_lettered, 1),
+        Ok((1, trimmed)) => {
+            add(&ctx.metrics.dead_lettered, 1);
+            if trimmed > 0 {
+                add(&ctx.metrics.dead_letters_trimmed, trimmed);
+                tracing::warn!(
+                    count = trimmed,
+                    "old dead letters were trimmed to keep the dead-letter stream within dead_letter_max_len"
+                );
+            }
+        }
         Ok(_) => {
             tracing::debug!(id = %id, "not dead-lettered: no longer pending for this consumer")
         }

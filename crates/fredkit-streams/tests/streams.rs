@@ -1358,3 +1358,49 @@ async fn an_entry_that_cannot_be_dead_lettered_does_not_block_the_entries_claime
     assert_eq!(summary.oldest.as_ref(), Some(&stuck));
     let _: i64 = redis.client().del(keys.dead_letter()).await.unwrap();
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn dead_letters_trimmed_by_the_bound_are_counted_not_silently_lost(
+    #[case] topology: Topology,
+) {
+    const N: u64 = 250;
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("dlq_trimmed");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    for r in producer
+        .publish_batch(&(0..N).map(|n| Job { n }).collect::<Vec<_>>())
+        .await
+    {
+        r.unwrap();
+    }
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g")
+            .max_deliveries(1)
+            .dead_letter_max_len(10)
+            .build()
+            .unwrap(),
+        |_m: Message<Job>| async { Err::<(), _>("poison") },
+    )
+    .await
+    .unwrap();
+    wait_until("every job dead-lettered", || {
+        let m = worker.metrics();
+        async move { m.dead_lettered == N }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    let kept = admin.dead_letter_count().await.unwrap();
+    assert!(kept < N, "the bound trimmed some ({kept} kept)");
+    assert_eq!(
+        report.metrics.dead_letters_trimmed + kept,
+        N,
+        "every dead letter is either kept or counted as trimmed: {report:?}"
+    );
+    assert_eq!(pending(&admin, "g").await, 0);
+}
