@@ -14,6 +14,7 @@ use fred::bytes::Bytes;
 use fredkit_conn::Redis;
 use fredkit_core::{Error, Result};
 use fredkit_pubsub::{Delivery, Mode, PubSubOptions, Subscriber, Subscription};
+use futures::future::{BoxFuture, FutureExt, Shared};
 use futures::StreamExt;
 use tokio::sync::{Notify, OnceCell};
 use tokio::task::JoinHandle;
@@ -39,10 +40,18 @@ struct Registry {
     slots: HashMap<Arc<str>, (Arc<str>, Arc<Slot>, usize)>,
 }
 
+/// The attempt to subscribe in flight (or the last one), shared by callers.
+type SubscribeAttempt = Shared<BoxFuture<'static, std::result::Result<(), String>>>;
+
 pub(crate) struct Waiters {
     registry: Mutex<Registry>,
     listener: OnceCell<Listener>,
+    attempt: Mutex<Option<SubscribeAttempt>>,
     channel: String,
+}
+
+fn lock_attempt(m: &Mutex<Option<SubscribeAttempt>>) -> MutexGuard<'_, Option<SubscribeAttempt>> {
+    m.lock().unwrap_or_else(|p| p.into_inner())
 }
 
 /// The live subscription: dropping it stops the dispatch task and (through
@@ -67,6 +76,7 @@ impl Waiters {
         Waiters {
             registry: Mutex::new(Registry::default()),
             listener: OnceCell::new(),
+            attempt: Mutex::new(None),
             channel,
         }
     }
@@ -81,38 +91,82 @@ impl Waiters {
     /// plain messages to every node, so one subscription anywhere hears the
     /// wake-ups of every resource (sharded channels would need one
     /// subscription per slot).
+    ///
+    /// The subscription is made by a task of its own, at most one attempt at
+    /// a time, shared by every caller: a caller that stops waiting after
+    /// `limit` (a short wait, a cancelled acquire) does not abort it half-way,
+    /// so the next waiter finds it up instead of starting (and dropping)
+    /// another connection. Each attempt is bounded by the connect and command
+    /// timeouts; after a failed one, the next caller starts a new one.
     pub(crate) async fn listen(
         self: &Arc<Self>,
         redis: &Redis,
         counters: &Arc<Counters>,
         limit: Duration,
     ) -> Result<()> {
-        let init = self.listener.get_or_try_init(|| async {
-            let subscriber = Subscriber::with_codec(
-                redis,
-                fredkit_core::MsgPack,
-                PubSubOptions::default().mode(Mode::Plain),
-            )
-            .await?;
-            let subscription = subscriber.subscribe_bytes(&self.channel).await?;
-            let task = tokio::spawn(dispatch(
-                Arc::downgrade(self),
-                Arc::downgrade(counters),
-                subscription,
-            ));
-            Ok::<_, fredkit_core::Error>(Listener {
-                _subscriber: subscriber,
-                task,
-            })
-        });
+        if self.listener.initialized() {
+            return Ok(());
+        }
+        let attempt = {
+            let mut current = lock_attempt(&self.attempt);
+            match &*current {
+                Some(a) if a.peek().is_none() => a.clone(),
+                _ => {
+                    let (me, redis, counters) = (self.clone(), redis.clone(), counters.clone());
+                    let task = tokio::spawn(async move {
+                        me.listener
+                            .get_or_try_init(|| me.subscribe(&redis, &counters))
+                            .await
+                            .map(|_| ())
+                            .map_err(|e| e.to_string())
+                    });
+                    let a = async move {
+                        match task.await {
+                            Ok(r) => r,
+                            Err(e) => Err(format!("the subscribing task ended: {e}")),
+                        }
+                    }
+                    .boxed()
+                    .shared();
+                    *current = Some(a.clone());
+                    a
+                }
+            }
+        };
         // Never wait for the subscription longer than the caller waits for
-        // the lock; a dropped attempt leaves the cell empty for the next one.
-        match tokio::time::timeout(limit, init).await {
-            Ok(r) => r.map(|_| ()),
+        // the lock.
+        match tokio::time::timeout(limit, attempt).await {
+            Ok(Ok(())) => Ok(()),
+            Ok(Err(e)) => Err(Error::connection(format!(
+                "no wake-up subscription: {e}"
+            ))),
             Err(_) => Err(Error::timeout(format!(
-                "the wake-up subscription was not confirmed within {limit:?}"
+                "the wake-up subscription was not confirmed within {limit:?} (still trying in the background)"
             ))),
         }
+    }
+
+    async fn subscribe(
+        self: &Arc<Self>,
+        redis: &Redis,
+        counters: &Arc<Counters>,
+    ) -> Result<Listener> {
+        let subscriber = Subscriber::with_codec(
+            redis,
+            fredkit_core::MsgPack,
+            PubSubOptions::default().mode(Mode::Plain),
+        )
+        .await?;
+        let subscription = subscriber.subscribe_bytes(&self.channel).await?;
+        let task = tokio::spawn(dispatch(
+            Arc::downgrade(self),
+            Arc::downgrade(counters),
+            subscription,
+        ));
+        Ok(Listener {
+            _subscriber: subscriber,
+            task,
+        })
     }
 
     /// Registers a local waiter on `key` until the returned registration is

@@ -1146,3 +1146,89 @@ async fn fault_fencing_tokens_keep_increasing_after_a_restart_that_lost_the_data
         .await
         .unwrap();
 }
+
+/// Waits shorter than it takes to subscribe (a few ms) are common. The
+/// manager's one subscription must still come up (in the background) and
+/// stay, not be started and torn down again by every short waiting acquire
+/// (a new connection each time, and never a wake-up).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn short_waits_still_bring_up_the_one_wake_up_subscription() {
+    let redis = shared(Topology::Standalone).await;
+    let p = prefix("lock_short_wait_sub");
+    let holder = LockManager::new(&redis, &p).unwrap();
+    let m = LockManager::new(
+        &connect(&shared_url(Topology::Standalone).unwrap()).await,
+        &p,
+    )
+    .unwrap();
+    let g = holder
+        .acquire("r", &opts(30_000, 0))
+        .await
+        .unwrap()
+        .unwrap();
+    let short = LockOptions::builder()
+        .ttl(Duration::from_secs(5))
+        .wait(Duration::from_micros(200))
+        .build()
+        .unwrap();
+    for _ in 0..5 {
+        assert!(m.acquire("r", &short).await.unwrap().is_none());
+    }
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(10);
+    loop {
+        let numsub: Vec<fred::types::Value> = redis
+            .client()
+            .pubsub_numsub(m.wake_channel())
+            .await
+            .unwrap();
+        if numsub.get(1).and_then(|v| v.as_i64()) == Some(1) {
+            break;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "the wake-up subscription never came up: {numsub:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(50)).await;
+    }
+    // ... and it is the one the next (longer) wait uses: a release wakes it.
+    let m2 = m.clone();
+    let waiter = tokio::spawn(async move {
+        let o = LockOptions::builder()
+            .ttl(Duration::from_secs(5))
+            .wait(Duration::from_secs(8))
+            .poll_backoff(
+                Backoff::builder()
+                    .initial(Duration::from_secs(20))
+                    .max(Duration::from_secs(20))
+                    .jitter(false)
+                    .build()
+                    .unwrap(),
+            )
+            .build()
+            .unwrap();
+        m2.acquire("r", &o)
+            .await
+            .unwrap()
+            .map(|g| g.fencing_token())
+    });
+    let before = m.metrics().contended;
+    while m.metrics().contended == before {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert!(g.release().await.unwrap());
+    let got = tokio::time::timeout(DEADLINE, waiter)
+        .await
+        .unwrap()
+        .unwrap();
+    assert!(got.is_some());
+    let numsub: Vec<fred::types::Value> = redis
+        .client()
+        .pubsub_numsub(m.wake_channel())
+        .await
+        .unwrap();
+    assert_eq!(
+        numsub.get(1).and_then(|v| v.as_i64()),
+        Some(1),
+        "{numsub:?}"
+    );
+}
