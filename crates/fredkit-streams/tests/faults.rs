@@ -436,3 +436,62 @@ async fn fault_refused_acknowledgements_are_all_counted_as_unacked_in_the_report
     );
     assert!(!report.consumer_removed);
 }
+
+/// With Redis gone for good, a shutdown gives up on its acknowledgements at
+/// its deadline: it returns within `shutdown_timeout` plus the read in
+/// progress and a couple of command timeouts, and reports the entries it
+/// could not acknowledge.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_server_gone_shutdown_gives_up_on_acks_at_its_deadline() {
+    let mut server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let keys = keys("gone");
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let release = Arc::new(tokio::sync::Notify::new());
+    let started = Arc::new(AtomicU64::new(0));
+    let (r, s) = (Arc::clone(&release), Arc::clone(&started));
+    let shutdown_timeout = Duration::from_secs(2);
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g")
+            .handler_timeout(Duration::from_secs(20))
+            .min_idle(Duration::from_secs(30))
+            .shutdown_timeout(shutdown_timeout)
+            .build()
+            .unwrap(),
+        move |_m: Message<Job>| {
+            let (r, s) = (Arc::clone(&r), Arc::clone(&s));
+            async move {
+                s.fetch_add(1, Ordering::SeqCst);
+                r.notified().await;
+                Ok::<(), String>(())
+            }
+        },
+    )
+    .await
+    .unwrap();
+    for n in 0..4 {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    wait_until("four handlers waiting", || {
+        let started = Arc::clone(&started);
+        async move { started.load(Ordering::SeqCst) == 4 }
+    })
+    .await;
+    // Redis dies; the handlers then succeed, but nothing can be acknowledged.
+    server.kill().unwrap();
+    release.notify_waiters();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    let began = tokio::time::Instant::now();
+    let report = worker.shutdown().await;
+    let took = began.elapsed();
+    assert_eq!(report.metrics.handled, 4);
+    assert_eq!(report.unacked, 4, "{report:?}");
+    let command_timeout = redis.config().command_timeout();
+    let bound = shutdown_timeout + Duration::from_millis(100) + command_timeout * 3;
+    assert!(
+        took <= bound + Duration::from_secs(1),
+        "shutdown took {took:?}, past its deadline ({bound:?} + 1 s slack)"
+    );
+}
