@@ -239,6 +239,7 @@ where
             inflight: Mutex::new(HashSet::new()),
             ack_tx,
             backoff,
+            stop_deadline: std::sync::OnceLock::new(),
         });
         let (stop, stop_rx) = watch::channel(false);
         let acker = tokio::spawn(ack_loop(Arc::clone(&ctx), ack_rx, stop_rx.clone()));
@@ -371,9 +372,19 @@ struct Ctx<T, C> {
     inflight: Mutex<HashSet<IdKey>>,
     ack_tx: mpsc::UnboundedSender<AckMsg>,
     backoff: Backoff,
+    /// The shutdown deadline, fixed by the first task that sees the stop
+    /// signal, so that retrying acknowledgements and waiting handlers share
+    /// one `shutdown_timeout` instead of adding theirs up.
+    stop_deadline: std::sync::OnceLock<Instant>,
 }
 
 impl<T, C> Ctx<T, C> {
+    fn stop_deadline(&self) -> Instant {
+        *self
+            .stop_deadline
+            .get_or_init(|| after(Instant::now(), self.config.shutdown_timeout))
+    }
+
     fn inflight(&self) -> std::sync::MutexGuard<'_, HashSet<IdKey>> {
         self.inflight.lock().unwrap_or_else(|p| p.into_inner())
     }
@@ -507,7 +518,7 @@ where
     }
 
     // Graceful shutdown.
-    let deadline = after(Instant::now(), cfg.shutdown_timeout);
+    let deadline = ctx.stop_deadline();
     let busy = |sem: &Semaphore| cfg.concurrency.saturating_sub(sem.available_permits()) as u64;
     let in_flight_at_stop = busy(&sem);
     let mut abandoned = 0;
@@ -1093,7 +1104,7 @@ async fn ack<T, C>(
                 attempt = attempt.saturating_add(1);
                 if deadline.is_none() && *stop.borrow() {
                     // Shutting down: do not retry for ever.
-                    deadline = Some(after(Instant::now(), ctx.config.shutdown_timeout));
+                    deadline = Some(ctx.stop_deadline());
                 }
                 if let Some(d) = deadline {
                     if after(Instant::now(), delay) > d {
