@@ -169,7 +169,7 @@ pub struct ReplayReport {
 /// | [`create_group`](Self::create_group) | 1 (`XGROUP CREATE ... MKSTREAM`) |
 /// | [`pending`](Self::pending) | 1 (`XPENDING`) |
 /// | [`groups`](Self::groups), [`group`](Self::group) | 1 (`XINFO GROUPS`) |
-/// | [`dead_letters`](Self::dead_letters) | 1 (`XRANGE`) |
+/// | [`dead_letters`](Self::dead_letters), [`dead_letters_after`](Self::dead_letters_after) | 1 (`XRANGE`) |
 /// | [`dead_letter_count`](Self::dead_letter_count) | 1 (`XLEN`) |
 /// | [`discard_dead_letters`](Self::discard_dead_letters) | 1 (`XDEL`) |
 /// | [`replay_dead_letters`](Self::replay_dead_letters) | 1 (script) |
@@ -320,6 +320,44 @@ impl StreamAdmin {
             .client()
             .xrange(self.keys.dead_letter(), "-", "+", Some(count))
             .instrument(self.span("dead_letters"))
+            .await?;
+        Ok(reply::entries(v)?
+            .into_iter()
+            .map(DeadLetter::from_entry)
+            .collect())
+    }
+
+    /// Up to `count` dead letters that come after the dead letter `after`
+    /// (exclusive), oldest first: the next page after
+    /// [`dead_letters`](Self::dead_letters) (pass the last id you got).
+    /// One round trip (`XRANGE`).
+    ///
+    /// ```no_run
+    /// # async fn run(admin: fredkit_streams::StreamAdmin) -> fredkit_core::Result<()> {
+    /// let mut page = admin.dead_letters(100).await?;
+    /// while let Some(last) = page.last().map(|d| d.id.clone()) {
+    ///     for d in &page {
+    ///         println!("{} {}: {}", d.group, d.deliveries, d.error);
+    ///     }
+    ///     page = admin.dead_letters_after(&last, 100).await?;
+    /// }
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// Connection errors.
+    pub async fn dead_letters_after(
+        &self,
+        after: &StreamId,
+        count: u64,
+    ) -> Result<Vec<DeadLetter>> {
+        let start = format!("({after}");
+        let v: Value = self
+            .redis
+            .client()
+            .xrange(self.keys.dead_letter(), start.as_str(), "+", Some(count))
+            .instrument(self.span("dead_letters_after"))
             .await?;
         Ok(reply::entries(v)?
             .into_iter()
