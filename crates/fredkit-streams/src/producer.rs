@@ -160,7 +160,7 @@ impl ProducerConfigBuilder {
 /// | call | round trips |
 /// |---|---|
 /// | [`publish`](Self::publish), [`publish_with`](Self::publish_with) | 1 (`XADD` with trimming) |
-/// | [`publish_batch`](Self::publish_batch) of N | 1 (a pipeline of N `XADD`s) |
+/// | [`publish_batch`](Self::publish_batch), [`publish_batch_with`](Self::publish_batch_with) of N | 1 (a pipeline of N `XADD`s) |
 ///
 /// # Failure and cancellation
 ///
@@ -260,21 +260,58 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     /// Appends every value of `values` in one pipeline (one round trip) and
     /// returns one result per value, in order. Entries of one batch get
     /// increasing ids. An encoding error fails that value only.
+    ///
+    /// Cancellation and failure: as for [`publish`](Self::publish), per
+    /// entry (an entry whose result is an error may or may not have been
+    /// appended).
     pub async fn publish_batch(&self, values: &[T]) -> Vec<Result<StreamId>> {
+        self.batch(values.iter().map(|v| (v, &[][..])), values.len())
+            .await
+    }
+
+    /// [`publish_batch`](Self::publish_batch) with headers per value (a
+    /// trace id each, an event type...), one pipeline. A reserved header name
+    /// fails that value only.
+    ///
+    /// ```no_run
+    /// # async fn run(producer: fredkit_streams::Producer<u64>) {
+    /// use fredkit_streams::TRACE_ID_HEADER;
+    /// let results = producer
+    ///     .publish_batch_with(&[
+    ///         (&1, &[(TRACE_ID_HEADER, "t-1")][..]),
+    ///         (&2, &[(TRACE_ID_HEADER, "t-2"), ("tenant", "a")][..]),
+    ///     ])
+    ///     .await;
+    /// assert_eq!(results.len(), 2);
+    /// # }
+    /// ```
+    pub async fn publish_batch_with(
+        &self,
+        items: &[(&T, &[(&str, &str)])],
+    ) -> Vec<Result<StreamId>> {
+        self.batch(items.iter().map(|(v, h)| (*v, *h)), items.len())
+            .await
+    }
+
+    async fn batch<'a, I>(&self, items: I, len: usize) -> Vec<Result<StreamId>>
+    where
+        I: Iterator<Item = (&'a T, &'a [(&'a str, &'a str)])>,
+        T: 'a,
+    {
         let span = tracing::debug_span!(
             "fredkit.streams.publish_batch",
             stream = %self.keys.name(),
-            count = values.len(),
+            count = len,
             failed = tracing::field::Empty
         );
         async move {
-            let mut results: Vec<Option<Result<StreamId>>> = Vec::with_capacity(values.len());
-            let mut queued = Vec::with_capacity(values.len());
+            let mut results: Vec<Option<Result<StreamId>>> = Vec::with_capacity(len);
+            let mut queued = Vec::with_capacity(len);
             let client = self.redis.client();
             let pipeline = client.pipeline();
             let cap = self.cap();
-            for (i, v) in values.iter().enumerate() {
-                let fields = match self.codec.encode(v).and_then(|p| self.fields(p, &[])) {
+            for (i, (v, headers)) in items.enumerate() {
+                let fields = match self.codec.encode(v).and_then(|p| self.fields(p, headers)) {
                     Ok(f) => f,
                     Err(e) => {
                         results.push(Some(Err(e)));

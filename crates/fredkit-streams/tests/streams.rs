@@ -667,9 +667,26 @@ async fn headers_and_trace_id_travel_from_producer_to_handler(#[case] topology: 
         .unwrap_err();
     assert_eq!(err.kind(), ErrorKind::InvalidInput);
 
-    wait_until("both handled", || {
+    // A batch with headers per value; a reserved name fails that value only.
+    let batch = producer
+        .publish_batch_with(&[
+            (&Job { n: 4 }, &[(TRACE_ID_HEADER, "t-4")][..]),
+            (&Job { n: 5 }, &[("payload", "x")][..]),
+            (
+                &Job { n: 6 },
+                &[(TRACE_ID_HEADER, "t-6"), ("tenant", "t2")][..],
+            ),
+        ])
+        .await;
+    assert!(batch[0].is_ok() && batch[2].is_ok());
+    assert_eq!(
+        batch[1].as_ref().unwrap_err().kind(),
+        ErrorKind::InvalidInput
+    );
+
+    wait_until("all four handled", || {
         let got = Arc::clone(&got);
-        async move { got.lock().unwrap().len() == 2 }
+        async move { got.lock().unwrap().len() == 4 }
     })
     .await;
     assert!(worker.is_running());
@@ -688,7 +705,17 @@ async fn headers_and_trace_id_travel_from_producer_to_handler(#[case] topology: 
         Some("job.raw"),
         "a per-publish type wins"
     );
-    assert_eq!(producer.metrics().snapshot().published, 2);
+    let sixth = got.iter().find(|m| m.payload.n == 6).unwrap();
+    assert_eq!(sixth.trace_id(), Some("t-6"));
+    assert_eq!(sixth.header("tenant"), Some("t2"));
+    assert_eq!(sixth.event_type(), Some("job.created"));
+    assert_eq!(
+        got.iter().find(|m| m.payload.n == 4).unwrap().trace_id(),
+        Some("t-4")
+    );
+    assert!(got.iter().all(|m| m.payload.n != 5));
+    assert_eq!(producer.metrics().snapshot().published, 4);
+    assert_eq!(producer.metrics().snapshot().publish_errors, 4);
 }
 
 #[rstest]
