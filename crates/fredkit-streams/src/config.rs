@@ -28,7 +28,7 @@ const MAX_SLOTS: usize = 1_000_000;
 ///
 /// | knob | default | what it does |
 /// |---|---|---|
-/// | [`consumer`](WorkerConfigBuilder::consumer) | `<pid>-<random>` | consumer name in the group |
+/// | [`consumer`](WorkerConfigBuilder::consumer) | `<pid>-<64 random bits, hex>` | consumer name in the group |
 /// | [`start_from`](WorkerConfigBuilder::start_from) | [`StartFrom::Beginning`] | where a group created by the worker starts |
 /// | [`create_group`](WorkerConfigBuilder::create_group) | `true` | create the group (idempotent) at start and after `NOGROUP` |
 /// | [`count`](WorkerConfigBuilder::count) | 64 | most entries per `XREADGROUP` |
@@ -119,7 +119,7 @@ pub struct WorkerConfigBuilder {
 }
 
 impl WorkerConfigBuilder {
-    /// The consumer name. Default: `<pid>-<8 random hex digits>`, new at every
+    /// The consumer name. Default: `<pid>-<16 random hex digits>`, new at every
     /// start (a crashed worker's entries are taken over by the others via
     /// `XAUTOCLAIM` either way). A fixed name lets a restarted worker see the
     /// group's view of "its" consumer; two live workers must never share one.

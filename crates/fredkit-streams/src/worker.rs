@@ -212,10 +212,10 @@ where
             create_group(redis, &keys, &config.group, &config.start).await?;
         }
         let generated = config.consumer.is_none();
-        let consumer = config
-            .consumer
-            .clone()
-            .unwrap_or_else(|| format!("{}-{:08x}", std::process::id(), rand::random::<u32>()));
+        let consumer = config.consumer.clone().unwrap_or_else(|| {
+            // 64 random bits: in containers every process is pid 1.
+            format!("{}-{:016x}", std::process::id(), rand::random::<u64>())
+        });
         let dedicated = redis.dedicated()?;
         let handler: Arc<Handler<T>> = Arc::new(move |m: Message<T>| {
             let fut = handler(m);
