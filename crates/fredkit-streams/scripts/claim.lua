@@ -14,10 +14,15 @@
 -- ARGV[5]  COUNT (max entries to claim)
 -- ARGV[6]  max deliveries
 -- ARGV[7]  dead-letter stream MAXLEN, approximate (0 = never trim)
+-- ARGV[8]  at the start of a pass (cursor 0-0): remove the group's other
+--          consumers that own nothing and have been idle longer than this
+--          many ms (left behind by crashed workers; a live worker reads
+--          every few seconds, and XREADGROUP recreates a removed consumer
+--          anyway). 0 = never.
 --
 -- Returns: { next_cursor, { {id, {field, value, ...}, deliveries}, ... },
 --            deleted, dead_lettered, dead_letter_failures, last_error,
---            dead_letters_trimmed }
+--            dead_letters_trimmed, consumers_removed }
 -- where dead_letter_failures counts entries due for the dead-letter stream
 -- that it refused (they stay pending, claimed by this consumer, and are not
 -- returned), last_error is the last refusal ('' when none) and
@@ -105,9 +110,32 @@ for _, e in ipairs(r[2]) do
     end
   end
 end
+-- Consumers left behind: only those owning nothing (XGROUP DELCONSUMER would
+-- drop their pending entries otherwise); entries XAUTOCLAIM just took from
+-- a dead consumer count as no longer owned by it.
+local removed = 0
+if ARGV[4] == '0-0' and tonumber(ARGV[8]) > 0 then
+  local threshold = tonumber(ARGV[8])
+  for _, c in ipairs(redis.call('XINFO', 'CONSUMERS', KEYS[1], ARGV[1])) do
+    local name, pending, idle = nil, nil, nil
+    for i = 1, #c, 2 do
+      if c[i] == 'name' then
+        name = c[i + 1]
+      elseif c[i] == 'pending' then
+        pending = c[i + 1]
+      elseif c[i] == 'idle' then
+        idle = c[i + 1]
+      end
+    end
+    if name and name ~= ARGV[2] and pending == 0 and idle and idle > threshold then
+      redis.call('XGROUP', 'DELCONSUMER', KEYS[1], ARGV[1], name)
+      removed = removed + 1
+    end
+  end
+end
 -- Trimmed separately: XTRIM says how many old dead letters the bound removed.
 local trimmed = 0
 if dead > 0 and tonumber(ARGV[7]) > 0 then
   trimmed = redis.call('XTRIM', KEYS[2], 'MAXLEN', '~', ARGV[7])
 end
-return { r[1], out, deleted, dead, failed, last_error, trimmed }
+return { r[1], out, deleted, dead, failed, last_error, trimmed, removed }

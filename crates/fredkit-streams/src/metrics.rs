@@ -53,6 +53,7 @@ pub struct WorkerMetrics {
     pub(crate) skipped_replays: AtomicU64,
     pub(crate) dead_letter_errors: AtomicU64,
     pub(crate) dead_letters_trimmed: AtomicU64,
+    pub(crate) consumers_removed: AtomicU64,
 }
 
 /// A point-in-time copy of [`WorkerMetrics`].
@@ -113,6 +114,11 @@ pub struct WorkerSnapshot {
     /// [`dead_letter_max_len`](crate::WorkerConfigBuilder::dead_letter_max_len)
     /// (approximately, whole nodes at a time): gone, and counted here.
     pub dead_letters_trimmed: u64,
+    /// Other consumers of the group this worker's claim passes removed: they
+    /// owned no pending entry and had been idle for more than twice
+    /// `min_idle` (left behind by crashed or aborted workers, whose
+    /// generated names are never reused).
+    pub consumers_removed: u64,
 }
 
 impl WorkerMetrics {
@@ -137,6 +143,7 @@ impl WorkerMetrics {
             skipped_replays: r(&self.skipped_replays),
             dead_letter_errors: r(&self.dead_letter_errors),
             dead_letters_trimmed: r(&self.dead_letters_trimmed),
+            consumers_removed: r(&self.consumers_removed),
         }
     }
 }

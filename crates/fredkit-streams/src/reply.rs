@@ -168,6 +168,7 @@ pub(crate) struct Claimed {
     pub(crate) dead_letter_failures: u64,
     pub(crate) last_error: String,
     pub(crate) dead_letters_trimmed: u64,
+    pub(crate) consumers_removed: u64,
 }
 
 /// `{cursor, {{id, fields, deliveries}...}, deleted, dead, dead_letter_failures, last_error}`.
@@ -199,6 +200,7 @@ pub(crate) fn claimed(v: Value) -> Result<Claimed> {
     out.dead_letter_failures = parts.next().as_ref().and_then(int).unwrap_or(0).max(0) as u64;
     out.last_error = parts.next().as_ref().and_then(text).unwrap_or_default();
     out.dead_letters_trimmed = parts.next().as_ref().and_then(int).unwrap_or(0).max(0) as u64;
+    out.consumers_removed = parts.next().as_ref().and_then(int).unwrap_or(0).max(0) as u64;
     Ok(out)
 }
 

@@ -683,10 +683,22 @@ async fn claim<T, C>(
                 count.to_string(),
                 cfg.max_deliveries.to_string(),
                 cfg.dead_letter_max_len.to_string(),
+                cfg.min_idle
+                    .saturating_mul(2)
+                    .as_millis()
+                    .min(i64::MAX as u128)
+                    .to_string(),
             ],
         )
         .await?;
     let claimed = reply::claimed(v)?;
+    if claimed.consumers_removed > 0 {
+        add(&ctx.metrics.consumers_removed, claimed.consumers_removed);
+        tracing::info!(
+            count = claimed.consumers_removed,
+            "removed consumers that owned nothing and had been idle for over twice min_idle"
+        );
+    }
     *cursor = claimed.cursor;
     if claimed.deleted > 0 {
         add(&ctx.metrics.deleted_while_pending, claimed.deleted);

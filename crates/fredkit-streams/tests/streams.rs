@@ -1440,3 +1440,59 @@ async fn dead_letters_trimmed_by_the_bound_are_counted_not_silently_lost(
     assert!(seen.windows(2).all(|w| w[0] < w[1]));
     assert_eq!(pending(&admin, "g").await, 0);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn consumers_left_behind_by_crashed_workers_are_removed_once_they_own_nothing(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("dead_consumers");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    admin.create_group("g", StartFrom::Beginning).await.unwrap();
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    // Crashed workers: three owning nothing, one owning an entry.
+    for ghost in ["ghost-1", "ghost-2", "ghost-3"] {
+        let _: Value = redis
+            .client()
+            .xgroup_createconsumer(keys.stream(), "g", ghost)
+            .await
+            .unwrap();
+    }
+    producer.publish(&Job { n: 1 }).await.unwrap();
+    let _: Value = redis
+        .client()
+        .xreadgroup("g", "ghost-4", Some(1), None, false, keys.stream(), ">")
+        .await
+        .unwrap();
+    assert_eq!(admin.group("g").await.unwrap().unwrap().consumers, 4);
+    let handled = Arc::new(AtomicU64::new(0));
+    let h = Arc::clone(&handled);
+    let worker = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").build().unwrap(),
+        move |_m: Message<Job>| {
+            h.fetch_add(1, Ordering::SeqCst);
+            async { Ok::<(), String>(()) }
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("only the live worker is left in the group", || {
+        let admin = admin.clone();
+        let handled = Arc::clone(&handled);
+        async move {
+            handled.load(Ordering::SeqCst) == 1
+                && matches!(admin.group("g").await, Ok(Some(g)) if g.consumers == 1 && g.pending == 0)
+        }
+    })
+    .await;
+    let m = worker.metrics();
+    assert_eq!(m.consumers_removed, 4, "{m:?}");
+    let report = worker.shutdown().await;
+    assert!(report.consumer_removed);
+    assert_eq!(admin.group("g").await.unwrap().unwrap().consumers, 0);
+}
