@@ -26,7 +26,10 @@ pub enum ErrorKind {
     Script,
     /// Redis answered something the caller did not expect (wrong type, malformed reply, server error).
     Protocol,
-    /// Redis is busy (a long script, `BUSY`, `LOADING`): retry later.
+    /// Redis cannot serve the command right now (a long script, `BUSY`,
+    /// `LOADING`, `CLUSTERDOWN`, `TRYAGAIN`, or a server that refuses writes:
+    /// `READONLY` after a failover the client has not followed yet, `OOM`,
+    /// `NOREPLICAS`, `MASTERDOWN`): retry later.
     Busy,
     /// The operation was given an argument it cannot use (for example a key part that is not allowed).
     InvalidInput,
@@ -98,8 +101,8 @@ pub enum Error {
         #[source]
         source: Option<fred::error::Error>,
     },
-    /// Redis is busy.
-    #[error("Redis is busy ({0}); retry later")]
+    /// Redis is busy or refuses writes for now.
+    #[error("Redis cannot serve this right now ({0}); retry later")]
     Busy(String),
     /// An argument cannot be used.
     #[error("invalid input: {0}")]
@@ -168,6 +171,9 @@ impl Error {
     }
 }
 
+/// Error codes of a server that is up but refuses writes for now.
+const REFUSES_WRITES: [&str; 4] = ["READONLY", "OOM", "NOREPLICAS", "MASTERDOWN"];
+
 impl From<fred::error::Error> for Error {
     fn from(e: fred::error::Error) -> Self {
         use fred::error::ErrorKind as K;
@@ -185,6 +191,15 @@ impl From<fred::error::Error> for Error {
                 Error::Config(format!("{} ({details})", e.kind().to_str()))
             }
             _ if details.starts_with("BUSY") || details.starts_with("LOADING") => {
+                Error::Busy(details)
+            }
+            // A server that refuses writes is an outage for the caller, also
+            // when the refusal comes from inside a script (Redis 7 puts the
+            // code first; older servers wrap it as "... -READONLY ...").
+            _ if REFUSES_WRITES.iter().any(|code| {
+                details.starts_with(code) || details.contains(&format!("-{code} "))
+            }) =>
+            {
                 Error::Busy(details)
             }
             K::Cluster if details.starts_with("CLUSTERDOWN") || details.starts_with("TRYAGAIN") => {
@@ -232,6 +247,31 @@ mod tests {
         ErrorKind::Busy
     )]
     #[case(FredKind::Cluster, "CLUSTERDOWN The cluster is down", ErrorKind::Busy)]
+    #[case(
+        FredKind::Unknown,
+        "READONLY You can't write against a read only replica.",
+        ErrorKind::Busy
+    )]
+    #[case(
+        FredKind::Unknown,
+        "ERR Error running script (call to f_0123): @user_script:1: -READONLY You can't write",
+        ErrorKind::Busy
+    )]
+    #[case(
+        FredKind::Unknown,
+        "OOM command not allowed when used memory > 'maxmemory'.",
+        ErrorKind::Busy
+    )]
+    #[case(
+        FredKind::Unknown,
+        "NOREPLICAS Not enough good replicas",
+        ErrorKind::Busy
+    )]
+    #[case(
+        FredKind::Unknown,
+        "MASTERDOWN Link with MASTER is down",
+        ErrorKind::Busy
+    )]
     #[case(FredKind::Unknown, "NOSCRIPT No matching script", ErrorKind::Script)]
     #[case(
         FredKind::InvalidArgument,
