@@ -9,9 +9,24 @@
 //! | [`core`] | `fredkit-core` | errors, codecs, keys, scripts, backoff, circuit breaker, traits |
 //! | [`conn`] | `fredkit-conn` | configuration, the shared `Redis` handle, health |
 //! | `pubsub` (feature `pubsub`) | `fredkit-pubsub` | typed pub/sub, fan-out, resubscription with gap events |
+//! | `cache` (feature `cache`) | `fredkit-cache` | cache-aside without stampedes, fail-safe, L1 + L2 with sequenced invalidation |
+//! | `lock` (feature `lock`) | `fredkit-lock` | locks with fencing tokens, watchdog, pub/sub wake-ups, fenced writes, Redlock, semaphore |
+//! | `ratelimit` (feature `ratelimit`) | `fredkit-ratelimit` | fixed window, sliding log, sliding counter, GCRA in one round trip; tower layer |
+//! | `streams` (feature `streams`) | `fredkit-streams` | at-least-once consumer-group workers, retries, dead letters, admin tools |
+//! | `revocation` (feature `revocation`) | `fredkit-revocation` | JWT revocation by id, subject and organisation; fail modes; local cache |
 //!
 //! ## Features
 //! - `pubsub`: [`fredkit-pubsub`](https://docs.rs/fredkit-pubsub) as `fredkit::pubsub`.
+//! - `cache`: [`fredkit-cache`](https://docs.rs/fredkit-cache) as `fredkit::cache`.
+//! - `lock`: [`fredkit-lock`](https://docs.rs/fredkit-lock) as `fredkit::lock`.
+//! - `ratelimit`: [`fredkit-ratelimit`](https://docs.rs/fredkit-ratelimit) as `fredkit::ratelimit`.
+//! - `streams`: [`fredkit-streams`](https://docs.rs/fredkit-streams) as `fredkit::streams`.
+//! - `revocation`: [`fredkit-revocation`](https://docs.rs/fredkit-revocation) as `fredkit::revocation`.
+//! - `ratelimit-tower`, `ratelimit-axum`: the rate limiter's tower layer (and
+//!   the client IP from axum's `ConnectInfo`).
+//! - `revocation-local-cache`, `revocation-tower`: the revocation store's
+//!   pub/sub-fed local cache and its tower layer.
+//! - `full`: all of the above.
 //! - `tls`: `rediss://` URLs through rustls.
 //! - `json`: the JSON codec next to the default MessagePack one.
 #![forbid(unsafe_code)]
