@@ -52,7 +52,7 @@ pub(crate) struct L1Entry<V> {
     pub(crate) fresh_until: Tick,
     /// Eager-refresh point, when eager refresh is on.
     pub(crate) refresh_at: Option<Tick>,
-    /// Physical end of the copy (fresh life + `max_stale`): past it, the
+    /// Physical end of the copy (`fresh_until` + `max_stale`): past it, the
     /// copy is not even a fail-safe fallback.
     pub(crate) expires: Tick,
     pub(crate) created_ms: u64,
@@ -177,7 +177,10 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
             value: stored.value.clone(),
             fresh_until,
             refresh_at,
-            expires: later(later(born, self.ttl), self.max_stale),
+            // Counted from the end of the copy's fresh life (which is never
+            // past the entry's logical expiry), so a copy is a fail-safe
+            // fallback at most `max_stale` past the entry's logical expiry.
+            expires: later(fresh_until, self.max_stale),
             created_ms: stored.created_ms,
             weight: if self.by_bytes {
                 let bytes = key.len() + stored.size + ENTRY_OVERHEAD;
@@ -432,6 +435,22 @@ mod tests {
         assert!(now() >= e.fresh_until, "past its TTL, a copy is stale");
         std::thread::sleep(Duration::from_millis(150));
         assert!(l1.get("k", now()).is_none(), "past TTL + max_stale, gone");
+    }
+
+    #[test]
+    fn a_copy_is_a_fallback_at_most_max_stale_past_the_entrys_logical_expiry() {
+        // L1 TTL far longer than the entry's fresh life: past the logical
+        // expiry + max_stale the copy must not even be a stale fallback
+        // (fail-safe promises stale values only within max_stale).
+        let l1 = l1(100, Duration::from_secs(60), Duration::from_millis(100));
+        l1.insert_write("k", &stored(1, 100), now_ms(), None);
+        let e = l1.get("k", now()).unwrap();
+        assert!(e.expires <= later(now(), Duration::from_millis(200)));
+        std::thread::sleep(Duration::from_millis(250));
+        assert!(
+            l1.get("k", now()).is_none(),
+            "past expiry + max_stale, gone"
+        );
     }
 
     #[test]
