@@ -576,13 +576,31 @@ async fn group_creation_is_idempotent_and_admin_reports_pending_and_lag(
         "BUSYGROUP is not an error"
     );
     let producer = Producer::<Job>::new(&redis, keys.clone());
+    let mut ids = Vec::new();
     for n in 0..10 {
-        producer.publish(&Job { n }).await.unwrap();
+        ids.push(producer.publish(&Job { n }).await.unwrap());
     }
     assert!(admin
         .create_group("late", StartFrom::NewOnly)
         .await
         .unwrap());
+    // A group starting after the fifth entry reads the last five.
+    assert!(admin
+        .create_group("mid", StartFrom::After(ids[4].clone()))
+        .await
+        .unwrap());
+    let mid: Value = redis
+        .client()
+        .xreadgroup("mid", "c", Some(100), None, false, keys.stream(), ">")
+        .await
+        .unwrap();
+    let mid = format!("{mid:?}");
+    assert!(
+        !mid.contains(ids[4].as_str())
+            && mid.contains(ids[5].as_str())
+            && mid.contains(ids[9].as_str()),
+        "{mid}"
+    );
     // Deliver three entries to consumer "c" without acknowledging them.
     let _: Value = redis
         .client()
