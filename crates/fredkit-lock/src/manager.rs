@@ -13,7 +13,7 @@ use fred::prelude::Options;
 use fred::types::{ClusterHash, Key, Value};
 use fredkit_conn::{Dedicated, Redis};
 use fredkit_core::traits::{DistributedLock, LockLease};
-use fredkit_core::{Error, KeySpace, Result, Script};
+use fredkit_core::{Error, ErrorKind, KeySpace, Result, Script};
 use tokio::sync::watch;
 use tokio::time::Instant;
 use tracing::Instrument;
@@ -79,6 +79,40 @@ pub(crate) fn attempt_from(script: &str, r: i64) -> Result<Attempt> {
             "script '{script}' returned 0, which it never does"
         ))),
     }
+}
+
+/// Undoes, in the background, a try that failed without an answer: its
+/// script may still run (a stalled server has it in its input; fred may
+/// resend it after a reconnect) and grant a lock or permit to a token nobody
+/// holds, blocking everyone for a TTL. `release` is a compare-token script,
+/// so it touches nothing but such a grant. It goes out on the same client
+/// (connection) as the try, so a stalled server runs it right after the try;
+/// it is sent twice more, a second apart, to cover a try resent on a new
+/// connection. Only for errors after which the try may have run (timeouts,
+/// connection errors). Without a runtime nothing is done (the grant, if
+/// any, expires at its TTL).
+pub(crate) fn undo<F, Fut>(client: &Client, error: &Error, release: F)
+where
+    F: Fn(Client) -> Fut + Send + 'static,
+    Fut: Future<Output = Result<()>> + Send + 'static,
+{
+    if !matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Connection) {
+        return;
+    }
+    let Ok(rt) = tokio::runtime::Handle::try_current() else {
+        return;
+    };
+    let client = client.clone();
+    rt.spawn(async move {
+        for round in 0..3 {
+            if round > 0 {
+                tokio::time::sleep(Duration::from_secs(1)).await;
+            }
+            if let Err(e) = release(client.clone()).await {
+                tracing::debug!(error = %e, "fredkit.lock: undo of an unanswered try failed (it is sent again)");
+            }
+        }
+    });
 }
 
 /// A random 128-bit holder token, as 32 hex digits.
@@ -255,10 +289,13 @@ impl LockManager {
     /// # Errors
     ///
     /// Fails closed: a connection error, timeout or script error is returned,
-    /// never turned into a grant; the lock is then not held by this caller
-    /// (or, if the script ran but its reply was lost, held by nobody until
-    /// its TTL). A try that fred sends again after a reconnect is the same
-    /// grant, with the same fencing token, not "busy".
+    /// never turned into a grant; the lock is then not held by this caller.
+    /// A try that timed out may still run later (a stalled server has it in
+    /// its input) and grant the lock to a token nobody holds: such a try is
+    /// undone in the background (a compare-token release queued behind it on
+    /// the same connection, sent again twice a second apart), so the lock is
+    /// not blocked for a whole TTL. A try that fred sends again after a
+    /// reconnect is the same grant, with the same fencing token, not "busy".
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for an
     /// empty resource. With replica confirmation,
     /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when too few
@@ -266,7 +303,9 @@ impl LockManager {
     ///
     /// **Cancellation.** Dropping the future while a try is in flight may
     /// leave a lock granted to nobody; it expires after its TTL (keep TTLs
-    /// short, or let the watchdog renew long work).
+    /// short, or let the watchdog renew long work). Wrap `acquire` in your
+    /// own timeout only if you accept that; `opts.wait()` and the command
+    /// timeout already bound it.
     pub async fn acquire(&self, resource: &str, opts: &LockOptions) -> Result<Option<LockGuard>> {
         let span = tracing::debug_span!(
             "fredkit.lock.acquire",
@@ -391,15 +430,19 @@ impl LockManager {
         Ok(attempt)
     }
 
-    async fn attempt<C: fred::interfaces::LuaInterface>(
+    /// One run of `acquire.lua`. A try that fails without an answer (a
+    /// timeout: the server may be stalled with the script still in its
+    /// input) may yet grant the lock to this token, which nobody will hold:
+    /// an undo is queued behind it on the same connection (see [`undo`]).
+    async fn attempt(
         &self,
-        client: &C,
+        client: &Client,
         keys: &LockKeys,
         token: &Str,
         ttl_ms: i64,
         mode: Mode,
     ) -> Result<Attempt> {
-        let r: i64 = ACQUIRE
+        let r: Result<i64> = ACQUIRE
             .exec(
                 client,
                 vec![keys.lock.clone(), keys.fence.clone()],
@@ -409,8 +452,23 @@ impl LockManager {
                     Value::Integer(mode as i64),
                 ],
             )
-            .await?;
-        attempt_from(ACQUIRE.name(), r)
+            .await;
+        match r {
+            Ok(r) => attempt_from(ACQUIRE.name(), r),
+            Err(e) => {
+                let (lock, token) = (keys.lock.clone(), token.clone());
+                undo(client, &e, move |c| {
+                    let (lock, token) = (lock.clone(), token.clone());
+                    async move {
+                        RELEASE
+                            .exec::<_, i64, _, _>(&c, lock, Value::String(token))
+                            .await
+                            .map(|_| ())
+                    }
+                });
+                Err(e)
+            }
+        }
     }
 
     fn guard(

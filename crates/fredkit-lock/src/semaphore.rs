@@ -170,10 +170,13 @@ impl Semaphore {
         }
     }
 
+    /// One try; one that got no answer is undone in the background (see
+    /// `manager::undo`): it may still take a permit for a token nobody holds.
     async fn attempt(&self, token: &Str, opts: &LockOptions, wait_ms: i64) -> Result<Attempt> {
-        let r: i64 = SEM_ACQUIRE
+        let client = self.manager.inner.redis.client();
+        let r: Result<i64> = SEM_ACQUIRE
             .exec(
-                self.manager.inner.redis.client(),
+                client,
                 vec![self.set_key.clone(), self.wait_key.clone()],
                 vec![
                     Value::String(token.clone()),
@@ -182,8 +185,27 @@ impl Semaphore {
                     Value::Integer(wait_ms),
                 ],
             )
-            .await?;
-        attempt_from(SEM_ACQUIRE.name(), r)
+            .await;
+        match r {
+            Ok(r) => attempt_from(SEM_ACQUIRE.name(), r),
+            Err(e) => {
+                let keys = vec![self.set_key.clone(), self.wait_key.clone()];
+                let args = vec![
+                    Value::String(token.clone()),
+                    Value::String(self.manager.inner.channel.clone()),
+                ];
+                crate::manager::undo(client, &e, move |c| {
+                    let (keys, args) = (keys.clone(), args.clone());
+                    async move {
+                        SEM_RELEASE
+                            .exec::<_, i64, _, _>(&c, keys, args)
+                            .await
+                            .map(|_| ())
+                    }
+                });
+                Err(e)
+            }
+        }
     }
 
     fn permit(&self, token: Str, opts: &LockOptions) -> Permit {

@@ -1232,3 +1232,60 @@ async fn short_waits_still_bring_up_the_one_wake_up_subscription() {
         "{numsub:?}"
     );
 }
+
+/// A server that stops answering (SIGSTOP) while callers wait, release and
+/// take permits: every call ends (with an error, never a grant) within the
+/// wait plus about a command timeout; nothing hangs. The tries that timed
+/// out are still in the server's input and run when it resumes: their grants
+/// (to tokens nobody holds any more) are undone, so the locks and permits
+/// are free at once, not held by nobody for a whole TTL.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_server_waiting_calls_end_with_errors_never_grants() {
+    let server =
+        tokio::task::spawn_blocking(|| RedisServer::start_with(ServerOptions::default()).unwrap())
+            .await
+            .unwrap();
+    let url = format!(
+        "{}?command_timeout=300ms&connect_timeout=300ms",
+        server.url()
+    );
+    let p = prefix("lock_paused_waits");
+    let holder = LockManager::new(&connect(&url).await, &p).unwrap();
+    let waiter = LockManager::new(&connect(&url).await, &p).unwrap();
+    // Expires during the pause (the server's clock runs on).
+    let g = holder.acquire("r", &opts(500, 0)).await.unwrap().unwrap();
+    let sem = waiter.semaphore("s", 1).unwrap();
+    server.pause().unwrap();
+    let bound = Duration::from_secs(6);
+    let long = opts(60_000, 1_000);
+    let waited = tokio::time::timeout(bound, waiter.acquire("r", &long)).await;
+    let other = tokio::time::timeout(bound, waiter.acquire("free", &opts(60_000, 0))).await;
+    let permit = tokio::time::timeout(bound, sem.acquire(&long)).await;
+    let released = tokio::time::timeout(bound, g.release()).await;
+    server.resume().unwrap();
+    assert!(matches!(waited, Ok(Err(_))), "{waited:?}");
+    assert!(matches!(other, Ok(Err(_))), "{other:?}");
+    assert!(matches!(permit, Ok(Err(_))), "{permit:?}");
+    assert!(matches!(released, Ok(Err(_))), "{released:?}");
+    assert_eq!(waiter.metrics().acquired, 0);
+    // Back to normal, and nothing is held by the abandoned tries.
+    let o = opts(10_000, 3_000);
+    let next = waiter
+        .acquire("r", &o)
+        .await
+        .unwrap()
+        .expect("'r' is free after the resume, not held by a timed-out try for 60 s");
+    assert!(next.release().await.unwrap());
+    let free = waiter
+        .acquire("free", &o)
+        .await
+        .unwrap()
+        .expect("'free' is free after the resume");
+    assert!(free.release().await.unwrap());
+    let p = sem
+        .acquire(&o)
+        .await
+        .unwrap()
+        .expect("the permit is free after the resume");
+    assert!(p.release().await.unwrap());
+}
