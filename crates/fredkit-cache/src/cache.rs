@@ -37,6 +37,7 @@ static UNLINK_GARBAGE: Script = Script::new(
 );
 static FILL_RELEASE: Script =
     Script::new("fill_release", include_str!("../scripts/fill_release.lua"));
+static FILL_EXTEND: Script = Script::new("fill_extend", include_str!("../scripts/fill_extend.lua"));
 
 /// What a value type must be to live in a [`Cache`].
 pub trait CacheValue: Serialize + DeserializeOwned + Clone + Send + Sync + 'static {}
@@ -663,7 +664,8 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     ///    lock, it waits for that process's value — woken by its
     ///    invalidation message, or polling with capped, jittered backoff — at
     ///    most `fill_wait`, then calls the factory itself. No recursion.
-    /// 5. The factory runs in its own task. Its value is stored and the lock
+    /// 5. The factory runs in its own task; while it runs, the lock is renewed
+    ///    every `lock_ttl / 3`. Its value is stored and the lock
     ///    released in one script (+ one invalidation `PUBLISH`). With a stale
     ///    value at hand, the soft timeout returns it early; the hard timeout
     ///    returns it (or [`FillError::Timeout`]); either way the factory goes
@@ -1378,6 +1380,31 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         });
     }
 
+    /// Renews the fill lock every third of `lock_ttl` while it is ours;
+    /// stops when it is not (expired and maybe taken by another filler) or
+    /// when aborted. Redis errors are retried at the next period.
+    fn spawn_lock_watchdog(self: &Arc<Self>, lock_key: String, token: String) -> JoinHandle<()> {
+        let this = Arc::clone(self);
+        let ttl_ms = i64::try_from(self.opts.lock_ttl.as_millis()).unwrap_or(i64::MAX);
+        let period = (self.opts.lock_ttl / 3).max(Duration::from_millis(1));
+        tokio::spawn(async move {
+            loop {
+                tokio::time::sleep(period).await;
+                let r = this
+                    .redis_call(FILL_EXTEND.exec::<_, i64, _, _>(
+                        this.redis.client(),
+                        vec![lock_key.clone()],
+                        vec![Value::from(token.as_str()), Value::Integer(ttl_ms)],
+                    ))
+                    .await;
+                if matches!(r, Ok(0)) {
+                    tracing::debug!("fredkit-cache: fill lock lost while the factory ran");
+                    return;
+                }
+            }
+        })
+    }
+
     /// `SET NX PX` the lock and `GET` the entry, in one script.
     async fn acquire(
         &self,
@@ -1617,11 +1644,21 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         let (tx, mut rx) = oneshot::channel::<Produced<V, E>>();
         let this = Arc::clone(self);
         let task_key = key.to_string();
+        // While the factory runs, the lock is renewed (watchdog): a factory
+        // slower than `lock_ttl` must not let the lock expire and another
+        // process run the factory too. Stopped when the factory ends (or
+        // panics); a dead process stops renewing and its lock expires.
+        let watchdog = lock
+            .as_ref()
+            .map(|(k, t)| self.spawn_lock_watchdog(k.clone(), t.clone()));
         tokio::spawn(async move {
-            let produced = match AssertUnwindSafe(async move { factory().await })
+            let outcome = AssertUnwindSafe(async move { factory().await })
                 .catch_unwind()
-                .await
-            {
+                .await;
+            if let Some(w) = watchdog {
+                w.abort();
+            }
+            let produced = match outcome {
                 Ok(Ok(value)) => {
                     let ttl = if value.is_some() {
                         this.opts.ttl

@@ -15,8 +15,8 @@
 //! - **Stampede protection at two levels**: concurrent callers for one key
 //!   in a process share one fill (*single flight*); across processes a fill
 //!   lock (`SET NX PX` with a random token, released by compare-and-delete,
-//!   with the entry re-read in the same script) lets one process compute
-//!   while the others wait a bounded time — woken by the filler's
+//!   with the entry re-read in the same script, renewed while the factory
+//!   runs) lets one process compute while the others wait a bounded time — woken by the filler's
 //!   invalidation message or polling with capped, jittered backoff — then
 //!   fall back to their own factory call. No recursion anywhere.
 //! - **Fail-safe**: every entry carries its logical expiry in a versioned
