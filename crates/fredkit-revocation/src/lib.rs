@@ -82,6 +82,7 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+mod event;
 #[cfg(feature = "tower")]
 mod layer;
 #[cfg(feature = "local-cache")]

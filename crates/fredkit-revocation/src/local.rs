@@ -29,8 +29,8 @@ use fredkit_core::traits::TokenClaims;
 use fredkit_core::{Error, Result};
 use moka::ops::compute::Op;
 use moka::sync::Cache;
-use serde::{Deserialize, Serialize};
 
+pub(crate) use crate::event::Event;
 use crate::metrics::Counters;
 
 /// Settings of the local cache (feature `local-cache`), turned on with
@@ -49,8 +49,10 @@ use crate::metrics::Counters;
 /// # The guarantee
 ///
 /// Each store with the cache on subscribes to `prefix:events` (through
-/// fredkit-pubsub) and every revocation made through a store with the cache
-/// on publishes an event there. A store answers locally, with no round
+/// fredkit-pubsub) and every revocation made through any store (cache on or
+/// off, unless built with
+/// [`publish_events(false)`](crate::RevocationOptionsBuilder::publish_events))
+/// publishes an event there. A store answers locally, with no round
 /// trip:
 ///
 /// - **"revoked"** when it has seen the revocation — from an event (usually
@@ -139,17 +141,6 @@ impl LocalCacheOptions {
 
 /// No cut-off stored.
 pub(crate) const NO_CUTOFF: i64 = i64::MIN;
-
-/// What is published on the event channel after every revocation.
-#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
-pub(crate) struct Event {
-    /// `"jti"`, `"sub"` or `"org"`.
-    pub(crate) kind: String,
-    /// The token id, subject or organisation.
-    pub(crate) id: String,
-    /// For `sub`/`org` the cut-off in force (Unix seconds); 1 for `jti`.
-    pub(crate) value: i64,
-}
 
 #[derive(Debug, Clone, Copy)]
 struct Known {

@@ -31,6 +31,7 @@ pub struct RevocationOptions {
     pub(crate) max_token_lifetime: Duration,
     pub(crate) expiry_leeway: Duration,
     pub(crate) breaker: CircuitBreaker,
+    pub(crate) publish_events: bool,
     #[cfg(feature = "local-cache")]
     pub(crate) local_cache: Option<crate::LocalCacheOptions>,
 }
@@ -44,6 +45,7 @@ impl RevocationOptions {
             max_token_lifetime: Duration::from_secs(24 * 3600),
             expiry_leeway: Duration::ZERO,
             breaker: None,
+            publish_events: true,
             #[cfg(feature = "local-cache")]
             local_cache: None,
         }
@@ -69,6 +71,12 @@ impl RevocationOptions {
         self.expiry_leeway
     }
 
+    /// Whether revocations are published on `prefix:events` for the local
+    /// caches of other instances.
+    pub fn publish_events(&self) -> bool {
+        self.publish_events
+    }
+
     /// The local cache settings, if the local cache is on.
     #[cfg(feature = "local-cache")]
     #[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
@@ -86,6 +94,7 @@ pub struct RevocationOptionsBuilder {
     max_token_lifetime: Duration,
     expiry_leeway: Duration,
     breaker: Option<CircuitBreaker>,
+    publish_events: bool,
     #[cfg(feature = "local-cache")]
     local_cache: Option<crate::LocalCacheOptions>,
 }
@@ -128,6 +137,19 @@ impl RevocationOptionsBuilder {
     /// breaker between primitives on the same server.
     pub fn circuit_breaker(mut self, breaker: CircuitBreaker) -> Self {
         self.breaker = Some(breaker);
+        self
+    }
+
+    /// Whether every revocation made through this store is published on
+    /// `prefix:events` (one `PUBLISH` after the write), so that the stores
+    /// with the local cache on — in any process — learn of it at once.
+    /// Default `true`, with or without the local cache on this store: an
+    /// admin service that only revokes must still reach the caching API
+    /// instances (without the event they would miss it for up to their
+    /// cache `ttl`). Turn it off only when no store with the same prefix
+    /// uses the local cache; it saves that one round trip per revocation.
+    pub fn publish_events(mut self, publish: bool) -> Self {
+        self.publish_events = publish;
         self
     }
 
@@ -182,6 +204,7 @@ impl RevocationOptionsBuilder {
             max_token_lifetime: self.max_token_lifetime,
             expiry_leeway: self.expiry_leeway,
             breaker,
+            publish_events: self.publish_events,
             #[cfg(feature = "local-cache")]
             local_cache: self.local_cache,
         })
@@ -202,6 +225,7 @@ mod tests {
         assert_eq!(o.max_token_lifetime(), Duration::from_secs(86_400));
         assert_eq!(o.expiry_leeway(), Duration::ZERO);
         assert_eq!(o.breaker.name(), "revocation");
+        assert!(o.publish_events());
         #[cfg(feature = "local-cache")]
         assert!(o.local_cache().is_none());
     }

@@ -73,10 +73,10 @@ impl Scope {
 ///
 /// | method | round trips |
 /// |---|---|
-/// | [`revoke`](Self::revoke) | 1 script (+1 `PUBLISH` with the local cache) |
+/// | [`revoke`](Self::revoke) | 1 script + 1 `PUBLISH` of the event (none with `publish_events(false)`) |
 /// | [`is_revoked`](Self::is_revoked) | 1 `EXISTS`; 0 when the local cache can answer |
 /// | [`check`](Self::check) | 1 pipeline of `EXISTS` + `GET` (+ `GET`); 0 when the local cache can answer |
-/// | [`revoke_subject`](Self::revoke_subject), [`revoke_org`](Self::revoke_org) and their `_now` forms | 1 script (+1 `PUBLISH` with the local cache) |
+/// | [`revoke_subject`](Self::revoke_subject), [`revoke_org`](Self::revoke_org) and their `_now` forms | 1 script + 1 `PUBLISH` of the event (none with `publish_events(false)`) |
 /// | [`track`](Self::track) | 1 script |
 /// | [`track_many`](Self::track_many) | 1 pipeline of scripts |
 /// | [`list_active`](Self::list_active) | 1 read-only script |
@@ -112,6 +112,8 @@ struct Inner {
     /// max token lifetime + leeway, in ms: how long a cut-off lives.
     keep_ms: i64,
     max_lifetime_secs: u64,
+    /// Where revocation events go (`prefix:events`), unless turned off.
+    events: Option<(fredkit_pubsub::Publisher, String)>,
     #[cfg(feature = "local-cache")]
     local: Option<Local>,
 }
@@ -119,8 +121,6 @@ struct Inner {
 #[cfg(feature = "local-cache")]
 struct Local {
     cache: Arc<crate::local::LocalCache>,
-    publisher: fredkit_pubsub::Publisher,
-    channel: String,
     task: tokio::task::JoinHandle<()>,
     _subscriber: fredkit_pubsub::Subscriber,
 }
@@ -189,6 +189,12 @@ impl Revocations {
                 leeway_ms,
                 keep_ms: lifetime_ms.saturating_add(leeway_ms),
                 max_lifetime_secs: options.max_token_lifetime.as_secs(),
+                events: options.publish_events.then(|| {
+                    (
+                        fredkit_pubsub::Publisher::new(redis),
+                        options.keys.key(["events"]),
+                    )
+                }),
                 options,
                 counters,
                 #[cfg(feature = "local-cache")]
@@ -205,7 +211,7 @@ impl Revocations {
         counters: &Arc<Counters>,
     ) -> Result<Local> {
         use crate::local::{Event, LocalCache};
-        use fredkit_pubsub::{Delivery, Publisher, Subscriber};
+        use fredkit_pubsub::{Delivery, Subscriber};
         use futures::StreamExt;
 
         let channel = options.keys.key(["events"]);
@@ -256,8 +262,6 @@ impl Revocations {
         });
         Ok(Local {
             cache,
-            publisher: Publisher::new(redis),
-            channel,
             task,
             _subscriber: subscriber,
         })
@@ -349,11 +353,16 @@ impl Revocations {
         Counters::add(&self.inner.counters.read_failures);
     }
 
-    #[cfg(feature = "local-cache")]
-    async fn publish(&self, event: crate::local::Event) {
+    /// Applies a revocation to this store's local cache and publishes it to
+    /// the other instances' (whether or not this one caches: an admin
+    /// service that only revokes must still reach the caching ones).
+    async fn publish(&self, event: crate::event::Event) {
+        #[cfg(feature = "local-cache")]
         if let Some(local) = &self.inner.local {
             local.cache.apply(&event);
-            if let Err(e) = local.publisher.publish(&local.channel, &event).await {
+        }
+        if let Some((publisher, channel)) = &self.inner.events {
+            if let Err(e) = publisher.publish(channel, &event).await {
                 Counters::add(&self.inner.counters.publish_failures);
                 tracing::warn!(error = %e, kind = %event.kind, "fredkit-revocation: revocation stored but its event was not published; other instances' local caches learn of it within their ttl");
             }
@@ -368,10 +377,11 @@ impl Revocations {
     /// server's clock inside the script: if so nothing is written and the
     /// answer is [`Revoked::Expired`] (a record would expire at once anyway).
     ///
-    /// With the local cache the revocation is applied locally at once and
-    /// published to the other instances.
+    /// The revocation is published to the other instances' local caches
+    /// (and applied at once to this store's, if it has one).
     ///
-    /// One round trip (two with the local cache: script, then `PUBLISH`).
+    /// Two round trips: the script, then the `PUBLISH` of the event (one
+    /// with [`publish_events(false)`](crate::RevocationOptionsBuilder::publish_events)).
     ///
     /// # Errors
     ///
@@ -398,9 +408,8 @@ impl Revocations {
                 _ => Revoked::Now,
             };
             tracing::Span::current().record("outcome", tracing::field::debug(outcome));
-            #[cfg(feature = "local-cache")]
             if outcome != Revoked::Expired {
-                self.publish(crate::local::Event {
+                self.publish(crate::event::Event {
                     kind: "jti".into(),
                     id: jti.to_string(),
                     value: 1,
@@ -608,8 +617,7 @@ impl Revocations {
                 ))
                 .await?;
             tracing::Span::current().record("cut", cut);
-            #[cfg(feature = "local-cache")]
-            self.publish(crate::local::Event {
+            self.publish(crate::event::Event {
                 kind: scope.part().into(),
                 id: id.to_string(),
                 value: cut,
@@ -634,8 +642,9 @@ impl Revocations {
     /// every token it covers has expired; if that is already past, nothing
     /// is written.
     ///
-    /// Returns the cut-off now in force, in Unix seconds. One round trip
-    /// (two with the local cache).
+    /// Returns the cut-off now in force, in Unix seconds. Two round trips:
+    /// the script, then the `PUBLISH` of the event (one with
+    /// [`publish_events(false)`](crate::RevocationOptionsBuilder::publish_events)).
     ///
     /// # Errors
     ///

@@ -672,6 +672,50 @@ mod local_cache {
         assert!(m.local_answers > 0);
     }
 
+    /// An admin service usually has no cache (it only writes): its
+    /// revocations must still reach the instances that cache.
+    #[rstest]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocation_through_a_store_without_the_cache_reaches_cached_instances_within_a_second(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        let url = shared_url(topology).unwrap();
+        let (redis_a, redis_b) = (connect(&url).await, connect(&url).await);
+        let p = prefix("uncached_a");
+        let base = || {
+            RevocationOptions::builder(FailMode::Open)
+                .prefix(p.clone())
+                .max_token_lifetime(Duration::from_secs(3600))
+        };
+        let a = store(&redis_a, base()).await;
+        assert!(!a.has_local_cache());
+        let b = store(
+            &redis_b,
+            base().local_cache(LocalCacheOptions::default().ttl(Duration::from_secs(600))),
+        )
+        .await;
+        let t = now_secs();
+        let by_id = token("u1", "quinn", None, t - 5, t + 600);
+        let by_sub = token("u2", "rosa", None, t - 5, t + 600);
+        for c in [&by_id, &by_sub] {
+            assert!(!b.check(c).await.unwrap());
+        }
+        let reads = b.metrics().redis_reads;
+        a.revoke("u1", at_secs(t + 600)).await.unwrap();
+        a.revoke_subject_now("rosa").await.unwrap();
+        for c in [&by_id, &by_sub] {
+            assert!(
+                revoked_within(&b, c, Duration::from_secs(1)).await,
+                "B missed a revocation made through a store without the cache"
+            );
+        }
+        assert_eq!(
+            b.metrics().redis_reads,
+            reads,
+            "B's hot path made a round trip"
+        );
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn not_revoked_is_trusted_for_the_ttl_only() {
         let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
