@@ -253,6 +253,15 @@ async fn invalidate_prefix_deletes_only_matching_entries_on_every_node(#[case] t
     assert_eq!(c.get("user:7").await.unwrap(), None);
     assert_eq!(c.get("order:7").await.unwrap(), Some(item(7)));
     assert_eq!(c.get("user*[x]").await.unwrap(), Some(item(999)));
+    // Glob characters in the prefix are literal (escaped in MATCH): "o*"
+    // and "?rder" must match nothing, "user*[" exactly the one key.
+    c.set("ordinal", &item(1)).await.unwrap();
+    assert_eq!(c.invalidate_prefix("o*").await.unwrap(), 0);
+    assert_eq!(c.invalidate_prefix("?rder").await.unwrap(), 0);
+    assert_eq!(c.invalidate_prefix("[o]").await.unwrap(), 0);
+    assert_eq!(c.invalidate_prefix("user*[").await.unwrap(), 1);
+    assert_eq!(c.get("user*[x]").await.unwrap(), None);
+    assert_eq!(c.get("order:7").await.unwrap(), Some(item(7)));
     assert_eq!(c.invalidate_prefix("").await.unwrap(), 51);
     assert_eq!(c.get("order:7").await.unwrap(), None);
 }
