@@ -158,6 +158,10 @@ pub(crate) struct LocalCache {
     orgs: Cache<String, Known>,
     /// 0 = not in sync (not subscribed yet, or the subscription ended).
     epoch: AtomicU64,
+    /// Events applied so far. A read that started before an event and finds
+    /// its entry gone (evicted) when it lands cannot tell whether it missed
+    /// that event: it is then not trusted for "not revoked".
+    events: AtomicU64,
     ttl: Duration,
     counters: Arc<Counters>,
 }
@@ -167,6 +171,7 @@ pub(crate) struct LocalCache {
 #[derive(Debug, Clone, Copy)]
 pub(crate) struct ReadStart {
     epoch: u64,
+    events: u64,
     at: Instant,
 }
 
@@ -183,6 +188,7 @@ impl LocalCache {
             subs: build(),
             orgs: build(),
             epoch: AtomicU64::new(0),
+            events: AtomicU64::new(0),
             ttl: options.ttl,
             counters,
         }
@@ -220,6 +226,7 @@ impl LocalCache {
     pub(crate) fn read_start(&self) -> ReadStart {
         ReadStart {
             epoch: self.epoch.load(Ordering::Acquire),
+            events: self.events.load(Ordering::SeqCst),
             at: Instant::now(),
         }
     }
@@ -277,8 +284,12 @@ impl LocalCache {
         (jti_exact && sub == Some(false) && org == Some(false)).then_some(false)
     }
 
-    fn merge(map: &Cache<String, Known>, id: &str, value: i64, exact: Option<ReadStart>) {
+    fn merge(&self, map: &Cache<String, Known>, id: &str, value: i64, exact: Option<ReadStart>) {
         let _ = map.entry_by_ref(id).and_compute_with(|old| {
+            // With no entry, an event applied since the read started may
+            // have been evicted: the read's answer could predate it.
+            let trusted = old.is_some()
+                || exact.is_some_and(|start| start.events == self.events.load(Ordering::SeqCst));
             let mut k = match old {
                 Some(e) => *e.value(),
                 None => Known {
@@ -288,7 +299,7 @@ impl LocalCache {
                 },
             };
             k.value = k.value.max(value);
-            if let Some(start) = exact {
+            if let Some(start) = exact.filter(|_| trusted) {
                 if start.epoch != 0 && start.epoch >= k.epoch {
                     k.epoch = start.epoch;
                     k.read_at = start.at;
@@ -300,7 +311,7 @@ impl LocalCache {
 
     /// Stores what a read of Redis that started at `start` found.
     pub(crate) fn record_jti(&self, jti: &str, revoked: bool, start: ReadStart) {
-        Self::merge(&self.jtis, jti, i64::from(revoked), Some(start));
+        self.merge(&self.jtis, jti, i64::from(revoked), Some(start));
     }
 
     /// Stores what a `check` read of Redis that started at `start` found.
@@ -313,14 +324,14 @@ impl LocalCache {
         start: ReadStart,
     ) {
         self.record_jti(&claims.jti, revoked_by_id, start);
-        Self::merge(
+        self.merge(
             &self.subs,
             &claims.sub,
             sub_cut.unwrap_or(NO_CUTOFF),
             Some(start),
         );
         if let Some(org) = &claims.org {
-            Self::merge(&self.orgs, org, org_cut.unwrap_or(NO_CUTOFF), Some(start));
+            self.merge(&self.orgs, org, org_cut.unwrap_or(NO_CUTOFF), Some(start));
         }
     }
 
@@ -332,7 +343,9 @@ impl LocalCache {
             "org" => &self.orgs,
             _ => return false,
         };
-        Self::merge(map, &event.id, event.value, None);
+        // Counted before it lands, so a read recording after it sees it.
+        self.events.fetch_add(1, Ordering::SeqCst);
+        self.merge(map, &event.id, event.value, None);
         true
     }
 }
@@ -442,6 +455,39 @@ mod tests {
             value: 1,
         });
         assert_eq!(c.is_revoked("j1"), Some(true));
+    }
+
+    #[test]
+    fn a_read_older_than_an_evicted_event_is_not_trusted_for_not_revoked() {
+        let c = cache(10_000);
+        c.start();
+        // A read starts before the revocation is written and answers "no".
+        let start = c.read_start();
+        // The revocation's event arrives; then the entry is evicted
+        // (capacity) before the old read's answer is recorded.
+        assert!(c.apply(&Event {
+            kind: "jti".into(),
+            id: "j1".into(),
+            value: 1,
+        }));
+        c.jtis.invalidate("j1");
+        c.record_jti("j1", false, start);
+        assert_ne!(c.is_revoked("j1"), Some(false), "stale read undid an event");
+        c.apply(&Event {
+            kind: "sub".into(),
+            id: "s1".into(),
+            value: 150,
+        });
+        c.subs.invalidate("s1");
+        c.record_check(&claims(None), false, None, None, start);
+        assert_ne!(
+            c.check(&claims(None), 150),
+            Some(false),
+            "stale read undid an event"
+        );
+        // A read started after the events is trusted again.
+        c.record_check(&claims(None), false, None, None, c.read_start());
+        assert_eq!(c.check(&claims(None), 100), Some(false));
     }
 
     #[test]
