@@ -89,7 +89,9 @@ pub enum FillError<E> {
     /// flight) and that call's factory failed; there was no stale value.
     /// The error itself went to that caller. Nothing was cached; the next
     /// call tries again. (So a failing source sees one call per wave of
-    /// concurrent misses, not one per caller.)
+    /// concurrent misses, not one per caller.) Never the outcome of
+    /// [`Cache::get_or_set`]: its factory cannot fail, so a `get_or_set`
+    /// that joined a failed fill runs its own factory instead.
     #[error("the concurrent fill this call joined failed (its factory returned an error) and no stale value was available; retry later")]
     JoinedFillFailed,
     /// The call itself was invalid (an empty key).
@@ -573,6 +575,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 key,
                 move || factory().map(|v| Ok::<_, std::convert::Infallible>(Some(v))),
                 false,
+                true,
             )
             .await;
         match r {
@@ -612,7 +615,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         E: Send + 'static,
     {
         let r = self
-            .fetch_inner(key, move || factory().map(|r| r.map(Some)), false)
+            .fetch_inner(key, move || factory().map(|r| r.map(Some)), false, false)
             .await?;
         r.value.ok_or(FillError::Panicked)
     }
@@ -645,7 +648,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Send + 'static,
     {
-        Ok(self.fetch_inner(key, factory, true).await?.value)
+        Ok(self.fetch_inner(key, factory, true, false).await?.value)
     }
 
     /// The general form of the `get_or_*` methods: returns the value with its
@@ -708,14 +711,18 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Send + 'static,
     {
-        self.fetch_inner(key, factory, true).await
+        self.fetch_inner(key, factory, true, false).await
     }
 
+    /// `infallible`: the factory cannot fail (`get_or_set`), so a joined
+    /// fill whose (fallible) factory failed is no reason to fail this call:
+    /// it runs a fill of its own instead.
     async fn fetch_inner<F, Fut, E>(
         &self,
         key: &str,
         factory: F,
         accept_none: bool,
+        infallible: bool,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -745,7 +752,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }
             }
         }
-        Box::pin(self.fetch_l2(key, factory, accept_none, stale)).await
+        Box::pin(self.fetch_l2(key, factory, accept_none, infallible, stale)).await
     }
 
     async fn fetch_l2<F, Fut, E>(
@@ -753,6 +760,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         key: &str,
         factory: F,
         accept_none: bool,
+        infallible: bool,
         mut stale: Option<(Option<V>, Origin)>,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
@@ -813,6 +821,9 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         Some(Shared::Panicked) => {
                             return serve_stale(inner, stale, FillError::Panicked)
                         }
+                        // The joined fill's factory failed but ours cannot:
+                        // fill with ours rather than fail or serve stale.
+                        Some(Shared::Failed) if infallible => continue,
                         Some(Shared::Failed) => {
                             return serve_stale(inner, stale, FillError::JoinedFillFailed)
                         }

@@ -1135,3 +1135,37 @@ async fn a_failing_source_gets_one_call_per_wave_of_concurrent_misses(#[case] to
     assert_eq!((own, joined), (1, 49));
     assert_eq!(c.get("k").await.unwrap(), None, "nothing cached");
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_or_set_never_errors_because_a_joined_fallible_fill_failed(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(&redis, opts(&prefix("joinfail"))).await;
+    let started = Arc::new(AtomicUsize::new(0));
+    let failing = {
+        let (c, started) = (c.clone(), Arc::clone(&started));
+        tokio::spawn(async move {
+            c.get_or_try_set("k", move || async move {
+                started.fetch_add(1, Ordering::SeqCst);
+                tokio::time::sleep(Duration::from_millis(300)).await;
+                Err::<Item, _>("db down")
+            })
+            .await
+        })
+    };
+    // Joins the failing fill (same key, same process) while it runs.
+    assert!(eventually(DEADLINE, || async { started.load(Ordering::SeqCst) == 1 }).await);
+    let v = c.get_or_set("k", || async { item(5) }).await;
+    assert!(matches!(
+        failing.await.unwrap(),
+        Err(FillError::Factory("db down"))
+    ));
+    assert_eq!(
+        v.unwrap(),
+        item(5),
+        "get_or_set's own infallible factory can answer: no error"
+    );
+    assert_eq!(c.get("k").await.unwrap(), Some(item(5)));
+}
