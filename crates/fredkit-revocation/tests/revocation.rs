@@ -483,6 +483,74 @@ impl Private {
             Private::Cluster(c) => c.masters_mut().iter_mut().for_each(|m| m.kill().unwrap()),
         }
     }
+
+    /// SIGSTOP (`true`) or SIGCONT (`false`) every master.
+    fn pause(&self, pause: bool) {
+        let servers: Vec<&RedisServer> = match self {
+            Private::Server(s) => vec![s],
+            Private::Cluster(c) => c.masters().iter().collect(),
+        };
+        for s in servers {
+            if pause {
+                s.pause().unwrap();
+            } else {
+                s.resume().unwrap();
+            }
+        }
+    }
+}
+
+/// A paused (SIGSTOP) server accepts connections and never answers: checks
+/// must not hang, they take the fail mode once the command timeout (1 s
+/// here) passes — every one counted — and tell the truth again once it
+/// resumes.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_server_checks_take_the_fail_mode_and_tell_the_truth_after_resume(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let private = Private::start(topology);
+    let redis = connect(&private.url()).await;
+    let open = store(&redis, options("paused_open", FailMode::Open)).await;
+    let closed = store(&redis, options("paused_closed", FailMode::Closed)).await;
+    let t = now_secs();
+    let revoked = token("revoked", "uma", Some("o1"), t, t + 600);
+    let clean = token("clean", "uma", Some("o1"), t, t + 600);
+    open.revoke("revoked", at_secs(t + 600)).await.unwrap();
+    closed.revoke("revoked", at_secs(t + 600)).await.unwrap();
+
+    private.pause(true);
+    // Bounded only to turn a hang into a failure (the timeout is 1 s).
+    let hang_guard = Duration::from_secs(20);
+    let answers = tokio::time::timeout(
+        hang_guard,
+        futures::future::join_all((0..3).flat_map(|_| [open.check(&revoked), open.check(&clean)])),
+    )
+    .await
+    .expect("check hung on a paused server");
+    assert!(answers.into_iter().all(|a| !a.unwrap()));
+    let answers = tokio::time::timeout(
+        hang_guard,
+        futures::future::join_all((0..3).map(|_| closed.is_revoked("clean"))),
+    )
+    .await
+    .expect("is_revoked hung on a paused server");
+    assert!(answers.into_iter().all(|a| a.unwrap()));
+    private.pause(false);
+
+    let (o, c) = (open.metrics(), closed.metrics());
+    assert_eq!((o.fail_open, o.fail_closed, o.checks), (6, 0, 6));
+    assert_eq!((c.fail_open, c.fail_closed, c.checks), (0, 3, 3));
+    // Resumed: the truth again (the late replies of the timed-out reads
+    // must not be taken for the answers of new ones).
+    for _ in 0..5 {
+        assert!(open.check(&revoked).await.unwrap());
+        assert!(!open.check(&clean).await.unwrap());
+        assert!(!closed.is_revoked("clean").await.unwrap());
+        assert!(closed.is_revoked("revoked").await.unwrap());
+    }
+    assert_eq!(open.metrics().fail_open, 6);
+    assert_eq!(closed.metrics().fail_closed, 3);
 }
 
 #[rstest]
