@@ -1169,3 +1169,78 @@ async fn get_or_set_never_errors_because_a_joined_fallible_fill_failed(#[case] t
     );
     assert_eq!(c.get("k").await.unwrap(), Some(item(5)));
 }
+
+/// Redis frozen with SIGSTOP (accepts connections, answers nothing): no call
+/// hangs past the command timeout (1 s here), `get_or_set` answers from the
+/// factory or the stale value, and the breaker opens, after which Redis is
+/// not waited for at all. After SIGCONT writes resume.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker() {
+    let server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let p = prefix("paused");
+    let o = outage_opts(&p).breaker(
+        fredkit_core::CircuitBreaker::builder()
+            .minimum_throughput(2)
+            .break_duration(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    );
+    let c = cache(&redis, o).await;
+    c.set("old", &item(1)).await.unwrap();
+    // Logically expired, physically kept for fail-safe.
+    tokio::time::sleep(Duration::from_millis(250)).await;
+    server.pause().unwrap();
+    // Bound: the command timeout (1 s) plus generous scheduling slack. A call
+    // that waits for the paused server without a timeout never returns.
+    let bound = Duration::from_secs(4);
+    let stale = tokio::time::timeout(
+        bound,
+        c.get_or_try_set("old", || async { Err::<Item, _>("db down") }),
+    )
+    .await
+    .expect("get_or_try_set hung on a paused Redis");
+    // Redis did not answer the GET, so there is no L2 stale value, and L1 is
+    // off: the factory's error is all there is.
+    assert!(
+        matches!(stale, Err(FillError::Factory("db down"))),
+        "{stale:?}"
+    );
+    for i in 0..4u64 {
+        let v = tokio::time::timeout(
+            bound,
+            c.get_or_set(&format!("k{i}"), move || async move { item(i) }),
+        )
+        .await
+        .expect("get_or_set hung on a paused Redis");
+        assert_eq!(v.unwrap(), item(i));
+        let g = tokio::time::timeout(bound, c.get("x"))
+            .await
+            .expect("get hung on a paused Redis");
+        assert_eq!(g.unwrap(), None);
+    }
+    assert_eq!(
+        c.breaker().state(),
+        fredkit_core::BreakerState::Open,
+        "the breaker must open after repeated timeouts"
+    );
+    let before = c.metrics().redis_errors;
+    // Open breaker: calls do not go to Redis (they are rejected at once and
+    // counted), and still answer from the factory.
+    assert_eq!(
+        c.get_or_set("z", || async { item(9) }).await.unwrap(),
+        item(9)
+    );
+    assert!(c.metrics().redis_errors > before);
+    server.resume().unwrap();
+    // Another cache on the same Redis (its own breaker) writes at once.
+    let d = cache(&redis, opts(&p)).await;
+    assert!(
+        eventually(DEADLINE, || async {
+            d.set("after", &item(2)).await.is_ok()
+        })
+        .await,
+        "writes resume after SIGCONT"
+    );
+    assert_eq!(d.get("after").await.unwrap(), Some(item(2)));
+}
