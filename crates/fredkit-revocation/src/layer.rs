@@ -9,6 +9,8 @@ use std::task::{Context, Poll};
 
 use fredkit_core::traits::{RevocationStore, TokenClaims};
 use fredkit_core::ErrorKind;
+
+use crate::Verdict;
 use http::{header, HeaderValue, Request, Response, StatusCode};
 use tower_layer::Layer;
 use tower_service::Service;
@@ -31,7 +33,9 @@ type Extractor = dyn Fn(&http::request::Parts) -> Option<TokenClaims> + Send + S
 /// |---|---|---|
 /// | `None` (no token) | — | the inner service decides (the request passes) |
 /// | `Some(claims)` | not revoked | the inner service's response |
-/// | `Some(claims)` | revoked (or fail-closed during an outage) | 401, `WWW-Authenticate: Bearer error="invalid_token"` |
+/// | `Some(claims)` | revoked | 401, `WWW-Authenticate: Bearer error="invalid_token"` |
+/// | `Some(claims)` | Redis unavailable, [`FailMode::Closed`](fredkit_core::FailMode::Closed) | 503 (the token is not known to be revoked: clients should retry, not discard it) — when the layer was built with [`new`](Self::new) from a [`Revocations`](crate::Revocations); with [`from_arc`](Self::from_arc) (any [`RevocationStore`], which answers only a `bool`) 401 |
+/// | `Some(claims)` | Redis unavailable, [`FailMode::Open`](fredkit_core::FailMode::Open) | the inner service's response |
 /// | `Some(claims)` | an `InvalidInput` error (token outlives `max_token_lifetime`) | 401 |
 /// | `Some(claims)` | any other error the fail mode does not cover | 503 |
 ///
@@ -55,6 +59,10 @@ type Extractor = dyn Fn(&http::request::Parts) -> Option<TokenClaims> + Send + S
 /// ```
 pub struct RevocationLayer {
     store: Arc<dyn RevocationStore>,
+    /// The same store when it is a [`Revocations`](crate::Revocations): its
+    /// [`check_verdict`](crate::Revocations::check_verdict) tells a
+    /// fail-closed outage (503) from a revoked token (401).
+    verdicts: Option<crate::Revocations>,
     extract: Arc<Extractor>,
 }
 
@@ -62,6 +70,7 @@ impl Clone for RevocationLayer {
     fn clone(&self) -> Self {
         RevocationLayer {
             store: Arc::clone(&self.store),
+            verdicts: self.verdicts.clone(),
             extract: Arc::clone(&self.extract),
         }
     }
@@ -75,22 +84,32 @@ impl fmt::Debug for RevocationLayer {
 
 impl RevocationLayer {
     /// A layer checking tokens against `store`, with `extract` turning a
-    /// request's (validated) claims into [`TokenClaims`].
+    /// request's (validated) claims into [`TokenClaims`]. When `store` is a
+    /// [`Revocations`](crate::Revocations), a fail-closed outage answers 503
+    /// rather than 401 (see the table above).
     pub fn new<S, F>(store: S, extract: F) -> RevocationLayer
     where
         S: RevocationStore + 'static,
         F: Fn(&http::request::Parts) -> Option<TokenClaims> + Send + Sync + 'static,
     {
-        Self::from_arc(Arc::new(store), extract)
+        let verdicts = (&store as &dyn std::any::Any)
+            .downcast_ref::<crate::Revocations>()
+            .cloned();
+        let mut layer = Self::from_arc(Arc::new(store), extract);
+        layer.verdicts = verdicts;
+        layer
     }
 
-    /// [`new`](Self::new) with a shared store (any implementation).
+    /// [`new`](Self::new) with a shared store (any implementation). The
+    /// trait answers only "refuse or not", so a fail-closed outage is
+    /// answered 401 like a revoked token.
     pub fn from_arc<F>(store: Arc<dyn RevocationStore>, extract: F) -> RevocationLayer
     where
         F: Fn(&http::request::Parts) -> Option<TokenClaims> + Send + Sync + 'static,
     {
         RevocationLayer {
             store,
+            verdicts: None,
             extract: Arc::new(extract),
         }
     }
@@ -162,13 +181,27 @@ where
         let clone = self.inner.clone();
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = Arc::clone(&self.layer.store);
+        let verdicts = self.layer.verdicts.clone();
         Box::pin(async move {
             let Some(claims) = claims else {
                 return inner.call(request).await;
             };
-            match store.check(&claims).await {
-                Ok(false) => inner.call(request).await,
-                Ok(true) => Ok(refuse(StatusCode::UNAUTHORIZED, "revoked")),
+            let verdict = match &verdicts {
+                Some(revocations) => revocations.check_verdict(&claims).await,
+                None => store.check(&claims).await.map(|refuse| {
+                    if refuse {
+                        Verdict::Revoked
+                    } else {
+                        Verdict::NotRevoked
+                    }
+                }),
+            };
+            match verdict {
+                Ok(Verdict::FailClosed) => {
+                    Ok(refuse(StatusCode::SERVICE_UNAVAILABLE, "unavailable"))
+                }
+                Ok(v) if !v.refuse() => inner.call(request).await,
+                Ok(_) => Ok(refuse(StatusCode::UNAUTHORIZED, "revoked")),
                 Err(e) if e.kind() == ErrorKind::InvalidInput => {
                     tracing::warn!(error = %e, "fredkit-revocation: token cannot be checked; refusing it");
                     Ok(refuse(StatusCode::UNAUTHORIZED, "unchecked"))

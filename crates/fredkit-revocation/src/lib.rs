@@ -77,7 +77,8 @@
 //! - `local-cache`: `LocalCacheOptions` — answers from memory, fed by
 //!   revocation events over fredkit-pubsub (see its docs for the exact
 //!   guarantee).
-//! - `tower`: `RevocationLayer` — 401 for revoked tokens in a tower / axum
+//! - `tower`: `RevocationLayer` — 401 for revoked tokens (503 for a
+//!   fail-closed outage) in a tower / axum
 //!   stack.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
@@ -99,7 +100,7 @@ pub use layer::{RevocationLayer, RevocationService};
 pub use local::LocalCacheOptions;
 pub use metrics::RevocationMetrics;
 pub use options::{RevocationOptions, RevocationOptionsBuilder, DEFAULT_PREFIX};
-pub use store::{ActiveToken, Revocations, Revoked};
+pub use store::{ActiveToken, Revocations, Revoked, Verdict};
 
 pub use fredkit_core::traits::{RevocationStore, TokenClaims};
 pub use fredkit_core::FailMode;

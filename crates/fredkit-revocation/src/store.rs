@@ -37,6 +37,32 @@ pub enum Revoked {
     Expired,
 }
 
+/// The answer of [`Revocations::check_verdict`]: whether to refuse the
+/// token, and whether that came from Redis (or the local cache) or from the
+/// [`FailMode`] during an outage.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum Verdict {
+    /// Not revoked (read from Redis or the local cache).
+    NotRevoked,
+    /// Revoked by id, subject or organisation.
+    Revoked,
+    /// Redis was unavailable and the store fails open: treat as not revoked.
+    FailOpen,
+    /// Redis was unavailable and the store fails closed: refuse the token,
+    /// but it is **not** known to be revoked (an HTTP service should answer
+    /// 503, not 401, so clients retry instead of discarding the token).
+    FailClosed,
+}
+
+impl Verdict {
+    /// Whether the token must be refused: [`Revoked`](Self::Revoked) or
+    /// [`FailClosed`](Self::FailClosed) — what [`Revocations::check`] returns.
+    pub fn refuse(self) -> bool {
+        matches!(self, Verdict::Revoked | Verdict::FailClosed)
+    }
+}
+
 /// A token found by [`Revocations::list_active`].
 #[derive(Debug, Clone, PartialEq, Eq, Hash)]
 pub struct ActiveToken {
@@ -523,13 +549,27 @@ impl Revocations {
     ///
     /// Cancellation: no effect.
     pub async fn check(&self, claims: &TokenClaims) -> Result<bool> {
+        self.check_verdict(claims).await.map(Verdict::refuse)
+    }
+
+    /// [`check`](Self::check), telling also whether the answer is the fail
+    /// mode's ([`Verdict::FailOpen`], [`Verdict::FailClosed`]) rather than
+    /// Redis's: a caller can then refuse a fail-closed token as "try again"
+    /// (HTTP 503) rather than "revoked" (401), as
+    /// [`RevocationLayer`](crate::RevocationLayer) does. Same cost, errors
+    /// and cancellation as `check`.
+    ///
+    /// # Errors
+    ///
+    /// As [`check`](Self::check).
+    pub async fn check_verdict(&self, claims: &TokenClaims) -> Result<Verdict> {
         let iat = self.token_iat(claims)?;
         #[cfg(feature = "local-cache")]
         let start = match &self.inner.local {
             Some(local) => {
                 if let Some(revoked) = local.cache.check(claims, iat) {
                     Counters::add(&self.inner.counters.local_answers);
-                    return Ok(self.answered(revoked));
+                    return Ok(Self::verdict(self.answered(revoked)));
                 }
                 Some(local.cache.read_start())
             }
@@ -541,7 +581,7 @@ impl Revocations {
         async move {
             let permit = match self.inner.options.breaker.try_acquire() {
                 Ok(p) => p,
-                Err(e) => return Ok(self.unavailable("check", &e)),
+                Err(e) => return Ok(self.outage("check", &e)),
             };
             Counters::add(&self.inner.counters.redis_reads);
             let reply = self.read_check(claims).await;
@@ -553,7 +593,7 @@ impl Revocations {
                 Err(e) if e.is_unavailable() => {
                     permit.failure();
                     self.read_failed();
-                    return Ok(self.unavailable("check", &e));
+                    return Ok(self.outage("check", &e));
                 }
                 Err(e) => {
                     permit.success();
@@ -571,10 +611,27 @@ impl Revocations {
                 || sub_cut.is_some_and(|cut| iat <= cut)
                 || org_cut.is_some_and(|cut| iat <= cut);
             recorder.record("outcome", revoked);
-            Ok(self.answered(revoked))
+            Ok(Self::verdict(self.answered(revoked)))
         }
         .instrument(span)
         .await
+    }
+
+    fn verdict(revoked: bool) -> Verdict {
+        if revoked {
+            Verdict::Revoked
+        } else {
+            Verdict::NotRevoked
+        }
+    }
+
+    /// [`unavailable`](Self::unavailable) as a [`Verdict`].
+    fn outage(&self, op: &'static str, e: &Error) -> Verdict {
+        if self.unavailable(op, e) {
+            Verdict::FailClosed
+        } else {
+            Verdict::FailOpen
+        }
     }
 
     async fn read_check(&self, claims: &TokenClaims) -> Result<(bool, Option<i64>, Option<i64>)> {

@@ -930,4 +930,36 @@ mod tower_layer {
         assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
         assert_eq!(store.metrics().checks, 3);
     }
+
+    /// Fail-closed during an outage refuses the request, but the token is
+    /// not known to be revoked: 503 (retry), not 401 (which tells clients
+    /// to throw their token away and log the user out).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fault_killed_server_fail_closed_layer_answers_503_not_401() {
+        let mut server = RedisServer::start().unwrap();
+        let redis = connect(&server.url()).await;
+        let store = store(&redis, options("tower_outage", FailMode::Closed)).await;
+        let t = now_secs();
+        let app = Router::new()
+            .route("/me", get(|| async { "hello" }))
+            .layer(RevocationLayer::new(store.clone(), claims_of));
+        let request = || {
+            Request::builder()
+                .uri("/me")
+                .header("x-jti", "fine")
+                .header("x-sub", "sam")
+                .header("x-iat", t.to_string())
+                .body(Body::empty())
+                .unwrap()
+        };
+        assert_eq!(
+            app.clone().oneshot(request()).await.unwrap().status(),
+            StatusCode::OK
+        );
+        server.kill().unwrap();
+        let refused = app.oneshot(request()).await.unwrap();
+        assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
+        assert!(refused.headers().get("www-authenticate").is_none());
+        assert_eq!(store.metrics().fail_closed, 1);
+    }
 }
