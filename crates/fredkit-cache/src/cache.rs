@@ -791,7 +791,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         stale: false,
                     });
                 }
-                if !inner.opts.max_stale.is_zero() {
+                // Within this cache's own fail-safe window only (the writer
+                // may keep entries longer, with a larger max_stale).
+                let max_stale_ms =
+                    u64::try_from(inner.opts.max_stale.as_millis()).unwrap_or(u64::MAX);
+                if now_ms < stored.fresh_until_ms.saturating_add(max_stale_ms) {
                     stale = Some((stored.value, Origin::L2));
                 }
             }

@@ -1244,3 +1244,38 @@ async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker() {
     );
     assert_eq!(d.get("after").await.unwrap(), Some(item(2)));
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn stale_is_served_only_within_the_readers_max_stale(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("stalebound");
+    // A writer that keeps entries an hour past their logical expiry.
+    let writer = cache(
+        &redis,
+        opts(&p)
+            .ttl(Duration::from_millis(100))
+            .max_stale(Duration::from_secs(3600)),
+    )
+    .await;
+    // A reader that accepts values at most 100 ms past it.
+    let reader = cache(&redis, opts(&p).max_stale(Duration::from_millis(100))).await;
+    writer.set("k", &item(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(400)).await;
+    let r = reader
+        .fetch("k", || async { Err::<Option<Item>, _>("db down") })
+        .await;
+    assert!(
+        matches!(r, Err(FillError::Factory("db down"))),
+        "a value 300 ms past its expiry was served with max_stale 100 ms: {r:?}"
+    );
+    assert_eq!(reader.metrics().stale_served, 0);
+    // The writer (max_stale 1 h) still gets it.
+    let w = writer
+        .fetch("k", || async { Err::<Option<Item>, _>("db down") })
+        .await
+        .unwrap();
+    assert!(w.stale && w.value == Some(item(1)));
+}
