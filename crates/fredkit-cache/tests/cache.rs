@@ -1279,3 +1279,111 @@ async fn stale_is_served_only_within_the_readers_max_stale(#[case] topology: Top
         .unwrap();
     assert!(w.stale && w.value == Some(item(1)));
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_panicking_factory_releases_the_lock_and_leaves_no_flight_behind(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("panicfill");
+    let c = cache(&redis, opts(&p)).await;
+    let r = c
+        .get_or_set("k", || async {
+            if true {
+                panic!("factory bug");
+            }
+            item(0)
+        })
+        .await;
+    assert!(r.is_err(), "{r:?}");
+    let lock: Option<String> = redis.client().get(format!("{p}:lock:{{k}}")).await.unwrap();
+    // Released in the background: wait for it, bounded.
+    let lock_key = format!("{p}:lock:{{k}}");
+    assert!(
+        lock.is_none()
+            || eventually(DEADLINE, || async {
+                redis
+                    .client()
+                    .exists::<i64, _>(lock_key.as_str())
+                    .await
+                    .unwrap()
+                    == 0
+            })
+            .await
+    );
+    // The next caller fills at once (no stale flight, no held lock to wait for).
+    assert_eq!(
+        c.get_or_set("k", || async { item(1) }).await.unwrap(),
+        item(1)
+    );
+    let m = c.metrics();
+    assert_eq!((m.factory_calls, m.fill_lock_waits), (2, 0));
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cancelled_caller_leaves_the_fill_running_for_the_others(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("cancelfill");
+    let c = cache(&redis, opts(&p)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let factory = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            item(4)
+        }
+    };
+    let first = {
+        let (c, calls) = (c.clone(), Arc::clone(&calls));
+        tokio::spawn(async move { c.get_or_set("k", factory(calls)).await })
+    };
+    assert!(eventually(DEADLINE, || async { calls.load(Ordering::SeqCst) == 1 }).await);
+    first.abort();
+    assert!(first.await.unwrap_err().is_cancelled());
+    // A caller arriving now joins the running fill instead of starting one.
+    assert_eq!(
+        c.get_or_set("k", factory(Arc::clone(&calls)))
+            .await
+            .unwrap(),
+        item(4)
+    );
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    let lock: Option<String> = redis.client().get(format!("{p}:lock:{{k}}")).await.unwrap();
+    assert_eq!(lock, None);
+}
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_timeout_without_stale_is_an_error_and_the_late_value_is_stored(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("hardto")).hard_timeout(Duration::from_millis(100)),
+    )
+    .await;
+    let r = c
+        .get_or_try_set("k", || async {
+            tokio::time::sleep(Duration::from_millis(400)).await;
+            Ok::<_, std::io::Error>(item(8))
+        })
+        .await;
+    assert!(matches!(r, Err(FillError::Timeout(_))), "{r:?}");
+    assert_eq!(c.metrics().factory_timeouts, 1);
+    assert!(
+        eventually(DEADLINE, || async {
+            c.get("k").await.unwrap() == Some(item(8))
+        })
+        .await,
+        "the factory's late result is stored"
+    );
+}
