@@ -7,7 +7,8 @@ use std::sync::atomic::{AtomicU64, Ordering};
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct RevocationMetrics {
-    /// Reads answered: every `is_revoked` and `check` that returned `Ok`.
+    /// Reads answered: every `is_revoked` and `check` that returned `Ok`
+    /// (a read cancelled before its answer is not counted).
     pub checks: u64,
     /// Reads that found the token revoked (by id, subject or organisation) —
     /// in Redis or in the local cache. Fail-closed answers are not counted
@@ -55,7 +56,8 @@ pub(crate) struct Counters {
     pub(crate) local_answers: Padded,
     pub(crate) revoked_hits: Padded,
     /// Reads sent to Redis that did not produce an answer from Redis (an
-    /// error; if it was an outage, the fail-mode answer is counted there).
+    /// error — if it was an outage, the fail-mode answer is counted there —
+    /// or a read dropped by its caller before the reply).
     pub(crate) read_failures: AtomicU64,
     pub(crate) fail_open: AtomicU64,
     pub(crate) fail_closed: AtomicU64,

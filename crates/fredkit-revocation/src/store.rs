@@ -170,6 +170,28 @@ impl fmt::Debug for Revocations {
     }
 }
 
+/// A read sent to Redis: counted as unanswered (`read_failures`) when
+/// dropped before [`answered`](Self::answered) — on an error, or when the
+/// caller's future is cancelled mid-read — so `checks` counts only answers.
+struct PendingRead<'a> {
+    counters: &'a Counters,
+    answered: bool,
+}
+
+impl PendingRead<'_> {
+    fn answered(mut self) {
+        self.answered = true;
+    }
+}
+
+impl Drop for PendingRead<'_> {
+    fn drop(&mut self) {
+        if !self.answered {
+            Counters::add(&self.counters.read_failures);
+        }
+    }
+}
+
 fn unix_ms(t: SystemTime, what: &str) -> Result<i64> {
     let d = t
         .duration_since(UNIX_EPOCH)
@@ -374,9 +396,14 @@ impl Revocations {
         revoked
     }
 
-    /// A read sent to Redis got no answer from it.
-    fn read_failed(&self) {
-        Counters::add(&self.inner.counters.read_failures);
+    /// Counts a read sent to Redis; until [`PendingRead::answered`] it
+    /// counts as unanswered (error, or dropped before the reply).
+    fn read_sent(&self) -> PendingRead<'_> {
+        Counters::add(&self.inner.counters.redis_reads);
+        PendingRead {
+            counters: &self.inner.counters,
+            answered: false,
+        }
     }
 
     /// Applies a revocation to this store's local cache and publishes it to
@@ -482,7 +509,7 @@ impl Revocations {
                 Ok(p) => p,
                 Err(e) => return Ok(self.unavailable("is_revoked", &e)),
             };
-            Counters::add(&self.inner.counters.redis_reads);
+            let pending = self.read_sent();
             let reply: Result<i64> = self
                 .client()
                 .exists(self.jti_key(jti))
@@ -491,16 +518,15 @@ impl Revocations {
             let revoked = match reply {
                 Ok(n) => {
                     permit.success();
+                    pending.answered();
                     n > 0
                 }
                 Err(e) if e.is_unavailable() => {
                     permit.failure();
-                    self.read_failed();
                     return Ok(self.unavailable("is_revoked", &e));
                 }
                 Err(e) => {
                     permit.success();
-                    self.read_failed();
                     return Err(e);
                 }
             };
@@ -583,21 +609,20 @@ impl Revocations {
                 Ok(p) => p,
                 Err(e) => return Ok(self.outage("check", &e)),
             };
-            Counters::add(&self.inner.counters.redis_reads);
+            let pending = self.read_sent();
             let reply = self.read_check(claims).await;
             let (by_id, sub_cut, org_cut) = match reply {
                 Ok(r) => {
                     permit.success();
+                    pending.answered();
                     r
                 }
                 Err(e) if e.is_unavailable() => {
                     permit.failure();
-                    self.read_failed();
                     return Ok(self.outage("check", &e));
                 }
                 Err(e) => {
                     permit.success();
-                    self.read_failed();
                     return Err(e);
                 }
             };

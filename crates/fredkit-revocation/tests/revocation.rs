@@ -500,6 +500,30 @@ impl Private {
     }
 }
 
+/// A check dropped before Redis answered (a request timeout, a client gone)
+/// answered nothing: it is no "check" in the counters.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_server_cancelled_checks_are_not_counted_as_answered() {
+    let private = Private::start(Topology::Standalone);
+    let redis = connect(&private.url()).await;
+    let store = store(&redis, options("cancelled", FailMode::Open)).await;
+    let t = now_secs();
+    let claims = token("c1", "vera", None, t, t + 600);
+    assert!(!store.check(&claims).await.unwrap());
+    private.pause(true);
+    for _ in 0..3 {
+        let dropped = tokio::time::timeout(Duration::from_millis(50), store.check(&claims)).await;
+        assert!(dropped.is_err(), "a paused server answered");
+        let dropped = tokio::time::timeout(Duration::from_millis(50), store.is_revoked("c1")).await;
+        assert!(dropped.is_err(), "a paused server answered");
+    }
+    private.pause(false);
+    let m = store.metrics();
+    assert_eq!((m.checks, m.fail_open, m.redis_reads), (1, 0, 7));
+    assert!(!store.check(&claims).await.unwrap());
+    assert_eq!(store.metrics().checks, 2);
+}
+
 /// A paused (SIGSTOP) server accepts connections and never answers: checks
 /// must not hang, they take the fail mode once the command timeout (1 s
 /// here) passes — every one counted — and tell the truth again once it
