@@ -49,9 +49,11 @@
 //! inside the scripts).
 //!
 //! Leeway: JWT validators usually accept a token a little past its `exp`
-//! (`jsonwebtoken` allows 60 s by default). Set
-//! [`expiry_leeway`](RevocationOptionsBuilder::expiry_leeway) to the same
-//! value, so a token the validator still accepts is still found revoked.
+//! (`jsonwebtoken` allows 60 s by default, and compares whole seconds, so it
+//! accepts a token until `exp + 61 s`). Set
+//! [`expiry_leeway`](RevocationOptionsBuilder::expiry_leeway) to the last
+//! moment past `exp` your validator accepts (61 s there), so a token the
+//! validator still accepts is still found revoked.
 //!
 //! # Round trips
 //!

@@ -19,7 +19,7 @@ pub const DEFAULT_PREFIX: &str = "fredkit:revocation";
 /// let options = RevocationOptions::builder(FailMode::Closed) // outage: refuse tokens
 ///     .prefix("auth:revocation")                            // keys and channel under it
 ///     .max_token_lifetime(Duration::from_secs(3600))        // longest exp - iat you issue
-///     .expiry_leeway(Duration::from_secs(60))               // your JWT validator's leeway
+///     .expiry_leeway(Duration::from_secs(61))               // jsonwebtoken's 60 s + its last second
 ///     .build()?;
 /// assert_eq!(options.fail_mode(), FailMode::Closed);
 /// # Ok::<(), fredkit_core::Error>(())
@@ -121,11 +121,18 @@ impl RevocationOptionsBuilder {
         self
     }
 
-    /// How long after a token's `exp` its records are kept. Set it to the
-    /// clock-skew leeway of your JWT validator (the `jsonwebtoken` crate
-    /// accepts tokens up to 60 s past `exp` by default): a validator that
-    /// still accepts a token must still find it revoked. Default 0 (records
-    /// go exactly at `exp`). At most 1 hour.
+    /// How long after a token's `exp` its records are kept: set it to the
+    /// last moment past `exp` your JWT validator still accepts a token, so
+    /// that a token the validator accepts is still found revoked. Default 0
+    /// (records go exactly at `exp`: right for a validator that, as RFC 7519
+    /// says, accepts a token only *before* `exp`). At most 1 hour.
+    ///
+    /// **Mind whole seconds.** The `jsonwebtoken` crate compares whole
+    /// seconds and refuses a token only when `exp < now - leeway`: it
+    /// accepts it through the whole second `exp + leeway`, i.e. until
+    /// `exp + leeway + 1 s`. With it, use its leeway **plus 1 s** (61 s for
+    /// its default 60 s; 1 s with leeway 0), or a revoked token is accepted
+    /// for up to a second after its record is gone.
     pub fn expiry_leeway(mut self, leeway: Duration) -> Self {
         self.expiry_leeway = leeway;
         self

@@ -119,7 +119,7 @@ async fn tour(demo: &Demo) -> Result<()> {
     );
     step(
         "features",
-        "local-cache: answers from memory, fed by pub/sub, flushed on gaps; tower: RevocationLayer -> 401",
+        "local-cache: answers from memory, fed by pub/sub, flushed on gaps; tower: RevocationLayer -> 401 (503 when failing closed)",
     );
 
     // Tidy up the demo's keys.
