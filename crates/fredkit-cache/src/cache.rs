@@ -1049,6 +1049,12 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             let (bytes, stored, px) = inner.envelope(Some(v), inner.opts.ttl)?;
             prepared.push((k, data_key, bytes, stored, px));
         }
+        // Taken before the writes: a copy is not inserted if an invalidation
+        // (maybe of a later write from elsewhere) arrives meanwhile.
+        let mut tickets = Vec::with_capacity(prepared.len());
+        for (k, ..) in &prepared {
+            tickets.push(inner.local.l1.as_ref().map(|l1| l1.ticket(k)));
+        }
         let r = inner
             .redis_call(async {
                 let pipe = inner.redis.client().pipeline();
@@ -1071,9 +1077,9 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             ))
             .await;
         let now_ms = envelope::now_ms();
-        for (k, _, _, stored, _) in &prepared {
-            if let Some(l1) = &inner.local.l1 {
-                l1.insert_write(k, stored, now_ms, inner.opts.eager_refresh);
+        for ((k, _, _, stored, _), ticket) in prepared.iter().zip(tickets) {
+            if let (Some(l1), Some(ticket)) = (&inner.local.l1, ticket) {
+                l1.insert_write(k, stored, ticket, now_ms, inner.opts.eager_refresh);
             }
             inner.publish(Inv::Key(k.to_string()));
             inner.local.wake(k);
@@ -1358,6 +1364,8 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         ttl: Duration,
     ) -> Result<Stored<V>> {
         let (bytes, stored, px) = self.envelope(value, ttl)?;
+        // Before the write: see `L1::insert_write`.
+        let ticket = self.local.l1.as_ref().map(|l1| l1.ticket(key));
         let r = self
             .redis_call(async {
                 match lock {
@@ -1378,8 +1386,14 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                 }
             })
             .await;
-        if let Some(l1) = &self.local.l1 {
-            l1.insert_write(key, &stored, envelope::now_ms(), self.opts.eager_refresh);
+        if let (Some(l1), Some(ticket)) = (&self.local.l1, ticket) {
+            l1.insert_write(
+                key,
+                &stored,
+                ticket,
+                envelope::now_ms(),
+                self.opts.eager_refresh,
+            );
         }
         self.publish(Inv::Key(key.to_string()));
         self.local.wake(key);
@@ -1667,6 +1681,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             .as_ref()
             .map(|(k, t)| self.spawn_lock_watchdog(k.clone(), t.clone()));
         tokio::spawn(async move {
+            // For the L1 copy of a value not written to Redis (Redis down):
+            // dropped if an invalidation arrives while the factory runs.
+            let ticket = this.local.l1.as_ref().map(|l1| l1.ticket(&task_key));
             let outcome = AssertUnwindSafe(async move { factory().await })
                 .catch_unwind()
                 .await;
@@ -1686,7 +1703,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                         // caller wait for a write that would fail too. L1
                         // keeps the value; Redis is unchanged, so no other
                         // instance needs an invalidation.
-                        if let Some(l1) = &this.local.l1 {
+                        if let (Some(l1), Some(ticket)) = (&this.local.l1, ticket) {
                             let now = envelope::now_ms();
                             let ttl_ms = u64::try_from(ttl.as_millis()).unwrap_or(u64::MAX / 4);
                             let stored = Stored {
@@ -1697,7 +1714,13 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                                 // size stands in for the L1 weight.
                                 size: std::mem::size_of::<V>(),
                             };
-                            l1.insert_write(&task_key, &stored, now, this.opts.eager_refresh);
+                            l1.insert_write(
+                                &task_key,
+                                &stored,
+                                ticket,
+                                now,
+                                this.opts.eager_refresh,
+                            );
                         }
                     } else if let Err(e) = this
                         .store(&task_key, &data_key, lock_ref, value.as_ref(), ttl)

@@ -208,19 +208,27 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         }
     }
 
-    /// Inserts this instance's own write (always wins over concurrent reads).
+    /// Inserts this instance's own write (it wins over concurrent reads:
+    /// their copies are refused). `ticket` is taken before the write went to
+    /// Redis: if the key's stripe saw an invalidation, removal or flush (or
+    /// another write) since, a later write from elsewhere may have landed in
+    /// Redis after ours, so the copy is dropped instead of inserted.
     pub(crate) fn insert_write(
         &self,
         key: &str,
         stored: &Stored<V>,
+        ticket: Ticket,
         now_ms: u64,
         eager: Option<f64>,
     ) {
-        let e = self.entry(key, stored, now_ms, eager, now());
+        let e = self.entry(key, stored, now_ms, eager, ticket.started);
         let mut guard = lock(self.stripe(key));
+        let clean = *guard == ticket.epoch;
         *guard = guard.wrapping_add(1);
-        if self.is_live() {
+        if clean && self.is_live() {
             self.cache.insert(key.to_string(), e);
+        } else {
+            self.cache.remove(key);
         }
     }
 
@@ -352,13 +360,13 @@ mod tests {
     #[test]
     fn nothing_is_served_or_stored_until_live_and_going_live_starts_empty() {
         let l1 = L1::new(&L1Options::new(), Duration::ZERO);
-        l1.insert_write("k", &stored(1, 60_000), now_ms(), None);
+        l1.insert_write("k", &stored(1, 60_000), l1.ticket("k"), now_ms(), None);
         let t = l1.ticket("r");
         l1.insert_read("r", &stored(2, 60_000), t, now_ms(), None);
         assert!(l1.get("k", now()).is_none() && l1.get("r", now()).is_none());
         l1.go_live();
         assert!(l1.get("k", now()).is_none() && l1.get("r", now()).is_none());
-        l1.insert_write("k", &stored(3, 60_000), now_ms(), None);
+        l1.insert_write("k", &stored(3, 60_000), l1.ticket("k"), now_ms(), None);
         assert_eq!(value(&l1, "k"), Some(3));
     }
 
@@ -379,10 +387,28 @@ mod tests {
     }
 
     #[test]
+    fn a_write_that_raced_an_invalidation_is_not_inserted() {
+        let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
+        l1.insert_write("k", &stored(1, 60_000), l1.ticket("k"), now_ms(), None);
+        // Our SET is in flight; another instance's later SET lands in Redis
+        // and its invalidation arrives before our reply.
+        let before_our_write = l1.ticket("k");
+        l1.remove("k");
+        l1.insert_write("k", &stored(2, 60_000), before_our_write, now_ms(), None);
+        assert_eq!(value(&l1, "k"), None, "our older write must not be cached");
+        let before_flush = l1.ticket("k");
+        l1.flush();
+        l1.insert_write("k", &stored(3, 60_000), before_flush, now_ms(), None);
+        assert_eq!(value(&l1, "k"), None);
+        l1.insert_write("k", &stored(4, 60_000), l1.ticket("k"), now_ms(), None);
+        assert_eq!(value(&l1, "k"), Some(4));
+    }
+
+    #[test]
     fn remove_and_flush_drop_copies() {
         let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
         for (i, k) in ["a", "b", "c"].iter().enumerate() {
-            l1.insert_write(k, &stored(i as u64, 60_000), now_ms(), None);
+            l1.insert_write(k, &stored(i as u64, 60_000), l1.ticket(k), now_ms(), None);
         }
         l1.remove("a");
         assert_eq!((value(&l1, "a"), value(&l1, "b")), (None, Some(1)));
@@ -394,7 +420,13 @@ mod tests {
     fn l1_is_bounded_by_entries() {
         let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
         for i in 0..10_000u64 {
-            l1.insert_write(&format!("k{i}"), &stored(i, 60_000), now_ms(), None);
+            l1.insert_write(
+                &format!("k{i}"),
+                &stored(i, 60_000),
+                l1.ticket(&format!("k{i}")),
+                now_ms(),
+                None,
+            );
         }
         let held = (0..10_000u64)
             .filter(|i| value(&l1, &format!("k{i}")).is_some())
@@ -412,7 +444,13 @@ mod tests {
         );
         l1.go_live();
         for i in 0..10_000u64 {
-            l1.insert_write(&format!("k{i}"), &stored(i, 60_000), now_ms(), None);
+            l1.insert_write(
+                &format!("k{i}"),
+                &stored(i, 60_000),
+                l1.ticket(&format!("k{i}")),
+                now_ms(),
+                None,
+            );
         }
         let held = (0..10_000u64)
             .filter(|i| value(&l1, &format!("k{i}")).is_some())
@@ -425,7 +463,7 @@ mod tests {
     #[test]
     fn a_copy_answers_at_most_its_ttl_and_lives_max_stale_longer_as_fallback() {
         let l1 = l1(100, Duration::from_millis(150), Duration::from_millis(150));
-        l1.insert_write("k", &stored(1, 60_000), now_ms(), None);
+        l1.insert_write("k", &stored(1, 60_000), l1.ticket("k"), now_ms(), None);
         let e = l1.get("k", now()).unwrap();
         // Never later than the TTL from now (deadlines err early).
         assert!(e.fresh_until <= later(now(), Duration::from_millis(150)));
@@ -443,7 +481,7 @@ mod tests {
         // expiry + max_stale the copy must not even be a stale fallback
         // (fail-safe promises stale values only within max_stale).
         let l1 = l1(100, Duration::from_secs(60), Duration::from_millis(100));
-        l1.insert_write("k", &stored(1, 100), now_ms(), None);
+        l1.insert_write("k", &stored(1, 100), l1.ticket("k"), now_ms(), None);
         let e = l1.get("k", now()).unwrap();
         assert!(e.expires <= later(now(), Duration::from_millis(200)));
         std::thread::sleep(Duration::from_millis(250));
@@ -456,7 +494,7 @@ mod tests {
     #[test]
     fn a_copy_never_outlives_the_logical_expiry_of_the_entry() {
         let l1 = l1(100, Duration::from_secs(60), Duration::ZERO);
-        l1.insert_write("k", &stored(1, 100), now_ms(), None);
+        l1.insert_write("k", &stored(1, 100), l1.ticket("k"), now_ms(), None);
         let e = l1.get("k", now()).unwrap();
         assert!(e.fresh_until <= later(now(), Duration::from_millis(100)));
     }
