@@ -565,6 +565,12 @@ impl Revocations {
     /// This does not validate the token (signature, `exp`, audience): that
     /// stays your JWT library's job, done before this call.
     ///
+    /// **Tokens without `iat`.** A cut-off can only be compared with an
+    /// issue time, so `claims.iat` is required. If your tokens carry none
+    /// but have a fixed lifetime, pass `exp - lifetime` (when they were
+    /// issued). Do not pass 0: `exp - 0` exceeds `max_token_lifetime`, so
+    /// the token is refused with `InvalidInput` (401 from the layer).
+    ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
