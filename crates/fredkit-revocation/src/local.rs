@@ -65,10 +65,15 @@ use crate::metrics::Counters;
 ///
 /// So a revocation is seen by every instance within the pub/sub delivery time
 /// while the subscription is healthy; if its event is lost in a way
-/// fredkit-pubsub reports (reconnect, lag) the next check goes to Redis; and
-/// in the worst case — an event lost without a trace, or a revocation
-/// written without publishing (another tool, a failed publish) — an
-/// instance answers "not revoked" for at most `ttl` after its last read.
+/// fredkit-pubsub reports (reconnect, lag), every check after the report
+/// goes to Redis — but fredkit-pubsub reports a reconnect only once it has
+/// resubscribed, so between the subscriber losing its connection and that
+/// report the cache keeps its answers (still at most `ttl` old). In the
+/// worst case — an event lost without a trace, a revocation written without
+/// publishing (another tool, a failed publish, the subscriber's node down on
+/// a cluster while the token's node is up) — an instance answers "not
+/// revoked" for at most `ttl` after its last read. Choose `ttl` as the
+/// longest such window you accept.
 /// Without the cache the store reads Redis on every check.
 ///
 /// During an outage the cache keeps answering what it can (a revocation
