@@ -1409,16 +1409,22 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         });
     }
 
-    /// Renews the fill lock every third of `lock_ttl` while it is ours;
-    /// stops when it is not (expired and maybe taken by another filler) or
-    /// when aborted. Redis errors are retried at the next period.
+    /// Renews the fill lock every third of `lock_ttl` while it is ours, for
+    /// at most `fill_wait` (waiters elsewhere give up after that anyway; a
+    /// factory hung in this process must not hold the key's lock forever);
+    /// stops when it is not ours (expired and maybe taken by another filler)
+    /// or when aborted. Redis errors are retried at the next period.
     fn spawn_lock_watchdog(self: &Arc<Self>, lock_key: String, token: String) -> JoinHandle<()> {
         let this = Arc::clone(self);
         let ttl_ms = i64::try_from(self.opts.lock_ttl.as_millis()).unwrap_or(i64::MAX);
         let period = (self.opts.lock_ttl / 3).max(Duration::from_millis(1));
+        let until = tokio::time::Instant::now() + self.opts.fill_wait;
         tokio::spawn(async move {
             loop {
                 tokio::time::sleep(period).await;
+                if tokio::time::Instant::now() >= until {
+                    return;
+                }
                 let r = this
                     .redis_call(FILL_EXTEND.exec::<_, i64, _, _>(
                         this.redis.client(),

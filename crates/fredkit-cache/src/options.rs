@@ -257,9 +257,9 @@ impl CacheOptionsBuilder {
 
     /// Time-to-live of the cross-process fill lock: a filler that dies frees
     /// the key after this long. While the factory runs, the lock is renewed
-    /// every `lock_ttl / 3` (one small script each), so a factory slower
-    /// than this does not let another process fill too. Default 10 s; must
-    /// be ≥ 1 ms.
+    /// every `lock_ttl / 3` (one small script each) for up to `fill_wait`,
+    /// so a factory slower than this does not let another process fill too.
+    /// Default 10 s; must be ≥ 1 ms.
     pub fn lock_ttl(mut self, ttl: Duration) -> Self {
         self.lock_ttl = ttl;
         self

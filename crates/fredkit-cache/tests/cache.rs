@@ -1387,3 +1387,53 @@ async fn hard_timeout_without_stale_is_an_error_and_the_late_value_is_stored(
         "the factory's late result is stored"
     );
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_hung_factory_holds_the_fill_lock_at_most_fill_wait_plus_lock_ttl(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("hungfill");
+    let c = cache(
+        &redis,
+        opts(&p)
+            .lock_ttl(Duration::from_millis(150))
+            .fill_wait(Duration::from_millis(300))
+            .hard_timeout(Duration::from_millis(50)),
+    )
+    .await;
+    let r = c
+        .get_or_set("k", || async {
+            std::future::pending::<()>().await;
+            item(0)
+        })
+        .await;
+    assert!(r.is_err(), "hard timeout, no stale: {r:?}");
+    let lock_key = format!("{p}:lock:{{k}}");
+    assert_eq!(
+        redis
+            .client()
+            .exists::<i64, _>(lock_key.as_str())
+            .await
+            .unwrap(),
+        1,
+        "renewed while the factory runs"
+    );
+    // Renewal stops after fill_wait: the lock expires though the factory
+    // never ends, so another process can fill.
+    assert!(
+        eventually(DEADLINE, || async {
+            redis
+                .client()
+                .exists::<i64, _>(lock_key.as_str())
+                .await
+                .unwrap()
+                == 0
+        })
+        .await,
+        "a hung factory held the fill lock forever"
+    );
+}
