@@ -164,6 +164,15 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
                 "compressed payload claims {size} bytes, over the {max_decompressed}-byte limit"
             )));
         }
+        // LZ4 cannot expand a block more than ~255x (a match's length is
+        // extended 255 bytes per input byte): a larger claim is forged, and is
+        // refused before its buffer is allocated.
+        let packed = body.len() - 4;
+        if size > packed.saturating_mul(255).saturating_add(64) {
+            return Err(Garbage(format!(
+                "compressed payload of {packed} bytes cannot expand to the {size} bytes it claims"
+            )));
+        }
         plain_size = size;
         let mut plain = vec![0u8; size];
         match lz4_flex::block::decompress_into(&body[4..], &mut plain) {
@@ -240,6 +249,23 @@ mod tests {
         assert_eq!(s.value.unwrap(), big);
         // A lower decompression limit refuses it instead of allocating.
         assert!(decode::<String, _>(&MsgPack, &b, 100).is_err());
+    }
+
+    #[test]
+    fn a_forged_decompressed_size_is_refused_before_allocating_it() {
+        let mut forged = encode(&MsgPack, Some(&"z".repeat(5_000)), 1, 2, Some(10))
+            .unwrap()
+            .to_vec();
+        assert_eq!(forged[3] & FLAG_LZ4, FLAG_LZ4);
+        // Claim 60 MB (under the 64 MiB limit) for a few dozen bytes.
+        forged[HEADER_LEN..HEADER_LEN + 4].copy_from_slice(&60_000_000u32.to_le_bytes());
+        let err = decode::<String, _>(&MsgPack, &forged, 64 << 20).unwrap_err();
+        assert!(err.0.contains("cannot expand"), "{}", err.0);
+        // The densest real payloads still decode.
+        let zeros = vec![0u8; 8 << 20];
+        let b = encode(&MsgPack, Some(&zeros.clone()), 1, 2, Some(10)).unwrap();
+        let s: Stored<Vec<u8>> = decode(&MsgPack, &b, 64 << 20).unwrap();
+        assert_eq!(s.value.unwrap(), zeros);
     }
 
     #[test]
