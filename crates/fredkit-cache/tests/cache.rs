@@ -1437,3 +1437,53 @@ async fn a_hung_factory_holds_the_fill_lock_at_most_fill_wait_plus_lock_ttl(
         "a hung factory held the fill lock forever"
     );
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn get_many_keeps_duplicates_and_order_with_l1_hits_and_garbage_mixed_in(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("manymix");
+    let c = cache(&redis, opts(&p).l1(L1Options::new())).await;
+    // 2 500 keys: over the 1 000-key standalone chunk, many slots on a cluster.
+    let items: Vec<(String, Item)> = (0..2500).map(|i| (format!("m{i}"), item(i))).collect();
+    c.set_many(&items).await.unwrap();
+    // Only half of them in L1 (an instance that just wrote holds them all:
+    // drop that one's copies and read half back).
+    c.flush_l1();
+    for (k, _) in items.iter().step_by(2) {
+        c.get(k).await.unwrap();
+    }
+    redis
+        .client()
+        .set::<(), _, _>(
+            format!("{p}:{{junk}}"),
+            "not an envelope",
+            Some(Expiration::EX(60)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let mut keys: Vec<String> = Vec::new();
+    let mut want: Vec<Option<Item>> = Vec::new();
+    for i in (0..2500u64).rev() {
+        keys.push(format!("m{i}"));
+        want.push(Some(item(i)));
+        if i % 7 == 0 {
+            keys.push(format!("m{i}")); // duplicate, right after
+            want.push(Some(item(i)));
+            keys.push("junk".to_string());
+            want.push(None);
+        }
+    }
+    let got = c.get_many(&keys).await.unwrap();
+    assert_eq!(got.len(), want.len());
+    for (i, (g, w)) in got.iter().zip(&want).enumerate() {
+        assert_eq!(g, w, "position {i} ({})", keys[i]);
+    }
+    assert!(c.metrics().decode_failures >= 1);
+}
