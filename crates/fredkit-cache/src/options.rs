@@ -304,16 +304,31 @@ impl CacheOptionsBuilder {
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for
     /// a bad prefix; [`ErrorKind::Config`](fredkit_core::ErrorKind::Config)
-    /// for a TTL, negative TTL or lock TTL under 1 ms, a zero fill wait, an
+    /// for a TTL, negative TTL or lock TTL under 1 ms or over 100 years
+    /// (`ttl + ttl_jitter + max_stale` counts), a zero fill wait, an
     /// eager-refresh fraction outside `(0, 1)`, a soft timeout not shorter
     /// than the hard one, or an L1 with zero entries or zero TTL.
     pub fn build(self) -> Result<CacheOptions> {
+        const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
         let keys = KeySpace::new(self.prefix)?;
         let lock_keys = keys.child("lock")?;
         let ms = Duration::from_millis(1);
         if self.ttl < ms || self.negative_ttl < ms || self.lock_ttl < ms {
             return Err(Error::config(
                 "cache ttl, negative_ttl and lock_ttl must be at least 1 ms (Redis PX resolution)",
+            ));
+        }
+        let physical = self
+            .ttl
+            .saturating_add(self.ttl_jitter)
+            .saturating_add(self.max_stale);
+        if physical > MAX_TTL
+            || self.negative_ttl > MAX_TTL
+            || self.lock_ttl > MAX_TTL
+            || self.fill_wait > MAX_TTL
+        {
+            return Err(Error::config(
+                "cache ttl + ttl_jitter + max_stale, negative_ttl, lock_ttl and fill_wait must each be at most 100 years (Redis rejects larger expiry times, so nothing would be cached)",
             ));
         }
         if self.fill_wait.is_zero() {
@@ -401,6 +416,17 @@ mod tests {
             b().l1(L1Options::new().max_entries(0)).build(),
             b().l1(L1Options::new().ttl(Duration::ZERO)).build(),
             b().l1(L1Options::new().max_bytes(0)).build(),
+            // "Forever" is not a TTL Redis accepts (PX overflows): every
+            // write would fail and nothing would ever be cached.
+            b().ttl(Duration::MAX).build(),
+            b().max_stale(Duration::MAX).build(),
+            b().ttl(Duration::from_secs(60 * 60 * 24 * 365 * 80))
+                .max_stale(Duration::from_secs(60 * 60 * 24 * 365 * 30))
+                .build(),
+            b().negative_ttl(Duration::MAX).build(),
+            b().lock_ttl(Duration::MAX).build(),
+            b().fill_wait(Duration::MAX).build(),
+            b().ttl_jitter(Duration::MAX).build(),
         ];
         for r in bad {
             assert_eq!(r.unwrap_err().kind(), ErrorKind::Config);
