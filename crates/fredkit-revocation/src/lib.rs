@@ -74,6 +74,12 @@
 //! until it half-opens. Writes (`revoke*`, `track*`) return the error: a
 //! failed revocation did not happen, retry it (they are idempotent).
 //!
+//! Durability is Redis's: an acknowledged revocation is on the master. A
+//! restart without persistence, or a failover to a replica that had not yet
+//! received it (replication is asynchronous), forgets it and the token is
+//! accepted again. Run the server with AOF (`appendonly yes`) and re-issue
+//! critical revocations after a failover.
+//!
 //! # Features
 //!
 //! - `local-cache`: `LocalCacheOptions` — answers from memory, fed by
