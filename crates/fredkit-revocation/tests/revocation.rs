@@ -808,6 +808,80 @@ mod local_cache {
         );
     }
 
+    /// Revocations through A race checks on B (cache on): once B has said
+    /// "revoked" it never says "not revoked" again, and once B has received
+    /// every event it says "revoked" for all, with no round trip.
+    /// (The exact interleavings — a stale read landing after an event, an
+    /// evicted event — are pinned down deterministically in the unit tests
+    /// of `local.rs`; this one runs the real thing under load.)
+    #[rstest]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn revocations_racing_cached_checks_are_never_undone(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        const N: usize = 200;
+        let url = shared_url(topology).unwrap();
+        let (redis_a, redis_b) = (connect(&url).await, connect(&url).await);
+        let p = prefix("race");
+        let base = || {
+            RevocationOptions::builder(FailMode::Closed)
+                .prefix(p.clone())
+                .max_token_lifetime(Duration::from_secs(3600))
+                .local_cache(LocalCacheOptions::default().ttl(Duration::from_secs(600)))
+        };
+        let a = store(&redis_a, base()).await;
+        let b = store(&redis_b, base()).await;
+        let t = now_secs();
+        let tokens: Arc<Vec<TokenClaims>> = Arc::new(
+            (0..N)
+                .map(|i| {
+                    token(
+                        &format!("r{i}"),
+                        &format!("s{}", i % 7),
+                        None,
+                        t - 5,
+                        t + 600,
+                    )
+                })
+                .collect(),
+        );
+        let checkers: Vec<_> = (0..4)
+            .map(|w| {
+                let (b, tokens) = (b.clone(), Arc::clone(&tokens));
+                tokio::spawn(async move {
+                    let mut seen_revoked = vec![false; N];
+                    for round in 0..30 {
+                        for i in (w..N).step_by(4) {
+                            let revoked = b.check(&tokens[i]).await.unwrap();
+                            assert!(
+                                revoked || !seen_revoked[i],
+                                "token {i} was revoked, then not (round {round})"
+                            );
+                            seen_revoked[i] |= revoked;
+                        }
+                        tokio::task::yield_now().await;
+                    }
+                })
+            })
+            .collect();
+        for c in tokens.iter() {
+            a.revoke(&c.jti, at_secs(c.exp)).await.unwrap();
+        }
+        for c in checkers {
+            c.await.unwrap();
+        }
+        assert!(
+            wait_for(DEADLINE, || b.metrics().events_received >= N as u64).await,
+            "B did not receive every event"
+        );
+        let reads = b.metrics().redis_reads;
+        for c in tokens.iter() {
+            assert!(b.check(c).await.unwrap(), "{} not revoked on B", c.jti);
+        }
+        assert_eq!(b.metrics().redis_reads, reads, "B made a round trip");
+        assert_eq!(b.metrics().fail_closed, 0);
+    }
+
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
     async fn not_revoked_is_trusted_for_the_ttl_only() {
         let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
