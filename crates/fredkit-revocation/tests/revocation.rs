@@ -849,7 +849,7 @@ mod local_cache {
             .map(|w| {
                 let (b, tokens) = (b.clone(), Arc::clone(&tokens));
                 tokio::spawn(async move {
-                    let mut seen_revoked = vec![false; N];
+                    let mut seen_revoked = [false; N];
                     for round in 0..30 {
                         for i in (w..N).step_by(4) {
                             let revoked = b.check(&tokens[i]).await.unwrap();
