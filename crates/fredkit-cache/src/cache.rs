@@ -1571,6 +1571,15 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                                 if stale.is_some() && self.opts.soft_timeout.is_some() {
                                     return serve_stale(self, stale, FillError::Panicked);
                                 }
+                                // The wait ran out at the hard timeout: the
+                                // caller's budget is spent. Calling the
+                                // factory now would only add a run per
+                                // waiting process (a stampede).
+                                if let Some(hard) = self.opts.hard_timeout {
+                                    if hard < self.opts.fill_wait {
+                                        return serve_stale(self, stale, FillError::Timeout(hard));
+                                    }
+                                }
                                 tracing::debug!(
                                     "fredkit-cache: fill wait ran out; calling the factory"
                                 );
@@ -1611,6 +1620,10 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         accept_none: bool,
     ) -> Waited<V> {
         let mut bound = self.opts.fill_wait;
+        // The hard timeout bounds waiting for another process's factory too.
+        if let Some(hard) = self.opts.hard_timeout {
+            bound = bound.min(hard);
+        }
         if have_stale {
             if let Some(soft) = self.opts.soft_timeout {
                 bound = bound.min(soft);

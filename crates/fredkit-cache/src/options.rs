@@ -240,7 +240,11 @@ impl CacheOptionsBuilder {
 
     /// The longest a caller waits for a factory: then the stale value is
     /// returned if there is one, else a timeout error. The factory goes on in
-    /// the background and its result is stored. Default none.
+    /// the background and its result is stored. It also bounds the wait for
+    /// another process's fill (the fill lock): a caller whose hard timeout
+    /// (shorter than `fill_wait`) runs out while waiting gets the stale value
+    /// or the timeout error, without running the factory itself. Default
+    /// none.
     pub fn hard_timeout(mut self, timeout: Duration) -> Self {
         self.hard_timeout = Some(timeout);
         self
@@ -267,7 +271,8 @@ impl CacheOptionsBuilder {
 
     /// The longest a caller waits for another process's fill before calling
     /// the factory itself. Make it comfortably longer than the factory's
-    /// usual time: a wait that runs out means one more factory call. Default
+    /// usual time: a wait that runs out means one more factory call (a
+    /// shorter `hard_timeout` ends the wait first, with no call). Default
     /// 10 s; must be non-zero.
     pub fn fill_wait(mut self, wait: Duration) -> Self {
         self.fill_wait = wait;

@@ -1490,3 +1490,66 @@ async fn get_many_keeps_duplicates_and_order_with_l1_hits_and_garbage_mixed_in(
     }
     assert!(c.metrics().decode_failures >= 1);
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn hard_timeout_also_bounds_the_wait_for_another_process_fill(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("hardwait");
+    let c = cache(
+        &redis,
+        opts(&p)
+            .ttl(Duration::from_millis(100))
+            .fill_wait(Duration::from_secs(30))
+            .hard_timeout(Duration::from_millis(200)),
+    )
+    .await;
+    // Another process is filling (holds the lock) and is slow.
+    redis
+        .client()
+        .set::<(), _, _>(
+            format!("{p}:lock:{{k}}"),
+            "slow",
+            Some(Expiration::EX(60)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    // No stale value: a timeout error, and no second factory run (that
+    // would be a stampede of every waiting process after hard_timeout).
+    let r = c.get_or_set("k", || async { item(1) }).await;
+    assert_eq!(
+        r.unwrap_err().kind(),
+        fredkit_core::ErrorKind::Timeout,
+        "waited for the other filler past the hard timeout"
+    );
+    assert_eq!(c.metrics().factory_calls, 0);
+    // With a stale value: served (stale) at the hard timeout.
+    redis
+        .client()
+        .del::<(), _>(format!("{p}:lock:{{s}}"))
+        .await
+        .unwrap();
+    c.set("s", &item(2)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    redis
+        .client()
+        .set::<(), _, _>(
+            format!("{p}:lock:{{s}}"),
+            "slow",
+            Some(Expiration::EX(60)),
+            None,
+            false,
+        )
+        .await
+        .unwrap();
+    let f = c
+        .fetch("s", || async { Ok::<_, String>(Some(item(3))) })
+        .await
+        .unwrap();
+    assert_eq!((f.value, f.stale), (Some(item(2)), true));
+    assert_eq!(c.metrics().factory_calls, 0);
+}
