@@ -45,11 +45,7 @@ pub struct RedisCacheStore {
 impl RedisCacheStore {
     /// A store on `redis` with a default circuit breaker named `cache-store`.
     pub fn new(redis: &Redis) -> Self {
-        let breaker = CircuitBreaker::builder()
-            .name("cache-store")
-            .build()
-            .unwrap_or_else(|_| unreachable_breaker());
-        Self::with_breaker(redis, breaker)
+        Self::with_breaker(redis, CircuitBreaker::named("cache-store"))
     }
 
     /// A store on `redis` guarded by `breaker` (share one per Redis).
@@ -59,14 +55,6 @@ impl RedisCacheStore {
             breaker,
         }
     }
-}
-
-/// The default builder always validates; this is only its type-level fallback.
-fn unreachable_breaker() -> CircuitBreaker {
-    #[allow(clippy::expect_used)]
-    CircuitBreaker::builder()
-        .build()
-        .expect("default circuit breaker options are valid")
 }
 
 #[async_trait]

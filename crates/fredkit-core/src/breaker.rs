@@ -185,6 +185,19 @@ impl CircuitBreaker {
         CircuitBreakerBuilder::default()
     }
 
+    /// A breaker with every default setting (see [`CircuitBreakerBuilder`])
+    /// and this name; an empty name becomes `"redis"`. Infallible, for code
+    /// that needs a breaker and has no error to return.
+    pub fn named(name: impl Into<String>) -> CircuitBreaker {
+        let name = name.into();
+        let builder = CircuitBreakerBuilder::default();
+        if name.is_empty() {
+            builder.assemble()
+        } else {
+            builder.name(name).assemble()
+        }
+    }
+
     /// The breaker's name, as given to the builder.
     pub fn name(&self) -> &str {
         &self.inner.config.name
@@ -581,9 +594,14 @@ impl CircuitBreakerBuilder {
         if self.half_open_max_calls == 0 {
             return invalid("half_open_max_calls must be at least 1".into());
         }
+        Ok(self.assemble())
+    }
+
+    /// Builds without validating; only for settings known to be valid.
+    fn assemble(self) -> CircuitBreaker {
         let bucket_nanos = (self.sampling_duration.as_nanos() / BUCKETS as u128).max(1);
         let origin = self.clock.now();
-        Ok(CircuitBreaker {
+        CircuitBreaker {
             inner: Arc::new(Inner {
                 config: Config {
                     name: self.name,
@@ -603,7 +621,7 @@ impl CircuitBreakerBuilder {
                     window: Window::default(),
                 }),
             }),
-        })
+        }
     }
 }
 
@@ -794,6 +812,14 @@ mod tests {
         });
         // One call in ten fails: far below the 0.5 ratio in every prefix.
         assert_eq!(b.state(), Closed);
+    }
+
+    #[test]
+    fn named_breaker_has_the_default_settings_and_its_name() {
+        let b = CircuitBreaker::named("cache-store");
+        assert_eq!(b.name(), "cache-store");
+        assert_eq!(b.state(), Closed);
+        assert_eq!(CircuitBreaker::named("").name(), "redis");
     }
 
     #[test]
