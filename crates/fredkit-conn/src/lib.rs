@@ -41,6 +41,7 @@ mod health;
 mod redis;
 mod secret;
 mod url;
+mod watchdog;
 
 pub use config::{Node, ReconnectConfig, RedisConfig, RedisConfigBuilder, Topology};
 pub use fred;

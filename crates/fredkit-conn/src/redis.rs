@@ -14,7 +14,10 @@ use std::time::Duration;
 
 /// A cheap-to-clone handle over a small pool (default: one) of multiplexed
 /// fred connections, configured with fredkit's defaults: a command timeout, a
-/// reconnect policy that never gives up, dead-connection detection, and
+/// reconnect policy that never gives up, dead-connection detection (a `PING`
+/// per connection every 500 ms; a connection silent for max(3 × command
+/// timeout, 3 s) is reconnected, which also follows a failover away from a
+/// silent primary), and
 /// reconnect-and-retry on `LOADING`, `READONLY`, `CLUSTERDOWN`, `MASTERDOWN`.
 ///
 /// Every fredkit primitive takes a `Redis`. Raw fred stays available through
@@ -48,6 +51,8 @@ struct Inner {
     config: RedisConfig,
     pool: Pool,
     tasks: Mutex<Vec<ConnectHandle>>,
+    /// The dead-connection probe of the pool (see `watchdog`).
+    watchdog: tokio::task::AbortHandle,
 }
 
 impl Drop for Inner {
@@ -55,6 +60,7 @@ impl Drop for Inner {
     /// holds its own reference to the client, so without this a dropped
     /// `Redis` would keep (re)connecting for ever.
     fn drop(&mut self) {
+        self.watchdog.abort();
         let tasks: Vec<ConnectHandle> = match self.tasks.lock() {
             Ok(mut t) => t.drain(..).collect(),
             Err(poisoned) => poisoned.into_inner().drain(..).collect(),
@@ -103,11 +109,18 @@ impl Redis {
         let b = builder(&config, Purpose::Shared)?;
         let pool = b.build_pool(config.pool_size)?;
         let handle = pool.connect();
+        let watchdog = tokio::spawn(crate::watchdog::run(
+            pool.clone(),
+            crate::watchdog::unresponsive_after(config.command_timeout),
+            config.connect_timeout + Duration::from_secs(1),
+        ))
+        .abort_handle();
         let redis = Redis {
             inner: Arc::new(Inner {
                 config,
                 pool,
                 tasks: Mutex::new(vec![handle]),
+                watchdog,
             }),
         };
         tracing::debug!(config = %redis.inner.config, "fredkit: connecting");
@@ -188,8 +201,11 @@ impl Redis {
     /// A new connection of its own, for blocking commands. It has the same
     /// configuration (command timeout included: pass a longer per-command
     /// timeout with fred's `with_options` for long blocks) but no dead-connection
-    /// detection, since long silences are normal for blocking commands. It
-    /// starts connecting at once (lazily); it closes when dropped.
+    /// watchdog, since long silences are normal for blocking commands (a probe
+    /// would queue behind them). If a blocking command times out well past its
+    /// own block time, the connection is silent: call fred's
+    /// `force_reconnection()` on it. It starts connecting at once (lazily); it
+    /// closes when dropped.
     ///
     /// # Errors
     /// A config error if fred rejects the configuration.
@@ -234,6 +250,7 @@ impl Redis {
     /// A connection error if the pool could not be closed cleanly; it is
     /// closed anyway.
     pub async fn shutdown(&self) -> Result<()> {
+        self.inner.watchdog.abort();
         let quit = tokio::time::timeout(
             self.inner.config.command_timeout * 2,
             self.inner.pool.quit(),

@@ -401,3 +401,74 @@ async fn dropping_the_last_handle_closes_its_connections() {
         tokio::time::sleep(Duration::from_millis(50)).await;
     }
 }
+
+/// A server that stops answering without closing the connection (SIGSTOP
+/// here; a dead host or a half-open TCP connection look the same to the
+/// client) is given up on after the unresponsive timeout (3 s with the
+/// default 1 s command timeout): the pool reconnects instead of waiting for
+/// the kernel. Without that the old connection simply carries on after the
+/// resume, with the same `CLIENT ID`.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_connection_silent_past_the_unresponsive_timeout_is_replaced() {
+    let server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    set_until_ok(&redis, "k", "1", Duration::from_secs(5)).await;
+    let before: i64 = redis.client().client_id().await.unwrap();
+
+    server.pause().unwrap();
+    // Longer than the unresponsive timeout plus one probe interval.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.resume().unwrap();
+
+    set_until_ok(&redis, "k", "2", Duration::from_secs(15)).await;
+    let after: i64 = redis.client().client_id().await.unwrap();
+    assert_ne!(
+        before, after,
+        "the connection that went silent for 5 s was kept instead of replaced"
+    );
+    redis.shutdown().await.unwrap();
+}
+
+/// A cluster master that goes silent without closing its connections (no
+/// RST: SIGSTOP here, a dead host in production) is failed over by the
+/// cluster; the client must notice the silent connection and re-read the
+/// topology. The master stays paused throughout: without dead-connection
+/// detection every command on its slots times out until the kernel gives up
+/// on the connection (minutes), and no MOVED ever arrives.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_cluster_master_is_followed_to_its_replica() {
+    let cluster = RedisCluster::start(ClusterOptions::default().replicas_per_master(1)).unwrap();
+    let redis = connect(&cluster.url()).await;
+    let key = "silent-master";
+    set_until_ok(&redis, key, "before", Duration::from_secs(5)).await;
+    let victim = cluster
+        .master_index_for_slot(key_slot(key.as_bytes()))
+        .unwrap();
+    cluster.masters()[victim].pause().unwrap();
+
+    set_until_ok(&redis, key, "after", Duration::from_secs(30)).await;
+    let v: Option<String> = redis.client().get(key).await.unwrap();
+    assert_eq!(v.as_deref(), Some("after"));
+    cluster.masters()[victim].resume().unwrap();
+    redis.shutdown().await.unwrap();
+}
+
+/// The same with Sentinel: the master goes silent, the sentinels promote the
+/// replica, and the client, having given up on the silent connection, asks
+/// the sentinels again and writes to the new master.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_silent_sentinel_master_is_followed_to_the_new_one() {
+    let group = SentinelGroup::start().unwrap();
+    let redis = connect(&group.url()).await;
+    set_until_ok(&redis, "k", "before", Duration::from_secs(5)).await;
+    let old = group.master_addr().unwrap();
+    let paused = group.server_by_addr(&old).unwrap();
+    paused.pause().unwrap();
+
+    set_until_ok(&redis, "k", "after", Duration::from_secs(45)).await;
+    assert_ne!(group.master_addr().unwrap(), old, "no failover happened");
+    let v: Option<String> = redis.client().get("k").await.unwrap();
+    assert_eq!(v.as_deref(), Some("after"));
+    paused.resume().unwrap();
+    redis.shutdown().await.unwrap();
+}
