@@ -130,7 +130,11 @@ pub struct ShutdownReport {
 ///
 /// Read, claim and acknowledgement errors are logged, counted and retried
 /// with capped exponential backoff; the worker keeps running through Redis
-/// restarts. A handler error, panic or timeout is a failed delivery.
+/// restarts. A read left unanswered for `block` plus the command timeout
+/// means a silent connection (a paused server, a dead host, a primary failed
+/// over without closing it): the worker reconnects its read connection, which
+/// also follows a Sentinel or cluster failover. A handler error, panic or
+/// timeout is a failed delivery.
 ///
 /// # Cancellation
 ///
@@ -503,6 +507,24 @@ where
                         create_group(&ctx.redis, &ctx.keys, &cfg.group, &cfg.start).await
                     {
                         tracing::warn!(error = %e, "could not recreate the consumer group");
+                    }
+                } else if e.kind() == fredkit_core::ErrorKind::Timeout {
+                    // Unanswered for BLOCK plus a command timeout: the
+                    // connection is silent (a paused server, a dead host, a
+                    // half-open TCP connection, a primary failed over
+                    // without closing it). The shared pool's watchdog does
+                    // not watch this connection (a probe would queue behind
+                    // the block), so reconnect it here instead of waiting
+                    // minutes for the kernel.
+                    tracing::warn!(error = %e, "XREADGROUP unanswered past BLOCK + command timeout; reconnecting the worker's connection");
+                    let wait = ctx.redis.config().connect_timeout() + Duration::from_secs(1);
+                    tokio::select! {
+                        r = tokio::time::timeout(wait, dedicated.force_reconnection()) => {
+                            if let Ok(Err(e)) = r {
+                                tracing::debug!(error = %e, "forced reconnection failed; fred's reconnect policy goes on");
+                            }
+                        }
+                        _ = stop_rx.changed() => {}
                     }
                 } else {
                     tracing::warn!(error = %e, "XREADGROUP failed; retrying with backoff");

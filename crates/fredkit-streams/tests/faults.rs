@@ -495,3 +495,65 @@ async fn fault_server_gone_shutdown_gives_up_on_acks_at_its_deadline() {
         "shutdown took {took:?}, past its deadline ({bound:?} + 1 s slack)"
     );
 }
+
+/// Sentinel: the master goes silent (SIGSTOP: no RST, like a dead host) and
+/// the sentinels promote the replica. The worker's blocking read times out on
+/// the silent connection; the worker must reconnect it (and so ask the
+/// sentinels again) instead of waiting for the kernel, and everything
+/// published after the failover is handled. Without the reconnect its reads
+/// time out until the master comes back, and nothing new is delivered.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_silent_sentinel_master_worker_follows_the_failover_and_loses_nothing() {
+    const BEFORE: u64 = 50;
+    const TOTAL: u64 = 100;
+    let group = fredkit_testkit::SentinelGroup::start().unwrap();
+    let redis = connect(&group.url()).await;
+    let keys = keys("silent_master");
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    let successes: Successes = Arc::default();
+    let worker = start_worker(&redis, &keys, &successes).await;
+    let handled = |successes: &Successes| -> HashSet<u64> {
+        successes
+            .lock()
+            .unwrap()
+            .values()
+            .map(|(n, _)| *n)
+            .collect()
+    };
+
+    for n in 0..BEFORE {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    wait_until("the first entries handled", || {
+        let done = handled(&successes).len() as u64 == BEFORE;
+        async move { done }
+    })
+    .await;
+
+    let old = group.master_addr().unwrap();
+    let paused = group.server_by_addr(&old).unwrap();
+    paused.pause().unwrap();
+    // Publish the rest, each retried until the new master takes it (a retry
+    // after a lost reply may append a duplicate: at-least-once).
+    for n in BEFORE..TOTAL {
+        let deadline = tokio::time::Instant::now() + common::DEADLINE;
+        while let Err(e) = producer.publish(&Job { n }).await {
+            assert!(e.is_unavailable(), "unexpected publish error: {e}");
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "publish still failing: {e}"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+    assert_ne!(group.master_addr().unwrap(), old, "no failover happened");
+    wait_until("every entry published after the failover handled", || {
+        let done = handled(&successes).len() as u64 == TOTAL;
+        async move { done }
+    })
+    .await;
+    let all = handled(&successes);
+    assert_eq!(all, (0..TOTAL).collect::<HashSet<u64>>());
+    paused.resume().unwrap();
+    worker.shutdown().await;
+}
