@@ -1,7 +1,7 @@
 //! fredkit's benchmark harness.
 //!
 //! ```text
-//! fredkit-bench [SUITE]... [--quick] [--url redis://...] [--list]
+//! fredkit-bench [SUITE]... [--quick] [--rounds N] [--url redis://...] [--list]
 //! ```
 //!
 //! Starts one throwaway `redis-server` (fredkit-testkit) unless `--url` is
@@ -26,10 +26,12 @@ use std::process::ExitCode;
 use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
 
 const USAGE: &str = "\
-usage: fredkit-bench [SUITE]... [--quick] [--url URL] [--list]
+usage: fredkit-bench [SUITE]... [--quick] [--rounds N] [--url URL] [--list]
 
   SUITE      run only these suites (default: all; see --list)
   --quick    short windows and fewer rounds (a smoke run, noisier figures)
+  --rounds N rounds of every interleaved comparison (default 5, 3 with --quick);
+             more rounds steady the medians on a noisy machine
   --url URL  benchmark an existing server instead of a throwaway one
              (its data is left alone; absolute figures then include its load)
   --list     list the suites
@@ -39,6 +41,7 @@ usage: fredkit-bench [SUITE]... [--quick] [--url URL] [--list]
 pub(crate) struct Ctx {
     url: String,
     quick: bool,
+    rounds: Option<usize>,
 }
 
 impl Ctx {
@@ -71,7 +74,7 @@ impl Ctx {
 
     /// Rounds of an interleaved comparison.
     pub(crate) fn rounds(&self) -> usize {
-        self.pick(5, 3)
+        self.rounds.unwrap_or_else(|| self.pick(5, 3))
     }
 
     /// A plain fred client configured the way fredkit-conn configures its
@@ -108,6 +111,7 @@ impl Ctx {
 struct Args {
     suites: Vec<String>,
     quick: bool,
+    rounds: Option<usize>,
     url: Option<String>,
     list: bool,
 }
@@ -116,6 +120,7 @@ fn parse_args() -> Result<Args> {
     let mut args = Args {
         suites: Vec::new(),
         quick: false,
+        rounds: None,
         url: None,
         list: false,
     };
@@ -124,6 +129,11 @@ fn parse_args() -> Result<Args> {
         match arg.as_str() {
             "--quick" => args.quick = true,
             "--list" => args.list = true,
+            "--rounds" => {
+                let n = it.next().context("--rounds needs a value")?;
+                args.rounds = Some(rounds(&n)?);
+            }
+            s if s.starts_with("--rounds=") => args.rounds = Some(rounds(&s["--rounds=".len()..])?),
             "--url" => args.url = Some(it.next().context("--url needs a value")?),
             "-h" | "--help" => {
                 print!("{USAGE}");
@@ -135,6 +145,13 @@ fn parse_args() -> Result<Args> {
         }
     }
     Ok(args)
+}
+
+fn rounds(n: &str) -> Result<usize> {
+    match n.parse::<usize>() {
+        Ok(n) if (1..=1000).contains(&n) => Ok(n),
+        _ => bail!("--rounds takes a number from 1 to 1000, not `{n}`"),
+    }
 }
 
 fn workspace_root() -> PathBuf {
@@ -212,9 +229,17 @@ fn run() -> Result<bool> {
     let ctx = Ctx {
         url,
         quick: args.quick,
+        rounds: args.rounds,
     };
 
-    let runtime = tokio::runtime::Builder::new_multi_thread()
+    let mut rt = tokio::runtime::Builder::new_multi_thread();
+    if let Some(n) = std::env::var("FKB_WORKERS")
+        .ok()
+        .and_then(|v| v.parse().ok())
+    {
+        rt.worker_threads(n);
+    }
+    let runtime = rt
         .enable_all()
         .build()
         .context("could not build a tokio runtime")?;
@@ -294,6 +319,12 @@ fn add_meta(report: &mut Report, machine: &Machine, ctx: &Ctx, elapsed: Duration
         if ctx.quick() { 1.0 } else { 0.0 },
         Count,
         "1 for a --quick run",
+    );
+    report.add(
+        "meta.rounds",
+        ctx.rounds() as f64,
+        Count,
+        "rounds of each interleaved comparison",
     );
     report.add(
         "meta.run_s",

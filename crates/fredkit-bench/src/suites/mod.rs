@@ -10,6 +10,7 @@
 //! implementing [`Suite`], add `mod <name>;` below and push it in [`all`].
 
 mod cache;
+mod conn;
 mod lock;
 mod pubsub;
 mod ratelimit;
@@ -36,6 +37,7 @@ pub(crate) trait Suite: Send + Sync {
 pub(crate) fn all() -> Vec<Box<dyn Suite>> {
     vec![
         Box::new(raw::Raw),
+        Box::new(conn::Conn),
         Box::new(pubsub::PubSub),
         Box::new(cache::Cache),
         Box::new(lock::Lock),
