@@ -392,9 +392,23 @@ impl LockManager {
                 "no dedicated connection for replica confirmation",
             ));
         };
-        let attempt = self
+        let attempt = match self
             .attempt(client.client(), keys, token, opts.ttl_ms(), mode)
-            .await?;
+            .await
+        {
+            Ok(a) => a,
+            Err(e) => {
+                if e.kind() == ErrorKind::Timeout {
+                    // Silent connection (a paused server, a dead host, a
+                    // primary failed over without closing it): the next try
+                    // opens a new one, which also re-reads a Sentinel or
+                    // cluster topology. Dropping this one QUITs it behind the
+                    // undo already queued on it.
+                    *conn = None;
+                }
+                return Err(e);
+            }
+        };
         if let Attempt::Granted(_) = attempt {
             let options = Options {
                 cluster_hash: Some(ClusterHash::Custom(fred::util::redis_keyslot(
@@ -408,6 +422,12 @@ impl LockManager {
                 .wait::<i64>(i64::from(replicas), millis(timeout))
                 .await
                 .map_err(Error::from);
+            if matches!(&acked, Err(e) if e.kind() == ErrorKind::Timeout) {
+                // WAIT unanswered past its own timeout plus a command
+                // timeout: the connection is silent; the next try opens a
+                // new one (see above).
+                *conn = None;
+            }
             drop(conn);
             match acked {
                 Ok(n) if n >= i64::from(replicas) => {}

@@ -1289,3 +1289,50 @@ async fn fault_paused_server_waiting_calls_end_with_errors_never_grants() {
         .expect("the permit is free after the resume");
     assert!(p.release().await.unwrap());
 }
+
+/// Replica confirmation runs on the manager's own connection. When the
+/// Sentinel master goes silent (SIGSTOP: no RST, like a dead host) and is
+/// failed over, tries must reach the new master: the manager gives up on the
+/// silent connection after a timed-out try and opens a new one (asking the
+/// sentinels again). The new master has no replica while the old one stays
+/// paused, so the proof is the error: "only 0 of 1 replicas confirmed" (the
+/// try ran on a live master) instead of a command timeout on the silent one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_silent_sentinel_master_replica_confirmation_moves_to_the_new_master() {
+    let group = tokio::task::spawn_blocking(|| fredkit_testkit::SentinelGroup::start().unwrap())
+        .await
+        .unwrap();
+    let redis = connect(&group.url()).await;
+    let m = LockManager::new(&redis, &prefix("lock_silent_master")).unwrap();
+    let o = LockOptions::builder()
+        .ttl(Duration::from_secs(10))
+        .replicas(1, Duration::from_millis(500))
+        .build()
+        .unwrap();
+    let g = m
+        .acquire("r", &o)
+        .await
+        .unwrap()
+        .expect("one replica confirms");
+    assert!(g.release().await.unwrap());
+
+    let old = group.master_addr().unwrap();
+    let paused = group.server_by_addr(&old).unwrap();
+    paused.pause().unwrap();
+    let start = std::time::Instant::now();
+    let last = loop {
+        let r = m.acquire("r", &o).await;
+        match &r {
+            Err(e) if e.to_string().contains("replicas confirmed") => break r,
+            _ if start.elapsed() > Duration::from_secs(45) => break r,
+            _ => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    };
+    paused.resume().unwrap();
+    let err = last.expect_err("no replica can confirm while the old master is paused");
+    assert!(
+        err.to_string().contains("only 0 of 1 replicas confirmed"),
+        "tries never reached the new master: {err}"
+    );
+    assert_ne!(group.master_addr().unwrap(), old, "no failover happened");
+}
