@@ -292,7 +292,9 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // Let the workers' dedicated connections come up.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
-    let n: u64 = ctx.pick(50_000, 10_000);
+    // About 2 s per round at ~100 k msgs/s, like the other suites' windows
+    // (50 k messages, ~0.5 s, left the ratio at the mercy of single stalls).
+    let n: u64 = ctx.pick(200_000, 10_000);
     let lat_n: u64 = ctx.pick(3_000, 1_000);
     let make_fk = |count: u64, sequential: bool| -> Runner<'_> {
         let producer = producer.clone();
