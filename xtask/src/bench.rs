@@ -1,4 +1,4 @@
-//! `cargo xtask bench [SUITE]... [--quick]`: runs `fredkit-bench` in release
+//! `cargo xtask bench [SUITE]... [--quick] [--rounds N]`: runs `fredkit-bench` in release
 //! mode (it starts its own throwaway server and writes
 //! `target/bench/results.json`).
 

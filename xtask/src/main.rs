@@ -3,7 +3,7 @@
 //! ```text
 //! cargo xtask test [--quick] [--skip STEP]... [-- TEST-RUNNER-ARGS]
 //! cargo xtask demo
-//! cargo xtask bench [SUITE]... [--quick]
+//! cargo xtask bench [SUITE]... [--quick] [--rounds N]
 //! cargo xtask servers standalone|cluster|sentinel
 //! cargo xtask ensure-redis
 //! ```
@@ -33,9 +33,10 @@ commands:
         ARGS after -- go to the test runner (e.g. a test name filter).
   demo  a readable tour of fredkit against a throwaway redis-server
         (or against $REDIS_URL when it is set).
-  bench [SUITE]... [--quick]
+  bench [SUITE]... [--quick] [--rounds N]
         run fredkit-bench (release build) against a throwaway server;
-        writes target/bench/results.json.  `bench --list` lists the suites.
+        writes target/bench/results.json.  `bench --list` lists the suites;
+        --rounds N: interleaved rounds per comparison (default 5).
   servers standalone|cluster|sentinel
         start a throwaway topology, print its URL, keep it up until Ctrl-C.
   ensure-redis
