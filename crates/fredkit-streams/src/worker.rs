@@ -840,7 +840,8 @@ async fn run_batch<T, C>(
         }
         let id = entry.id;
         let mut payload = None;
-        let mut headers = Vec::with_capacity(entry.fields.len());
+        // Most entries carry only the payload: no allocation for them.
+        let mut headers = Vec::new();
         for (k, v) in entry.fields {
             if &*k == PAYLOAD_FIELD && payload.is_none() {
                 payload = Some(v);
