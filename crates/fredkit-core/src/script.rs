@@ -114,7 +114,13 @@ impl Script {
     /// value, a `Vec`, an array, or `()` for none.
     ///
     /// Cancellation: if the future is dropped, the script may have run once
-    /// (its reply is lost), or not at all; never twice.
+    /// (its reply is lost), or not at all; dropping never makes it run twice.
+    ///
+    /// Retries: when the connection breaks after the command was written,
+    /// fred (as fredkit-conn configures it) sends it again on the new
+    /// connection, up to 3 attempts in all. If the server had already run it,
+    /// it runs again: a script that is not idempotent must tolerate that
+    /// (fred 10.1 offers no per-command attempt limit for `EVALSHA`).
     ///
     /// # Errors
     ///

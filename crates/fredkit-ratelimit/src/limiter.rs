@@ -87,7 +87,10 @@ const FAIL_CLOSED_RETRY: Duration = Duration::from_secs(1);
 /// # Cancellation
 ///
 /// Dropping a check's future halfway may or may not have consumed the cost
-/// (the script may have run); it never consumes twice.
+/// (the script may have run); dropping never consumes twice. A check whose
+/// connection breaks after the server ran its script is sent again by fred
+/// on the new connection and consumes its cost twice: stricter than the
+/// limit, never looser (rare: it takes a connection lost within a round trip).
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,
