@@ -7,6 +7,9 @@
 //!   [`Delivery::Lagged`] and never blocks the others.
 //! - After a reconnect everything is resubscribed automatically and every
 //!   receiver gets [`Delivery::Gap`]: messages published in between are lost.
+//!   A connection that goes silent without closing (paused server, half-open
+//!   TCP) is found by a liveness probe (one `PING` every 500 ms) and
+//!   reconnected the same way; see [`Subscriber`].
 //! - On a cluster, sharded pub/sub (`SPUBLISH`/`SSUBSCRIBE`) is used by
 //!   default ([`Mode::Auto`]), so a message travels only to its shard.
 //!

@@ -10,6 +10,7 @@ pub struct Metrics {
     pub(crate) decode_errors: AtomicU64,
     pub(crate) lagged: AtomicU64,
     pub(crate) resubscribes: AtomicU64,
+    pub(crate) silent_reconnects: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -26,6 +27,12 @@ pub struct MetricsSnapshot {
     pub lagged: u64,
     /// Times the subscriber resubscribed after a reconnect or lost messages (gaps).
     pub resubscribes: u64,
+    /// Times the subscriber's liveness probe found its connection silent (a
+    /// `PING` unanswered for three command timeouts, at least 3 s, while the
+    /// connection still counted as up: a paused or dead server, a half-open
+    /// TCP connection) and forced a reconnection. Always 0 on a
+    /// [`Publisher`](crate::Publisher).
+    pub silent_reconnects: u64,
 }
 
 impl Metrics {
@@ -37,6 +44,7 @@ impl Metrics {
             decode_errors: self.decode_errors.load(Ordering::Relaxed),
             lagged: self.lagged.load(Ordering::Relaxed),
             resubscribes: self.resubscribes.load(Ordering::Relaxed),
+            silent_reconnects: self.silent_reconnects.load(Ordering::Relaxed),
         }
     }
 

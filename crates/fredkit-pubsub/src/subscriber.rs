@@ -7,8 +7,10 @@ use crate::options::PubSubOptions;
 use crate::publisher::sharded;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
+use fred::error::ErrorKind as FredErrorKind;
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::prelude::Options;
+use fred::types::config::Server;
 use fred::types::{Message as FredMessage, MessageKind, Value};
 use fred::util::redis_keyslot;
 use fredkit_conn::{Dedicated, Redis};
@@ -23,6 +25,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 use tokio::sync::{broadcast, watch};
 use tokio::task::JoinHandle;
+use tokio::time::MissedTickBehavior;
 use tokio_stream::wrappers::errors::BroadcastStreamRecvError;
 use tokio_stream::wrappers::BroadcastStream;
 
@@ -113,6 +116,20 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 /// - After a reconnect (server restart, network cut, `CLIENT KILL`) it
 ///   resubscribes everything on its own, then delivers [`Delivery::Gap`] to
 ///   every receiver and bumps [`Subscriber::gaps`].
+/// - A connection that goes **silent** without closing (a paused or dead
+///   server, a half-open TCP connection, a primary failed over without
+///   closing its connections) is detected by a liveness probe: every 500 ms
+///   the subscriber sends one `PING` on its connection (on a cluster: to the
+///   node holding its plain subscriptions, or to every node it has a
+///   connection to in sharded mode). A `PING` unanswered for three command
+///   timeouts (at least 3 s) while the connection still counts as up logs a
+///   warning, bumps [`MetricsSnapshot::silent_reconnects`] and forces a
+///   reconnection, after which everything is resubscribed and the gap
+///   announced as above. Cost: one round trip per connection every 500 ms,
+///   on the subscriber connection only; a failed probe never fails a
+///   subscription, it only triggers the reconnection. On a cluster, a forced
+///   reconnection re-reads the topology: it moves the subscriber once the
+///   cluster has failed the silent node over, not before.
 ///
 /// Pub/sub is **at-most-once**; for durable delivery use Redis Streams.
 ///
@@ -191,17 +208,23 @@ impl<C: Codec + Clone> Subscriber<C> {
             command_timeout: redis.config().command_timeout(),
             tasks: Mutex::new(Vec::new()),
         });
+        let sharded = sharded(redis, options.mode);
         let dispatcher = tokio::spawn(dispatch(Arc::downgrade(&shared), messages));
         let watcher = tokio::spawn(watch_reconnects(
             Arc::downgrade(&shared),
             reconnects,
             connected_at_start,
         ));
-        lock(&shared.tasks).extend([dispatcher, watcher]);
+        let prober = tokio::spawn(probe_liveness(
+            Arc::downgrade(&shared),
+            sharded,
+            redis.config().connect_timeout() + Duration::from_secs(1),
+        ));
+        lock(&shared.tasks).extend([dispatcher, watcher, prober]);
         Ok(Subscriber {
             shared,
             codec,
-            sharded: sharded(redis, options.mode),
+            sharded,
         })
     }
 
@@ -389,15 +412,110 @@ async fn barrier(
     if matches!(key, SubKey::Shard(_)) {
         return Ok(());
     }
-    let mut options = Options::default();
-    if conn.is_clustered() {
-        let slot = redis_keyslot(conn.id().as_bytes());
-        options.cluster_node = conn
-            .cached_cluster_state()
-            .and_then(|state| state.get_server(slot).cloned());
-    }
+    let options = Options {
+        cluster_node: plain_node(conn),
+        ..Options::default()
+    };
     conn.with_options(&options).ping::<Value>(None).await?;
     Ok(())
+}
+
+/// On a cluster, the node that holds the plain (`SUBSCRIBE`/`PSUBSCRIBE`)
+/// subscriptions: fred routes them by the slot of the client id.
+fn plain_node(conn: &SubscriberClient) -> Option<Server> {
+    if !conn.is_clustered() {
+        return None;
+    }
+    let slot = redis_keyslot(conn.id().as_bytes());
+    conn.cached_cluster_state()
+        .and_then(|state| state.get_server(slot).cloned())
+}
+
+/// How often the liveness probe pings the subscriber connection.
+const PROBE_INTERVAL: Duration = Duration::from_millis(500);
+
+/// How long a probe `PING` may go unanswered before the connection counts
+/// as silent: three command timeouts, at least 3 s (the same rule as the
+/// shared pool's watchdog in fredkit-conn).
+fn unresponsive_after(command_timeout: Duration) -> Duration {
+    (command_timeout * 3).max(Duration::from_secs(3))
+}
+
+/// The liveness probe: every [`PROBE_INTERVAL`], while the connection is up,
+/// PINGs the node(s) the subscriber uses; a `PING` that times out while fred
+/// still says "connected" means a silent connection (paused or dead server,
+/// half-open TCP): force a reconnection, after which [`watch_reconnects`]
+/// resubscribes and announces the gap. Holds no lock across an await; stops
+/// when the [`Subscriber`] is dropped.
+async fn probe_liveness(shared: Weak<Shared>, sharded: bool, reconnect_wait: Duration) {
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
+    loop {
+        tick.tick().await;
+        // Upgraded per tick and released before the awaits below, so a
+        // dropped Subscriber is freed and this task ends (it is also aborted).
+        let (conn, metrics, max) = {
+            let Some(s) = shared.upgrade() else { return };
+            (
+                s.conn.client().clone(),
+                s.metrics.clone(),
+                unresponsive_after(s.command_timeout),
+            )
+        };
+        let Some(server) = silent_node(&conn, sharded, max).await else {
+            continue;
+        };
+        Metrics::add(&metrics.silent_reconnects, 1);
+        tracing::warn!(
+            server = %server,
+            unanswered_for = ?max,
+            "fredkit.pubsub: subscriber connection silent (a paused server or a half-open TCP connection); reconnecting"
+        );
+        match tokio::time::timeout(reconnect_wait, conn.force_reconnection()).await {
+            Ok(Ok(())) => {}
+            Ok(Err(e)) => tracing::debug!(
+                error = %e,
+                "fredkit.pubsub: forced reconnection failed; fred's reconnect policy goes on"
+            ),
+            Err(_) => tracing::debug!(
+                "fredkit.pubsub: forced reconnection still in progress; fred's reconnect policy goes on"
+            ),
+        }
+    }
+}
+
+/// The first node of `conn` whose probe `PING` timed out while the
+/// connection stayed up, if any.
+async fn silent_node(conn: &SubscriberClient, sharded: bool, max: Duration) -> Option<String> {
+    if !conn.is_connected() {
+        return None;
+    }
+    let nodes: Vec<Option<Server>> = if !conn.is_clustered() {
+        vec![None]
+    } else if sharded {
+        conn.active_connections().into_iter().map(Some).collect()
+    } else {
+        match plain_node(conn) {
+            Some(node) => vec![Some(node)],
+            None => return None,
+        }
+    };
+    for node in nodes {
+        let options = Options {
+            timeout: Some(max),
+            max_attempts: Some(1),
+            cluster_node: node.clone(),
+            ..Options::default()
+        };
+        if let Err(e) = conn.with_options(&options).ping::<Value>(None).await {
+            // A reconnection fred started meanwhile explains the failure;
+            // only a silent, still "connected" link is dead.
+            if *e.kind() == FredErrorKind::Timeout && conn.is_connected() {
+                return Some(node.map_or_else(|| "redis".to_string(), |s| s.to_string()));
+            }
+        }
+    }
+    None
 }
 
 /// Subscribes again to everything in the registry (after a reconnect), then

@@ -459,3 +459,252 @@ async fn sentinel_failover_moves_the_subscriber_to_the_new_primary_and_reports_t
         .and_then(|r| r.as_int());
     assert_eq!(count, Some(1), "subscribed on the new primary");
 }
+
+/// A server that goes silent without closing the subscriber's connection
+/// (SIGSTOP here; a dead host or a half-open TCP connection in production)
+/// for longer than the probe's unresponsive timeout (3 s with the default 1 s
+/// command timeout): the liveness probe forces a reconnection, so once the
+/// server answers again the subscriber resubscribes and reports the gap.
+/// Without the probe the old connection simply carries on after the resume
+/// and no gap is ever announced, though messages published during the pause
+/// were lost to it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn paused_server_makes_the_subscriber_reconnect_and_report_the_gap() {
+    let server = RedisServer::start().unwrap();
+    let redis = connect(&server.url()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let mut sub = subscriber.subscribe::<u64>("ch").await.unwrap();
+    publisher.publish("ch", &1u64).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 1);
+
+    let before = *subscriber.gaps().borrow();
+    server.pause().unwrap();
+    // Longer than the unresponsive timeout plus a probe interval.
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.resume().unwrap();
+
+    gap_reported_then_messages_flow(&mut sub, &subscriber, &publisher, "ch", before).await;
+    assert!(
+        subscriber.metrics().silent_reconnects >= 1,
+        "{:?}",
+        subscriber.metrics()
+    );
+}
+
+/// Publishes increasing numbers (from `from`) on `channel` until `sub`
+/// receives one of them, retrying failed publishes, within `deadline`.
+/// Returns whether a gap was delivered before that message.
+async fn publish_until_received(
+    sub: &mut Subscription<u64>,
+    publisher: &Publisher,
+    channel: &str,
+    from: u64,
+    deadline: Duration,
+) -> bool {
+    let start = std::time::Instant::now();
+    let mut next = from;
+    let mut saw_gap = false;
+    loop {
+        assert!(
+            start.elapsed() < deadline,
+            "no message published after the failover reached the subscriber within {deadline:?} \
+             (gap seen: {saw_gap})"
+        );
+        if tokio::time::timeout(Duration::from_secs(2), publisher.publish(channel, &next))
+            .await
+            .is_ok_and(|r| r.is_ok())
+        {
+            next += 1;
+        }
+        let until = tokio::time::Instant::now() + Duration::from_millis(200);
+        while let Ok(item) = tokio::time::timeout_at(until, sub.next()).await {
+            match item {
+                Some(Delivery::Gap) => saw_gap = true,
+                Some(Delivery::Message(m)) if m.payload.as_ref().is_ok_and(|v| *v >= from) => {
+                    return saw_gap
+                }
+                Some(_) => {}
+                None => panic!("stream ended"),
+            }
+        }
+    }
+}
+
+/// Sentinel: the master goes silent (paused, and left paused) and the
+/// sentinels promote the replica. Nobody closes the subscriber's connection
+/// to the old master, so only the liveness probe gets it off that connection;
+/// fred then asks the sentinels again and the subscriber resubscribes on the
+/// new master. Without the probe it waits on the paused master for ever.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_away_from_a_paused_sentinel_master_moves_the_subscriber() {
+    let group = fredkit_testkit::SentinelGroup::start().unwrap();
+    let redis = connect(&group.url()).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let publisher = Publisher::new(&redis);
+    let mut sub = subscriber.subscribe::<u64>("events").await.unwrap();
+    publisher.publish("events", &1u64).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 1);
+
+    let before = *subscriber.gaps().borrow();
+    let old = group.master_addr().unwrap();
+    let paused = group.server_by_addr(&old).unwrap();
+    paused.pause().unwrap();
+
+    // Wait for the sentinels to promote the replica; messages published
+    // from then on must reach the subscriber.
+    let start = std::time::Instant::now();
+    while group.master_addr().map_or(true, |a| a == old) {
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "no failover happened"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let saw_gap = publish_until_received(
+        &mut sub,
+        &publisher,
+        "events",
+        1_000,
+        Duration::from_secs(45),
+    )
+    .await;
+    assert!(saw_gap, "messages resumed without a gap notification");
+    assert!(*subscriber.gaps().borrow() > before);
+    assert!(
+        subscriber.metrics().silent_reconnects >= 1,
+        "{:?}",
+        subscriber.metrics()
+    );
+    paused.resume().unwrap();
+}
+
+/// Cluster with one replica per master: the node the subscriber's
+/// subscriptions live on (plain: the node fred picked for the subscriber's
+/// connection; sharded: the owner of the channel's slot) goes silent and
+/// stays paused; the cluster fails it over to its replica. The probe's
+/// forced reconnection makes fred re-read the topology (on a cluster that is
+/// all it does: a node that still owns slots keeps its connection, so the
+/// probe forces again every ~3.5 s until the failover shows in `CLUSTER
+/// SLOTS`); once the replica owns the slots, fred drops the silent node,
+/// connects to the replica and the subscriber resubscribes there. Without the
+/// probe nothing ever makes fred re-read the topology for the subscriber.
+#[rstest]
+#[case::plain(Mode::Plain)]
+#[case::sharded(Mode::Sharded)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn failover_away_from_a_paused_cluster_node_moves_the_subscriber(#[case] mode: Mode) {
+    let cluster = RedisCluster::start(ClusterOptions::default().replicas_per_master(1)).unwrap();
+    let redis = connect(&cluster.url()).await;
+    let options = PubSubOptions::default().mode(mode);
+    let subscriber = Subscriber::with_codec(&redis, fredkit_core::MsgPack, options.clone())
+        .await
+        .unwrap();
+    let publisher = Publisher::with_codec(&redis, fredkit_core::MsgPack, options);
+    let channel = "events";
+    let mut sub = subscriber.subscribe::<u64>(channel).await.unwrap();
+    publisher.publish(channel, &1u64).await.unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 1);
+
+    // The master holding the subscription.
+    let numsub = if mode == Mode::Sharded {
+        "SHARDNUMSUB"
+    } else {
+        "NUMSUB"
+    };
+    let victim = (0..cluster.masters().len())
+        .find(|&i| {
+            let reply = cluster.masters()[i]
+                .command(&["PUBSUB", numsub, channel])
+                .unwrap();
+            reply
+                .as_array()
+                .and_then(|a| a.get(1))
+                .and_then(|r| r.as_int())
+                == Some(1)
+        })
+        .expect("no master holds the subscription");
+    let before = *subscriber.gaps().borrow();
+    cluster.masters()[victim].pause().unwrap();
+
+    let replica = &cluster.replicas_of(victim)[0];
+    let start = std::time::Instant::now();
+    loop {
+        let role = replica.command(&["ROLE"]).ok();
+        if role
+            .as_ref()
+            .and_then(|r| r.as_array())
+            .and_then(|a| a.first())
+            .and_then(|r| r.as_str())
+            == Some("master")
+        {
+            break;
+        }
+        assert!(
+            start.elapsed() < Duration::from_secs(30),
+            "the replica was not promoted"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    let saw_gap = publish_until_received(
+        &mut sub,
+        &publisher,
+        channel,
+        1_000,
+        Duration::from_secs(45),
+    )
+    .await;
+    assert!(saw_gap, "messages resumed without a gap notification");
+    assert!(*subscriber.gaps().borrow() > before);
+    assert!(
+        subscriber.metrics().silent_reconnects >= 1,
+        "{:?}",
+        subscriber.metrics()
+    );
+    cluster.masters()[victim].resume().unwrap();
+}
+
+/// The liveness probe's `PING` on a subscribed connection is answered (fred
+/// resolves it in subscribed mode): a healthy subscriber, idle for longer
+/// than the unresponsive timeout, is probed repeatedly and never reconnected.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster_sharded(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_liveness_probe_is_answered_on_a_healthy_subscriber(#[case] topology: Topology) {
+    let private = (topology == Topology::Standalone).then(|| RedisServer::start().unwrap());
+    let url = private
+        .as_ref()
+        .map_or_else(|| shared_url(topology).unwrap(), RedisServer::url);
+    let redis = connect(&url).await;
+    let subscriber = Subscriber::new(&redis).await.unwrap();
+    let channel = format!("{}probe", unique_prefix("pubsub_probe"));
+    let mut sub = subscriber.subscribe::<u64>(&channel).await.unwrap();
+    // Longer than the unresponsive timeout (3 s) plus a probe interval.
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    assert_eq!(subscriber.metrics().silent_reconnects, 0);
+    assert_eq!(*subscriber.gaps().borrow(), 0);
+    if let Some(server) = &private {
+        // The subscriber is this server's only pub/sub client; probed every
+        // 500 ms, it is never idle for long (without the probe it
+        // would be idle since the subscribe, 4 s ago). Checked before the
+        // publish below: a delivered message resets `idle` too.
+        let list = server
+            .command(&["CLIENT", "LIST", "TYPE", "pubsub"])
+            .unwrap();
+        let text = String::from_utf8_lossy(list.as_bytes().unwrap()).into_owned();
+        let idle: Vec<u64> = text
+            .split_whitespace()
+            .filter_map(|f| f.strip_prefix("idle="))
+            .filter_map(|n| n.parse().ok())
+            .collect();
+        // `idle` is in whole seconds: 1 when a second boundary fell since
+        // the last probe.
+        assert!(idle.len() == 1 && idle[0] <= 1, "{text}");
+    }
+    Publisher::new(&redis)
+        .publish(&channel, &7u64)
+        .await
+        .unwrap();
+    assert_eq!(next_message(&mut sub).await.payload.unwrap(), 7);
+}
