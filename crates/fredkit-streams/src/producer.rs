@@ -169,24 +169,26 @@ impl ProducerConfigBuilder {
 /// call. Workers are at-least-once anyway; put an id in the payload if
 /// handlers must deduplicate.
 pub struct Producer<T, C: Codec = MsgPack> {
+    inner: Arc<Shared<C>>,
+    _t: PhantomData<fn(&T)>,
+}
+
+/// What every clone of one producer shares (a clone is one reference count).
+struct Shared<C> {
     redis: Redis,
     keys: StreamKeys,
     codec: C,
     config: ProducerConfig,
-    last_id: Arc<Mutex<Option<(u64, Instant)>>>,
-    metrics: Arc<ProducerMetrics>,
-    _t: PhantomData<fn(&T)>,
+    last_id: Mutex<Option<(u64, Instant)>>,
+    metrics: ProducerMetrics,
 }
 
-impl<T, C: Codec + Clone> Clone for Producer<T, C> {
+/// Cheap: one reference count. Clones share the counters and the trimming
+/// state.
+impl<T, C: Codec> Clone for Producer<T, C> {
     fn clone(&self) -> Self {
         Producer {
-            redis: self.redis.clone(),
-            keys: self.keys.clone(),
-            codec: self.codec.clone(),
-            config: self.config.clone(),
-            last_id: Arc::clone(&self.last_id),
-            metrics: Arc::clone(&self.metrics),
+            inner: Arc::clone(&self.inner),
             _t: PhantomData,
         }
     }
@@ -195,9 +197,9 @@ impl<T, C: Codec + Clone> Clone for Producer<T, C> {
 impl<T, C: Codec> fmt::Debug for Producer<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Producer")
-            .field("keys", &self.keys)
-            .field("codec", &self.codec.name())
-            .field("config", &self.config)
+            .field("keys", &self.inner.keys)
+            .field("codec", &self.inner.codec.name())
+            .field("config", &self.inner.config)
             .finish()
     }
 }
@@ -213,24 +215,26 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     /// A producer with the given configuration and codec.
     pub fn with_config(redis: &Redis, keys: StreamKeys, config: ProducerConfig, codec: C) -> Self {
         Producer {
-            redis: redis.clone(),
-            keys,
-            codec,
-            config,
-            last_id: Arc::new(Mutex::new(None)),
-            metrics: Arc::new(ProducerMetrics::default()),
+            inner: Arc::new(Shared {
+                redis: redis.clone(),
+                keys,
+                codec,
+                config,
+                last_id: Mutex::new(None),
+                metrics: ProducerMetrics::default(),
+            }),
             _t: PhantomData,
         }
     }
 
     /// The stream's keys.
     pub fn keys(&self) -> &StreamKeys {
-        &self.keys
+        &self.inner.keys
     }
 
     /// The counters.
     pub fn metrics(&self) -> &ProducerMetrics {
-        &self.metrics
+        &self.inner.metrics
     }
 
     /// Encodes `value` and appends it. One round trip.
@@ -253,8 +257,9 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for
     /// a reserved header name (`payload`, `dlq.*`); nothing is appended then.
     pub async fn publish_with(&self, value: &T, headers: &[(&str, &str)]) -> Result<StreamId> {
-        let payload = self.codec.encode(value)?;
-        self.append(self.keys.stream(), payload, headers).await
+        let payload = self.inner.codec.encode(value)?;
+        self.append(self.inner.keys.stream(), payload, headers)
+            .await
     }
 
     /// Appends every value of `values` in one pipeline (one round trip) and
@@ -300,18 +305,23 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     {
         let span = tracing::debug_span!(
             "fredkit.streams.publish_batch",
-            stream = %self.keys.name(),
+            stream = %self.inner.keys.name(),
             count = len,
             failed = tracing::field::Empty
         );
         async move {
             let mut results: Vec<Option<Result<StreamId>>> = Vec::with_capacity(len);
             let mut queued = Vec::with_capacity(len);
-            let client = self.redis.client();
+            let client = self.inner.redis.client();
             let pipeline = client.pipeline();
             let cap = self.cap();
             for (i, (v, headers)) in items.enumerate() {
-                let fields = match self.codec.encode(v).and_then(|p| self.fields(p, headers)) {
+                let fields = match self
+                    .inner
+                    .codec
+                    .encode(v)
+                    .and_then(|p| self.fields(p, headers))
+                {
                     Ok(f) => f,
                     Err(e) => {
                         results.push(Some(Err(e)));
@@ -326,7 +336,7 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
                     }
                 };
                 match pipeline
-                    .xadd::<(), _, _, _, _>(self.keys.stream(), false, cap, "*", fields)
+                    .xadd::<(), _, _, _, _>(self.inner.keys.stream(), false, cap, "*", fields)
                     .await
                 {
                     Ok(()) => {
@@ -360,8 +370,8 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
                 .map(|r| r.unwrap_or_else(|| Err(Error::protocol("XADD pipeline: no reply"))))
                 .collect();
             let failed = out.iter().filter(|r| r.is_err()).count() as u64;
-            add(&self.metrics.published, out.len() as u64 - failed);
-            add(&self.metrics.publish_errors, failed);
+            add(&self.inner.metrics.published, out.len() as u64 - failed);
+            add(&self.inner.metrics.publish_errors, failed);
             tracing::Span::current().record("failed", failed);
             out
         }
@@ -382,7 +392,7 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
             .unwrap_or("");
         let span = tracing::debug_span!(
             "fredkit.streams.publish",
-            stream = %self.keys.name(),
+            stream = %self.inner.keys.name(),
             trace_id = %trace_id,
             id = tracing::field::Empty,
             outcome = tracing::field::Empty,
@@ -394,6 +404,7 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
                 let fields = self.fields(payload, headers)?;
                 let cap = self.cap()?;
                 let reply = self
+                    .inner
                     .redis
                     .client()
                     .xadd::<Value, _, _, _, _>(key, false, cap, "*", fields)
@@ -406,12 +417,12 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
             span.record("elapsed_us", started.elapsed().as_micros() as u64);
             match &result {
                 Ok(id) => {
-                    add(&self.metrics.published, 1);
+                    add(&self.inner.metrics.published, 1);
                     span.record("id", id.as_str());
                     span.record("outcome", "ok");
                 }
                 Err(e) => {
-                    add(&self.metrics.publish_errors, 1);
+                    add(&self.inner.metrics.publish_errors, 1);
                     span.record("outcome", tracing::field::debug(e.kind()));
                 }
             }
@@ -424,7 +435,7 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     fn fields(&self, payload: Bytes, headers: &[(&str, &str)]) -> Result<Vec<(Key, Value)>> {
         let mut fields = Vec::with_capacity(2 + headers.len());
         fields.push((Key::from_static_str(PAYLOAD_FIELD), Value::Bytes(payload)));
-        if let Some(t) = &self.config.event_type {
+        if let Some(t) = &self.inner.config.event_type {
             if !headers.iter().any(|(k, _)| *k == TYPE_HEADER) {
                 fields.push((Key::from_static_str(TYPE_HEADER), Value::from(t.as_str())));
             }
@@ -437,13 +448,13 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
     }
 
     fn cap(&self) -> Result<XCap> {
-        let cap = match self.config.trim {
+        let cap = match self.inner.config.trim {
             Trim::None => return Ok(XCap::from(None::<()>)),
             Trim::MaxLen(n) => {
                 XCap::try_from(("MAXLEN", "~", i64::try_from(n).unwrap_or(i64::MAX)))
             }
             Trim::MaxAge(age) => {
-                let last = *self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+                let last = *self.inner.last_id.lock().unwrap_or_else(|p| p.into_inner());
                 let Some((ms, at)) = last else {
                     return Ok(XCap::from(None::<()>));
                 };
@@ -466,11 +477,11 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
             Error::protocol(format!("XADD answered {} instead of an entry id", v.kind()))
         })?;
         let id = StreamId::new(id);
-        if !matches!(self.config.trim, Trim::MaxAge(_)) {
+        if !matches!(self.inner.config.trim, Trim::MaxAge(_)) {
             return Ok(id);
         }
         if let Some(ms) = id.millis() {
-            let mut last = self.last_id.lock().unwrap_or_else(|p| p.into_inner());
+            let mut last = self.inner.last_id.lock().unwrap_or_else(|p| p.into_inner());
             if last.is_none_or(|(prev, _)| ms >= prev) {
                 *last = Some((ms, Instant::now()));
             }
@@ -505,10 +516,10 @@ where
         payload: Bytes,
         headers: &[(&str, &str)],
     ) -> Result<String> {
-        let key = if stream == self.keys.name() {
-            self.keys.stream().to_string()
+        let key = if stream == self.inner.keys.name() {
+            self.inner.keys.stream().to_string()
         } else {
-            StreamKeys::new(self.keys.space(), stream)?
+            StreamKeys::new(self.inner.keys.space(), stream)?
                 .stream()
                 .to_string()
         };
