@@ -322,6 +322,8 @@ pub(crate) enum Unit {
     OpsPerSec,
     /// Microseconds.
     Micros,
+    /// Milliseconds, to the hundredth.
+    Millis,
     /// A dimensionless ratio.
     Ratio,
     /// A plain number, printed with thousands separators.
@@ -349,6 +351,7 @@ impl Figure {
         match self.unit {
             Unit::OpsPerSec | Unit::Count | Unit::Plain => self.value.round(),
             Unit::Micros => (self.value * 10.0).round() / 10.0,
+            Unit::Millis => (self.value * 100.0).round() / 100.0,
             Unit::Ratio => (self.value * 1000.0).round() / 1000.0,
         }
     }
@@ -363,6 +366,7 @@ impl Figure {
             Unit::Count => thousands(self.value.round() as u64),
             Unit::Plain => format!("{}", self.value.round()),
             Unit::Micros => format!("{:.1} µs", self.value),
+            Unit::Millis => format!("{:.2} ms", self.value),
             Unit::Ratio => format!("{:.3}×", self.value),
         }
     }
