@@ -38,6 +38,7 @@ mod config;
 mod duration;
 mod fred_config;
 mod health;
+pub mod liveness;
 mod redis;
 mod secret;
 mod url;

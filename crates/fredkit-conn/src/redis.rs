@@ -111,7 +111,7 @@ impl Redis {
         let handle = pool.connect();
         let watchdog = tokio::spawn(crate::watchdog::run(
             pool.clone(),
-            crate::watchdog::unresponsive_after(config.command_timeout),
+            crate::liveness::unresponsive_after(config.command_timeout),
             config.connect_timeout + Duration::from_secs(1),
         ))
         .abort_handle();

@@ -7,32 +7,21 @@
 //! client without it, `Producer::publish` at 0.88x, and with it off both were
 //! at 1.00x. So fredkit-conn turns fred's check off and runs this instead: a
 //! task per [`Redis`](crate::Redis) handle that sends one `PING` per
-//! connection (per cluster node) every [`INTERVAL`] and, when a `PING` goes
+//! connection (per cluster node) every [`PROBE_INTERVAL`](crate::liveness::PROBE_INTERVAL) and, when a `PING` goes
 //! unanswered for the unresponsive timeout while fred still believes the
 //! connection is up, forces a reconnection. Cost: one `PING` per connection
 //! per interval; nothing per command.
 
+use crate::liveness::{is_silent, PROBE_INTERVAL};
 use fred::clients::{Client, Pool};
-use fred::error::ErrorKind as FredErrorKind;
 use fred::interfaces::ClientLike;
-use fred::prelude::Value;
-use fred::types::config::{Options, Server};
+use fred::types::config::Server;
 use std::time::Duration;
 use tokio::time::MissedTickBehavior;
 
-/// How often every connection of the shared pool is probed.
-pub(crate) const INTERVAL: Duration = Duration::from_millis(500);
-
-/// How long a probe may go unanswered before the connection counts as dead:
-/// three command timeouts, at least 3 s (a busy but healthy connection
-/// answers a `PING` in well under a command timeout).
-pub(crate) fn unresponsive_after(command_timeout: Duration) -> Duration {
-    (command_timeout * 3).max(Duration::from_secs(3))
-}
-
 /// Probes `pool` for ever (the caller aborts the task when the handle goes).
 pub(crate) async fn run(pool: Pool, max: Duration, reconnect_wait: Duration) {
-    let mut tick = tokio::time::interval(INTERVAL);
+    let mut tick = tokio::time::interval(PROBE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -53,8 +42,7 @@ pub(crate) async fn run(pool: Pool, max: Duration, reconnect_wait: Duration) {
     }
 }
 
-/// The first server of `client` whose `PING` timed out while the client
-/// stayed connected, if any.
+/// The first server of `client` whose probe found it silent, if any.
 async fn unresponsive(client: &Client, max: Duration) -> Option<String> {
     if !client.is_connected() {
         return None;
@@ -65,19 +53,8 @@ async fn unresponsive(client: &Client, max: Duration) -> Option<String> {
         vec![None]
     };
     for server in servers {
-        let options = Options {
-            timeout: Some(max),
-            max_attempts: Some(1),
-            cluster_node: server.clone(),
-            ..Options::default()
-        };
-        let reply = client.with_options(&options).ping::<Value>(None).await;
-        if let Err(e) = reply {
-            // A reconnection that fred started meanwhile explains the
-            // failure; only a silent, still "connected" link is dead.
-            if *e.kind() == FredErrorKind::Timeout && client.is_connected() {
-                return Some(server.map_or_else(|| "redis".to_string(), |s| s.to_string()));
-            }
+        if is_silent(client, server.clone(), max).await {
+            return Some(server.map_or_else(|| "redis".to_string(), |s| s.to_string()));
         }
     }
     None

@@ -7,13 +7,12 @@ use crate::options::PubSubOptions;
 use crate::publisher::sharded;
 use bytes::Bytes;
 use fred::clients::SubscriberClient;
-use fred::error::ErrorKind as FredErrorKind;
 use fred::interfaces::{ClientLike, ClusterInterface, EventInterface, PubsubInterface};
 use fred::prelude::Options;
 use fred::types::config::Server;
 use fred::types::{Message as FredMessage, MessageKind, Value};
 use fred::util::redis_keyslot;
-use fredkit_conn::{Dedicated, Redis};
+use fredkit_conn::{liveness, Dedicated, Redis};
 use fredkit_core::{Backoff, Codec, Error, MsgPack, Result};
 use futures::Stream;
 use serde::de::DeserializeOwned;
@@ -431,24 +430,14 @@ fn plain_node(conn: &SubscriberClient) -> Option<Server> {
         .and_then(|state| state.get_server(slot).cloned())
 }
 
-/// How often the liveness probe pings the subscriber connection.
-const PROBE_INTERVAL: Duration = Duration::from_millis(500);
-
-/// How long a probe `PING` may go unanswered before the connection counts
-/// as silent: three command timeouts, at least 3 s (the same rule as the
-/// shared pool's watchdog in fredkit-conn).
-fn unresponsive_after(command_timeout: Duration) -> Duration {
-    (command_timeout * 3).max(Duration::from_secs(3))
-}
-
-/// The liveness probe: every [`PROBE_INTERVAL`], while the connection is up,
+/// The liveness probe: every [`liveness::PROBE_INTERVAL`], while the connection is up,
 /// PINGs the node(s) the subscriber uses; a `PING` that times out while fred
 /// still says "connected" means a silent connection (paused or dead server,
 /// half-open TCP): force a reconnection, after which [`watch_reconnects`]
 /// resubscribes and announces the gap. Holds no lock across an await; stops
 /// when the [`Subscriber`] is dropped.
 async fn probe_liveness(shared: Weak<Shared>, sharded: bool, reconnect_wait: Duration) {
-    let mut tick = tokio::time::interval(PROBE_INTERVAL);
+    let mut tick = tokio::time::interval(liveness::PROBE_INTERVAL);
     tick.set_missed_tick_behavior(MissedTickBehavior::Delay);
     loop {
         tick.tick().await;
@@ -459,7 +448,7 @@ async fn probe_liveness(shared: Weak<Shared>, sharded: bool, reconnect_wait: Dur
             (
                 s.conn.client().clone(),
                 s.metrics.clone(),
-                unresponsive_after(s.command_timeout),
+                liveness::unresponsive_after(s.command_timeout),
             )
         };
         let Some(server) = silent_node(&conn, sharded, max).await else {
@@ -501,18 +490,8 @@ async fn silent_node(conn: &SubscriberClient, sharded: bool, max: Duration) -> O
         }
     };
     for node in nodes {
-        let options = Options {
-            timeout: Some(max),
-            max_attempts: Some(1),
-            cluster_node: node.clone(),
-            ..Options::default()
-        };
-        if let Err(e) = conn.with_options(&options).ping::<Value>(None).await {
-            // A reconnection fred started meanwhile explains the failure;
-            // only a silent, still "connected" link is dead.
-            if *e.kind() == FredErrorKind::Timeout && conn.is_connected() {
-                return Some(node.map_or_else(|| "redis".to_string(), |s| s.to_string()));
-            }
+        if liveness::is_silent(conn, node.clone(), max).await {
+            return Some(node.map_or_else(|| "redis".to_string(), |s| s.to_string()));
         }
     }
     None
