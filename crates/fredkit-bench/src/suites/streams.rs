@@ -125,6 +125,22 @@ where
     Ok(Measurement::new(n, elapsed, sink.take()))
 }
 
+/// The raw side's publish: the payload encoded as the Producer encodes it,
+/// `XADD key MAXLEN ~ MAXLEN * payload <msgpack>`.
+async fn xadd_payload(client: &Client, key: String, value: u64) -> Result<()> {
+    let payload = rmp_serde::to_vec_named(&value)?;
+    let _: String = client
+        .xadd(
+            key,
+            false,
+            ("MAXLEN", "~", MAXLEN),
+            "*",
+            vec![("payload", payload)],
+        )
+        .await?;
+    Ok(())
+}
+
 /// The hand-written consumer: read a batch, handle it, XACK it, repeat.
 async fn raw_consumer(
     reader: Client,
@@ -207,19 +223,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             op(move |i| {
                 let c = c.clone();
                 let key = key.clone();
-                async move {
-                    let payload = rmp_serde::to_vec_named(&i)?;
-                    let _: String = c
-                        .xadd(
-                            key,
-                            false,
-                            ("MAXLEN", "~", MAXLEN),
-                            "*",
-                            vec![("payload", payload)],
-                        )
-                        .await?;
-                    Ok(())
-                }
+                async move { xadd_payload(&c, key, i).await }
             }),
         )
     };
@@ -346,19 +350,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     move |ts| {
                         let client = client.clone();
                         let key = key.clone();
-                        async move {
-                            let payload = rmp_serde::to_vec_named(&ts)?;
-                            let _: String = client
-                                .xadd(
-                                    key,
-                                    false,
-                                    ("MAXLEN", "~", MAXLEN),
-                                    "*",
-                                    vec![("payload", payload)],
-                                )
-                                .await?;
-                            Ok(())
-                        }
+                        async move { xadd_payload(&client, key, ts).await }
                     },
                     move || acked.acked.load(Ordering::Relaxed),
                     || String::from("raw consumers stalled"),
