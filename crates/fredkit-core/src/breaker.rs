@@ -1,4 +1,5 @@
-//! A circuit breaker over a rolling window: [`CircuitBreaker`].
+//! A circuit breaker over a rolling window and a run of consecutive
+//! failures: [`CircuitBreaker`].
 
 use std::{
     fmt,
@@ -43,9 +44,17 @@ pub enum BreakerState {
 /// - **Closed.** Every outcome is recorded in a rolling window of
 ///   `sampling_duration`, kept as 10 buckets of a tenth each (so an outcome
 ///   stops counting between 0.9 and 1.0 `sampling_duration` after it
-///   happened). When a failure brings the window to at least
-///   `minimum_throughput` calls *and* a failure share of at least
-///   `failure_ratio`, the breaker opens.
+///   happened), and in a count of failures in a row (a success resets it).
+///   The breaker opens on whichever rule trips first:
+///   - **consecutive failures**: `consecutive_failures` failures reported in
+///     a row (default 5; `0` turns the rule off). This is what opens it
+///     quickly when a busy service loses Redis: the window is then full of
+///     successes from before the outage, so the ratio would take seconds of
+///     timed-out calls to cross;
+///   - **failure ratio**: a failure brings the window to at least
+///     `minimum_throughput` calls *and* a failure share of at least
+///     `failure_ratio` (catches a server that fails some calls but not
+///     several in a row).
 /// - **Open.** [`try_acquire`](Self::try_acquire) refuses with
 ///   [`Error::CircuitOpen`] whose `retry_after` says when it will let a trial
 ///   through. After `break_duration` the next caller gets a trial permit and
@@ -110,6 +119,7 @@ struct Config {
     name: String,
     failure_ratio: f64,
     minimum_throughput: u32,
+    consecutive_failures: u32,
     sampling_duration: Duration,
     bucket_nanos: u128,
     break_duration: Duration,
@@ -121,6 +131,9 @@ struct Machine {
     generation: u64,
     phase: Phase,
     window: Window,
+    /// Failures reported in a row while closed; reset by a success and by
+    /// every state change.
+    consecutive: u32,
 }
 
 #[derive(Debug, Clone, Copy)]
@@ -178,9 +191,9 @@ impl Window {
 }
 
 impl CircuitBreaker {
-    /// A builder with the defaults: name `"redis"`, failure ratio 0.5,
-    /// minimum throughput 10, sampling duration 10 s, break duration 5 s, one
-    /// half-open trial, the system clock.
+    /// A builder with the defaults: name `"redis"`, 5 consecutive failures,
+    /// failure ratio 0.5, minimum throughput 10, sampling duration 10 s,
+    /// break duration 5 s, one half-open trial, the system clock.
     pub fn builder() -> CircuitBreakerBuilder {
         CircuitBreakerBuilder::default()
     }
@@ -309,6 +322,10 @@ impl fmt::Debug for CircuitBreaker {
             .field("state", &self.state())
             .field("failure_ratio", &self.inner.config.failure_ratio)
             .field("minimum_throughput", &self.inner.config.minimum_throughput)
+            .field(
+                "consecutive_failures",
+                &self.inner.config.consecutive_failures,
+            )
             .field("sampling_duration", &self.inner.config.sampling_duration)
             .field("break_duration", &self.inner.config.break_duration)
             .field(
@@ -329,6 +346,7 @@ impl Inner {
     fn transition(&self, machine: &mut Machine, phase: Phase) {
         machine.generation = machine.generation.wrapping_add(1);
         machine.phase = phase;
+        machine.consecutive = 0;
         let state = match phase {
             Phase::Closed => CLOSED,
             Phase::Open { .. } => OPEN,
@@ -373,6 +391,21 @@ impl Inner {
                 let index = self.bucket_index(now);
                 machine.window.record(index, success);
                 if success {
+                    machine.consecutive = 0;
+                    return;
+                }
+                machine.consecutive = machine.consecutive.saturating_add(1);
+                let in_a_row = machine.consecutive;
+                if self.config.consecutive_failures != 0
+                    && in_a_row >= self.config.consecutive_failures
+                {
+                    self.open(&mut machine, now);
+                    tracing::warn!(
+                        breaker = %self.config.name,
+                        consecutive_failures = in_a_row,
+                        break_duration = ?self.config.break_duration,
+                        "circuit breaker opened: Redis calls failed {in_a_row} times in a row"
+                    );
                     return;
                 }
                 let (calls, failures) = machine.window.totals(index);
@@ -481,6 +514,7 @@ impl fmt::Debug for Permit {
 ///     .name("ratelimit")                          // default "redis"
 ///     .failure_ratio(0.25)                        // default 0.5
 ///     .minimum_throughput(20)                     // default 10
+///     .consecutive_failures(3)                    // default 5; 0 = off
 ///     .sampling_duration(Duration::from_secs(30)) // default 10 s
 ///     .break_duration(Duration::from_secs(2))     // default 5 s
 ///     .half_open_max_calls(1)                     // default 1
@@ -495,6 +529,7 @@ pub struct CircuitBreakerBuilder {
     name: String,
     failure_ratio: f64,
     minimum_throughput: u32,
+    consecutive_failures: u32,
     sampling_duration: Duration,
     break_duration: Duration,
     half_open_max_calls: u32,
@@ -507,6 +542,7 @@ impl Default for CircuitBreakerBuilder {
             name: "redis".to_string(),
             failure_ratio: 0.5,
             minimum_throughput: 10,
+            consecutive_failures: 5,
             sampling_duration: Duration::from_secs(10),
             break_duration: Duration::from_secs(5),
             half_open_max_calls: 1,
@@ -533,6 +569,21 @@ impl CircuitBreakerBuilder {
     /// so a single early failure cannot trip it. Default 10; must be ≥ 1.
     pub fn minimum_throughput(mut self, calls: u32) -> Self {
         self.minimum_throughput = calls;
+        self
+    }
+
+    /// How many failures in a row open the breaker, whatever the failure
+    /// ratio of the window. Default 5; `0` turns this rule off (only the
+    /// ratio rule remains).
+    ///
+    /// "In a row" is in the order outcomes are reported, across all callers:
+    /// any success in between starts the count again. With Redis gone, every
+    /// call fails, so the breaker opens as soon as the first `n` in-flight
+    /// calls have timed out; a server that answers most calls keeps it
+    /// closed. Outcomes of permits issued before the last state change do
+    /// not count.
+    pub fn consecutive_failures(mut self, n: u32) -> Self {
+        self.consecutive_failures = n;
         self
     }
 
@@ -607,6 +658,7 @@ impl CircuitBreakerBuilder {
                     name: self.name,
                     failure_ratio: self.failure_ratio,
                     minimum_throughput: self.minimum_throughput,
+                    consecutive_failures: self.consecutive_failures,
                     sampling_duration: self.sampling_duration,
                     bucket_nanos,
                     break_duration: self.break_duration,
@@ -619,6 +671,7 @@ impl CircuitBreakerBuilder {
                     generation: 0,
                     phase: Phase::Closed,
                     window: Window::default(),
+                    consecutive: 0,
                 }),
             }),
         }
@@ -656,12 +709,14 @@ mod tests {
     }
     use Step::*;
 
-    /// ratio 0.5, minimum throughput 4, window 10 s (1 s buckets), break 5 s.
+    /// ratio 0.5, minimum throughput 4, window 10 s (1 s buckets), break 5 s;
+    /// the consecutive-failures rule off, so the ratio rule is seen alone.
     fn breaker(clock: &ManualClock, half_open_max_calls: u32) -> CircuitBreaker {
         CircuitBreaker::builder()
             .name("test")
             .failure_ratio(0.5)
             .minimum_throughput(4)
+            .consecutive_failures(0)
             .sampling_duration(Duration::from_secs(10))
             .break_duration(Duration::from_secs(5))
             .half_open_max_calls(half_open_max_calls)
@@ -673,6 +728,10 @@ mod tests {
     fn run(steps: &[Step], half_open_max_calls: u32) {
         let clock = ManualClock::new();
         let b = breaker(&clock, half_open_max_calls);
+        run_on(&b, &clock, steps);
+    }
+
+    fn run_on(b: &CircuitBreaker, clock: &ManualClock, steps: &[Step]) {
         let mut held: std::collections::VecDeque<Permit> = Default::default();
         for (i, step) in steps.iter().enumerate() {
             let at = format!("step {i} {step:?} of {steps:?}");
@@ -719,6 +778,61 @@ mod tests {
     #[case::stale_permit_cannot_close_an_open_breaker(&[Hold(false), Fail(4), HeldOk, Is(Open)])]
     fn state_machine(#[case] steps: &[Step]) {
         run(steps, 1);
+    }
+
+    /// Opens after 3 failures in a row; the ratio rule is out of reach
+    /// (minimum throughput u32::MAX), so this rule is seen alone.
+    fn consecutive_breaker(clock: &ManualClock) -> CircuitBreaker {
+        CircuitBreaker::builder()
+            .name("test")
+            .consecutive_failures(3)
+            .minimum_throughput(u32::MAX)
+            .break_duration(Duration::from_secs(5))
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap()
+    }
+
+    #[rstest]
+    #[case::opens_after_n_failures_in_a_row(&[Fail(2), Is(Closed), Fail(1), Is(Open), Refuses(5_000)])]
+    #[case::a_success_starts_the_count_again(&[Fail(2), Pass(1), Fail(2), Is(Closed), Fail(1), Is(Open)])]
+    #[case::a_run_is_a_run_however_slow(&[Fail(1), Wait(60_000), Fail(1), Wait(60_000), Fail(1), Is(Open)])]
+    #[case::dropped_permit_neither_breaks_nor_extends_the_run(&[Fail(2), Hold(false), HeldDrop, Is(Closed), Fail(1), Is(Open)])]
+    #[case::half_open_after_the_break(&[Fail(3), Wait(4_999), Refuses(1), Wait(1), Is(HalfOpen), Hold(true), Refuses(5_000)])]
+    #[case::trial_success_closes_and_the_count_restarts(&[Fail(3), Wait(5_000), Hold(true), HeldOk, Is(Closed), Fail(2), Is(Closed), Fail(1), Is(Open)])]
+    #[case::trial_failure_reopens_for_another_break(&[Fail(3), Wait(5_000), Hold(true), HeldFail, Is(Open), Refuses(5_000), Wait(5_000), Hold(true), HeldOk, Is(Closed)])]
+    #[case::stale_failures_do_not_count_after_closing(&[Hold(false), Hold(false), Fail(3), Wait(5_000), Pass(1), Is(Closed), HeldFail, HeldFail, Fail(2), Is(Closed), Fail(1), Is(Open)])]
+    fn consecutive_failures_state_machine(#[case] steps: &[Step]) {
+        let clock = ManualClock::new();
+        run_on(&consecutive_breaker(&clock), &clock, steps);
+    }
+
+    /// The outage of issue #14: a busy service's window is full of successes
+    /// when Redis goes away. The ratio rule alone needs as many failures as
+    /// there were successes; the default breaker opens after 5.
+    #[test]
+    fn default_breaker_opens_after_five_failures_despite_a_window_of_successes() {
+        let clock = ManualClock::new();
+        let b = CircuitBreaker::builder()
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        run_on(
+            &b,
+            &clock,
+            &[Pass(10_000), Fail(4), Is(Closed), Fail(1), Is(Open)],
+        );
+
+        let ratio_only = CircuitBreaker::builder()
+            .consecutive_failures(0)
+            .clock(Arc::new(clock.clone()))
+            .build()
+            .unwrap();
+        run_on(
+            &ratio_only,
+            &clock,
+            &[Pass(10_000), Fail(9_999), Is(Closed), Fail(1), Is(Open)],
+        );
     }
 
     #[rstest]
@@ -829,6 +943,7 @@ mod tests {
         assert_eq!(c.name, "redis");
         assert_eq!(c.failure_ratio, 0.5);
         assert_eq!(c.minimum_throughput, 10);
+        assert_eq!(c.consecutive_failures, 5);
         assert_eq!(c.sampling_duration, Duration::from_secs(10));
         assert_eq!(c.break_duration, Duration::from_secs(5));
         assert_eq!(c.half_open_max_calls, 1);
@@ -855,6 +970,7 @@ mod tests {
         let b = CircuitBreaker::builder()
             .failure_ratio(1.0)
             .minimum_throughput(2)
+            .consecutive_failures(0)
             .clock(Arc::new(clock.clone()))
             .build()
             .unwrap();
