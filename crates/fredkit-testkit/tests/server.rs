@@ -227,3 +227,17 @@ mod faults {
         drop(server); // must not hang on the stopped process
     }
 }
+
+/// fredkit never enumerates with KEYS: no server of the test suite has the
+/// command, so a KEYS anywhere in the library fails every test that reaches it.
+#[test]
+fn started_servers_have_no_keys_command() {
+    let server = RedisServer::start().unwrap();
+    let reply = server.command(&["KEYS", "*"]).unwrap();
+    let error = reply
+        .as_error()
+        .unwrap_or_else(|| panic!("KEYS answered {reply:?}"));
+    assert!(error.contains("unknown command"), "{error}");
+    // SCAN, what fredkit uses instead, works.
+    assert!(!server.command(&["SCAN", "0"]).unwrap().is_error());
+}
