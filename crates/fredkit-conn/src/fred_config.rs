@@ -22,6 +22,21 @@ pub(crate) enum Purpose {
     Subscriber,
 }
 
+/// The bound on fred's internal commands (the handshake of a new connection,
+/// `CLUSTER SLOTS`) on a cluster: a quarter of the command timeout, at least
+/// 100 ms, at most the connect timeout.
+///
+/// fred runs them inside the one task that writes every node's commands, and
+/// when it re-reads the topology it opens a connection to the first node *in
+/// address order* whose TCP handshake completes (`connect_any` in fred's
+/// `router/clustered.rs`). A paused or half-dead master completes the TCP
+/// handshake in its kernel and then answers nothing, so with the connect
+/// timeout here (5 s) every node's commands waited 5 s behind it (issue #14).
+/// A healthy node answers the handshake in a few round trips, far below this.
+pub(crate) fn cluster_internal_timeout(command: Duration, connect: Duration) -> Duration {
+    (command / 4).max(Duration::from_millis(100)).min(connect)
+}
+
 pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder> {
     let mut fc = Config {
         // The first connection failing is handled by the reconnect policy, so a
@@ -67,10 +82,16 @@ pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder>
     let mut b = Builder::from_config(fc);
     let command_timeout = config.command_timeout;
     let connect_timeout = config.connect_timeout;
+    let internal_timeout = match config.topology {
+        Topology::Cluster(_) => cluster_internal_timeout(command_timeout, connect_timeout),
+        _ => connect_timeout,
+    };
     b.with_connection_config(|c| {
         c.connection_timeout = connect_timeout;
-        // AUTH, HELLO, CLUSTER SLOTS, ROLE ...: bounded by the connect timeout.
-        c.internal_command_timeout = connect_timeout;
+        // AUTH, HELLO, CLUSTER SLOTS, ROLE ...: bounded by the connect timeout,
+        // and on a cluster by a quarter of the command timeout too (see
+        // `cluster_internal_timeout`).
+        c.internal_command_timeout = internal_timeout;
         // TCP_NODELAY stays at fred's default (off): measured interleaved in
         // `cargo xtask bench raw` it gave no gain (0.98x at c1, 0.93x at c64).
         // These replies mean "this node cannot serve you right now": reconnect
