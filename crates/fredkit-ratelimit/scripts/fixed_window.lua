@@ -11,7 +11,9 @@
 -- Returns {allowed (1 or 0), then for each limit i:
 --          remaining, reset_after_us, retry_after_us (0 when not blocking)}
 -- A denied request writes nothing (except giving a counter that somehow
--- lost its TTL one again).
+-- lost its TTL one again). A counter that is not a whole number >= 0 (so
+-- INCRBY could fail on it, or it would grant extra) counts as 0 and is
+-- overwritten by the next admitted request.
 -- Redis expires a key once the clock is strictly past its expiry
 -- millisecond, so a counter whose PTTL is p is gone after p + 1 ms: that is
 -- the reset reported. A new counter gets PX window - 1, so it is gone
@@ -22,7 +24,8 @@ local used = {}
 for i = 1, #KEYS do
   local quota = tonumber(ARGV[2 * i])
   local win = tonumber(ARGV[2 * i + 1])
-  local u = tonumber(redis.call('GET', KEYS[i])) or 0
+  local u = tonumber(redis.call('GET', KEYS[i]))
+  if not (u and u >= 0 and u < 9007199254740992 and u == math.floor(u)) then u = 0 end
   local reset = 0
   if u > 0 then
     local p = redis.call('PTTL', KEYS[i])

@@ -20,7 +20,16 @@ end
 if lock >= 0 then
   return {1, tonumber(ARGV[1]), lock}
 end
-local n = redis.call('INCR', KEYS[1])
+-- A counter INCR cannot count (not an integer, or at the i64 limit) is
+-- garbage: it starts again at 1 with a fresh window.
+local n = redis.pcall('INCR', KEYS[1])
+if type(n) == 'table' and string.find(tostring(n.err), 'WRONGTYPE', 1, true) then
+  return n
+end
+if type(n) ~= 'number' then
+  redis.call('SET', KEYS[1], 1, 'PX', ARGV[2])
+  n = 1
+end
 local ttl = redis.call('PTTL', KEYS[1])
 if ttl < 0 then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])

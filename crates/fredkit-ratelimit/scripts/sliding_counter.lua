@@ -18,6 +18,9 @@
 -- counters only removes over-estimation. reset_after and retry_after take
 -- that expiry into account (rounded up to the next millisecond boundary of
 -- the key's PTTL, so they are never short).
+-- Repair: a request that writes nothing (denied, or cost 0) gives a hash it
+-- found without a TTL one window; fields that are not numbers (or NaN,
+-- infinite, negative counts) count as absent.
 -- Waits are computed relative to now: absolute server times in microseconds
 -- (~1.8e15) hold only quarter microseconds in a double, which would lose the
 -- rounding up of a fractional wait.
@@ -25,10 +28,19 @@
 -- How long until key k is gone (µs, rounded up to its next millisecond
 -- boundary), nil if it does not expire. Memoised: PTTL at most once per key.
 local gones = {}
+local repair_index = {}
+for i = 1, #KEYS do repair_index[KEYS[i]] = i end
 local function expiry(k)
   if gones[k] == nil then
     local ttl = redis.call('PTTL', k)
     if ttl >= 0 then gones[k] = (ttl + 1) * 1000 else gones[k] = false end
+    if ttl == -1 then
+      -- Found without a TTL: give it the one a write would have.
+      local win = tonumber(ARGV[2 * repair_index[k] + 1])
+      local px = math.ceil(win / 1000)
+      redis.call('PEXPIRE', k, px)
+      gones[k] = (px + 1) * 1000
+    end
   end
   return gones[k] or nil
 end
@@ -37,14 +49,19 @@ local now = t[1] * 1000000 + t[2]
 local cost = tonumber(ARGV[1])
 local out = {1}
 local st = {}
+local present = {}
 for i = 1, #KEYS do
   local k = KEYS[i]
   local quota = tonumber(ARGV[2 * i])
   local win = tonumber(ARGV[2 * i + 1])
   local h = redis.call('HMGET', k, 's', 'c', 'p')
+  present[i] = h[1] or h[2] or h[3]
   local s = tonumber(h[1])
   local c = tonumber(h[2]) or 0
   local p = tonumber(h[3]) or 0
+  if not (c >= 0 and c < math.huge) then c = 0 end
+  if not (p >= 0 and p < math.huge) then p = 0 end
+  if s and not (s > -math.huge and s < math.huge) then s = nil end
   if not s then
     s = now
     c = 0
@@ -103,7 +120,7 @@ else
   -- Nothing written: the reset is also bounded by the key's expiry.
   for i = 1, #KEYS do
     local j = 3 * i - 1
-    if out[j + 1] > 0 then
+    if present[i] then
       local gone = expiry(KEYS[i])
       if gone and gone < out[j + 1] then out[j + 1] = gone end
     end

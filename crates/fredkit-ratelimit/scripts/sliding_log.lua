@@ -16,7 +16,8 @@
 -- backwards for a key; at one time the count only grows (the trim at that
 -- time removes the same members every time), so every member is unique,
 -- even for many requests in one microsecond and for cost > 1.
--- A denied request only trims members that have left the window.
+-- A denied request only trims members that have left the window (and
+-- gives a set found without a TTL one window, so it cannot deny for ever).
 -- Waits count from the server's now, also when the clock went back behind
 -- the newest member (a failover to a server whose clock is behind): a
 -- member scored m stops counting once now >= m + window.
@@ -48,6 +49,28 @@ for i = 1, #KEYS do
     local r = c + cost - quota - 1
     local m = redis.call('ZRANGE', k, r, r, 'WITHSCORES')
     out[j + 2] = tonumber(m[2]) + win - now
+  end
+end
+if not (out[1] == 1 and cost > 0) then
+  -- Nothing written: a set found without a TTL gets one window; waits and
+  -- resets are bounded by the set's expiry (members scored in the far
+  -- future, written by something else, go with it).
+  for i = 1, #KEYS do
+    local k = KEYS[i]
+    if counts[i] > 0 then
+      local p = redis.call('PTTL', k)
+      if p == -1 then
+        local px = math.ceil(tonumber(ARGV[2 * i + 1]) / 1000)
+        redis.call('PEXPIRE', k, px)
+        p = px
+      end
+      if p >= 0 then
+        local gone = (p + 1) * 1000
+        local j = 3 * i - 1
+        if out[j + 1] > gone then out[j + 1] = gone end
+        if out[j + 2] > gone then out[j + 2] = gone end
+      end
+    end
   end
 end
 if out[1] == 1 and cost > 0 then

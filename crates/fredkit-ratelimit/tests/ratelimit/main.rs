@@ -871,3 +871,151 @@ async fn fault_failover_demoted_server_gets_the_fail_mode_decision() {
         assert_eq!(s.fallback, Some(mode), "{s:?}");
     }
 }
+
+/// Plants, in a limiter key, a state that denies for ever unless repaired:
+/// far-future state with no TTL (PERSIST, a restore, another tool).
+async fn plant_denying_state_without_ttl(redis: &Redis, algorithm: Algorithm, key: &str) {
+    let c = redis.client();
+    // 1e17 µs: the year ~5138.
+    match algorithm {
+        Algorithm::FixedWindow => {
+            let _: () = c.set(key, 1_000_000_000, None, None, false).await.unwrap();
+        }
+        Algorithm::SlidingLog => {
+            let members: Vec<(f64, String)> = (0..10).map(|i| (1e17, format!("{i}"))).collect();
+            let _: () = c
+                .zadd(key, None, None, false, false, members)
+                .await
+                .unwrap();
+        }
+        Algorithm::SlidingCounter => {
+            let _: () = c
+                .hset(
+                    key,
+                    [("s", "100000000000000000"), ("c", "1000000000"), ("p", "0")],
+                )
+                .await
+                .unwrap();
+        }
+        Algorithm::Gcra => {
+            let _: () = c.set(key, "1e300", None, None, false).await.unwrap();
+        }
+        other => panic!("unknown algorithm {other:?}"),
+    }
+    let ttl: i64 = c.pttl(key).await.unwrap();
+    assert_eq!(ttl, -1, "planted without a TTL");
+}
+
+/// A key found without a TTL holding a state that denies (far-future
+/// timestamps, a huge count) is repaired by the very next check, denied or
+/// reporting (cost 0): it gets a TTL no longer than its window, and the
+/// denial says to come back within the window — never "for ever". On every
+/// algorithm, one limit and two (the scripts' two code paths).
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_key_without_ttl_is_repaired_and_never_denies_for_ever(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(
+        Algorithm::FixedWindow,
+        Algorithm::SlidingLog,
+        Algorithm::SlidingCounter,
+        Algorithm::Gcra
+    )]
+    algorithm: Algorithm,
+    #[values(0, 1)] cost: u32,
+    #[values(1, 2)] limits: usize,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_no_ttl");
+    let all = vec![
+        limit(algorithm, 10, HOUR).name("a"),
+        limit(algorithm, 100, HOUR * 2).name("b"),
+    ];
+    let limiter = build(&redis, &prefix, all.into_iter().take(limits).collect());
+    let key = limiter.keys("u").unwrap().remove(0);
+    plant_denying_state_without_ttl(&redis, algorithm, &key).await;
+
+    let d = limiter.check("u", cost).await.unwrap();
+    if cost > 0 {
+        assert!(!d.allowed, "{} {d:?}", algorithm.name());
+        let wait = d.retry_after.expect("a denial says when to retry");
+        assert!(
+            wait <= HOUR + Duration::from_secs(1),
+            "{}: retry_after {wait:?} is beyond the window",
+            algorithm.name()
+        );
+    }
+    let ttl: i64 = redis.client().pttl(&key).await.unwrap();
+    assert!(
+        ttl > 0 && ttl <= HOUR.as_millis() as i64,
+        "{}: the key was not given a TTL within its window: PTTL {ttl}",
+        algorithm.name()
+    );
+}
+
+/// Garbage where a number belongs (not a number, NaN, a fraction where a
+/// count is kept) counts as no state: the check is allowed (no script error
+/// for ever) and the admitted request overwrites it with a TTL. The login
+/// throttle's failure counter likewise starts again.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_numbers_count_as_no_state_and_are_overwritten(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values(Algorithm::FixedWindow, Algorithm::SlidingCounter, Algorithm::Gcra)]
+    algorithm: Algorithm,
+    #[values("nan", "1.5", "garbage")] garbage: &str,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_garbage");
+    let limiter = build(&redis, &prefix, vec![limit(algorithm, 10, HOUR)]);
+    let key = limiter.keys("u").unwrap().remove(0);
+    let c = redis.client();
+    if algorithm == Algorithm::SlidingCounter {
+        let _: () = c
+            .hset(&key, [("s", garbage), ("c", garbage), ("p", garbage)])
+            .await
+            .unwrap();
+    } else {
+        let _: () = c.set(&key, garbage, None, None, false).await.unwrap();
+    }
+    let d = limiter.check("u", 1).await.unwrap();
+    assert!(d.allowed, "{} {garbage}: {d:?}", algorithm.name());
+    assert_eq!(d.remaining, 9, "{} {garbage}: {d:?}", algorithm.name());
+    let ttl: i64 = c.pttl(&key).await.unwrap();
+    assert!(ttl > 0, "{} {garbage}: PTTL {ttl}", algorithm.name());
+    let d = limiter.check("u", 1).await.unwrap();
+    assert_eq!(d.remaining, 8, "{} {garbage}: {d:?}", algorithm.name());
+}
+
+/// A login failure counter holding garbage (not an integer, or at the i64
+/// limit, where INCR fails) starts again at one failure with a window,
+/// instead of failing every later `record_failure`.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_login_failure_counter_starts_again(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_login_garbage");
+    let login = LoginThrottle::builder(&redis, prefix.trim_end_matches(':'))
+        .max_failures(3)
+        .failure_window(HOUR)
+        .lockout(HOUR)
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    let space = fredkit_core::KeySpace::new(prefix.trim_end_matches(':')).unwrap();
+    for (user, garbage) in [("u1", "1.5"), ("u2", "9223372036854775807"), ("u3", "x")] {
+        let counter = space.tagged(user, ["f"]).unwrap();
+        let _: () = redis
+            .client()
+            .set(&counter, garbage, None, None, false)
+            .await
+            .unwrap();
+        let s = login.record_failure(user).await.unwrap();
+        assert!(!s.locked, "{garbage}: {s:?}");
+        assert_eq!(s.remaining_attempts, 2, "{garbage}: {s:?}");
+        let ttl: i64 = redis.client().pttl(&counter).await.unwrap();
+        assert!(ttl > 0, "{garbage}: PTTL {ttl}");
+    }
+}
