@@ -28,7 +28,9 @@ pub struct RevocationMetrics {
     /// Times the local cache was flushed because messages may have been
     /// lost (resubscribe gap, lagging receiver, undecodable event).
     pub cache_flushes: u64,
-    /// Revocation events received from other instances (and this one).
+    /// Revocation events received from other instances (and this one) on
+    /// the event channel. Counted after the event has been applied to the
+    /// local cache: once this count covers an event, checks answer from it.
     pub events_received: u64,
     /// Revocations stored in Redis whose event could not be published
     /// (other instances' caches then learn of it within their `ttl`).

@@ -275,7 +275,6 @@ impl Revocations {
                 match delivery {
                     Delivery::Message(m) => match m.payload {
                         Ok(event) => {
-                            Counters::add(&task_counters.events_received);
                             if !cache.apply(&event) {
                                 tracing::warn!(
                                     kind = %event.kind,
@@ -283,6 +282,9 @@ impl Revocations {
                                 );
                                 cache.flush();
                             }
+                            // Counted once applied: whoever sees the count
+                            // grow finds the event in the cache.
+                            Counters::add(&task_counters.events_received);
                         }
                         Err(e) => {
                             tracing::warn!(error = %e, "fredkit-revocation: undecodable event; flushing the local cache");

@@ -746,21 +746,29 @@ mod local_cache {
         // A token B never saw, revoked through A: once its event is in, B
         // knows it from the event alone. (Asked before the event arrives, B
         // would have to read Redis: it has never seen that token.)
-        let events = b.metrics().events_received;
+        //
+        // The signal waited for is the exact count of events published on
+        // this prefix (k1, kate, umbrella, k4), not "the count grew": the
+        // count of the previous event (umbrella) may land after B already
+        // answers from it, and "grew" would then be that event's count.
         a.revoke("k4", at_secs(t + 600)).await.unwrap();
         assert!(
-            wait_for(Duration::from_secs(1), || b.metrics().events_received
-                > events)
-            .await,
-            "A's event did not reach B within 1 s"
+            wait_for(Duration::from_secs(1), || b.metrics().events_received >= 4).await,
+            "A's event did not reach B within 1 s: {:?}",
+            b.metrics()
         );
         let unseen = token("k4", "mia", None, t, t + 600);
-        assert!(b.check(&unseen).await.unwrap());
+        assert!(
+            b.check(&unseen).await.unwrap(),
+            "B counted A's event for k4 but did not answer from it: {:?}",
+            b.metrics()
+        );
 
         let m = b.metrics();
         assert_eq!(m.redis_reads, reads, "B's hot path made a round trip");
         assert_eq!(m.fail_open, 0, "B's hot path tried Redis");
         assert!(m.events_received >= 4);
+        assert_eq!(m.cache_flushes, 0, "B's subscription had a gap");
         assert!(m.local_answers > 0);
     }
 
