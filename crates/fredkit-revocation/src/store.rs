@@ -200,6 +200,80 @@ fn unix_ms(t: SystemTime, what: &str) -> Result<i64> {
         .map_err(|_| Error::invalid_input(format!("{what} is too far in the future")))
 }
 
+/// Rejects an empty token id, subject or organisation: its key would be
+/// the bare `prefix:jti:` (or `sub:` / `org:`), shared by every caller that
+/// makes the same mistake.
+fn non_empty(value: &str, what: &str, hint: &str) -> Result<()> {
+    if value.is_empty() {
+        return Err(Error::invalid_input(format!(
+            "revocation: the {what} is empty: {hint}"
+        )));
+    }
+    Ok(())
+}
+
+fn jti_given(jti: &str) -> Result<()> {
+    non_empty(
+        jti,
+        "token id (jti)",
+        "pass the token's `jti` claim; a token without one cannot be revoked or checked by id",
+    )
+}
+
+fn sub_given(sub: &str) -> Result<()> {
+    non_empty(
+        sub,
+        "subject (sub)",
+        "pass the token's `sub` claim (the user id)",
+    )
+}
+
+fn org_given(org: &str) -> Result<()> {
+    non_empty(
+        org,
+        "organisation (org)",
+        "pass the token's `org` claim, or `None` in TokenClaims when it has none",
+    )
+}
+
+fn claims_given(claims: &TokenClaims) -> Result<()> {
+    jti_given(&claims.jti)?;
+    sub_given(&claims.sub)?;
+    claims.org.as_deref().map_or(Ok(()), org_given)
+}
+
+/// A cut-off as read by `GET`: absent, or whole Unix seconds. Anything else
+/// was not written by this crate (`revoke_cutoff` writes integers only).
+fn cutoff_value(value: Value, key: &str) -> Result<Option<i64>> {
+    let text = match &value {
+        Value::Null => return Ok(None),
+        Value::Integer(i) => return Ok(Some(*i)),
+        other => other.as_str().map(|s| s.trim().to_string()),
+    };
+    match text.as_deref().map(str::parse::<i64>) {
+        Some(Ok(cut)) => Ok(Some(cut)),
+        _ => Err(Error::protocol(format!(
+            "revocation: the cut-off at key {key} holds {}, not whole Unix seconds \
+             (not written by fredkit-revocation); revoke the subject or organisation again to \
+             replace it, or delete the key",
+            describe(&value)
+        ))),
+    }
+}
+
+/// A short, bounded description of a value read from Redis, for errors.
+fn describe(value: &Value) -> String {
+    match value.as_str() {
+        Some(s) if s.chars().count() <= 32 => format!("{s:?}"),
+        Some(s) => format!(
+            "{:?}... ({} bytes)",
+            s.chars().take(32).collect::<String>(),
+            s.len()
+        ),
+        None => format!("a {:?} reply", value.kind()),
+    }
+}
+
 fn secs_i64(s: u64) -> i64 {
     i64::try_from(s).unwrap_or(i64::MAX)
 }
@@ -441,13 +515,14 @@ impl Revocations {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
-    /// for an `expires_at` before 1970; connection, timeout or circuit-open
+    /// for an empty `jti` or an `expires_at` before 1970 (nothing sent); connection, timeout or circuit-open
     /// errors when Redis could not be written — the token is then **not**
     /// known to be revoked. A failed publish is not an error (it is logged
     /// and counted in `publish_failures`).
     ///
     /// Cancellation: the token is revoked or not; calling again is safe.
     pub async fn revoke(&self, jti: &str, expires_at: SystemTime) -> Result<Revoked> {
+        jti_given(jti)?;
         let until = unix_ms(expires_at, "expires_at")?.saturating_add(self.inner.leeway_ms);
         let key = self.jti_key(jti);
         let span =
@@ -486,10 +561,13 @@ impl Revocations {
     ///
     /// # Errors
     ///
-    /// Only errors the fail mode does not cover (an unexpected reply).
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
+    /// for an empty `jti` (nothing sent); otherwise only errors the fail
+    /// mode does not cover (an unexpected reply).
     ///
     /// Cancellation: no effect.
     pub async fn is_revoked(&self, jti: &str) -> Result<bool> {
+        jti_given(jti)?;
         #[cfg(feature = "local-cache")]
         let start = match &self.inner.local {
             Some(local) => {
@@ -544,6 +622,7 @@ impl Revocations {
     }
 
     fn token_iat(&self, claims: &TokenClaims) -> Result<i64> {
+        claims_given(claims)?;
         let lifetime = claims.exp.saturating_sub(claims.iat);
         if lifetime > self.inner.max_lifetime_secs {
             return Err(Error::invalid_input(format!(
@@ -579,7 +658,10 @@ impl Revocations {
     /// when `exp - iat` exceeds the store's `max_token_lifetime` (its
     /// cut-offs could expire before the token does);
     /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) when a
-    /// cut-off key holds something that is not a number.
+    /// cut-off key holds something that is not a number (the message names
+    /// the key; revoking that subject or organisation again replaces it);
+    /// `InvalidInput` for an empty `jti` or `sub`, or an `org` of `Some("")`
+    /// (nothing sent).
     ///
     /// Cancellation: no effect.
     pub async fn check(&self, claims: &TokenClaims) -> Result<bool> {
@@ -670,23 +752,33 @@ impl Revocations {
     async fn read_check(&self, claims: &TokenClaims) -> Result<(bool, Option<i64>, Option<i64>)> {
         let pipe = self.client().pipeline();
         let () = pipe.exists(self.jti_key(&claims.jti)).await?;
-        let () = pipe
-            .get(self.cutoff_key(Scope::Subject, &claims.sub))
-            .await?;
+        let sub_key = self.cutoff_key(Scope::Subject, &claims.sub);
+        let () = pipe.get(sub_key.as_str()).await?;
+        // Cut-offs are read as raw values: one that is not a number fails
+        // with an error naming its key (fred's conversion names none).
         match &claims.org {
             Some(org) => {
-                let () = pipe.get(self.cutoff_key(Scope::Org, org)).await?;
-                let (n, sub, org): (i64, Option<i64>, Option<i64>) = pipe.all().await?;
-                Ok((n > 0, sub, org))
+                let org_key = self.cutoff_key(Scope::Org, org);
+                let () = pipe.get(org_key.as_str()).await?;
+                let (n, sub, org): (i64, Value, Value) = pipe.all().await?;
+                Ok((
+                    n > 0,
+                    cutoff_value(sub, &sub_key)?,
+                    cutoff_value(org, &org_key)?,
+                ))
             }
             None => {
-                let (n, sub): (i64, Option<i64>) = pipe.all().await?;
-                Ok((n > 0, sub, None))
+                let (n, sub): (i64, Value) = pipe.all().await?;
+                Ok((n > 0, cutoff_value(sub, &sub_key)?, None))
             }
         }
     }
 
     async fn revoke_cutoff(&self, scope: Scope, id: &str, at: Option<SystemTime>) -> Result<u64> {
+        match scope {
+            Scope::Subject => sub_given(id)?,
+            Scope::Org => org_given(id)?,
+        }
         let cut_arg = match at {
             Some(at) => Value::from(unix_ms(at, "at")?.div_euclid(1000)),
             None => Value::from("now"),
@@ -739,7 +831,8 @@ impl Revocations {
     /// # Errors
     ///
     /// As [`revoke`](Self::revoke): the subject is **not** known to be
-    /// revoked when this fails.
+    /// revoked when this fails. `InvalidInput` for an empty `sub` (or `org`
+    /// for the organisation forms; nothing sent).
     pub async fn revoke_subject(&self, sub: &str, at: SystemTime) -> Result<u64> {
         self.revoke_cutoff(Scope::Subject, sub, Some(at)).await
     }
@@ -802,7 +895,8 @@ impl Revocations {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
-    /// for a token living longer than `max_token_lifetime` (nothing sent);
+    /// for a token living longer than `max_token_lifetime`, or with an empty
+    /// `jti` or `sub` or an `org` of `Some("")` (nothing sent);
     /// connection, timeout or circuit-open errors: the token may not be
     /// tracked.
     pub async fn track(&self, claims: &TokenClaims) -> Result<u64> {
@@ -851,10 +945,12 @@ impl Revocations {
     ///
     /// # Errors
     ///
-    /// Connection, timeout or circuit-open errors;
+    /// `InvalidInput` for an empty `sub` (nothing sent); connection, timeout
+    /// or circuit-open errors;
     /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) for a
     /// malformed reply.
     pub async fn list_active(&self, sub: &str) -> Result<Vec<ActiveToken>> {
+        sub_given(sub)?;
         let flat: Vec<Value> = self
             .guarded(LIST_ACTIVE.exec(self.client(), self.active_key(sub), ()))
             .instrument(tracing::debug_span!("fredkit.revocation.list_active"))

@@ -16,6 +16,7 @@ use fredkit_revocation::{
 use fredkit_testkit::{
     shared_url, unique_prefix, ClusterOptions, RedisCluster, RedisServer, Topology,
 };
+use futures::StreamExt;
 use rstest::rstest;
 
 async fn connect(url: &str) -> Redis {
@@ -648,6 +649,127 @@ async fn fault_killed_server_open_says_not_revoked_closed_says_revoked_and_the_b
 }
 
 // ---------------------------------------------------------------- local cache
+
+/// An empty token id, subject or organisation is refused by every method
+/// that takes one, like an empty lock name or rate-limit identity:
+/// `InvalidInput`, a message saying which name is empty and what to pass,
+/// nothing sent to Redis (no read counted, no key written).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn empty_names_are_refused_before_any_round_trip() {
+    let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+    let p = prefix("empty_names");
+    let s = store(
+        &redis,
+        RevocationOptions::builder(FailMode::Closed)
+            .prefix(p.clone())
+            .max_token_lifetime(Duration::from_secs(3600)),
+    )
+    .await;
+    let t = now_secs();
+    let exp = at_secs(t + 600);
+    let is_empty = |what: &str, r: fredkit_core::Result<()>| {
+        let e = r.expect_err(what);
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{what}: {e}");
+        let m = e.to_string();
+        assert!(m.contains("is empty") && m.contains("pass"), "{what}: {m}");
+        m
+    };
+    let m = is_empty("revoke", s.revoke("", exp).await.map(|_| ()));
+    assert!(m.contains("jti"), "{m}");
+    is_empty("is_revoked", s.is_revoked("").await.map(|_| ()));
+    let m = is_empty(
+        "revoke_subject_now",
+        s.revoke_subject_now("").await.map(|_| ()),
+    );
+    assert!(m.contains("sub"), "{m}");
+    is_empty(
+        "revoke_subject",
+        s.revoke_subject("", exp).await.map(|_| ()),
+    );
+    let m = is_empty("revoke_org_now", s.revoke_org_now("").await.map(|_| ()));
+    assert!(m.contains("org"), "{m}");
+    is_empty("revoke_org", s.revoke_org("", exp).await.map(|_| ()));
+    is_empty("list_active", s.list_active("").await.map(|_| ()));
+    for (what, c) in [
+        ("check without jti", token("", "sam", None, t, t + 600)),
+        ("check without sub", token("j", "", None, t, t + 600)),
+        (
+            "check with an empty org",
+            token("j", "sam", Some(""), t, t + 600),
+        ),
+    ] {
+        is_empty(what, s.check(&c).await.map(|_| ()));
+        is_empty(what, s.check_verdict(&c).await.map(|_| ()));
+        is_empty(what, s.track(&c).await.map(|_| ()));
+        is_empty(what, s.track_many(std::slice::from_ref(&c)).await);
+    }
+    // The object-safe trait goes through the same checks.
+    let dyn_store: &dyn RevocationStore = &s;
+    is_empty("trait revoke", dyn_store.revoke("", exp).await);
+    let m = s.metrics();
+    assert_eq!((m.redis_reads, m.checks, m.fail_closed), (0, 0, 0), "{m:?}");
+    let keys: Vec<Key> = redis
+        .client()
+        .scan_buffered(format!("{p}:*"), Some(100), None)
+        .collect::<Vec<_>>()
+        .await
+        .into_iter()
+        .map(|k| k.unwrap())
+        .collect();
+    assert!(keys.is_empty(), "keys written: {keys:?}");
+}
+
+/// A cut-off key holding something that is not a number (another tool, a
+/// hand edit) makes `check` fail with a `Protocol` error that names the key
+/// and says what to do, instead of fred's bare "Cannot convert to number.";
+/// revoking the subject again replaces the garbage.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_garbage_cut_off_is_an_error_naming_its_key(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("garbage_cutoff");
+    let s = store(
+        &redis,
+        RevocationOptions::builder(FailMode::Open)
+            .prefix(p.clone())
+            .max_token_lifetime(Duration::from_secs(3600)),
+    )
+    .await;
+    let space = fredkit_core::KeySpace::new(p.clone()).unwrap();
+    let t = now_secs();
+    for (sub, org) in [("zoe", None), ("yan", Some("acme"))] {
+        let key = match org {
+            None => space.key(["sub", sub]),
+            Some(org) => space.key(["org", org]),
+        };
+        let _: () = redis
+            .client()
+            .set(&key, "not a number", Some(Expiration::EX(600)), None, false)
+            .await
+            .unwrap();
+        let c = token("g1", sub, org, t - 5, t + 600);
+        let e = s.check(&c).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        let m = e.to_string();
+        assert!(m.contains(&key), "the error does not name {key}: {m}");
+        assert!(
+            m.contains("\"not a number\"") && m.contains("revoke"),
+            "the error does not say what is wrong and what to do: {m}"
+        );
+        assert!(!m.contains("Cannot convert"), "{m}");
+        match org {
+            None => s.revoke_subject_now(sub).await.unwrap(),
+            Some(org) => s.revoke_org_now(org).await.unwrap(),
+        };
+        assert!(
+            s.check(&c).await.unwrap(),
+            "revoked again, the token is refused"
+        );
+    }
+    assert_eq!(s.metrics().fail_open, 0);
+}
 
 #[cfg(feature = "local-cache")]
 mod local_cache {
