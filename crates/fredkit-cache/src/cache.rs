@@ -1181,6 +1181,15 @@ fn serve_stale<V, E>(
     }
 }
 
+fn non_empty_key(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid_input(
+            "cache key is empty: pass the entry's key, e.g. \"user:42\" (the cache adds its prefix)",
+        ));
+    }
+    Ok(())
+}
+
 /// How the factory ended.
 enum Produced<V, E> {
     Value(Option<V>),
@@ -1189,11 +1198,17 @@ enum Produced<V, E> {
 }
 
 impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
+    /// Every entry point builds its keys here (an empty key never reaches
+    /// L1 either: nothing is stored under one), so all refuse an empty key
+    /// with the same message — not the `KeySpace` one about hash tags, which
+    /// names an implementation detail the caller never chose.
     fn data_key(&self, key: &str) -> Result<String> {
+        non_empty_key(key)?;
         self.opts.keys.tagged(key, [""; 0])
     }
 
     fn lock_key(&self, key: &str) -> Result<String> {
+        non_empty_key(key)?;
         self.opts.lock_keys.tagged(key, [""; 0])
     }
 

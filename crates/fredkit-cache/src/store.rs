@@ -57,9 +57,20 @@ impl RedisCacheStore {
     }
 }
 
+/// The same refusal as [`Cache`](crate::Cache)'s, for the raw store.
+fn non_empty(key: &str) -> Result<()> {
+    if key.is_empty() {
+        return Err(Error::invalid_input(
+            "cache key is empty: pass the entry's Redis key, e.g. \"app:cache:user:42\"",
+        ));
+    }
+    Ok(())
+}
+
 #[async_trait]
 impl CacheStore for RedisCacheStore {
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
+        non_empty(key)?;
         self.breaker
             .call(async {
                 self.redis
@@ -72,6 +83,7 @@ impl CacheStore for RedisCacheStore {
     }
 
     async fn set_bytes(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
+        non_empty(key)?;
         let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
         if px < 1 {
             return Err(Error::invalid_input("cache TTL must be at least 1 ms"));
@@ -88,6 +100,7 @@ impl CacheStore for RedisCacheStore {
     }
 
     async fn remove(&self, key: &str) -> Result<bool> {
+        non_empty(key)?;
         self.breaker
             .call(async {
                 self.redis

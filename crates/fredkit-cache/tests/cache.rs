@@ -1553,3 +1553,98 @@ async fn hard_timeout_also_bounds_the_wait_for_another_process_fill(#[case] topo
     assert_eq!((f.value, f.stale), (Some(item(2)), true));
     assert_eq!(c.metrics().factory_calls, 0);
 }
+
+/// An empty key is refused by every entry point (with L1 on, so the L1
+/// paths are covered too) with `InvalidInput` and a message that says the
+/// key is empty and what to pass — not the key-space message about hash
+/// tags. The factory never runs and nothing is counted as a miss or hit.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_empty_key_is_refused_by_every_entry_point_saying_so() {
+    use fredkit_cache::RedisCacheStore;
+    use fredkit_core::traits::CacheStore;
+    use std::sync::atomic::AtomicU64;
+    let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+    let c = cache(&redis, opts(&prefix("empty_key")).l1(L1Options::new())).await;
+    let runs = Arc::new(AtomicU64::new(0));
+    let empty = |what: &str, e: fredkit_core::Error| {
+        assert_eq!(
+            e.kind(),
+            fredkit_core::ErrorKind::InvalidInput,
+            "{what}: {e}"
+        );
+        let m = e.to_string();
+        assert!(
+            m.contains("cache key is empty") && m.contains("pass"),
+            "{what}: {m}"
+        );
+        assert!(!m.contains("hash tag"), "{what}: {m}");
+    };
+    let factory = |runs: Arc<AtomicU64>| {
+        move || async move {
+            runs.fetch_add(1, Ordering::SeqCst);
+            Ok::<_, std::io::Error>(Some(item(1)))
+        }
+    };
+    empty("get", c.get("").await.unwrap_err());
+    empty("set", c.set("", &item(1)).await.unwrap_err());
+    empty(
+        "set_with_ttl",
+        c.set_with_ttl("", &item(1), Duration::from_secs(5))
+            .await
+            .unwrap_err(),
+    );
+    empty("remove", c.remove("").await.unwrap_err());
+    let r = runs.clone();
+    empty(
+        "get_or_set",
+        c.get_or_set("", move || async move {
+            r.fetch_add(1, Ordering::SeqCst);
+            item(1)
+        })
+        .await
+        .unwrap_err(),
+    );
+    let r = runs.clone();
+    let plain = move || async move {
+        r.fetch_add(1, Ordering::SeqCst);
+        Ok::<_, std::io::Error>(item(1))
+    };
+    match c.get_or_try_set("", plain).await.unwrap_err() {
+        FillError::Cache(e) => empty("get_or_try_set", e),
+        other => panic!("get_or_try_set: {other:?}"),
+    }
+    match c
+        .get_or_try_set_optional("", factory(runs.clone()))
+        .await
+        .unwrap_err()
+    {
+        FillError::Cache(e) => empty("get_or_try_set_optional", e),
+        other => panic!("get_or_try_set_optional: {other:?}"),
+    }
+    match c.fetch("", factory(runs.clone())).await.unwrap_err() {
+        FillError::Cache(e) => empty("fetch", e),
+        other => panic!("fetch: {other:?}"),
+    }
+    empty("get_many", c.get_many(&["a", ""]).await.unwrap_err());
+    empty(
+        "set_many",
+        c.set_many(&[("a", item(1)), ("", item(2))])
+            .await
+            .unwrap_err(),
+    );
+    assert_eq!(
+        runs.load(Ordering::SeqCst),
+        0,
+        "a factory ran for an empty key"
+    );
+    let store = RedisCacheStore::new(&redis);
+    empty("store get_bytes", store.get_bytes("").await.unwrap_err());
+    empty(
+        "store set_bytes",
+        store
+            .set_bytes("", "x".into(), Duration::from_secs(5))
+            .await
+            .unwrap_err(),
+    );
+    empty("store remove", store.remove("").await.unwrap_err());
+}
