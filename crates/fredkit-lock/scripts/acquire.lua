@@ -1,11 +1,26 @@
--- fredkit-lock: take a lock and draw its fencing token, atomically.
+-- fredkit-lock: take a lock and draw its fencing token, atomically and
+-- all-or-nothing.
 --
 -- KEYS[1]  the lock key      <prefix>:{resource}:lock   (value: holder token, PX ttl)
--- KEYS[2]  the fence counter <prefix>:{resource}:fence  (INCR; no TTL, see the crate docs)
+-- KEYS[2]  the fence counter <prefix>:{resource}:fence  (the last token granted; no TTL,
+--          see the crate docs)
 -- ARGV[1]  the holder's random token (hex digits)
 -- ARGV[2]  the TTL in milliseconds (> 0)
 -- ARGV[3]  '0' a single try; '1' a waiting caller's first try; '2' a waiting
 --          caller's retry.
+--
+-- Validate, then write: both keys are read and checked before the first
+-- write, and the writes that follow cannot fail (a script that has written
+-- is exempt from OOM refusals), so a try that fails leaves nothing behind.
+--
+-- Fencing token = max(counter + 1, server time in microseconds), stored back
+-- as the counter. The counter alone makes tokens strictly increase on one
+-- server; the clock makes them increase across a lost or lagging counter (a
+-- restart without persistence, an eviction, a deleted key, a failover to a
+-- replica that missed the last grants): such a grant takes place later in
+-- real time than every grant it could have lost, so its clock reading is
+-- above their tokens, as long as the servers' clocks agree to within that
+-- time (see the crate docs). Tokens stay below 2^53 until the year 2255.
 --
 -- Waiters are recorded on the lock itself: a waiting caller that finds the
 -- lock held appends '+' to the holder's value (the TTL is kept), and the
@@ -17,37 +32,79 @@
 -- was in flight, so this script may run twice for one try. A lock already
 -- held with the caller's own token is that same grant: its fencing token is
 -- the counter's current value (no grant can have happened since: that would
--- have needed the caller's key gone, and a token is never reused).
+-- have needed the caller's key gone). A counter lost in between draws a new
+-- token (the first one never reached the caller); a counter found corrupt
+-- deletes the caller's own lock (wakes its waiters) so it blocks nobody.
 --
--- Returns an integer:
---   >= 1  granted; the value is the fencing token (strictly increasing per
---         resource; the first one is the server's time in microseconds)
---   <= -1 held by someone else; -1 - value is the lock's remaining TTL in ms
-local value = ARGV[1]
-if ARGV[3] == '2' then value = value .. '+' end
-if redis.call('SET', KEYS[1], value, 'NX', 'PX', ARGV[2]) then
-  local n = redis.call('INCR', KEYS[2])
-  if n == 1 then
-    -- The counter did not exist: the first grant ever, or the counter was
-    -- lost (a restart without persistence, an eviction, a deleted key).
-    -- Start from the server's clock in microseconds: more than every token
-    -- handed out before the loss (each was at most its counter's start plus
-    -- one per grant, and a grant takes far more than a microsecond), as long
-    -- as the server's clock did not go back. Below 2^53 until the year 2255.
-    local t = redis.call('TIME')
-    local seed = t[1] .. string.rep('0', 6 - #t[2]) .. t[2]
-    redis.call('SET', KEYS[2], seed)
-    return tonumber(seed)
+-- Returns:
+--   an integer >= 1   granted; the value is the fencing token
+--   an integer <= -1  held by someone else; -1 - value is the lock's remaining TTL in ms
+--   {'corrupt', key, problem, fix}  a key holds what this script never writes
+--                     (wrong type, not a number, a lock without expiry);
+--                     nothing was written
+local function corrupt(key, problem, fix)
+  return {'corrupt', key, problem, fix}
+end
+
+local function kind(key)
+  return 'a ' .. redis.call('TYPE', key)['ok'] .. ', not a string'
+end
+
+local held = redis.pcall('GET', KEYS[1])
+if type(held) == 'table' then
+  return corrupt(KEYS[1], 'is ' .. kind(KEYS[1]),
+    'Delete it: it is not a lock fredkit-lock wrote, and no lock on this resource can be taken while it is there.')
+end
+local mine = held == ARGV[1] or held == ARGV[1] .. '+'
+
+if held and not mine then
+  local pttl = redis.call('PTTL', KEYS[1])
+  if pttl < 0 then
+    return corrupt(KEYS[1], 'has no expiry',
+      'fredkit-lock always sets one; delete the key (or give it a TTL), or no lock on this resource can ever be taken.')
   end
-  return n
+  if ARGV[3] ~= '0' and string.sub(held, -1) ~= '+' then
+    redis.call('APPEND', KEYS[1], '+')
+  end
+  return -1 - pttl
 end
-local held = redis.call('GET', KEYS[1])
-if held == ARGV[1] or held == ARGV[1] .. '+' then
-  return redis.call('INCRBY', KEYS[2], 0)
+
+-- The counter: missing (0), or the last token as decimal digits below 2^53.
+local last = 0
+local raw = redis.pcall('GET', KEYS[2])
+local problem
+if type(raw) == 'table' then
+  problem = 'is ' .. kind(KEYS[2])
+elseif raw then
+  if #raw <= 16 and string.match(raw, '^%d+$') and tonumber(raw) < 9007199254740992 then
+    last = tonumber(raw)
+  else
+    problem = 'holds ' .. string.format('%q', string.sub(raw, 1, 24)) ..
+      ', not a fencing counter (decimal digits below 2^53)'
+  end
 end
-if ARGV[3] ~= '0' and held and string.sub(held, -1) ~= '+' then
-  redis.call('APPEND', KEYS[1], '+')
+if problem then
+  if mine then
+    -- The caller's own grant from a run whose reply was lost: take it back.
+    redis.call('DEL', KEYS[1])
+    if held ~= ARGV[1] then
+      redis.call('PUBLISH', string.match(KEYS[1], '^(.-):{') .. ':wake', KEYS[1])
+    end
+  end
+  return corrupt(KEYS[2], problem,
+    'Set it to the last fencing token handed out for this resource, or delete it (the next grant then draws its token from the server clock, above every earlier one).')
 end
-local pttl = redis.call('PTTL', KEYS[1])
-if pttl < 0 then pttl = 0 end
-return -1 - pttl
+
+if mine and last > 0 then
+  return last
+end
+
+local t = redis.call('TIME')
+local token = math.max(last + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
+if not mine then
+  local value = ARGV[1]
+  if ARGV[3] == '2' then value = value .. '+' end
+  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
+end
+redis.call('SET', KEYS[2], string.format('%.0f', token))
+return token

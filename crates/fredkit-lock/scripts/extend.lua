@@ -5,8 +5,11 @@
 -- ARGV[2]  the new TTL in milliseconds (> 0)
 --
 -- The value is the token, or the token followed by '+' (waiters recorded).
+-- A key of another type is not held with this token either (acquire.lua
+-- reports it as corrupt). Checks, then writes: nothing is written unless the
+-- caller holds the lock.
 -- Returns 1 when extended, 0 when the lock is not held with this token.
-local held = redis.call('GET', KEYS[1])
+local held = redis.pcall('GET', KEYS[1])
 if held == ARGV[1] or held == ARGV[1] .. '+' then
   redis.call('PEXPIRE', KEYS[1], ARGV[2])
   return 1

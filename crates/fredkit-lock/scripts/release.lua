@@ -9,11 +9,14 @@
 -- everything before ':{', which a prefix cannot contain), with KEYS[1] as
 -- the message.
 --
+-- A key of another type is not held with this token either (acquire.lua
+-- reports it as corrupt).
+--
 -- Returns an integer:
 --   0  the lock was not held with this token (expired, or someone else's now): nothing changed
 --   1  released; nobody was waiting (no PUBLISH)
 --   2  released and a wake-up was published
-local held = redis.call('GET', KEYS[1])
+local held = redis.pcall('GET', KEYS[1])
 if held == ARGV[1] then
   redis.call('DEL', KEYS[1])
   return 1

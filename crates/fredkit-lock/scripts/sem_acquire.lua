@@ -8,11 +8,21 @@
 -- ARGV[4]  0 for a single try; otherwise how long, in ms, this caller keeps
 --          waiting (raises the waiter flag, as acquire.lua does)
 --
+-- Validate, then write: the permits key is checked first; after that no
+-- call can fail, so a try that fails leaves nothing behind.
 -- Expired permits (crashed holders) are trimmed first, with the server's clock.
 -- A replayed try (same token) is the same grant: ZADD only moves its expiry.
--- Returns an integer:
---   >= 1  granted; the value is the number of permits now held
---   <= -1 all permits taken; -1 - value is the ms until the earliest one expires
+-- Returns:
+--   an integer >= 1   granted; the value is the number of permits now held
+--   an integer <= -1  all permits taken; -1 - value is the ms until the
+--                     earliest one expires (at most a day)
+--   {'corrupt', key, problem, fix}  the permits key is not a sorted set;
+--                     nothing was written
+local kind = redis.call('TYPE', KEYS[1])['ok']
+if kind ~= 'zset' and kind ~= 'none' then
+  return {'corrupt', KEYS[1], 'is a ' .. kind .. ', not a sorted set of permits',
+    'Delete it: it is not a semaphore fredkit-lock wrote, and no permit can be taken while it is there.'}
+end
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
 redis.call('ZREMRANGEBYSCORE', KEYS[1], '-inf', now)
@@ -33,6 +43,8 @@ end
 local first = redis.call('ZRANGE', KEYS[1], 0, 0, 'WITHSCORES')
 local left = 0
 if first[2] then left = math.max(0, tonumber(first[2]) - now) end
+-- A score written by someone else may be huge (or inf): a day at most.
+if not (left <= 86400000) then left = 86400000 end
 local wait = tonumber(ARGV[4])
 if wait > 0 and redis.call('PTTL', KEYS[2]) < wait then
   redis.call('SET', KEYS[2], '1', 'PX', wait)

@@ -4,11 +4,13 @@
 -- ARGV[1]  the permit's token
 -- ARGV[2]  the new TTL in ms (> 0)
 --
+-- Checks, then writes: nothing is written unless the permit is held. A key of
+-- another type holds no permit (sem_acquire.lua reports it as corrupt).
 -- Returns 1 when extended, 0 when the permit had expired or is unknown.
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not expiry or tonumber(expiry) <= now then
+local expiry = redis.pcall('ZSCORE', KEYS[1], ARGV[1])
+if type(expiry) ~= 'string' or tonumber(expiry) <= now then
   return 0
 end
 local ttl = tonumber(ARGV[2])

@@ -6,11 +6,12 @@
 -- ARGV[2]  the manager's wake-up channel
 --
 -- Returns 0 when the permit was not held (expired), 1 when released, 2 when
--- released and a wake-up was published (the message is KEYS[2]).
+-- released and a wake-up was published (the message is KEYS[2]). A key of
+-- another type holds no permit: 0 (sem_acquire.lua reports it as corrupt).
 local t = redis.call('TIME')
 local now = tonumber(t[1]) * 1000 + math.floor(tonumber(t[2]) / 1000)
-local expiry = redis.call('ZSCORE', KEYS[1], ARGV[1])
-if not expiry then
+local expiry = redis.pcall('ZSCORE', KEYS[1], ARGV[1])
+if type(expiry) ~= 'string' then
   return 0
 end
 redis.call('ZREM', KEYS[1], ARGV[1])

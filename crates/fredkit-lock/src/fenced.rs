@@ -10,6 +10,7 @@ use fredkit_conn::Redis;
 use fredkit_core::{Error, KeySpace, Result, Script};
 
 use crate::options::millis;
+use crate::reply;
 
 static FENCED_SET: Script = Script::new("fenced_set", include_str!("../scripts/fenced_set.lua"));
 
@@ -112,6 +113,10 @@ impl FencedStore {
     /// an empty name, a token of 0 or above [`MAX_FENCING_TOKEN`], or a zero
     /// TTL; connection errors (the write may or may not have happened; retry
     /// with the same token is safe).
+    /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) when the
+    /// newest-token marker (`p:{name}:seen`) holds something this store never
+    /// writes (another type, not a decimal number up to 2^53): the message
+    /// names the key and how to repair it; nothing was written.
     pub async fn write(
         &self,
         name: &str,
@@ -134,7 +139,7 @@ impl FencedStore {
         let ttl_ms = ttl.map_or(0, |t| millis(t).max(1));
         let token = i64::try_from(fencing_token)
             .map_err(|_| Error::invalid_input("fencing token too large"))?;
-        let r: i64 = FENCED_SET
+        let r = FENCED_SET
             .exec(
                 self.redis.client(),
                 vec![value_key, seen_key],
@@ -145,6 +150,7 @@ impl FencedStore {
                 ],
             )
             .await?;
+        let r = reply::integer(FENCED_SET.name(), r)?;
         let outcome = if r == 0 {
             FencedWrite::Written
         } else {

@@ -212,7 +212,10 @@ impl LockGuard {
 
     /// The fencing token of this grant: strictly greater than the token of
     /// every earlier grant of this resource (across all clients and
-    /// restarts of clients; see the crate docs for the server side).
+    /// restarts of clients; across a lost or lagging counter given servers'
+    /// clocks in sync — see the
+    /// [crate docs](crate#how-tokens-are-drawn-and-the-clock-they-rely-on)).
+    /// Normally the server's time of the grant in microseconds; below 2^53.
     pub fn fencing_token(&self) -> u64 {
         self.fencing_token
     }

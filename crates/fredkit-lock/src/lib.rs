@@ -60,17 +60,55 @@
 //! every write and have the storage reject tokens older than the newest it
 //! has seen — [`FencedStore`] does exactly that for values kept in Redis.
 //!
-//! The fencing counter is stored in Redis next to the lock and **never
-//! expires** (see [`LockManager`]), so tokens keep increasing across client
-//! restarts. A counter that is missing — the first grant ever, or lost with
-//! the server's data (a restart without persistence, an eviction under an
-//! `allkeys-*` policy, a deleted key) — starts again from the server's clock
-//! in microseconds, above every token handed out before, as long as that
-//! clock did not go back (tokens are therefore large numbers, below 2^53
-//! until the year 2255). What this cannot cover is a counter that survived
-//! *behind*: a failover to a replica that missed the last `INCR`s. Run the
-//! lock's Redis with AOF, and consider
-//! [replica confirmation](LockOptionsBuilder::replicas).
+//! # How tokens are drawn, and the clock they rely on
+//!
+//! The script that takes the lock also draws its token:
+//!
+//! ```text
+//! token = max(counter + 1, the Redis server's time in microseconds)
+//! ```
+//!
+//! and stores it back as the resource's counter (`p:{r}:fence`, which
+//! **never expires**; see [`LockManager`]). The counter alone makes tokens
+//! strictly increase on one server, whatever its clock does. The clock makes
+//! them increase when the counter is **lost or behind**: lost with the
+//! server's data (a restart without persistence, an eviction under an
+//! `allkeys-*` policy, a deleted or flushed key), or behind after a failover
+//! to a replica that missed the last grants (replication is asynchronous; a
+//! planned `SENTINEL FAILOVER` also loses the grants the old master makes
+//! between the replica's promotion and the moment the old master is turned
+//! into a replica or the clients leave it). Such a server draws its next
+//! token from its clock, and the grants it lost took place earlier, so their
+//! tokens (clock readings too) are lower.
+//!
+//! **The assumption, precisely:** a token drawn on a server whose counter is
+//! lost or behind is above a lost token drawn elsewhere if the new server's
+//! clock is behind the old one's by less than the real time between the two
+//! grants. That time is at least how long clients take to leave the old
+//! server for the new one: for a crash, the failure detection and
+//! promotion (seconds: Sentinel's `down-after-milliseconds` plus the
+//! election); for a restart, the restart; for a planned failover, as little
+//! as a client's reconnection (milliseconds). So **keep the clocks of a
+//! master and its replicas synchronised (NTP or chrony) to well under a
+//! millisecond — what NTP gives on one network — and never step a clock back
+//! by more**. A clock stepped back on a server whose counter survives is
+//! harmless: the counter goes on.
+//!
+//! **A counter ahead of the clock** (set by hand, or after a clock was
+//! stepped back) is incremented by one per grant: tokens still strictly
+//! increase on that server, but a loss of that counter is covered again only
+//! once the clock has passed it. Normally tokens are the server's time in
+//! microseconds (about 1.8 x 10^15 today), below 2^53 — exact in Lua and in
+//! JSON numbers — until the year 2255. A counter that is not a decimal number
+//! below 2^53 (or not a string) makes `acquire` fail with
+//! [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) naming the key;
+//! nothing is written. Set it to the last token handed out, or delete it.
+//!
+//! Redis runs scripts one at a time and the grant validates every key before
+//! it writes any, so a failed try leaves nothing behind (no lock held by
+//! nobody, no counter moved). [Replica confirmation](LockOptionsBuilder::replicas)
+//! (`WAIT`) makes a lost grant unlikely in the first place; tokens do not
+//! depend on it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
@@ -85,6 +123,7 @@ mod manager;
 mod metrics;
 mod options;
 mod redlock;
+mod reply;
 mod semaphore;
 mod waiters;
 

@@ -21,6 +21,7 @@ use tracing::Instrument;
 use crate::guard::{self, LeaseState, LockGuard, LostSignal};
 use crate::metrics::{Counters, LockMetrics};
 use crate::options::{millis, LockOptions, MAX_TTL};
+use crate::reply;
 use crate::semaphore::Semaphore;
 use crate::waiters::{wait_for, Waited, Waiters};
 
@@ -133,14 +134,14 @@ pub(crate) fn new_token() -> Str {
 /// (the fencing counter). Both share the hash tag `{r}`, so every script
 /// runs on one node of a cluster. Wake-ups are published on `p:wake`.
 ///
-/// **The fencing counter has no TTL, on purpose**: fencing tokens must keep
-/// growing across every grant for ever, also after a quiet period longer
-/// than any TTL. It is one small integer per resource ever locked. A
-/// missing counter (first grant, or lost: restart without persistence,
-/// eviction, deletion) starts from the server's clock in microseconds, so
-/// tokens stay above those handed out before (see the
-/// [crate docs](crate#why-fencing-tokens)); a counter that is present but
-/// behind (failover to a lagging replica) is not detected.
+/// **The fencing counter has no TTL, on purpose**: it holds the last token
+/// granted, and tokens must keep growing across every grant for ever, also
+/// after a quiet period longer than any TTL. It is one small integer per
+/// resource ever locked. A grant draws `max(counter + 1, server time in µs)`,
+/// so a counter lost (restart without persistence, eviction, deletion) or
+/// behind (failover to a replica that missed the last grants) still yields a
+/// token above every earlier one, given servers' clocks in sync (see the
+/// [crate docs](crate#how-tokens-are-drawn-and-the-clock-they-rely-on)).
 ///
 /// Locks are **not reentrant** (unlike Redisson's `RLock`): ownership is
 /// the guard's token, not a task or thread, so a second `acquire` of a held
@@ -151,7 +152,7 @@ pub(crate) fn new_token() -> Str {
 ///
 /// | operation | round trips |
 /// |---|---|
-/// | `acquire` (free lock, or `wait` zero) | 1 script (`SET NX PX` + `INCR`) |
+/// | `acquire` (free lock, or `wait` zero) | 1 script (`GET`s, `TIME`, `SET PX`, `SET` of the counter) |
 /// | `acquire` while held | 1 per try; tries happen on wake-up, at the lock's expiry, or on the fallback poll |
 /// | `acquire` with [`replicas`](crate::LockOptionsBuilder::replicas) | + 1 `WAIT` on the manager's own connection |
 /// | `release`, `extend` | 1 script; `release` adds a `PUBLISH` inside the script only when someone waits |
@@ -297,7 +298,12 @@ impl LockManager {
     /// not blocked for a whole TTL. A try that fred sends again after a
     /// reconnect is the same grant, with the same fencing token, not "busy".
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for an
-    /// empty resource. With replica confirmation,
+    /// empty resource.
+    /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) when a key
+    /// holds what this crate never writes — a fencing counter that is not a
+    /// decimal number below 2^53, a lock key of another type or without
+    /// expiry: the message names the key and what to do; the try wrote
+    /// nothing (a waiting caller gets it at once). With replica confirmation,
     /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when too few
     /// replicas confirmed (the grant was undone).
     ///
@@ -462,7 +468,7 @@ impl LockManager {
         ttl_ms: i64,
         mode: Mode,
     ) -> Result<Attempt> {
-        let r: Result<i64> = ACQUIRE
+        let r: Result<Value> = ACQUIRE
             .exec(
                 client,
                 vec![keys.lock.clone(), keys.fence.clone()],
@@ -474,7 +480,7 @@ impl LockManager {
             )
             .await;
         match r {
-            Ok(r) => attempt_from(ACQUIRE.name(), r),
+            Ok(r) => attempt_from(ACQUIRE.name(), reply::integer(ACQUIRE.name(), r)?),
             Err(e) => {
                 let (lock, token) = (keys.lock.clone(), token.clone());
                 undo(client, &e, move |c| {

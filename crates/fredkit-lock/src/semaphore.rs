@@ -12,6 +12,7 @@ use tracing::Instrument;
 use crate::manager::{attempt_from, new_token, Attempt, Inner, LockManager};
 use crate::metrics::Counters;
 use crate::options::{millis, LockOptions};
+use crate::reply;
 use crate::waiters::{wait_for, Waited};
 
 static SEM_ACQUIRE: Script = Script::new(
@@ -122,6 +123,9 @@ impl Semaphore {
     /// Fails closed: Redis errors are returned, never a permit.
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) when
     /// `opts` asks for a watchdog or replica confirmation.
+    /// [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) when the
+    /// permits key is not a sorted set (something else wrote it): the message
+    /// names the key; the try wrote nothing.
     /// Cancellation: dropping the future mid-try may leave a permit granted
     /// to nobody; it expires after its TTL.
     pub async fn acquire(&self, opts: &LockOptions) -> Result<Option<Permit>> {
@@ -174,7 +178,7 @@ impl Semaphore {
     /// `manager::undo`): it may still take a permit for a token nobody holds.
     async fn attempt(&self, token: &Str, opts: &LockOptions, wait_ms: i64) -> Result<Attempt> {
         let client = self.manager.inner.redis.client();
-        let r: Result<i64> = SEM_ACQUIRE
+        let r: Result<Value> = SEM_ACQUIRE
             .exec(
                 client,
                 vec![self.set_key.clone(), self.wait_key.clone()],
@@ -187,7 +191,7 @@ impl Semaphore {
             )
             .await;
         match r {
-            Ok(r) => attempt_from(SEM_ACQUIRE.name(), r),
+            Ok(r) => attempt_from(SEM_ACQUIRE.name(), reply::integer(SEM_ACQUIRE.name(), r)?),
             Err(e) => {
                 let keys = vec![self.set_key.clone(), self.wait_key.clone()];
                 let args = vec![
@@ -226,12 +230,13 @@ impl Semaphore {
     ///
     /// # Errors
     ///
-    /// Connection errors.
+    /// Connection errors; [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol)
+    /// naming the permits key when it is not a sorted set.
     pub async fn held(&self) -> Result<u64> {
-        let n: i64 = SEM_HELD
+        let n = SEM_HELD
             .exec(self.manager.inner.redis.client(), self.set_key.clone(), ())
             .await?;
-        Ok(n.unsigned_abs())
+        Ok(reply::integer(SEM_HELD.name(), n)?.unsigned_abs())
     }
 }
 

@@ -987,7 +987,8 @@ async fn acquire_replayed_after_a_lost_reply_is_the_same_grant(#[case] topology:
             .await
             .unwrap()
             .unwrap();
-        assert_eq!(next.fencing_token(), first.unsigned_abs() + 1);
+        // A later grant draws max(counter + 1, server clock in µs).
+        assert!(next.fencing_token() > first.unsigned_abs());
         next.release().await.unwrap();
     }
 
@@ -1335,4 +1336,542 @@ async fn fault_silent_sentinel_master_replica_confirmation_moves_to_the_new_mast
         "tries never reached the new master: {err}"
     );
     assert_ne!(group.master_addr().unwrap(), old, "no failover happened");
+}
+
+async fn exists(redis: &Redis, key: &str) -> bool {
+    let n: i64 = redis.client().exists(key).await.unwrap();
+    n == 1
+}
+
+/// Garbage in the fencing counter: every try fails with a typed error naming
+/// the counter, and leaves no lock behind (the grant validates before it
+/// writes). Once the counter is repaired the very next try gets the lock, at
+/// once, with a token above every earlier one.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_try_on_a_corrupt_counter_fails_typed_leaves_no_lock_and_a_repair_works_at_once(
+    #[case] topology: Topology,
+) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_corrupt_counter");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let lock = m.keys().tagged("r", ["lock"]).unwrap();
+    let fence = m.keys().tagged("r", ["fence"]).unwrap();
+    let long = opts(60_000, 0);
+    let g = m.acquire("r", &long).await.unwrap().unwrap();
+    let mut newest = g.fencing_token();
+    assert!(g.release().await.unwrap());
+
+    type Plant = fn(&Redis, &str) -> futures::future::BoxFuture<'static, ()>;
+    let garbage: Plant = |r, k| {
+        let (c, k) = (r.client().clone(), k.to_string());
+        Box::pin(async move {
+            c.set::<(), _, _>(&k, "garbage", None, None, false)
+                .await
+                .unwrap()
+        })
+    };
+    let too_big: Plant = |r, k| {
+        let (c, k) = (r.client().clone(), k.to_string());
+        Box::pin(async move {
+            c.set::<(), _, _>(&k, "99999999999999999", None, None, false)
+                .await
+                .unwrap()
+        })
+    };
+    let a_hash: Plant = |r, k| {
+        let (c, k) = (r.client().clone(), k.to_string());
+        Box::pin(async move {
+            c.del::<(), _>(&k).await.unwrap();
+            c.hset::<(), _, _>(&k, ("a", "1")).await.unwrap()
+        })
+    };
+    let cases: [(Plant, &str); 3] = [
+        (garbage, "holds \"garbage\", not a fencing counter"),
+        (
+            too_big,
+            "holds \"99999999999999999\", not a fencing counter",
+        ),
+        (a_hash, "is a hash, not a string"),
+    ];
+    for (repair_by_delete, (plant, problem)) in [false, true, false].into_iter().zip(cases) {
+        plant(&redis, &fence).await;
+        // A single try, a waiting try, and the object-safe trait.
+        for o in [opts(60_000, 0), opts(60_000, 2_000)] {
+            let err = m.acquire("r", &o).await.unwrap_err();
+            assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+            let msg = err.to_string();
+            assert!(msg.contains(&format!("'{fence}' {problem}")), "{msg}");
+            assert!(
+                !exists(&redis, &lock).await,
+                "a failed try left the lock key behind"
+            );
+        }
+        let err = DistributedLock::try_acquire(&m, "r", Duration::from_secs(60))
+            .await
+            .unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(!exists(&redis, &lock).await);
+
+        // Repair: the last token handed out, or no counter at all.
+        if repair_by_delete {
+            redis.client().del::<(), _>(&fence).await.unwrap();
+        } else {
+            redis.client().del::<(), _>(&fence).await.unwrap();
+            redis
+                .client()
+                .set::<(), _, _>(&fence, newest.to_string(), None, None, false)
+                .await
+                .unwrap();
+        }
+        let g = m
+            .acquire("r", &long)
+            .await
+            .unwrap()
+            .expect("the very next try after the repair gets the lock");
+        assert!(
+            g.fencing_token() > newest,
+            "{} <= {newest}",
+            g.fencing_token()
+        );
+        newest = g.fencing_token();
+        assert!(g.release().await.unwrap());
+    }
+    assert_eq!(m.metrics().acquired, 4);
+}
+
+/// A lock key of another type, or one without expiry (written by something
+/// else), and a semaphore's permits of another type: typed errors naming the
+/// key, nothing written, and the lock or semaphore works once the key is
+/// deleted.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn corrupt_lock_and_permit_keys_are_typed_errors_naming_the_key(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_corrupt_keys");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let c = redis.client();
+    let lock = m.keys().tagged("r", ["lock"]).unwrap();
+    let fence = m.keys().tagged("r", ["fence"]).unwrap();
+
+    c.hset::<(), _, _>(&lock, ("a", "1")).await.unwrap();
+    for o in [opts(5_000, 0), opts(5_000, 1_000)] {
+        let err = m.acquire("r", &o).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(
+            err.to_string().contains(&format!("'{lock}' is a hash")),
+            "{err}"
+        );
+    }
+    assert!(!exists(&redis, &fence).await, "nothing written");
+    c.del::<(), _>(&lock).await.unwrap();
+    c.set::<(), _, _>(&lock, "somebody", None, None, false)
+        .await
+        .unwrap();
+    // A waiting try reports it at once instead of spinning until its wait ends.
+    let err = m.acquire("r", &opts(5_000, 60_000)).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(
+        err.to_string().contains(&format!("'{lock}' has no expiry")),
+        "{err}"
+    );
+    assert!(!exists(&redis, &fence).await, "nothing written");
+    c.del::<(), _>(&lock).await.unwrap();
+    let g = m.acquire("r", &opts(5_000, 0)).await.unwrap().unwrap();
+    assert!(g.release().await.unwrap());
+
+    let sem = m.semaphore("s", 2).unwrap();
+    let ks = m.keys().child("sem").unwrap();
+    let permits = ks.tagged("s", ["permits"]).unwrap();
+    let wait = ks.tagged("s", ["wait"]).unwrap();
+    c.set::<(), _, _>(&permits, "garbage", None, None, false)
+        .await
+        .unwrap();
+    for o in [opts(5_000, 0), opts(5_000, 1_000)] {
+        let err = sem.acquire(&o).await.unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+        assert!(
+            err.to_string()
+                .contains(&format!("'{permits}' is a string")),
+            "{err}"
+        );
+    }
+    let err = sem.held().await.unwrap_err();
+    assert!(err.to_string().contains(&permits), "{err}");
+    assert!(!exists(&redis, &wait).await, "nothing written");
+    let v: String = c.get(&permits).await.unwrap();
+    assert_eq!(v, "garbage");
+    c.del::<(), _>(&permits).await.unwrap();
+    let permit = sem.acquire(&opts(5_000, 0)).await.unwrap().unwrap();
+    assert_eq!(sem.held().await.unwrap(), 1);
+    assert!(permit.release().await.unwrap());
+}
+
+/// A fenced write whose token marker was corrupted (by something else) used
+/// to fail with a raw Lua error ("attempt to compare number with nil"): it is
+/// a typed error naming the key and saying what is wrong, and the value is
+/// left alone.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_write_on_a_corrupt_marker_is_a_typed_error_naming_the_key(
+    #[case] topology: Topology,
+) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_fenced_corrupt");
+    let store = FencedStore::new(&redis, &p).unwrap();
+    let seen = fredkit_core::KeySpace::new(&p)
+        .unwrap()
+        .tagged("doc", ["seen"])
+        .unwrap();
+    let c = redis.client();
+    assert_eq!(
+        store.write("doc", "v5", 5, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    c.set::<(), _, _>(&seen, "garbage", None, None, false)
+        .await
+        .unwrap();
+    let err = store.write("doc", "v6", 6, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(
+        err.to_string()
+            .contains(&format!("'{seen}' holds \"garbage\", not a fencing token")),
+        "{err}"
+    );
+    c.del::<(), _>(&seen).await.unwrap();
+    c.hset::<(), _, _>(&seen, ("a", "1")).await.unwrap();
+    let err = store.write("doc", "v6", 6, None).await.unwrap_err();
+    assert_eq!(err.kind(), ErrorKind::Protocol, "{err}");
+    assert!(
+        err.to_string().contains(&format!("'{seen}' is a hash")),
+        "{err}"
+    );
+    assert_eq!(store.read("doc").await.unwrap().unwrap(), "v5".as_bytes());
+    // Repaired: the newest token written.
+    c.del::<(), _>(&seen).await.unwrap();
+    c.set::<(), _, _>(&seen, "5", None, None, false)
+        .await
+        .unwrap();
+    assert_eq!(
+        store.write("doc", "v4", 4, None).await.unwrap(),
+        FencedWrite::Rejected { newest: 5 }
+    );
+    assert_eq!(
+        store.write("doc", "v6", 6, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    assert_eq!(store.read("doc").await.unwrap().unwrap(), "v6".as_bytes());
+}
+
+/// The fencing counter lost (deleted, flushed, evicted) or behind (a
+/// failover to a replica that missed the last grants, simulated by setting
+/// it back): the next token is still above every token handed out before,
+/// because a grant draws max(counter + 1, server clock in µs).
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fencing_tokens_stay_above_every_earlier_one_when_the_counter_is_lost_or_behind(
+    #[case] topology: Topology,
+) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_counter_lost");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let fence = m.keys().tagged("r", ["fence"]).unwrap();
+    let c = redis.client();
+    let mut tokens = Vec::new();
+    let o = opts(5_000, 0);
+    for round in 0..4 {
+        for _ in 0..5 {
+            let g = m.acquire("r", &o).await.unwrap().unwrap();
+            tokens.push(g.fencing_token());
+            assert!(g.release().await.unwrap());
+        }
+        match round {
+            // Lost.
+            0 => c.del::<(), _>(&fence).await.unwrap(),
+            // Behind: a replica that has only the first of these grants.
+            1 => {
+                let behind = tokens[tokens.len() - 5].to_string();
+                c.set::<(), _, _>(&fence, behind, None, None, false)
+                    .await
+                    .unwrap()
+            }
+            // Far behind: a counter of an older scheme (INCR from 1).
+            2 => c
+                .set::<(), _, _>(&fence, "3", None, None, false)
+                .await
+                .unwrap(),
+            _ => {}
+        }
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase: {tokens:?}"
+    );
+    let stored: String = c.get(&fence).await.unwrap();
+    assert_eq!(stored, tokens[tokens.len() - 1].to_string());
+}
+
+/// A replayed grant (fred resends a try whose reply was lost) that finds the
+/// counter corrupt takes its own lock back: the failed try leaves no lock.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_replayed_grant_on_a_corrupt_counter_takes_its_lock_back(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_replay_corrupt");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let lock = m.keys().tagged("r", ["lock"]).unwrap();
+    let fence = m.keys().tagged("r", ["fence"]).unwrap();
+    let run = || {
+        let (lock, fence) = (lock.clone(), fence.clone());
+        let client = redis.client().clone();
+        async move {
+            ACQUIRE_LUA
+                .exec::<_, fred::types::Value, _, _>(
+                    &client,
+                    vec![lock, fence],
+                    vec!["aaaaaaaaaaaaaaaaaaaaaaaaaaaaaaaa", "60000", "0"],
+                )
+                .await
+                .unwrap()
+        }
+    };
+    let first = run().await.as_i64().unwrap();
+    assert!(first >= 1);
+    assert!(exists(&redis, &lock).await);
+    redis
+        .client()
+        .set::<(), _, _>(&fence, "garbage", None, None, false)
+        .await
+        .unwrap();
+    let replay = run().await;
+    assert!(
+        matches!(&replay, fred::types::Value::Array(items) if items.first().and_then(|v| v.as_str()).as_deref() == Some("corrupt")),
+        "{replay:?}"
+    );
+    assert!(
+        !exists(&redis, &lock).await,
+        "the replay's own lock stays behind"
+    );
+}
+
+/// How a Sentinel master is replaced in [`grants_across_a_master_switch`].
+#[derive(Clone, Copy, Debug)]
+enum Switch {
+    /// `SENTINEL FAILOVER`: the old master keeps accepting writes from
+    /// clients still on it until the sentinels turn it into a replica
+    /// (seconds later); those writes are lost.
+    Failover,
+    /// SIGKILL of the master 300 ms after its replication link broke (the
+    /// replica stopped meanwhile, so it cannot reconnect): the grants of
+    /// those 300 ms are lost with the master.
+    KillMaster,
+}
+
+/// One grant as the client saw it.
+#[derive(Clone, Copy, Debug)]
+struct Grant {
+    sent: std::time::Instant,
+    done: std::time::Instant,
+    token: u64,
+}
+
+/// Several tasks take and release one lock in a loop for seconds while the
+/// Sentinel master is replaced. Every grant's token must be greater than the
+/// token of every grant that completed before it was asked for, and the only
+/// errors allowed are Timeout and Connection (the switch itself).
+async fn grants_across_a_master_switch(switch: Switch) {
+    let mut group =
+        tokio::task::spawn_blocking(|| fredkit_testkit::SentinelGroup::start().unwrap())
+            .await
+            .unwrap();
+    let redis = connect(&group.url()).await;
+    let p = prefix("lock_switch");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let fence = m.keys().tagged("res", ["fence"]).unwrap();
+    let grants = Arc::new(std::sync::Mutex::new(Vec::<Grant>::new()));
+    let unexpected = Arc::new(std::sync::Mutex::new(Vec::<String>::new()));
+    let transient = Arc::new(AtomicUsize::new(0));
+    let stop = Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let o = opts(1_000, 2_000);
+    let mut tasks = Vec::new();
+    for _ in 0..4 {
+        let (m, o, grants, unexpected, transient, stop) = (
+            m.clone(),
+            o.clone(),
+            grants.clone(),
+            unexpected.clone(),
+            transient.clone(),
+            stop.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            let check = |e: fredkit_core::Error| {
+                if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) {
+                    transient.fetch_add(1, Ordering::SeqCst);
+                } else {
+                    unexpected
+                        .lock()
+                        .unwrap()
+                        .push(format!("{:?}: {e}", e.kind()));
+                }
+            };
+            while !stop.load(Ordering::SeqCst) {
+                let sent = std::time::Instant::now();
+                match m.acquire("res", &o).await {
+                    Ok(Some(g)) => {
+                        let done = std::time::Instant::now();
+                        grants.lock().unwrap().push(Grant {
+                            sent,
+                            done,
+                            token: g.fencing_token(),
+                        });
+                        if let Err(e) = g.release().await {
+                            check(e);
+                        }
+                    }
+                    Ok(None) => {}
+                    Err(e) => {
+                        check(e);
+                        tokio::time::sleep(Duration::from_millis(20)).await;
+                    }
+                }
+            }
+        }));
+    }
+    let count = |grants: &Arc<std::sync::Mutex<Vec<Grant>>>| grants.lock().unwrap().len();
+    tokio::time::sleep(Duration::from_secs(4)).await;
+    let before = count(&grants);
+    assert!(before > 0, "no grants before the switch");
+
+    let old = group.master_addr().unwrap();
+    let switched_at = std::time::Instant::now();
+    let old_addr = old.clone();
+    let group = tokio::task::spawn_blocking(move || {
+        let old = old_addr;
+        match switch {
+            Switch::Failover => {
+                group.failover().unwrap();
+            }
+            Switch::KillMaster => {
+                let master = group
+                    .servers()
+                    .iter()
+                    .position(|s| s.addr() == old)
+                    .unwrap();
+                let replica = 1 - master;
+                // The replication link breaks while the replica is stopped
+                // (so it cannot reconnect): the grants of the next 300 ms
+                // never leave the master, which then dies.
+                group.servers()[replica].pause().unwrap();
+                let killed = group.servers()[master]
+                    .command(&["CLIENT", "KILL", "TYPE", "replica"])
+                    .unwrap();
+                assert_eq!(killed.as_int(), Some(1), "{killed:?}");
+                std::thread::sleep(Duration::from_millis(300));
+                group.servers_mut()[master].kill().unwrap();
+                group.servers()[replica].resume().unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while group.master_addr().ok().as_deref() == Some(old.as_str()) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the sentinels did not fail over"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
+            }
+        }
+        group
+    })
+    .await
+    .unwrap();
+    let new = group.master_addr().unwrap();
+    assert_ne!(new, old);
+    // Grants go on until the client has moved to the new master and made
+    // some there (the counter on the new master is the last token granted).
+    let deadline = std::time::Instant::now() + Duration::from_secs(40);
+    let new_master_counter = |group: &fredkit_testkit::SentinelGroup| {
+        group
+            .server_by_addr(&new)
+            .and_then(|s| s.command(&["GET", &fence]).ok())
+            .and_then(|r| r.as_str().and_then(|s| s.parse::<u64>().ok()))
+    };
+    loop {
+        let last = grants.lock().unwrap().last().map(|g| g.token);
+        let on_new = new_master_counter(&group);
+        let after = grants
+            .lock()
+            .unwrap()
+            .iter()
+            .filter(|g| g.sent > switched_at)
+            .count();
+        if after >= 20 && last.is_some() && last == on_new {
+            break;
+        }
+        assert!(
+            std::time::Instant::now() < deadline,
+            "the client never granted on the new master ({after} grants after the switch, last {last:?}, new master's counter {on_new:?})"
+        );
+        tokio::time::sleep(Duration::from_millis(200)).await;
+    }
+    tokio::time::sleep(Duration::from_secs(1)).await;
+    stop.store(true, Ordering::SeqCst);
+    for t in tasks {
+        tokio::time::timeout(DEADLINE, t).await.unwrap().unwrap();
+    }
+    let mut grants = grants.lock().unwrap().clone();
+    let unexpected = unexpected.lock().unwrap().clone();
+    assert!(
+        unexpected.is_empty(),
+        "errors other than Timeout/Connection: {unexpected:?}"
+    );
+    // Every grant's token is above every token granted before it was asked
+    // for (real-time order: completed before it was sent).
+    grants.sort_by_key(|g| g.done);
+    let mut highest = Vec::with_capacity(grants.len());
+    let mut max = 0;
+    for g in &grants {
+        max = max.max(g.token);
+        highest.push(max);
+    }
+    let mut backwards = Vec::new();
+    for g in &grants {
+        let earlier = grants.partition_point(|a| a.done < g.sent);
+        if earlier > 0 && g.token <= highest[earlier - 1] {
+            backwards.push((highest[earlier - 1], g.token));
+        }
+    }
+    eprintln!(
+        "{switch:?}: {} grants ({before} before the switch), {} timeout/connection errors, {} went backwards",
+        grants.len(),
+        transient.load(Ordering::SeqCst),
+        backwards.len()
+    );
+    assert!(
+        backwards.is_empty(),
+        "{} grants got a token at or below one granted before them (earlier, later): {:?}",
+        backwards.len(),
+        &backwards[..backwards.len().min(10)]
+    );
+    tokio::task::spawn_blocking(move || drop(group))
+        .await
+        .unwrap();
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_sentinel_failover_fencing_tokens_never_go_backwards() {
+    grants_across_a_master_switch(Switch::Failover).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_sentinel_master_kill_fencing_tokens_never_go_backwards() {
+    grants_across_a_master_switch(Switch::KillMaster).await;
 }
