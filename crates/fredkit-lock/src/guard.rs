@@ -5,7 +5,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use fred::bytes_utils::Str;
-use fred::types::{Key, Value};
+use fred::types::Key;
 use fredkit_core::traits::LockLease;
 use fredkit_core::Result;
 use tokio::sync::watch;
@@ -13,19 +13,19 @@ use tokio::task::AbortHandle;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::manager::{Inner, EXTEND, RELEASE};
+use crate::grant::{self, check_ttl, spawn_release, Shared};
 use crate::metrics::Counters;
-use crate::options::millis;
+use crate::options::{millis, LockOptions};
 
 /// What the holder knows about its lease.
 #[derive(Clone, Copy, Debug)]
-pub(crate) struct LeaseState {
+struct LeaseState {
     /// Renewal or `extend` found the lock gone, or the watchdog could not
     /// renew it for a whole TTL.
-    pub(crate) lost: bool,
+    lost: bool,
     /// The lease surely ends no earlier than this on the server (it was
     /// measured from *before* the request that granted or renewed it).
-    pub(crate) valid_until: Instant,
+    valid_until: Instant,
 }
 
 /// A watch on whether a lock (or permit) is still held: clone it into the
@@ -51,7 +51,7 @@ impl fmt::Debug for LostSignal {
 }
 
 impl LostSignal {
-    pub(crate) fn new(rx: watch::Receiver<LeaseState>) -> Self {
+    fn new(rx: watch::Receiver<LeaseState>) -> Self {
         LostSignal { rx }
     }
 
@@ -94,7 +94,7 @@ impl LostSignal {
 }
 
 /// Marks the lease lost (once) and counts it.
-pub(crate) fn mark_lost(state: &watch::Sender<LeaseState>, counters: &Counters) {
+fn mark_lost(state: &watch::Sender<LeaseState>, counters: &Counters) {
     let mut first = false;
     state.send_if_modified(|s| {
         if s.lost {
@@ -111,8 +111,8 @@ pub(crate) fn mark_lost(state: &watch::Sender<LeaseState>, counters: &Counters) 
 }
 
 /// Renews a lock every `ttl / 3` until aborted or the lock is lost.
-pub(crate) async fn watchdog(
-    inner: Arc<Inner>,
+async fn watchdog(
+    shared: Arc<Shared>,
     key: Key,
     token: Str,
     ttl: Duration,
@@ -134,23 +134,19 @@ pub(crate) async fn watchdog(
             tracing::warn!(
                 "fredkit.lock: watchdog could not renew the lock within its TTL; marking it lost"
             );
-            mark_lost(&state, &inner.counters);
+            mark_lost(&state, &shared.counters);
             return;
         }
-        let renew = EXTEND.exec::<_, i64, _, _>(
-            inner.redis.client(),
-            key.clone(),
-            vec![Value::String(token.clone()), Value::Integer(ttl_ms)],
-        );
+        let renew = grant::extend(&shared, &key, &token, ttl_ms);
         match tokio::time::timeout(budget, renew).await {
-            Ok(Ok(1)) => {
+            Ok(Ok(true)) => {
                 state.send_modify(|s| s.valid_until = started + ttl);
-                Counters::add(&inner.counters.renewals);
+                Counters::add(&shared.counters.renewals);
                 next = started + period;
             }
-            Ok(Ok(_)) => {
+            Ok(Ok(false)) => {
                 tracing::warn!("fredkit.lock: watchdog found the lock gone (expired or taken); marking it lost");
-                mark_lost(&state, &inner.counters);
+                mark_lost(&state, &shared.counters);
                 return;
             }
             Ok(Err(e)) => {
@@ -178,18 +174,18 @@ pub(crate) async fn watchdog(
 /// [`FencedStore`](crate::FencedStore)) so a holder that stalled past its TTL
 /// cannot overwrite a newer holder's work.
 pub struct LockGuard {
-    pub(crate) inner: Arc<Inner>,
-    pub(crate) resource: String,
-    pub(crate) lock_key: Key,
-    pub(crate) token: Str,
-    pub(crate) fencing_token: u64,
-    pub(crate) ttl: Duration,
-    pub(crate) state: Arc<watch::Sender<LeaseState>>,
-    pub(crate) watchdog: Option<AbortHandle>,
+    shared: Arc<Shared>,
+    resource: String,
+    lock_key: Key,
+    token: Str,
+    fencing_token: u64,
+    ttl: Duration,
+    state: Arc<watch::Sender<LeaseState>>,
+    watchdog: Option<AbortHandle>,
     /// The runtime the guard was made on: a guard dropped on a thread
     /// without one still releases there.
-    pub(crate) runtime: Option<tokio::runtime::Handle>,
-    pub(crate) done: bool,
+    runtime: Option<tokio::runtime::Handle>,
+    done: bool,
 }
 
 impl fmt::Debug for LockGuard {
@@ -205,6 +201,46 @@ impl fmt::Debug for LockGuard {
 }
 
 impl LockGuard {
+    /// The guard of a grant requested at `requested_at` (its lease is
+    /// measured from then); starts the watchdog if `opts` asks for one.
+    pub(crate) fn new(
+        shared: Arc<Shared>,
+        resource: &str,
+        lock_key: Key,
+        token: Str,
+        fencing_token: u64,
+        opts: &LockOptions,
+        requested_at: Instant,
+    ) -> LockGuard {
+        let (state, _) = watch::channel(LeaseState {
+            lost: false,
+            valid_until: requested_at + opts.ttl,
+        });
+        let state = Arc::new(state);
+        let watchdog = opts.watchdog.then(|| {
+            tokio::spawn(watchdog(
+                shared.clone(),
+                lock_key.clone(),
+                token.clone(),
+                opts.ttl,
+                state.clone(),
+            ))
+            .abort_handle()
+        });
+        LockGuard {
+            shared,
+            resource: resource.to_string(),
+            lock_key,
+            token,
+            fencing_token,
+            ttl: opts.ttl,
+            state,
+            watchdog,
+            runtime: tokio::runtime::Handle::try_current().ok(),
+            done: false,
+        }
+    }
+
     /// The locked resource, as passed to `acquire`.
     pub fn resource(&self) -> &str {
         &self.resource
@@ -265,25 +301,17 @@ impl LockGuard {
     /// outside 1 ms ..= 24 h (as for `acquire`); connection errors: the lock may end at its old expiry. If the future
     /// is dropped, the TTL is either reset or unchanged.
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
-        crate::manager::check_ttl(ttl)?;
+        check_ttl(ttl)?;
         let span = tracing::debug_span!(
             "fredkit.lock.extend",
             primitive = "lock",
             outcome = tracing::field::Empty
         );
         let started = Instant::now();
-        let r: i64 = EXTEND
-            .exec(
-                self.inner.redis.client(),
-                self.lock_key.clone(),
-                vec![
-                    Value::String(self.token.clone()),
-                    Value::Integer(millis(ttl)),
-                ],
-            )
+        let extended = grant::extend(&self.shared, &self.lock_key, &self.token, millis(ttl))
             .instrument(span.clone())
             .await?;
-        if r == 1 {
+        if extended {
             span.record("outcome", "extended");
             self.state.send_if_modified(|s| {
                 if s.lost {
@@ -296,7 +324,7 @@ impl LockGuard {
             Ok(true)
         } else {
             span.record("outcome", "lost");
-            mark_lost(&self.state, &self.inner.counters);
+            mark_lost(&self.state, &self.shared.counters);
             Ok(false)
         }
     }
@@ -324,7 +352,7 @@ impl LockGuard {
             primitive = "lock",
             outcome = tracing::field::Empty
         );
-        let r = release(&self.inner, &self.lock_key, &self.token)
+        let r = grant::release(&self.shared, &self.lock_key, &self.token)
             .instrument(span.clone())
             .await;
         span.record(
@@ -339,47 +367,6 @@ impl LockGuard {
     }
 }
 
-/// Runs the release script and counts the outcome.
-pub(crate) async fn release(inner: &Inner, lock_key: &Key, token: &Str) -> Result<bool> {
-    let r: i64 = RELEASE
-        .exec(
-            inner.redis.client(),
-            lock_key.clone(),
-            Value::String(token.clone()),
-        )
-        .await?;
-    if r > 0 {
-        Counters::add(&inner.counters.released);
-        Ok(true)
-    } else {
-        Counters::add(&inner.counters.release_not_held);
-        Ok(false)
-    }
-}
-
-/// Runs `release` in the background for a guard being dropped: on the
-/// current runtime, or, when dropped on a thread without one, on the runtime
-/// the guard was made on (`made_on`). If neither runs any more, the lock (or
-/// permit) expires at its TTL.
-pub(crate) fn spawn_release<F>(made_on: Option<&tokio::runtime::Handle>, release: F)
-where
-    F: std::future::Future<Output = ()> + Send + 'static,
-{
-    match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(release);
-        }
-        Err(_) => match made_on {
-            Some(rt) => {
-                rt.spawn(release);
-            }
-            None => tracing::debug!(
-                "fredkit.lock: dropped outside a runtime; the lock expires at its TTL"
-            ),
-        },
-    }
-}
-
 impl Drop for LockGuard {
     fn drop(&mut self) {
         if let Some(w) = self.watchdog.take() {
@@ -388,11 +375,11 @@ impl Drop for LockGuard {
         if self.done {
             return;
         }
-        let inner = self.inner.clone();
+        let shared = self.shared.clone();
         let lock_key = self.lock_key.clone();
         let token = self.token.clone();
         spawn_release(self.runtime.as_ref(), async move {
-            if let Err(e) = release(&inner, &lock_key, &token).await {
+            if let Err(e) = grant::release(&shared, &lock_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background release failed; the lock expires at its TTL");
             }
         });

@@ -118,6 +118,7 @@
 pub struct ReadmeDoctests;
 
 mod fenced;
+mod grant;
 mod guard;
 mod manager;
 mod metrics;

@@ -7,119 +7,18 @@ use std::time::Duration;
 
 use async_trait::async_trait;
 use fred::bytes_utils::Str;
-use fred::clients::Client;
-use fred::interfaces::{ClientLike, ServerInterface};
-use fred::prelude::Options;
-use fred::types::{ClusterHash, Key, Value};
-use fredkit_conn::{Dedicated, Redis};
+use fredkit_conn::Redis;
 use fredkit_core::traits::{DistributedLock, LockLease};
-use fredkit_core::{Error, ErrorKind, KeySpace, Result, Script};
-use tokio::sync::watch;
+use fredkit_core::{KeySpace, Result};
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::guard::{self, LeaseState, LockGuard, LostSignal};
+use crate::grant::{self, check_ttl, new_token, LockKeys, Mode, Shared};
+use crate::guard::{LockGuard, LostSignal};
 use crate::metrics::{Counters, LockMetrics};
-use crate::options::{millis, LockOptions, MAX_TTL};
-use crate::reply;
+use crate::options::{millis, LockOptions};
 use crate::semaphore::Semaphore;
-use crate::waiters::{wait_for, Waited, Waiters};
-
-pub(crate) static ACQUIRE: Script =
-    Script::new("lock_acquire", include_str!("../scripts/acquire.lua"));
-pub(crate) static RELEASE: Script =
-    Script::new("lock_release", include_str!("../scripts/release.lua"));
-pub(crate) static EXTEND: Script =
-    Script::new("lock_extend", include_str!("../scripts/extend.lua"));
-
-/// The shared state of a manager, its guards and semaphores.
-pub(crate) struct Inner {
-    pub(crate) redis: Redis,
-    pub(crate) keys: KeySpace,
-    pub(crate) channel: Str,
-    pub(crate) waiters: Arc<Waiters>,
-    pub(crate) counters: Arc<Counters>,
-    /// The connection for grants that need `WAIT` (blocking): made on first use.
-    replica_conn: tokio::sync::Mutex<Option<Dedicated<Client>>>,
-}
-
-/// The keys of one resource's lock, both in the resource's hash slot.
-pub(crate) struct LockKeys {
-    pub(crate) lock: Key,
-    pub(crate) fence: Key,
-}
-
-/// The outcome of one try.
-pub(crate) enum Attempt {
-    /// Granted with this fencing token (or, for a semaphore, permits held).
-    Granted(u64),
-    /// Held by someone else for about this much longer.
-    Held(Duration),
-}
-
-/// How a try is made (ARGV[3] of `acquire.lua`).
-#[derive(Clone, Copy, Debug)]
-pub(crate) enum Mode {
-    /// One try; nothing recorded.
-    Single = 0,
-    /// A waiting caller's first try: record the waiter on a busy lock.
-    FirstWait = 1,
-    /// A waiting caller's retry: as `FirstWait`, and a won lock starts
-    /// marked (other waiters may still be asleep).
-    Retry = 2,
-}
-
-/// Decodes the reply of `acquire.lua` / `sem_acquire.lua`.
-pub(crate) fn attempt_from(script: &str, r: i64) -> Result<Attempt> {
-    match r {
-        r if r >= 1 => Ok(Attempt::Granted(r.unsigned_abs())),
-        r if r <= -1 => Ok(Attempt::Held(Duration::from_millis(
-            (-1 - r).unsigned_abs(),
-        ))),
-        _ => Err(Error::protocol(format!(
-            "script '{script}' returned 0, which it never does"
-        ))),
-    }
-}
-
-/// Undoes, in the background, a try that failed without an answer: its
-/// script may still run (a stalled server has it in its input; fred may
-/// resend it after a reconnect) and grant a lock or permit to a token nobody
-/// holds, blocking everyone for a TTL. `release` is a compare-token script,
-/// so it touches nothing but such a grant. It goes out on the same client
-/// (connection) as the try, so a stalled server runs it right after the try;
-/// it is sent twice more, a second apart, to cover a try resent on a new
-/// connection. Only for errors after which the try may have run (timeouts,
-/// connection errors). Without a runtime nothing is done (the grant, if
-/// any, expires at its TTL).
-pub(crate) fn undo<F, Fut>(client: &Client, error: &Error, release: F)
-where
-    F: Fn(Client) -> Fut + Send + 'static,
-    Fut: Future<Output = Result<()>> + Send + 'static,
-{
-    if !matches!(error.kind(), ErrorKind::Timeout | ErrorKind::Connection) {
-        return;
-    }
-    let Ok(rt) = tokio::runtime::Handle::try_current() else {
-        return;
-    };
-    let client = client.clone();
-    rt.spawn(async move {
-        for round in 0..3 {
-            if round > 0 {
-                tokio::time::sleep(Duration::from_secs(1)).await;
-            }
-            if let Err(e) = release(client.clone()).await {
-                tracing::debug!(error = %e, "fredkit.lock: undo of an unanswered try failed (it is sent again)");
-            }
-        }
-    });
-}
-
-/// A random 128-bit holder token, as 32 hex digits.
-pub(crate) fn new_token() -> Str {
-    Str::from(format!("{:032x}", rand::random::<u128>()))
-}
+use crate::waiters::{Attempt, Waited};
 
 /// Distributed locks under one key prefix, with fencing tokens, waiting
 /// woken by pub/sub, an opt-in watchdog and optional replica confirmation.
@@ -182,13 +81,13 @@ pub(crate) fn new_token() -> Str {
 /// ```
 #[derive(Clone)]
 pub struct LockManager {
-    pub(crate) inner: Arc<Inner>,
+    shared: Arc<Shared>,
 }
 
 impl fmt::Debug for LockManager {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("LockManager")
-            .field("prefix", &self.inner.keys.prefix())
+            .field("prefix", &self.shared.keys.prefix())
             .finish_non_exhaustive()
     }
 }
@@ -216,33 +115,24 @@ impl LockManager {
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a prefix
     /// [`KeySpace::new`] rejects.
     pub fn new(redis: &Redis, prefix: &str) -> Result<LockManager> {
-        let keys = KeySpace::new(prefix)?;
-        let channel = keys.key(["wake"]);
         Ok(LockManager {
-            inner: Arc::new(Inner {
-                redis: redis.clone(),
-                waiters: Arc::new(Waiters::new(channel.clone())),
-                channel: Str::from(channel),
-                keys,
-                counters: Arc::new(Counters::default()),
-                replica_conn: tokio::sync::Mutex::new(None),
-            }),
+            shared: Arc::new(Shared::new(redis, prefix)?),
         })
     }
 
     /// The key space of this manager.
     pub fn keys(&self) -> &KeySpace {
-        &self.inner.keys
+        &self.shared.keys
     }
 
     /// The pub/sub channel the release scripts publish wake-ups on.
     pub fn wake_channel(&self) -> &str {
-        self.inner.waiters.channel()
+        self.shared.waiters.channel()
     }
 
     /// This manager's counters.
     pub fn metrics(&self) -> LockMetrics {
-        self.inner.counters.snapshot()
+        self.shared.counters.snapshot()
     }
 
     /// A counting semaphore named `name` with `permits` permits, sharing this
@@ -252,20 +142,7 @@ impl LockManager {
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for an empty name or zero permits.
     pub fn semaphore(&self, name: &str, permits: u32) -> Result<Semaphore> {
-        Semaphore::new(self.clone(), name, permits)
-    }
-
-    pub(crate) fn lock_keys(&self, resource: &str) -> Result<LockKeys> {
-        if resource.is_empty() {
-            return Err(Error::invalid_input(
-                "a lock resource name must not be empty",
-            ));
-        }
-        let ks = &self.inner.keys;
-        Ok(LockKeys {
-            lock: Key::from(ks.tagged(resource, ["lock"])?),
-            fence: Key::from(ks.tagged(resource, ["fence"])?),
-        })
+        Semaphore::new(self.shared.clone(), name, permits)
     }
 
     /// Takes the lock on `resource`, waiting up to `opts.wait()` if it is
@@ -338,31 +215,38 @@ impl LockManager {
     }
 
     async fn acquire_inner(&self, resource: &str, opts: &LockOptions) -> Result<Option<LockGuard>> {
-        let keys = self.lock_keys(resource)?;
+        let keys = self.shared.lock_keys(resource)?;
         let token = new_token();
         if opts.wait.is_zero() {
             let started = Instant::now();
-            return match self.try_grant(&keys, &token, opts, Mode::Single).await? {
+            return match self
+                .shared
+                .try_grant(&keys, &token, opts, Mode::Single)
+                .await?
+            {
                 Attempt::Granted(fence) => Ok(Some(
                     self.guard(resource, keys, token, fence, opts, started),
                 )),
                 Attempt::Held(_) => {
-                    Counters::add(&self.inner.counters.contended);
+                    Counters::add(&self.shared.counters.contended);
                     Ok(None)
                 }
             };
         }
 
         let lock_key = String::from_utf8_lossy(keys.lock.as_bytes()).into_owned();
-        let waited = wait_for(&self.inner, &lock_key, opts, |t| {
-            let mode = if t.retry {
-                Mode::Retry
-            } else {
-                Mode::FirstWait
-            };
-            self.try_grant(&keys, &token, opts, mode)
-        })
-        .await?;
+        let waited = self
+            .shared
+            .waiters
+            .wait_for(&lock_key, opts, |t| {
+                let mode = if t.retry {
+                    Mode::Retry
+                } else {
+                    Mode::FirstWait
+                };
+                self.shared.try_grant(&keys, &token, opts, mode)
+            })
+            .await?;
         match waited {
             Waited::Granted { value, at, tries } => {
                 tracing::Span::current().record("tries", tries);
@@ -371,128 +255,6 @@ impl LockManager {
             Waited::TimedOut { tries } => {
                 tracing::Span::current().record("tries", tries);
                 Ok(None)
-            }
-        }
-    }
-
-    /// One try, on the shared connection or, with replica confirmation, on
-    /// the manager's own connection followed by `WAIT`.
-    async fn try_grant(
-        &self,
-        keys: &LockKeys,
-        token: &Str,
-        opts: &LockOptions,
-        mode: Mode,
-    ) -> Result<Attempt> {
-        let Some((replicas, timeout)) = opts.replicas else {
-            return self
-                .attempt(self.inner.redis.client(), keys, token, opts.ttl_ms(), mode)
-                .await;
-        };
-        let mut conn = self.inner.replica_conn.lock().await;
-        if conn.is_none() {
-            *conn = Some(self.inner.redis.dedicated()?);
-        }
-        let Some(client) = conn.as_ref() else {
-            return Err(Error::connection(
-                "no dedicated connection for replica confirmation",
-            ));
-        };
-        let attempt = match self
-            .attempt(client.client(), keys, token, opts.ttl_ms(), mode)
-            .await
-        {
-            Ok(a) => a,
-            Err(e) => {
-                if e.kind() == ErrorKind::Timeout {
-                    // Silent connection (a paused server, a dead host, a
-                    // primary failed over without closing it): the next try
-                    // opens a new one, which also re-reads a Sentinel or
-                    // cluster topology. Dropping this one QUITs it behind the
-                    // undo already queued on it.
-                    *conn = None;
-                }
-                return Err(e);
-            }
-        };
-        if let Attempt::Granted(_) = attempt {
-            let options = Options {
-                cluster_hash: Some(ClusterHash::Custom(fred::util::redis_keyslot(
-                    keys.lock.as_bytes(),
-                ))),
-                timeout: Some(timeout + self.inner.redis.config().command_timeout()),
-                ..Options::default()
-            };
-            let acked: Result<i64> = client
-                .with_options(&options)
-                .wait::<i64>(i64::from(replicas), millis(timeout))
-                .await
-                .map_err(Error::from);
-            if matches!(&acked, Err(e) if e.kind() == ErrorKind::Timeout) {
-                // WAIT unanswered past its own timeout plus a command
-                // timeout: the connection is silent; the next try opens a
-                // new one (see above).
-                *conn = None;
-            }
-            drop(conn);
-            match acked {
-                Ok(n) if n >= i64::from(replicas) => {}
-                other => {
-                    // Undo the grant: fail closed.
-                    let undone = guard::release(&self.inner, &keys.lock, token).await;
-                    let why = match other {
-                        Ok(n) => format!(
-                            "only {n} of {replicas} replicas confirmed the lock within {timeout:?}"
-                        ),
-                        Err(e) => format!("WAIT failed: {e}"),
-                    };
-                    return Err(Error::timeout(format!(
-                        "{why}; the grant was undone{} (add replicas, raise the timeout, or drop replica confirmation)",
-                        if undone.is_err() { " (the undo failed: the lock expires at its TTL)" } else { "" }
-                    )));
-                }
-            }
-        }
-        Ok(attempt)
-    }
-
-    /// One run of `acquire.lua`. A try that fails without an answer (a
-    /// timeout: the server may be stalled with the script still in its
-    /// input) may yet grant the lock to this token, which nobody will hold:
-    /// an undo is queued behind it on the same connection (see [`undo`]).
-    async fn attempt(
-        &self,
-        client: &Client,
-        keys: &LockKeys,
-        token: &Str,
-        ttl_ms: i64,
-        mode: Mode,
-    ) -> Result<Attempt> {
-        let r: Result<Value> = ACQUIRE
-            .exec(
-                client,
-                vec![keys.lock.clone(), keys.fence.clone()],
-                vec![
-                    Value::String(token.clone()),
-                    Value::Integer(ttl_ms),
-                    Value::Integer(mode as i64),
-                ],
-            )
-            .await;
-        match r {
-            Ok(r) => attempt_from(ACQUIRE.name(), reply::integer(ACQUIRE.name(), r)?),
-            Err(e) => {
-                let (lock, token) = (keys.lock.clone(), token.clone());
-                undo(client, &e, move |c| {
-                    let (lock, token) = (lock.clone(), token.clone());
-                    async move {
-                        RELEASE
-                            .exec::<_, i64, _, _>(&c, lock, Value::String(token))
-                            .await
-                            .map(|_| ())
-                    }
-                });
-                Err(e)
             }
         }
     }
@@ -506,34 +268,16 @@ impl LockManager {
         opts: &LockOptions,
         requested_at: Instant,
     ) -> LockGuard {
-        Counters::add(&self.inner.counters.acquired);
-        let (state, _) = watch::channel(LeaseState {
-            lost: false,
-            valid_until: requested_at + opts.ttl,
-        });
-        let state = Arc::new(state);
-        let watchdog = opts.watchdog.then(|| {
-            tokio::spawn(guard::watchdog(
-                self.inner.clone(),
-                keys.lock.clone(),
-                token.clone(),
-                opts.ttl,
-                state.clone(),
-            ))
-            .abort_handle()
-        });
-        LockGuard {
-            inner: self.inner.clone(),
-            resource: resource.to_string(),
-            lock_key: keys.lock,
+        Counters::add(&self.shared.counters.acquired);
+        LockGuard::new(
+            self.shared.clone(),
+            resource,
+            keys.lock,
             token,
             fencing_token,
-            ttl: opts.ttl,
-            state,
-            watchdog,
-            runtime: tokio::runtime::Handle::try_current().ok(),
-            done: false,
-        }
+            opts,
+            requested_at,
+        )
     }
 
     /// Runs `work` under the lock on `resource` and releases the lock
@@ -584,33 +328,23 @@ impl LockManager {
     }
 }
 
-pub(crate) fn check_ttl(ttl: Duration) -> Result<()> {
-    if ttl.is_zero() || ttl > MAX_TTL {
-        return Err(Error::invalid_input(format!(
-            "lock ttl must be between 1 ms and 24 h, got {ttl:?}"
-        )));
-    }
-    Ok(())
-}
-
 #[async_trait]
 impl DistributedLock for LockManager {
     async fn try_acquire(&self, resource: &str, ttl: Duration) -> Result<Option<LockLease>> {
         check_ttl(ttl)?;
-        let keys = self.lock_keys(resource)?;
+        let keys = self.shared.lock_keys(resource)?;
         let token = new_token();
-        let r = self
-            .attempt(
-                self.inner.redis.client(),
-                &keys,
-                &token,
-                millis(ttl).max(1),
-                Mode::Single,
-            )
-            .await?;
+        let r = grant::attempt(
+            self.shared.redis.client(),
+            &keys,
+            &token,
+            millis(ttl).max(1),
+            Mode::Single,
+        )
+        .await?;
         match r {
             Attempt::Granted(fencing_token) => {
-                Counters::add(&self.inner.counters.acquired);
+                Counters::add(&self.shared.counters.acquired);
                 Ok(Some(LockLease {
                     resource: resource.to_string(),
                     token: token.to_string(),
@@ -618,69 +352,26 @@ impl DistributedLock for LockManager {
                 }))
             }
             Attempt::Held(_) => {
-                Counters::add(&self.inner.counters.contended);
+                Counters::add(&self.shared.counters.contended);
                 Ok(None)
             }
         }
     }
 
     async fn release(&self, lease: &LockLease) -> Result<bool> {
-        let keys = self.lock_keys(&lease.resource)?;
-        guard::release(&self.inner, &keys.lock, &Str::from(lease.token.as_str())).await
+        let keys = self.shared.lock_keys(&lease.resource)?;
+        grant::release(&self.shared, &keys.lock, &Str::from(lease.token.as_str())).await
     }
 
     async fn extend(&self, lease: &LockLease, ttl: Duration) -> Result<bool> {
         check_ttl(ttl)?;
-        let keys = self.lock_keys(&lease.resource)?;
-        let r: i64 = EXTEND
-            .exec(
-                self.inner.redis.client(),
-                keys.lock,
-                vec![
-                    Value::from(lease.token.as_str()),
-                    Value::Integer(millis(ttl).max(1)),
-                ],
-            )
-            .await?;
-        Ok(r == 1)
-    }
-}
-
-#[cfg(test)]
-mod tests {
-    #![allow(clippy::unwrap_used)]
-    use super::*;
-
-    #[test]
-    fn acquire_replies_decode_to_grants_and_remaining_ttls() {
-        assert!(matches!(attempt_from("a", 1).unwrap(), Attempt::Granted(1)));
-        assert!(matches!(
-            attempt_from("a", 42).unwrap(),
-            Attempt::Granted(42)
-        ));
-        assert!(matches!(attempt_from("a", -1).unwrap(), Attempt::Held(d) if d.is_zero()));
-        assert!(
-            matches!(attempt_from("a", -1501).unwrap(), Attempt::Held(d) if d == Duration::from_millis(1500))
-        );
-        assert_eq!(
-            attempt_from("a", 0).err().map(|e| e.kind()),
-            Some(fredkit_core::ErrorKind::Protocol)
-        );
-    }
-
-    #[test]
-    fn tokens_are_32_hex_digits_and_differ() {
-        let a = new_token();
-        let b = new_token();
-        assert_eq!(a.len(), 32);
-        assert!(a.chars().all(|c| c.is_ascii_hexdigit()));
-        assert_ne!(a, b);
-    }
-
-    #[test]
-    fn modes_match_the_script_contract() {
-        assert_eq!(Mode::Single as i64, 0);
-        assert_eq!(Mode::FirstWait as i64, 1);
-        assert_eq!(Mode::Retry as i64, 2);
+        let keys = self.shared.lock_keys(&lease.resource)?;
+        grant::extend(
+            &self.shared,
+            &keys.lock,
+            &Str::from(lease.token.as_str()),
+            millis(ttl).max(1),
+        )
+        .await
     }
 }

@@ -14,7 +14,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::manager::new_token;
+use crate::grant::{new_token, spawn_release};
 use crate::options::{millis, MAX_TTL};
 
 static REDLOCK_RELEASE: Script = Script::new(
@@ -403,7 +403,7 @@ impl Drop for RedlockGuard {
         let redlock = self.redlock.clone();
         let key = self.key.clone();
         let token = self.token.clone();
-        crate::guard::spawn_release(self.runtime.as_ref(), async move {
+        spawn_release(self.runtime.as_ref(), async move {
             redlock.release_all(&key, &token).await;
         });
     }

@@ -9,11 +9,11 @@ use fred::types::{Key, Value};
 use fredkit_core::{Error, Result, Script};
 use tracing::Instrument;
 
-use crate::manager::{attempt_from, new_token, Attempt, Inner, LockManager};
+use crate::grant::{attempt_from, check_ttl, new_token, spawn_release, undo, Shared};
 use crate::metrics::Counters;
 use crate::options::{millis, LockOptions};
 use crate::reply;
-use crate::waiters::{wait_for, Waited};
+use crate::waiters::{Attempt, Waited};
 
 static SEM_ACQUIRE: Script = Script::new(
     "semaphore_acquire",
@@ -33,7 +33,7 @@ static SEM_EXTEND: Script = Script::new(
 /// at once, each permit expiring after its TTL unless extended, so a crashed
 /// holder's permit comes back by itself.
 ///
-/// Made by [`LockManager::semaphore`]. Permits are the members of one sorted
+/// Made by [`LockManager::semaphore`](crate::LockManager::semaphore). Permits are the members of one sorted
 /// set, `p:sem:{name}:permits`, scored by their expiry on the server's clock;
 /// every try first trims the expired ones. A waiter flag `p:sem:{name}:wait`
 /// works as for locks (wake-ups through the manager's one subscription).
@@ -67,7 +67,7 @@ static SEM_EXTEND: Script = Script::new(
 /// ```
 #[derive(Clone)]
 pub struct Semaphore {
-    manager: LockManager,
+    shared: Arc<Shared>,
     name: Arc<str>,
     permits: u32,
     set_key: Key,
@@ -84,7 +84,7 @@ impl fmt::Debug for Semaphore {
 }
 
 impl Semaphore {
-    pub(crate) fn new(manager: LockManager, name: &str, permits: u32) -> Result<Semaphore> {
+    pub(crate) fn new(shared: Arc<Shared>, name: &str, permits: u32) -> Result<Semaphore> {
         if name.is_empty() {
             return Err(Error::invalid_input("a semaphore name must not be empty"));
         }
@@ -93,13 +93,13 @@ impl Semaphore {
                 "a semaphore needs at least one permit",
             ));
         }
-        let ks = manager.inner.keys.child("sem")?;
+        let ks = shared.keys.child("sem")?;
         Ok(Semaphore {
             set_key: Key::from(ks.tagged(name, ["permits"])?),
             wait_key: Key::from(ks.tagged(name, ["wait"])?),
             name: Arc::from(name),
             permits,
-            manager,
+            shared,
         })
     }
 
@@ -115,7 +115,7 @@ impl Semaphore {
 
     /// Takes a permit, waiting up to `opts.wait()` when all are taken.
     /// `Ok(None)` when none became free in time. Waiting works as for
-    /// [`LockManager::acquire`]: a wake-up on release, a try when the
+    /// [`LockManager::acquire`](crate::LockManager::acquire): a wake-up on release, a try when the
     /// earliest permit expires, and the fallback poll.
     ///
     /// # Errors
@@ -152,22 +152,24 @@ impl Semaphore {
     }
 
     async fn acquire_inner(&self, opts: &LockOptions) -> Result<Option<Permit>> {
-        let inner = &self.manager.inner;
         let token = new_token();
         if opts.wait.is_zero() {
             return match self.attempt(&token, opts, 0).await? {
                 Attempt::Granted(_) => Ok(Some(self.permit(token, opts))),
                 Attempt::Held(_) => {
-                    Counters::add(&inner.counters.contended);
+                    Counters::add(&self.shared.counters.contended);
                     Ok(None)
                 }
             };
         }
         let key = String::from_utf8_lossy(self.wait_key.as_bytes()).into_owned();
-        let waited = wait_for(inner, &key, opts, |t| {
-            self.attempt(&token, opts, millis(t.remaining).max(1))
-        })
-        .await?;
+        let waited = self
+            .shared
+            .waiters
+            .wait_for(&key, opts, |t| {
+                self.attempt(&token, opts, millis(t.remaining).max(1))
+            })
+            .await?;
         match waited {
             Waited::Granted { .. } => Ok(Some(self.permit(token, opts))),
             Waited::TimedOut { .. } => Ok(None),
@@ -175,9 +177,9 @@ impl Semaphore {
     }
 
     /// One try; one that got no answer is undone in the background (see
-    /// `manager::undo`): it may still take a permit for a token nobody holds.
+    /// `grant::undo`): it may still take a permit for a token nobody holds.
     async fn attempt(&self, token: &Str, opts: &LockOptions, wait_ms: i64) -> Result<Attempt> {
-        let client = self.manager.inner.redis.client();
+        let client = self.shared.redis.client();
         let r: Result<Value> = SEM_ACQUIRE
             .exec(
                 client,
@@ -196,9 +198,9 @@ impl Semaphore {
                 let keys = vec![self.set_key.clone(), self.wait_key.clone()];
                 let args = vec![
                     Value::String(token.clone()),
-                    Value::String(self.manager.inner.channel.clone()),
+                    Value::String(self.shared.channel.clone()),
                 ];
-                crate::manager::undo(client, &e, move |c| {
+                undo(client, &e, move |c| {
                     let (keys, args) = (keys.clone(), args.clone());
                     async move {
                         SEM_RELEASE
@@ -213,9 +215,9 @@ impl Semaphore {
     }
 
     fn permit(&self, token: Str, opts: &LockOptions) -> Permit {
-        Counters::add(&self.manager.inner.counters.acquired);
+        Counters::add(&self.shared.counters.acquired);
         Permit {
-            inner: self.manager.inner.clone(),
+            shared: self.shared.clone(),
             set_key: self.set_key.clone(),
             wait_key: self.wait_key.clone(),
             token,
@@ -234,7 +236,7 @@ impl Semaphore {
     /// naming the permits key when it is not a sorted set.
     pub async fn held(&self) -> Result<u64> {
         let n = SEM_HELD
-            .exec(self.manager.inner.redis.client(), self.set_key.clone(), ())
+            .exec(self.shared.redis.client(), self.set_key.clone(), ())
             .await?;
         Ok(reply::integer(SEM_HELD.name(), n)?.unsigned_abs())
     }
@@ -245,7 +247,7 @@ impl Semaphore {
 /// the runtime it was acquired on); a permit that is never given back (crashed holder, leaked
 /// guard) expires after its TTL.
 pub struct Permit {
-    inner: Arc<Inner>,
+    shared: Arc<Shared>,
     set_key: Key,
     wait_key: Key,
     token: Str,
@@ -278,10 +280,10 @@ impl Permit {
     /// `ttl` outside 1 ms ..= 24 h; connection errors (the permit ends at its
     /// old expiry).
     pub async fn extend(&self, ttl: Duration) -> Result<bool> {
-        crate::manager::check_ttl(ttl)?;
+        check_ttl(ttl)?;
         let r: i64 = SEM_EXTEND
             .exec(
-                self.inner.redis.client(),
+                self.shared.redis.client(),
                 self.set_key.clone(),
                 vec![
                     Value::String(self.token.clone()),
@@ -290,7 +292,7 @@ impl Permit {
             )
             .await?;
         if r != 1 {
-            Counters::add(&self.inner.counters.lost);
+            Counters::add(&self.shared.counters.lost);
         }
         Ok(r == 1)
     }
@@ -303,25 +305,25 @@ impl Permit {
     /// Connection errors: the permit expires at its TTL.
     pub async fn release(mut self) -> Result<bool> {
         self.done = true;
-        release(&self.inner, &self.set_key, &self.wait_key, &self.token).await
+        release(&self.shared, &self.set_key, &self.wait_key, &self.token).await
     }
 }
 
-async fn release(inner: &Inner, set_key: &Key, wait_key: &Key, token: &Str) -> Result<bool> {
+async fn release(shared: &Shared, set_key: &Key, wait_key: &Key, token: &Str) -> Result<bool> {
     let r: i64 = SEM_RELEASE
         .exec(
-            inner.redis.client(),
+            shared.redis.client(),
             vec![set_key.clone(), wait_key.clone()],
             vec![
                 Value::String(token.clone()),
-                Value::String(inner.channel.clone()),
+                Value::String(shared.channel.clone()),
             ],
         )
         .await?;
     if r > 0 {
-        Counters::add(&inner.counters.released);
+        Counters::add(&shared.counters.released);
     } else {
-        Counters::add(&inner.counters.release_not_held);
+        Counters::add(&shared.counters.release_not_held);
     }
     Ok(r > 0)
 }
@@ -331,12 +333,12 @@ impl Drop for Permit {
         if self.done {
             return;
         }
-        let inner = self.inner.clone();
+        let shared = self.shared.clone();
         let set_key = self.set_key.clone();
         let wait_key = self.wait_key.clone();
         let token = self.token.clone();
-        crate::guard::spawn_release(self.runtime.as_ref(), async move {
-            if let Err(e) = release(&inner, &set_key, &wait_key, &token).await {
+        spawn_release(self.runtime.as_ref(), async move {
+            if let Err(e) = release(&shared, &set_key, &wait_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background permit release failed; it expires at its TTL");
             }
         });

@@ -24,9 +24,16 @@ use std::future::Future;
 use rand::Rng;
 use tokio::time::Instant;
 
-use crate::manager::{Attempt, Inner};
 use crate::metrics::Counters;
 use crate::options::LockOptions;
+
+/// The outcome of one try of a lock or a permit.
+pub(crate) enum Attempt {
+    /// Granted with this fencing token (or, for a semaphore, permits held).
+    Granted(u64),
+    /// Held by someone else for about this much longer.
+    Held(Duration),
+}
 
 /// Where local waiters of one key wait.
 #[derive(Debug, Default)]
@@ -48,6 +55,8 @@ pub(crate) struct Waiters {
     listener: OnceCell<Listener>,
     attempt: Mutex<Option<SubscribeAttempt>>,
     channel: String,
+    redis: Redis,
+    counters: Arc<Counters>,
 }
 
 fn lock_attempt(m: &Mutex<Option<SubscribeAttempt>>) -> MutexGuard<'_, Option<SubscribeAttempt>> {
@@ -72,12 +81,16 @@ fn lock(m: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
 }
 
 impl Waiters {
-    pub(crate) fn new(channel: String) -> Self {
+    /// The waiters of one manager: wake-ups on `channel`, subscribed through
+    /// `redis`, counted in `counters`.
+    pub(crate) fn new(channel: String, redis: Redis, counters: Arc<Counters>) -> Self {
         Waiters {
             registry: Mutex::new(Registry::default()),
             listener: OnceCell::new(),
             attempt: Mutex::new(None),
             channel,
+            redis,
+            counters,
         }
     }
 
@@ -98,12 +111,7 @@ impl Waiters {
     /// so the next waiter finds it up instead of starting (and dropping)
     /// another connection. Each attempt is bounded by the connect and command
     /// timeouts; after a failed one, the next caller starts a new one.
-    pub(crate) async fn listen(
-        self: &Arc<Self>,
-        redis: &Redis,
-        counters: &Arc<Counters>,
-        limit: Duration,
-    ) -> Result<()> {
+    async fn listen(self: &Arc<Self>, limit: Duration) -> Result<()> {
         if self.listener.initialized() {
             return Ok(());
         }
@@ -112,10 +120,10 @@ impl Waiters {
             match &*current {
                 Some(a) if a.peek().is_none() => a.clone(),
                 _ => {
-                    let (me, redis, counters) = (self.clone(), redis.clone(), counters.clone());
+                    let me = self.clone();
                     let task = tokio::spawn(async move {
                         me.listener
-                            .get_or_try_init(|| me.subscribe(&redis, &counters))
+                            .get_or_try_init(|| me.subscribe())
                             .await
                             .map(|_| ())
                             .map_err(|e| e.to_string())
@@ -146,13 +154,9 @@ impl Waiters {
         }
     }
 
-    async fn subscribe(
-        self: &Arc<Self>,
-        redis: &Redis,
-        counters: &Arc<Counters>,
-    ) -> Result<Listener> {
+    async fn subscribe(self: &Arc<Self>) -> Result<Listener> {
         let subscriber = Subscriber::with_codec(
-            redis,
+            &self.redis,
             fredkit_core::MsgPack,
             PubSubOptions::default().mode(Mode::Plain),
         )
@@ -160,7 +164,7 @@ impl Waiters {
         let subscription = subscriber.subscribe_bytes(&self.channel).await?;
         let task = tokio::spawn(dispatch(
             Arc::downgrade(self),
-            Arc::downgrade(counters),
+            Arc::downgrade(&self.counters),
             subscription,
         ));
         Ok(Listener {
@@ -171,7 +175,7 @@ impl Waiters {
 
     /// Registers a local waiter on `key` until the returned registration is
     /// dropped.
-    pub(crate) fn register(self: &Arc<Self>, key: &str) -> Registration {
+    fn register(self: &Arc<Self>, key: &str) -> Registration {
         let mut reg = lock(&self.registry);
         let (name, slot) = match reg.slots.get_mut(key) {
             Some((name, slot, refs)) => {
@@ -285,68 +289,66 @@ pub(crate) enum Waited {
     TimedOut { tries: u32 },
 }
 
-/// The waiting loop shared by locks and semaphores: subscribe (once per
-/// manager, bounded by the wait), register under `key` (the name the
-/// release script publishes), then try until granted or `opts.wait` runs
-/// out, sleeping between tries until a wake-up, the holder's expiry (plus up
-/// to 2 ms jitter) or the fallback poll, whichever comes first.
-pub(crate) async fn wait_for<F, Fut>(
-    inner: &Inner,
-    key: &str,
-    opts: &LockOptions,
-    mut attempt: F,
-) -> Result<Waited>
-where
-    F: FnMut(Try) -> Fut,
-    Fut: Future<Output = Result<Attempt>>,
-{
-    let deadline = Instant::now() + opts.wait;
-    if let Err(e) = inner
-        .waiters
-        .listen(&inner.redis, &inner.counters, opts.wait)
-        .await
+impl Waiters {
+    /// The waiting loop shared by locks and semaphores: subscribe (once per
+    /// manager, bounded by the wait), register under `key` (the name the
+    /// release script publishes), then try until granted or `opts.wait` runs
+    /// out, sleeping between tries until a wake-up, the holder's expiry (plus up
+    /// to 2 ms jitter) or the fallback poll, whichever comes first.
+    pub(crate) async fn wait_for<F, Fut>(
+        self: &Arc<Self>,
+        key: &str,
+        opts: &LockOptions,
+        mut attempt: F,
+    ) -> Result<Waited>
+    where
+        F: FnMut(Try) -> Fut,
+        Fut: Future<Output = Result<Attempt>>,
     {
-        tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
-    }
-    let registration = inner.waiters.register(key);
-    // Armed from a wake-up until the retry it caused has an answer: if this
-    // waiter is cancelled (or its retry fails) in between, the wake-up goes
-    // to another local waiter instead of being lost until the poll.
-    let mut pass_on = PassOn {
-        slot: registration.slot.clone(),
-        armed: false,
-    };
-    let mut polls = 0u32;
-    let mut tries = 0u32;
-    loop {
-        // Enabled before the try: a wake-up arriving during it is kept.
-        let notified = registration.slot.notify.notified();
-        tokio::pin!(notified);
-        notified.as_mut().enable();
-        let at = Instant::now();
-        let this = Try {
-            retry: tries > 0,
-            remaining: deadline.saturating_duration_since(at),
+        let deadline = Instant::now() + opts.wait;
+        if let Err(e) = self.listen(opts.wait).await {
+            tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
+        }
+        let registration = self.register(key);
+        // Armed from a wake-up until the retry it caused has an answer: if this
+        // waiter is cancelled (or its retry fails) in between, the wake-up goes
+        // to another local waiter instead of being lost until the poll.
+        let mut pass_on = PassOn {
+            slot: registration.slot.clone(),
+            armed: false,
         };
-        tries += 1;
-        let answer = attempt(this).await?;
-        pass_on.armed = false;
-        match answer {
-            Attempt::Granted(value) => return Ok(Waited::Granted { value, at, tries }),
-            Attempt::Held(left) => {
-                Counters::add(&inner.counters.contended);
-                let now = Instant::now();
-                if now >= deadline {
-                    Counters::add(&inner.counters.timed_out);
-                    return Ok(Waited::TimedOut { tries });
-                }
-                let poll = opts.poll.delay(polls).max(Duration::from_millis(1));
-                polls = polls.saturating_add(1);
-                let jitter = Duration::from_micros(rand::thread_rng().gen_range(0..2_000));
-                let sleep = (deadline - now).min(poll).min(left + jitter);
-                tokio::select! {
-                    _ = &mut notified => pass_on.armed = true,
-                    _ = tokio::time::sleep(sleep) => {}
+        let mut polls = 0u32;
+        let mut tries = 0u32;
+        loop {
+            // Enabled before the try: a wake-up arriving during it is kept.
+            let notified = registration.slot.notify.notified();
+            tokio::pin!(notified);
+            notified.as_mut().enable();
+            let at = Instant::now();
+            let this = Try {
+                retry: tries > 0,
+                remaining: deadline.saturating_duration_since(at),
+            };
+            tries += 1;
+            let answer = attempt(this).await?;
+            pass_on.armed = false;
+            match answer {
+                Attempt::Granted(value) => return Ok(Waited::Granted { value, at, tries }),
+                Attempt::Held(left) => {
+                    Counters::add(&self.counters.contended);
+                    let now = Instant::now();
+                    if now >= deadline {
+                        Counters::add(&self.counters.timed_out);
+                        return Ok(Waited::TimedOut { tries });
+                    }
+                    let poll = opts.poll.delay(polls).max(Duration::from_millis(1));
+                    polls = polls.saturating_add(1);
+                    let jitter = Duration::from_micros(rand::thread_rng().gen_range(0..2_000));
+                    let sleep = (deadline - now).min(poll).min(left + jitter);
+                    tokio::select! {
+                        _ = &mut notified => pass_on.armed = true,
+                        _ = tokio::time::sleep(sleep) => {}
+                    }
                 }
             }
         }
@@ -357,12 +359,11 @@ where
 mod tests {
     #![allow(clippy::unwrap_used, clippy::expect_used)]
     use super::*;
-    use crate::LockManager;
     use std::sync::atomic::{AtomicU32, Ordering};
 
-    /// A manager on a port nobody listens on: the subscription fails, so
+    /// Waiters on a port nobody listens on: the subscription fails, so
     /// waiters are woken only by `wake_one` (or the poll, set to a minute).
-    async fn offline_manager() -> LockManager {
+    async fn offline_waiters() -> Arc<Waiters> {
         let port = std::net::TcpListener::bind("127.0.0.1:0")
             .unwrap()
             .local_addr()
@@ -373,7 +374,11 @@ mod tests {
         ))
         .unwrap();
         let redis = Redis::connect(config).await.unwrap();
-        LockManager::new(&redis, "t:waiters").unwrap()
+        Arc::new(Waiters::new(
+            "t:waiters:wake".into(),
+            redis,
+            Arc::new(Counters::default()),
+        ))
     }
 
     fn slow_poll() -> LockOptions {
@@ -396,7 +401,7 @@ mod tests {
     /// instead of being lost until the fallback poll.
     #[tokio::test]
     async fn a_woken_waiter_cancelled_mid_retry_passes_the_wake_up_on() {
-        let m = offline_manager().await;
+        let w = offline_waiters().await;
         let key = "t:waiters:{r}:lock";
         let opts = slow_poll();
         let held = || Ok(Attempt::Held(Duration::from_secs(60)));
@@ -404,9 +409,9 @@ mod tests {
         // A: busy at first, then its retry hangs (a slow Redis) until cancelled.
         let a_tries = Arc::new(AtomicU32::new(0));
         let a = tokio::spawn({
-            let (m, opts, a_tries) = (m.clone(), opts.clone(), a_tries.clone());
+            let (w, opts, a_tries) = (w.clone(), opts.clone(), a_tries.clone());
             async move {
-                wait_for(&m.inner, key, &opts, |_| {
+                w.wait_for(key, &opts, |_| {
                     let n = a_tries.fetch_add(1, Ordering::SeqCst);
                     async move {
                         if n == 0 {
@@ -426,9 +431,9 @@ mod tests {
         // B: busy until woken, then granted.
         let b_tries = Arc::new(AtomicU32::new(0));
         let b = tokio::spawn({
-            let (m, opts, b_tries) = (m.clone(), opts.clone(), b_tries.clone());
+            let (w, opts, b_tries) = (w.clone(), opts.clone(), b_tries.clone());
             async move {
-                wait_for(&m.inner, key, &opts, |_| {
+                w.wait_for(key, &opts, |_| {
                     let n = b_tries.fetch_add(1, Ordering::SeqCst);
                     async move {
                         if n == 0 {
@@ -445,7 +450,7 @@ mod tests {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         // The release's message: one wake-up, to the longest waiter (A).
-        assert!(m.inner.waiters.wake_one(key));
+        assert!(w.wake_one(key));
         while a_tries.load(Ordering::SeqCst) < 2 {
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
