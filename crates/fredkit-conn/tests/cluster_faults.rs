@@ -378,16 +378,14 @@ async fn fault_paused_master_stalls_only_its_own_slots() {
 /// refused): the healthy masters' slots never notice; the killed master's slots
 /// move to the promoted replica.
 ///
-/// Ignored until fred stops failing its whole topology sync when one listed
-/// primary cannot be connected (`sync` in fred 10.1's `router/clustered.rs`
-/// ends with `try_join_all(connections_ft).await?`): until the killed master's
-/// replica is promoted, fred's router stays in its reconnection loop, where it
-/// writes no node's commands, so every slot times out (~2.5 s with a 1 s node
-/// timeout, ~node timeout + 1 s in production). Nothing in fredkit can reach
-/// that loop. With the one-function patch described in docs/architecture.md
-/// (issue #14) it passes: run it with `--run-ignored all`.
+/// Needs the workspace's patched fred (vendor/fred/PATCHED.md): stock fred
+/// 10.1 fails its whole topology sync when one listed primary cannot be
+/// connected (`try_join_all` in `router/clustered.rs`), and until the killed
+/// master's replica is promoted its router stays in its reconnection loop,
+/// where it writes no node's commands, so every slot times out (~1,000 failed
+/// commands over ~2.5 s with a 1 s node timeout). Nothing in fredkit can
+/// reach that loop.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "needs fred's cluster sync to tolerate an unreachable primary (issue #14)"]
 async fn fault_master_kill_stalls_only_its_own_slots() {
     let mut s = setup("killed").await;
     let load = Load::start(&s.redis, s.healthy_keys.clone());
