@@ -95,11 +95,13 @@ impl fmt::Debug for Topology {
 /// The n-th delay is `min(max_delay, initial_delay * 2^n) + random(0..=jitter)`.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ReconnectConfig {
-    /// First delay. Default 100 ms.
+    /// First delay. Default 100 ms; 1 ms to 1 min. fred also waits this
+    /// long (plus up to `jitter`) before the very first connection attempt.
     pub initial_delay: Duration,
-    /// Cap on the delay. Default 2 s.
+    /// Cap on the delay. Default 2 s; `initial_delay` to 1 h.
     pub max_delay: Duration,
-    /// Random extra delay so many clients do not reconnect in lockstep. Default 100 ms.
+    /// Random extra delay so many clients do not reconnect in lockstep.
+    /// Default 100 ms; 0 to 1 min.
     pub jitter: Duration,
     /// Give up after this many attempts in a row; `0` (the default) retries forever.
     pub max_attempts: u32,
@@ -338,22 +340,44 @@ impl RedisConfig {
     }
 
     fn validate(&self) -> Result<()> {
-        if self.connect_timeout.is_zero() {
-            return Err(Error::config("connect_timeout must be greater than zero"));
-        }
         if self.command_timeout.is_zero() {
             return Err(Error::config(
                 "command_timeout must be greater than zero (without one a command can hang forever after a dropped connection)",
             ));
         }
+        in_range(
+            "connect_timeout",
+            self.connect_timeout,
+            MIN_DURATION,
+            MAX_TIMEOUT,
+        )?;
+        in_range(
+            "command_timeout",
+            self.command_timeout,
+            MIN_DURATION,
+            MAX_TIMEOUT,
+        )?;
         if self.pool_size == 0 || self.pool_size > 256 {
             return Err(Error::config("pool_size must be between 1 and 256"));
         }
-        if self.reconnect.initial_delay.is_zero() {
-            return Err(Error::config(
-                "reconnect initial_delay must be greater than zero",
-            ));
-        }
+        in_range(
+            "reconnect initial_delay",
+            self.reconnect.initial_delay,
+            MIN_DURATION,
+            MAX_FIRST_DELAY,
+        )?;
+        in_range(
+            "reconnect jitter",
+            self.reconnect.jitter,
+            Duration::ZERO,
+            MAX_FIRST_DELAY,
+        )?;
+        in_range(
+            "reconnect max_delay",
+            self.reconnect.max_delay,
+            MIN_DURATION,
+            MAX_RECONNECT_DELAY,
+        )?;
         if self.reconnect.max_delay < self.reconnect.initial_delay {
             return Err(Error::config(
                 "reconnect max_delay must not be smaller than initial_delay",
@@ -375,6 +399,37 @@ impl RedisConfig {
             _ => Ok(()),
         }
     }
+}
+
+/// The smallest timeout or reconnect delay: tokio's timers tick in
+/// milliseconds, so a shorter one would silently act as 1 ms.
+const MIN_DURATION: Duration = Duration::from_millis(1);
+
+/// The largest connect or command timeout: one day (larger means "never").
+const MAX_TIMEOUT: Duration = Duration::from_secs(24 * 3600);
+
+/// The largest reconnect `initial_delay` and `jitter`: one minute. fred
+/// waits `initial_delay` plus up to `jitter` before the very first
+/// connection attempt too, so these delay every start-up.
+const MAX_FIRST_DELAY: Duration = Duration::from_secs(60);
+
+/// The largest reconnect `max_delay`: one hour (a service should not stay
+/// cut off from Redis longer than that after Redis is back).
+const MAX_RECONNECT_DELAY: Duration = Duration::from_secs(3600);
+
+/// A config error naming `field` and the range unless `min <= value <= max`.
+fn in_range(field: &str, value: Duration, min: Duration, max: Duration) -> Result<()> {
+    if value < min || value > max {
+        let low = if min.is_zero() {
+            "0".to_string()
+        } else {
+            format!("{min:?}")
+        };
+        return Err(Error::config(format!(
+            "{field} must be between {low} and {max:?}, got {value:?}"
+        )));
+    }
+    Ok(())
 }
 
 /// Builder for [`RedisConfig`]. Every method consumes and returns the builder;
@@ -472,17 +527,20 @@ impl RedisConfigBuilder {
         self.database = Some(db);
         self
     }
-    /// Connect timeout. Default 5 s. Must be non-zero.
+    /// Connect timeout. Default 5 s. Must be between 1 ms and 24 h
+    /// (checked by `build`).
     pub fn connect_timeout(mut self, d: Duration) -> Self {
         self.connect_timeout = Some(d);
         self
     }
-    /// Command timeout. Default 1 s. Must be non-zero.
+    /// Command timeout. Default 1 s. Must be between 1 ms and 24 h
+    /// (checked by `build`).
     pub fn command_timeout(mut self, d: Duration) -> Self {
         self.command_timeout = Some(d);
         self
     }
-    /// Reconnect policy. Default: forever, 100 ms doubling to 2 s, + 100 ms jitter.
+    /// Reconnect policy. Default: forever, 100 ms doubling to 2 s, + 100 ms
+    /// jitter. `build` checks the ranges documented on [`ReconnectConfig`].
     pub fn reconnect(mut self, r: ReconnectConfig) -> Self {
         self.reconnect = Some(r);
         self
@@ -502,8 +560,11 @@ impl RedisConfigBuilder {
     /// Validates and returns the configuration.
     ///
     /// # Errors
-    /// A config error for a bad URL, a zero timeout, a pool size outside
-    /// 1..=256, a database on a cluster, or `rediss://` without the `tls` feature.
+    /// A config error for a bad URL, a timeout or reconnect delay outside
+    /// its range (naming the field and the range: timeouts 1 ms to 24 h,
+    /// reconnect delays as documented on [`ReconnectConfig`]), a pool size
+    /// outside 1..=256, a database on a cluster, or
+    /// `rediss://` without the `tls` feature.
     pub fn build(self) -> Result<RedisConfig> {
         let mut c = match &self.url {
             Some(url) => crate::url::parse(url)?,

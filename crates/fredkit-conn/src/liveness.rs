@@ -21,7 +21,9 @@ pub const PROBE_INTERVAL: Duration = Duration::from_millis(500);
 /// silent: three command timeouts, at least 3 s (a busy but healthy
 /// connection answers a `PING` in well under one command timeout).
 pub fn unresponsive_after(command_timeout: Duration) -> Duration {
-    (command_timeout * 3).max(Duration::from_secs(3))
+    command_timeout
+        .saturating_mul(3)
+        .max(Duration::from_secs(3))
 }
 
 /// Sends one `PING` on `client` (to `node` on a cluster, `None` otherwise)

@@ -271,3 +271,168 @@ fn from_env_var_reads_the_variable_and_explains_when_unset() {
         "{e}"
     );
 }
+
+// ------------------------------------------------------------ duration bounds
+
+/// Every duration a builder takes, by the name its errors use.
+#[derive(Clone, Copy, Debug)]
+enum Field {
+    ConnectTimeout,
+    CommandTimeout,
+    InitialDelay,
+    MaxDelay,
+    Jitter,
+}
+
+impl Field {
+    fn name(self) -> &'static str {
+        match self {
+            Field::ConnectTimeout => "connect_timeout",
+            Field::CommandTimeout => "command_timeout",
+            Field::InitialDelay => "reconnect initial_delay",
+            Field::MaxDelay => "reconnect max_delay",
+            Field::Jitter => "reconnect jitter",
+        }
+    }
+
+    /// The largest value `build` accepts.
+    fn max(self) -> Duration {
+        match self {
+            Field::ConnectTimeout | Field::CommandTimeout => Duration::from_secs(24 * 3600),
+            Field::InitialDelay | Field::Jitter => Duration::from_secs(60),
+            Field::MaxDelay => Duration::from_secs(3600),
+        }
+    }
+
+    /// The smallest value `build` accepts.
+    fn min(self) -> Duration {
+        match self {
+            Field::Jitter => Duration::ZERO,
+            _ => Duration::from_millis(1),
+        }
+    }
+
+    /// A builder with this field set to `d` and everything else default
+    /// (`max_delay` follows a larger `initial_delay`, so that the range of
+    /// the field itself is what is checked).
+    fn builder(self, d: Duration) -> fredkit_conn::RedisConfigBuilder {
+        let b = RedisConfig::builder().standalone("localhost", 6379);
+        let mut r = fredkit_conn::ReconnectConfig::default();
+        match self {
+            Field::ConnectTimeout => b.connect_timeout(d),
+            Field::CommandTimeout => b.command_timeout(d),
+            Field::InitialDelay => {
+                r.initial_delay = d;
+                r.max_delay = r.max_delay.max(d);
+                b.reconnect(r)
+            }
+            Field::MaxDelay => {
+                r.max_delay = d;
+                r.initial_delay = r.initial_delay.min(d).max(Duration::from_millis(1));
+                b.reconnect(r)
+            }
+            Field::Jitter => {
+                r.jitter = d;
+                b.reconnect(r)
+            }
+        }
+    }
+}
+
+const FIELDS: [Field; 5] = [
+    Field::ConnectTimeout,
+    Field::CommandTimeout,
+    Field::InitialDelay,
+    Field::MaxDelay,
+    Field::Jitter,
+];
+
+#[test]
+fn out_of_range_durations_are_config_errors_naming_the_field_and_range() {
+    for field in FIELDS {
+        let mut bad = vec![
+            Duration::MAX,
+            field.max() + Duration::from_nanos(1),
+            Duration::from_secs(u64::MAX / 2),
+        ];
+        if !field.min().is_zero() {
+            bad.extend([Duration::ZERO, Duration::from_micros(999)]);
+        }
+        for d in bad {
+            let e = field.builder(d).build().unwrap_err();
+            assert_eq!(e.kind(), ErrorKind::Config, "{field:?} {d:?}: {e}");
+            let text = e.to_string();
+            assert!(text.contains(field.name()), "{field:?} {d:?}: {text}");
+            // The range is named, except for the long-standing zero
+            // command timeout message, which says why zero is refused.
+            if !(matches!(field, Field::CommandTimeout) && d.is_zero()) {
+                assert!(
+                    text.contains(&format!("{:?}", field.max())),
+                    "{field:?} {d:?} should name the range: {text}"
+                );
+            }
+        }
+    }
+}
+
+#[test]
+fn in_range_durations_build() {
+    for field in FIELDS {
+        for d in [field.min(), field.max()] {
+            let c = field
+                .builder(d)
+                .build()
+                .unwrap_or_else(|e| panic!("{field:?} {d:?}: {e}"));
+            let got = match field {
+                Field::ConnectTimeout => c.connect_timeout(),
+                Field::CommandTimeout => c.command_timeout(),
+                Field::InitialDelay => c.reconnect().initial_delay,
+                Field::MaxDelay => c.reconnect().max_delay,
+                Field::Jitter => c.reconnect().jitter,
+            };
+            assert_eq!(got, d, "{field:?}");
+        }
+    }
+}
+
+#[rstest]
+#[case("redis://localhost?command_timeout=100000h", "command_timeout")]
+#[case("redis://localhost?connect_timeout=25h", "connect_timeout")]
+#[case("redis://localhost?connect_timeout=0.5ms", "connect_timeout")]
+fn url_durations_out_of_range_name_the_option(#[case] url: &str, #[case] field: &str) {
+    let e = RedisConfig::from_url(url).unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config, "{e}");
+    assert!(e.to_string().contains(field), "{e}");
+    let e = RedisConfig::builder().url(url).build().unwrap_err();
+    assert!(e.to_string().contains(field), "{e}");
+}
+
+#[rstest]
+#[case(r#""command_timeout":18446744073709551615"#, "command_timeout")]
+#[case(r#""connect_timeout":"25h""#, "connect_timeout")]
+#[case(r#""reconnect_initial_delay":"2m""#, "reconnect initial_delay")]
+#[case(r#""reconnect_max_delay":"2h""#, "reconnect max_delay")]
+#[case(r#""reconnect_jitter":"61s""#, "reconnect jitter")]
+#[case(r#""reconnect_initial_delay":0"#, "reconnect initial_delay")]
+fn config_file_durations_out_of_range_name_the_field(
+    #[case] field_json: &str,
+    #[case] names: &str,
+) {
+    let json = format!(r#"{{"url":"redis://localhost",{field_json}}}"#);
+    let e = serde_json::from_str::<RedisConfig>(&json).unwrap_err();
+    assert!(e.to_string().contains(names), "{json}: {e}");
+}
+
+#[test]
+fn unresponsive_after_saturates_instead_of_overflowing() {
+    use fredkit_conn::liveness::unresponsive_after;
+    assert_eq!(unresponsive_after(Duration::MAX), Duration::MAX);
+    assert_eq!(
+        unresponsive_after(Duration::from_secs(2)),
+        Duration::from_secs(6)
+    );
+    assert_eq!(
+        unresponsive_after(Duration::from_millis(1)),
+        Duration::from_secs(3)
+    );
+}
