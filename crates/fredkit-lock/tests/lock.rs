@@ -1796,7 +1796,9 @@ async fn grants_across_a_master_switch(switch: Switch) {
     let new = group.master_addr().unwrap();
     assert_ne!(new, old);
     // Grants go on until the client has moved to the new master and made
-    // some there (the counter on the new master is the last token granted).
+    // grants there: the new master's counter (the last token it granted) is
+    // at or above every token recorded, including those the old master
+    // granted and lost.
     let deadline = std::time::Instant::now() + Duration::from_secs(40);
     let new_master_counter = |group: &fredkit_testkit::SentinelGroup| {
         group
@@ -1804,8 +1806,11 @@ async fn grants_across_a_master_switch(switch: Switch) {
             .and_then(|s| s.command(&["GET", &fence]).ok())
             .and_then(|r| r.as_str().and_then(|s| s.parse::<u64>().ok()))
     };
+    let highest_recorded = |grants: &Arc<std::sync::Mutex<Vec<Grant>>>| {
+        grants.lock().unwrap().iter().map(|g| g.token).max()
+    };
     loop {
-        let last = grants.lock().unwrap().last().map(|g| g.token);
+        let recorded = highest_recorded(&grants);
         let on_new = new_master_counter(&group);
         let after = grants
             .lock()
@@ -1813,12 +1818,12 @@ async fn grants_across_a_master_switch(switch: Switch) {
             .iter()
             .filter(|g| g.sent > switched_at)
             .count();
-        if after >= 20 && last.is_some() && last == on_new {
+        if after >= 20 && on_new.is_some() && on_new >= recorded {
             break;
         }
         assert!(
             std::time::Instant::now() < deadline,
-            "the client never granted on the new master ({after} grants after the switch, last {last:?}, new master's counter {on_new:?})"
+            "the client never granted on the new master ({after} grants after the switch, highest token {recorded:?}, new master's counter {on_new:?})"
         );
         tokio::time::sleep(Duration::from_millis(200)).await;
     }
@@ -1827,6 +1832,11 @@ async fn grants_across_a_master_switch(switch: Switch) {
     for t in tasks {
         tokio::time::timeout(DEADLINE, t).await.unwrap().unwrap();
     }
+    let (recorded, on_new) = (highest_recorded(&grants), new_master_counter(&group));
+    assert!(
+        on_new >= recorded,
+        "the last grants did not run on the new master: highest token {recorded:?}, new master's counter {on_new:?}"
+    );
     let mut grants = grants.lock().unwrap().clone();
     let unexpected = unexpected.lock().unwrap().clone();
     assert!(
