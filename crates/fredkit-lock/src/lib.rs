@@ -105,10 +105,11 @@
 //! nothing is written. Set it to the last token handed out, or delete it.
 //!
 //! Redis runs scripts one at a time and the grant validates every key before
-//! it writes any, so a failed try leaves nothing behind (no lock held by
-//! nobody, no counter moved). [Replica confirmation](LockOptionsBuilder::replicas)
-//! (`WAIT`) makes a lost grant unlikely in the first place; tokens do not
-//! depend on it.
+//! it writes any, so a try that fails on the server leaves nothing behind (no
+//! lock held by nobody, no counter moved); one whose answer was lost (a
+//! timeout) is undone in the background (see [`LockManager::acquire`]).
+//! [Replica confirmation](LockOptionsBuilder::replicas) (`WAIT`) makes a lost
+//! grant unlikely in the first place; tokens do not depend on it.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
