@@ -11,6 +11,7 @@ pub struct Metrics {
     pub(crate) lagged: AtomicU64,
     pub(crate) resubscribes: AtomicU64,
     pub(crate) silent_reconnects: AtomicU64,
+    pub(crate) resubscribe_failures: AtomicU64,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -33,6 +34,11 @@ pub struct MetricsSnapshot {
     /// TCP connection) and forced a reconnection. Always 0 on a
     /// [`Publisher`](crate::Publisher).
     pub silent_reconnects: u64,
+    /// (Re)subscribe attempts after a (re)connect — or for the first
+    /// connection of a subscriber made while Redis was down — that failed
+    /// or timed out and were retried with backoff. Always 0 on a
+    /// [`Publisher`](crate::Publisher).
+    pub resubscribe_failures: u64,
 }
 
 impl Metrics {
@@ -45,6 +51,7 @@ impl Metrics {
             lagged: self.lagged.load(Ordering::Relaxed),
             resubscribes: self.resubscribes.load(Ordering::Relaxed),
             silent_reconnects: self.silent_reconnects.load(Ordering::Relaxed),
+            resubscribe_failures: self.resubscribe_failures.load(Ordering::Relaxed),
         }
     }
 

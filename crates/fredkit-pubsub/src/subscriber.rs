@@ -85,6 +85,10 @@ struct Shared {
     ops: tokio::sync::Mutex<()>,
     metrics: Arc<Metrics>,
     gaps: watch::Sender<u64>,
+    /// `true` once the watcher has taken in the first connection (its
+    /// connection events are not gaps). Subscriptions wait for it, so any
+    /// connection event after a subscription is confirmed is a gap.
+    ready: watch::Sender<bool>,
     capacity: usize,
     command_timeout: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
@@ -168,10 +172,11 @@ impl<C: Codec + Clone> fmt::Debug for Subscriber<C> {
 impl Subscriber<MsgPack> {
     /// A subscriber with the MessagePack codec and default options.
     ///
-    /// Opens the subscriber connection and waits for it up to the connect
-    /// timeout; if Redis is not up yet it returns anyway and keeps connecting
-    /// in the background (a subscribe made before the connection is up fails
-    /// with a timeout after the command timeout; retry it).
+    /// Starts opening the subscriber connection and returns at once, without
+    /// waiting for Redis: start-up never needs Redis. The connection is made
+    /// (and remade) in the background. A [`subscribe`](Self::subscribe)
+    /// waits for the connection up to the command timeout; if Redis is still
+    /// down then, it fails with a timeout: retry it.
     ///
     /// # Errors
     /// A config error if the connection cannot be built.
@@ -191,11 +196,8 @@ impl<C: Codec + Clone> Subscriber<C> {
         // Listen before the first connection completes so no event is missed.
         let messages = conn.message_rx();
         let reconnects = conn.reconnect_rx();
-        let connected_at_start = conn
-            .wait_connected(redis.config().connect_timeout())
-            .await
-            .is_ok();
         let (gaps, _) = watch::channel(0u64);
+        let (ready, _) = watch::channel(false);
         let shared = Arc::new(Shared {
             conn,
             registry: Mutex::new(HashMap::new()),
@@ -203,21 +205,24 @@ impl<C: Codec + Clone> Subscriber<C> {
             ops: tokio::sync::Mutex::new(()),
             metrics: Arc::new(Metrics::default()),
             gaps,
+            ready,
             capacity: options.receiver_capacity,
             command_timeout: redis.config().command_timeout(),
             tasks: Mutex::new(Vec::new()),
         });
         let sharded = sharded(redis, options.mode);
         let dispatcher = tokio::spawn(dispatch(Arc::downgrade(&shared), messages));
-        let watcher = tokio::spawn(watch_reconnects(
-            Arc::downgrade(&shared),
-            reconnects,
-            connected_at_start,
-        ));
+        // Not waiting for the connection here: the watcher takes in the
+        // first one in the background (subscriptions wait for it), so
+        // start-up never blocks on Redis.
+        let watcher = tokio::spawn(watch_reconnects(Arc::downgrade(&shared), reconnects));
         let prober = tokio::spawn(probe_liveness(
             Arc::downgrade(&shared),
             sharded,
-            redis.config().connect_timeout() + Duration::from_secs(1),
+            redis
+                .config()
+                .connect_timeout()
+                .saturating_add(Duration::from_secs(1)),
         ));
         lock(&shared.tasks).extend([dispatcher, watcher, prober]);
         Ok(Subscriber {
@@ -352,7 +357,19 @@ impl<C: Codec + Clone> Subscriber<C> {
             return Ok(subscription);
         }
         let conn = &self.shared.conn;
+        let mut ready = self.shared.ready.subscribe();
         let confirmed = async {
+            // Within the same budget: the first connection may still be
+            // coming up (a Subscriber made while Redis is down or late), and
+            // the watcher must have taken it in first (see `ready`); on a
+            // cluster the barrier below also needs the topology it brings.
+            if ready.wait_for(|r| *r).await.is_err() {
+                return Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Canceled,
+                    "subscriber closed",
+                ));
+            }
+            until_connected(conn).await;
             match &key {
                 SubKey::Channel(c) => conn.subscribe(c.as_str()).await?,
                 SubKey::Pattern(p) => conn.psubscribe(p.as_str()).await?,
@@ -395,6 +412,19 @@ async fn unsubscribe(conn: &SubscriberClient, key: &SubKey) -> Result<()> {
         SubKey::Shard(c) => conn.sunsubscribe(c.as_str()).await?,
     }
     Ok(())
+}
+
+/// Returns once `conn` is connected (at once if it is). Polls as well as
+/// listening, so a connection completed between the check and the listen
+/// is not missed; the caller bounds the wait.
+async fn until_connected(conn: &SubscriberClient) {
+    while !conn.is_connected() {
+        let waited = tokio::time::timeout(Duration::from_millis(20), conn.wait_for_connect()).await;
+        if matches!(waited, Ok(Err(_))) {
+            // A failed connection attempt: no busy loop until the next one.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
 }
 
 /// fred resolves SUBSCRIBE, PSUBSCRIBE and the unsubscribe commands as soon
@@ -656,13 +686,36 @@ fn announce_gap(s: &Shared) {
 async fn watch_reconnects(
     shared: Weak<Shared>,
     mut reconnects: broadcast::Receiver<fred::types::config::Server>,
-    mut connected_once: bool,
 ) {
-    // Events from the first connection may already be queued: they are not gaps.
-    if connected_once {
-        while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = reconnects.try_recv() {}
-    }
     let backoff = Backoff::default();
+    // Wait here, in the background, for the first connection (the
+    // Subscriber may have been made while Redis was down or late); its
+    // events (one per node on a cluster, all sent before the client counts
+    // as connected) are not gaps.
+    loop {
+        // Upgraded per turn, so a Subscriber dropped while Redis is down is
+        // freed and this task ends.
+        let conn = {
+            let Some(s) = shared.upgrade() else { return };
+            if s.conn.is_connected() {
+                break;
+            }
+            s.conn.client().clone()
+        };
+        let waited = tokio::time::timeout(Duration::from_millis(20), conn.wait_for_connect()).await;
+        if matches!(waited, Ok(Err(_))) {
+            // A failed connection attempt: no busy loop until the next one.
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+    // Events from the first connection are queued by now: they are not
+    // gaps. No subscription is confirmed before `ready` (they wait for it),
+    // so none can have lost messages in them; every later event is a gap.
+    while let Ok(_) | Err(broadcast::error::TryRecvError::Lagged(_)) = reconnects.try_recv() {}
+    match shared.upgrade() {
+        Some(s) => s.ready.send_replace(true),
+        None => return,
+    };
     loop {
         match reconnects.recv().await {
             Ok(_) | Err(broadcast::error::RecvError::Lagged(_)) => {}
@@ -674,28 +727,29 @@ async fn watch_reconnects(
         let s = loop {
             let Some(s) = shared.upgrade() else { return };
             let ops = s.ops.lock().await;
-            match tokio::time::timeout(s.command_timeout * 2, resubscribe(&s)).await {
+            match tokio::time::timeout(s.command_timeout.saturating_mul(2), resubscribe(&s)).await {
                 Ok(Ok(())) => {
                     drop(ops);
                     break s;
                 }
                 Ok(Err(e)) => {
+                    Metrics::add(&s.metrics.resubscribe_failures, 1);
                     tracing::warn!(error = %e, "fredkit.pubsub: resubscribe failed; retrying")
                 }
-                Err(_) => tracing::warn!("fredkit.pubsub: resubscribe timed out; retrying"),
+                Err(_) => {
+                    Metrics::add(&s.metrics.resubscribe_failures, 1);
+                    tracing::warn!("fredkit.pubsub: resubscribe timed out; retrying")
+                }
             }
             drop(ops);
             drop(s);
             tokio::time::sleep(backoff.delay(attempt)).await;
             attempt = attempt.saturating_add(1);
         };
-        if connected_once {
-            tracing::info!(
-                "fredkit.pubsub: resubscribed after a reconnect; messages in the gap are lost"
-            );
-            announce_gap(&s);
-        }
-        connected_once = true;
+        tracing::info!(
+            "fredkit.pubsub: resubscribed after a reconnect; messages in the gap are lost"
+        );
+        announce_gap(&s);
     }
 }
 

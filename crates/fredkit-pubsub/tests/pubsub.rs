@@ -708,3 +708,65 @@ async fn the_liveness_probe_is_answered_on_a_healthy_subscriber(#[case] topology
         .unwrap();
     assert_eq!(next_message(&mut sub).await.payload.unwrap(), 7);
 }
+
+/// Start-up never needs Redis: a `Subscriber` made while Redis is down
+/// returns at once — before the server is even started, and well inside
+/// the (here 30 s) connect timeout it used to wait for — and once the
+/// server is up it subscribes and delivers every message published after
+/// the subscription, in order; the first connection is not announced as a
+/// gap.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_subscriber_made_while_redis_is_down_returns_at_once_and_delivers_after_restart() {
+    let mut server = RedisServer::start().unwrap();
+    let url = server.url();
+    server.kill().unwrap();
+    let config = fredkit_conn::RedisConfig::builder()
+        .url(url)
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let redis = Redis::connect(config).await.unwrap();
+    let started = std::time::Instant::now();
+    let subscriber = tokio::time::timeout(Duration::from_secs(60), Subscriber::new(&redis))
+        .await
+        .expect("Subscriber::new hung while Redis was down")
+        .unwrap();
+    let took = started.elapsed();
+    // Ordering: it returned while nothing listened on the port.
+    assert!(!server.is_running());
+    // Generous for a loaded box, far below the 30 s connect timeout.
+    assert!(
+        took < Duration::from_secs(10),
+        "Subscriber::new waited {took:?} for a Redis that is down"
+    );
+
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    let channel = format!("{}late", unique_prefix("pubsub_late"));
+    let deadline = tokio::time::Instant::now() + DEADLINE;
+    let mut sub = loop {
+        match subscriber.subscribe::<u64>(&channel).await {
+            Ok(s) => break s,
+            Err(e) if tokio::time::Instant::now() < deadline => {
+                tracing::debug!(error = %e, "subscribe while connecting; retrying");
+            }
+            Err(e) => panic!("no subscription after the server started: {e}"),
+        }
+    };
+    tokio::time::timeout(DEADLINE, redis.wait_connected())
+        .await
+        .expect("the shared connection did not come up")
+        .unwrap();
+    let publisher = Publisher::new(&redis);
+    for i in 0..200u64 {
+        publisher.publish(&channel, &i).await.unwrap();
+    }
+    for i in 0..200u64 {
+        assert_eq!(next_message(&mut sub).await.payload.unwrap(), i);
+    }
+    assert_eq!(
+        *subscriber.gaps().borrow(),
+        0,
+        "the first connection is not a gap"
+    );
+    assert_eq!(subscriber.metrics().resubscribes, 0);
+}
