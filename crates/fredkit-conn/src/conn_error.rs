@@ -1,0 +1,278 @@
+//! Why the connection is down: the last connection error of each connection
+//! of a [`Redis`] handle, turned into an error that says what to fix.
+//!
+//! fred keeps reconnecting after a failed attempt (fredkit's reconnect policy
+//! never gives up), so a command sent meanwhile waits in fred's queue and
+//! ends as a plain `Timeout`; the reason (`WRONGPASS`, `NOAUTH`, connection
+//! refused) only goes to fred's error stream. [`ConnErrors`] listens to that
+//! stream for every connection of the pool and keeps the last failure of
+//! each until the connection is up again; [`Redis::wait_connected`],
+//! [`Redis::diagnose`] and [`Redis::health`] report it.
+
+use crate::config::RedisConfig;
+use crate::redis::Redis;
+use fred::clients::Pool;
+use fred::error::{Error as FredError, ErrorKind as FredKind};
+use fred::interfaces::{ClientLike, EventInterface};
+use fredkit_core::{Error, ErrorKind};
+use std::time::Duration;
+use tokio::sync::{broadcast::error::RecvError, watch};
+use tokio::time::Instant;
+
+/// One failed connection attempt (or a connection that broke).
+#[derive(Clone, Debug)]
+struct Failure {
+    kind: FredKind,
+    details: String,
+    at: Instant,
+}
+
+impl Failure {
+    fn is_auth(&self) -> bool {
+        self.kind == FredKind::Auth
+            || self.details.starts_with("WRONGPASS")
+            || self.details.starts_with("NOAUTH")
+    }
+}
+
+/// The last failure of each connection of a pool, cleared when that
+/// connection is up again. Its listener tasks stop when it is dropped.
+pub(crate) struct ConnErrors {
+    slots: watch::Sender<Vec<Option<Failure>>>,
+    tasks: Vec<tokio::task::AbortHandle>,
+}
+
+impl Drop for ConnErrors {
+    fn drop(&mut self) {
+        self.tasks.iter().for_each(tokio::task::AbortHandle::abort);
+    }
+}
+
+impl ConnErrors {
+    /// Starts listening to every client of `pool`. Call it before
+    /// `pool.connect()` so the first attempt's failure is seen.
+    pub(crate) fn watch(pool: &Pool) -> ConnErrors {
+        let clients = pool.clients();
+        let (slots, _) = watch::channel(vec![None; clients.len()]);
+        let tasks = clients
+            .iter()
+            .enumerate()
+            .map(|(i, client)| {
+                let mut errors = client.error_rx();
+                let mut reconnects = client.reconnect_rx();
+                let slots = slots.clone();
+                tokio::spawn(async move {
+                    loop {
+                        tokio::select! {
+                            e = errors.recv() => match e {
+                                Ok((error, _server)) => {
+                                    let failure = Failure {
+                                        kind: error.kind().clone(),
+                                        details: error.details().to_string(),
+                                        at: Instant::now(),
+                                    };
+                                    slots.send_modify(|s| {
+                                        if let Some(slot) = s.get_mut(i) {
+                                            *slot = Some(failure);
+                                        }
+                                    });
+                                }
+                                Err(RecvError::Lagged(_)) => {}
+                                Err(RecvError::Closed) => return,
+                            },
+                            r = reconnects.recv() => match r {
+                                Ok(_) => {
+                                    slots.send_if_modified(|s| {
+                                        s.get_mut(i).and_then(Option::take).is_some()
+                                    });
+                                }
+                                Err(RecvError::Lagged(_)) => {}
+                                Err(RecvError::Closed) => return,
+                            },
+                        }
+                    }
+                })
+                .abort_handle()
+            })
+            .collect();
+        ConnErrors { slots, tasks }
+    }
+
+    /// The most recent failure of a connection that is not up again.
+    fn last(&self) -> Option<Failure> {
+        self.slots
+            .borrow()
+            .iter()
+            .flatten()
+            .max_by_key(|f| f.at)
+            .cloned()
+    }
+
+    /// The most recent credentials failure, if any connection has one.
+    fn auth_failure(&self) -> Option<Failure> {
+        self.slots
+            .borrow()
+            .iter()
+            .flatten()
+            .filter(|f| f.is_auth())
+            .max_by_key(|f| f.at)
+            .cloned()
+    }
+}
+
+/// The error that explains `failure`, naming the user and the redacted URL.
+fn explain(failure: &Failure, config: &RedisConfig) -> Error {
+    let user = config.username().unwrap_or("default");
+    let sentinel = if config.topology().kind() == "sentinel" {
+        " (on a sentinel topology, also check the sentinel credentials: sentinelUsername / sentinelPassword)"
+    } else {
+        ""
+    };
+    if failure.is_auth() {
+        let fix = if !config.has_password() {
+            "no password is configured but the server requires one: put it in the URL \
+             (redis://:PASSWORD@host or redis://USER:PASSWORD@host) or set it with \
+             RedisConfigBuilder::password"
+        } else {
+            "check the user name and password, and that the ACL user exists and is enabled \
+             (ACL LIST on the server)"
+        };
+        return Error::config(format!(
+            "the server rejected the credentials for user '{user}' at {config} ({}): {fix}{sentinel}",
+            failure.details
+        ));
+    }
+    if failure.details.to_ascii_lowercase().contains("refused") {
+        return Error::connection(format!(
+            "connection refused by {config} ({}): check that the server is running and listens on that host and port",
+            failure.details
+        ));
+    }
+    match failure.kind {
+        FredKind::Timeout => Error::timeout(format!(
+            "connecting to {config} timed out ({})",
+            failure.details
+        )),
+        _ => Error::connection(format!(
+            "cannot connect to {config}: {} ({})",
+            failure.details,
+            failure.kind.to_str()
+        )),
+    }
+}
+
+/// Waits until every connection of `pool` is up, at most `limit`.
+///
+/// Returns at once, with a config error, when the server rejects the
+/// credentials; at the deadline, with a timeout whose message carries the
+/// last connection error when there is one (connection refused, ...).
+pub(crate) async fn wait_connected(
+    pool: &Pool,
+    config: &RedisConfig,
+    errors: &ConnErrors,
+) -> fredkit_core::Result<()> {
+    if pool.is_connected() {
+        return Ok(());
+    }
+    let limit = config.connect_timeout();
+    let start = Instant::now();
+    let mut changes = errors.slots.subscribe();
+    loop {
+        if pool.is_connected() {
+            return Ok(());
+        }
+        if let Some(failure) = errors.auth_failure() {
+            return Err(explain(&failure, config));
+        }
+        let remaining = limit.saturating_sub(start.elapsed());
+        if remaining.is_zero() {
+            break;
+        }
+        // A failed attempt does not resolve wait_for_connect (fred keeps
+        // reconnecting); the error stream does. Poll again after a short
+        // while in any case, in case a change raced the subscription.
+        tokio::select! {
+            r = pool.wait_for_connect() => {
+                if r.is_err() {
+                    tokio::time::sleep(Duration::from_millis(20).min(remaining)).await;
+                }
+            }
+            _ = changes.changed() => {}
+            _ = tokio::time::sleep(remaining.min(Duration::from_millis(250))) => {}
+        }
+    }
+    let mut message =
+        format!("could not connect to {config} within the connect timeout of {limit:?}");
+    if let Some(failure) = errors.last() {
+        match explain(&failure, config) {
+            cause @ Error::Config(_) => return Err(cause),
+            cause => message = format!("{message}; last attempt: {cause}"),
+        }
+    }
+    Err(Error::timeout(message))
+}
+
+impl Redis {
+    /// Why the connection is down, if it is: the last error of a connection
+    /// of this handle that is not up again — the server rejected the
+    /// credentials ([`ErrorKind::Config`], naming the user and the URL with
+    /// the password redacted, saying what to check), refused the connection
+    /// or could not be reached ([`ErrorKind::Connection`]), or connecting
+    /// timed out ([`ErrorKind::Timeout`]). `None` while every connection is
+    /// up, or before the first attempt failed. No round trip.
+    pub fn last_connection_error(&self) -> Option<Error> {
+        self.conn_errors()
+            .last()
+            .map(|failure| explain(&failure, self.config()))
+    }
+
+    /// Converts the error of a command sent on this handle into a fredkit
+    /// [`Error`], saying why when it failed because the connection is down.
+    ///
+    /// A command sent while fred cannot connect waits in fred's queue and
+    /// fails with a plain timeout; this turns such a timeout into the reason:
+    /// a [`ErrorKind::Config`] error when the server rejected the credentials
+    /// (`WRONGPASS`, `NOAUTH`: retrying will not help); otherwise it stays a
+    /// timeout, and its message names the last connection error
+    /// ("connection refused by redis://...").
+    /// Any other error converts as `fredkit_core::Error::from` does. No
+    /// round trip.
+    ///
+    /// ```no_run
+    /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+    /// use fred::prelude::*;
+    /// let v: Option<String> = redis
+    ///     .client()
+    ///     .get("k")
+    ///     .await
+    ///     .map_err(|e| redis.diagnose(e))?;
+    /// # Ok(()) }
+    /// ```
+    pub fn diagnose(&self, e: FredError) -> Error {
+        let auth = *e.kind() == FredKind::Auth;
+        let details = e.details().to_string();
+        let base = Error::from(e);
+        if auth {
+            let failure = Failure {
+                kind: FredKind::Auth,
+                details,
+                at: Instant::now(),
+            };
+            return explain(&failure, self.config());
+        }
+        if base.kind() != ErrorKind::Timeout || self.pool().is_connected() {
+            return base;
+        }
+        let Some(failure) = self.conn_errors().last() else {
+            return base;
+        };
+        match (explain(&failure, self.config()), base) {
+            (cause @ Error::Config(_), _) => cause,
+            (cause, Error::Timeout { message, source }) => Error::Timeout {
+                message: format!("{message} while the connection was down; last attempt: {cause}"),
+                source,
+            },
+            (_, base) => base,
+        }
+    }
+}
