@@ -49,6 +49,7 @@ pub struct WorkerMetrics {
     pub(crate) acked: AtomicU64,
     pub(crate) ack_errors: AtomicU64,
     pub(crate) read_errors: AtomicU64,
+    pub(crate) group_create_failures: AtomicU64,
     pub(crate) abandoned: AtomicU64,
     pub(crate) skipped_replays: AtomicU64,
     pub(crate) dead_letter_errors: AtomicU64,
@@ -96,6 +97,11 @@ pub struct WorkerSnapshot {
     pub ack_errors: u64,
     /// `XREADGROUP` or claim calls that failed (retried with backoff).
     pub read_errors: u64,
+    /// Attempts to create the consumer group that failed because Redis was
+    /// unavailable (at start, or retried by the read loop with backoff
+    /// until it succeeds). The worker starts without Redis and creates the
+    /// group once Redis is reachable.
+    pub group_create_failures: u64,
     /// Handlers cancelled because the shutdown deadline passed (their
     /// entries stay pending and are redelivered).
     pub abandoned: u64,
@@ -139,6 +145,7 @@ impl WorkerMetrics {
             acked: r(&self.acked),
             ack_errors: r(&self.ack_errors),
             read_errors: r(&self.read_errors),
+            group_create_failures: r(&self.group_create_failures),
             abandoned: r(&self.abandoned),
             skipped_replays: r(&self.skipped_replays),
             dead_letter_errors: r(&self.dead_letter_errors),

@@ -195,11 +195,25 @@ where
     /// `Err` leaves it pending for a retry after `min_idle` (its `Display`
     /// text is kept as the last error in the dead letter).
     ///
+    /// Start-up never needs Redis: if Redis is unavailable (down, not up
+    /// yet, stalled), creating the group costs at most the command timeout,
+    /// is logged and counted
+    /// ([`group_create_failures`](crate::WorkerSnapshot::group_create_failures)),
+    /// and the worker starts anyway: its task creates the group as soon as
+    /// Redis answers (retrying with backoff), before its first read, so
+    /// with [`StartFrom::Beginning`](crate::StartFrom::Beginning) (the
+    /// default) nothing published meanwhile is missed. With
+    /// [`StartFrom::NewOnly`](crate::StartFrom::NewOnly) the group starts
+    /// at the stream's end *when it is created*: entries added between
+    /// Redis coming back and that moment (at most one backoff delay) are
+    /// not delivered to this group.
+    ///
     /// # Errors
     ///
-    /// Creating the group failed (connection error, or the key holds
-    /// something other than a stream), or the dedicated connection could not
-    /// be configured. Must be called inside a tokio runtime.
+    /// Creating the group failed for a reason other than Redis being
+    /// unavailable (the key holds something other than a stream, an empty
+    /// group name), or the dedicated connection could not be configured.
+    /// Must be called inside a tokio runtime.
     pub async fn start_with_codec<H, Fut, E>(
         redis: &Redis,
         keys: StreamKeys,
@@ -212,8 +226,26 @@ where
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
+        let metrics = Arc::new(WorkerMetrics::default());
+        // Start-up never needs Redis: when it is unreachable (down, late,
+        // stalled: at most the command timeout is spent here), the read
+        // loop creates the group once it is, retrying with backoff.
+        let mut group_pending = false;
         if config.create_group {
-            create_group(redis, &keys, &config.group, &config.start).await?;
+            match create_group(redis, &keys, &config.group, &config.start).await {
+                Ok(_) => {}
+                Err(e) if e.is_unavailable() => {
+                    add(&metrics.group_create_failures, 1);
+                    tracing::warn!(
+                        error = %e,
+                        stream = %keys.name(),
+                        group = %config.group,
+                        "fredkit-streams: Redis unavailable at worker start; the consumer group is created in the background once it is reachable"
+                    );
+                    group_pending = true;
+                }
+                Err(e) => return Err(e),
+            }
         }
         let generated = config.consumer.is_none();
         let consumer = config.consumer.clone().unwrap_or_else(|| {
@@ -225,7 +257,6 @@ where
             let fut = handler(m);
             async move { fut.await.map_err(|e| e.to_string()) }.boxed()
         });
-        let metrics = Arc::new(WorkerMetrics::default());
         let (ack_tx, ack_rx) = mpsc::unbounded_channel();
         let backoff = Backoff::builder()
             .initial(Duration::from_millis(20))
@@ -254,7 +285,8 @@ where
             group = %ctx.config.group,
             consumer = %consumer
         );
-        let main = tokio::spawn(run(ctx, dedicated, stop_rx, acker).instrument(span));
+        let main =
+            tokio::spawn(run(ctx, dedicated, stop_rx, acker, group_pending).instrument(span));
         Ok(Worker {
             consumer,
             metrics,
@@ -410,12 +442,34 @@ async fn run<T, C>(
     dedicated: Dedicated<Client>,
     mut stop_rx: watch::Receiver<bool>,
     acker: JoinHandle<()>,
+    mut group_pending: bool,
 ) -> ShutdownReport
 where
     T: DeserializeOwned + Send + 'static,
     C: Codec,
 {
     let cfg = &ctx.config;
+    // The group could not be created at start (Redis unavailable): create
+    // it before the first claim or read, retrying with backoff.
+    let mut attempt: u32 = 0;
+    while group_pending && !*stop_rx.borrow() {
+        match create_group(&ctx.redis, &ctx.keys, &cfg.group, &cfg.start).await {
+            Ok(_) => {
+                tracing::info!("consumer group created; Redis is reachable");
+                group_pending = false;
+            }
+            Err(e) => {
+                add(&ctx.metrics.group_create_failures, 1);
+                tracing::warn!(error = %e, "creating the consumer group failed; retrying with backoff");
+                let delay = ctx.backoff.delay(attempt);
+                attempt = attempt.saturating_add(1);
+                tokio::select! {
+                    _ = tokio::time::sleep(delay) => {}
+                    _ = stop_rx.changed() => {}
+                }
+            }
+        }
+    }
     let sem = Arc::new(Semaphore::new(cfg.concurrency));
     let mut tasks: JoinSet<()> = JoinSet::new();
     let mut cursor = String::from("0-0");

@@ -557,3 +557,81 @@ async fn fault_silent_sentinel_master_worker_follows_the_failover_and_loses_noth
     paused.resume().unwrap();
     worker.shutdown().await;
 }
+
+/// Start-up never needs Redis: `Worker::start` against a server that is
+/// down returns (it used to fail) — before the server is started, within
+/// a bound far below the (here 30 s) connect timeout — and counts the
+/// failed group creation; once the server is up the worker creates the
+/// group in the background and handles every entry published after, each
+/// exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_worker_started_while_redis_is_down_works_after_restart() {
+    let mut server = RedisServer::start().unwrap();
+    let url = server.url();
+    server.kill().unwrap();
+    let config = fredkit_conn::RedisConfig::builder()
+        .url(url)
+        .connect_timeout(Duration::from_secs(30))
+        .build()
+        .unwrap();
+    let redis = Redis::connect(config).await.unwrap();
+    let keys = keys("down_at_start");
+    let seen = Arc::new(Mutex::new(HashMap::<u64, u64>::new()));
+    let s = Arc::clone(&seen);
+    let started = std::time::Instant::now();
+    let worker = tokio::time::timeout(
+        Duration::from_secs(60),
+        Worker::start(
+            &redis,
+            keys.clone(),
+            fast("g").build().unwrap(),
+            move |m: Message<Job>| {
+                let s = Arc::clone(&s);
+                async move {
+                    *s.lock().unwrap().entry(m.payload.n).or_default() += 1;
+                    Ok::<(), String>(())
+                }
+            },
+        ),
+    )
+    .await
+    .expect("Worker::start hung while Redis was down")
+    .expect("Worker::start failed while Redis was down");
+    let took = started.elapsed();
+    // Ordering: it returned while nothing listened on the port.
+    assert!(!server.is_running());
+    // Generous for a loaded box, far below the 30 s connect timeout.
+    assert!(
+        took < Duration::from_secs(10),
+        "Worker::start took {took:?} while Redis was down"
+    );
+    assert!(worker.is_running());
+    assert!(worker.metrics().group_create_failures >= 1);
+
+    tokio::task::block_in_place(|| server.restart()).unwrap();
+    tokio::time::timeout(Duration::from_secs(30), redis.wait_connected())
+        .await
+        .expect("the shared connection did not come up")
+        .unwrap();
+    let producer = Producer::new(&redis, keys.clone());
+    const N: u64 = 100;
+    for n in 0..N {
+        producer.publish(&Job { n }).await.unwrap();
+    }
+    wait_until("every entry handled", || {
+        let seen = Arc::clone(&seen);
+        async move { seen.lock().unwrap().len() as u64 == N }
+    })
+    .await;
+    let report = worker.shutdown().await;
+    {
+        let seen = seen.lock().unwrap();
+        assert!(
+            (0..N).all(|n| seen.get(&n) == Some(&1)),
+            "lost or duplicated entries: {seen:?}"
+        );
+    }
+    assert_eq!(report.metrics.acked, N, "{report:?}");
+    let admin = StreamAdmin::new(&redis, keys);
+    assert_eq!(pending(&admin, "g").await, 0);
+}
