@@ -12,7 +12,7 @@
 use crate::config::RedisConfig;
 use crate::redis::Redis;
 use fred::clients::Pool;
-use fred::error::{Error as FredError, ErrorKind as FredKind};
+use fred::error::ErrorKind as FredKind;
 use fred::interfaces::{ClientLike, EventInterface};
 use fredkit_core::{Error, ErrorKind};
 use std::time::Duration;
@@ -120,6 +120,9 @@ impl ConnErrors {
     }
 }
 
+/// How a rejected-credentials message starts.
+const REJECTED: &str = "the server rejected the credentials";
+
 /// The error that explains `failure`, naming the user and the redacted URL.
 fn explain(failure: &Failure, config: &RedisConfig) -> Error {
     let user = config.username().unwrap_or("default");
@@ -138,14 +141,13 @@ fn explain(failure: &Failure, config: &RedisConfig) -> Error {
              (ACL LIST on the server)"
         };
         return Error::config(format!(
-            "the server rejected the credentials for user '{user}' at {config} ({}): {fix}{sentinel}",
+            "{REJECTED} for user '{user}' at {config} ({}): {fix}{sentinel}",
             failure.details
         ));
     }
     if failure.details.to_ascii_lowercase().contains("refused") {
         return Error::connection(format!(
-            "connection refused by {config} ({}): check that the server is running and listens on that host and port",
-            failure.details
+            "connection refused by {config}: check that the server is running and listens on that host and port"
         ));
     }
     match failure.kind {
@@ -226,8 +228,10 @@ impl Redis {
             .map(|failure| explain(&failure, self.config()))
     }
 
-    /// Converts the error of a command sent on this handle into a fredkit
-    /// [`Error`], saying why when it failed because the connection is down.
+    /// Converts the error of a command sent on this handle — a fred error,
+    /// or one already converted to a fredkit [`Error`] (by `?` or by a
+    /// fredkit primitive) — into a fredkit [`Error`] that says why when the
+    /// command failed because the connection is down.
     ///
     /// A command sent while fred cannot connect waits in fred's queue and
     /// fails with a plain timeout; this turns such a timeout into the reason:
@@ -235,8 +239,9 @@ impl Redis {
     /// (`WRONGPASS`, `NOAUTH`: retrying will not help); otherwise it stays a
     /// timeout, and its message names the last connection error
     /// ("connection refused by redis://...").
-    /// Any other error converts as `fredkit_core::Error::from` does. No
-    /// round trip.
+    /// A `WRONGPASS`/`NOAUTH` reply becomes the same credentials error. Any
+    /// other error is returned as `fredkit_core::Error::from` converts it.
+    /// No round trip.
     ///
     /// ```no_run
     /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
@@ -248,17 +253,24 @@ impl Redis {
     ///     .map_err(|e| redis.diagnose(e))?;
     /// # Ok(()) }
     /// ```
-    pub fn diagnose(&self, e: FredError) -> Error {
-        let auth = *e.kind() == FredKind::Auth;
-        let details = e.details().to_string();
-        let base = Error::from(e);
-        if auth {
-            let failure = Failure {
-                kind: FredKind::Auth,
-                details,
-                at: Instant::now(),
-            };
-            return explain(&failure, self.config());
+    pub fn diagnose(&self, e: impl Into<Error>) -> Error {
+        let base: Error = e.into();
+        if let Error::Config(message) = &base {
+            // fred's Auth errors convert to "Authentication Error (WRONGPASS ...)".
+            let auth = message.contains("WRONGPASS") || message.contains("NOAUTH");
+            if auth && !message.starts_with(REJECTED) {
+                let details = message
+                    .split_once('(')
+                    .map_or(message.as_str(), |(_, rest)| rest.trim_end_matches(')'))
+                    .to_string();
+                let failure = Failure {
+                    kind: FredKind::Auth,
+                    details,
+                    at: Instant::now(),
+                };
+                return explain(&failure, self.config());
+            }
+            return base;
         }
         if base.kind() != ErrorKind::Timeout || self.pool().is_connected() {
             return base;
@@ -269,7 +281,7 @@ impl Redis {
         match (explain(&failure, self.config()), base) {
             (cause @ Error::Config(_), _) => cause,
             (cause, Error::Timeout { message, source }) => Error::Timeout {
-                message: format!("{message} while the connection was down; last attempt: {cause}"),
+                message: format!("{message}; the connection is down, last attempt: {cause}"),
                 source,
             },
             (_, base) => base,
