@@ -286,10 +286,15 @@ impl Revocations {
     /// a background task that applies events; until the subscription is
     /// confirmed nothing is answered "not revoked" from the cache.
     ///
+    /// Start-up never needs Redis: if Redis is unavailable, the subscription
+    /// costs at most the command timeout here and is then made in the
+    /// background (with backoff); until it is, every check that the cache
+    /// cannot answer "revoked" reads Redis (or takes the fail mode).
+    ///
     /// # Errors
     ///
-    /// With the local cache: a connection or timeout error when the
-    /// subscription could not be made (retry; Redis may be starting).
+    /// With the local cache: a subscription refused for another reason than
+    /// Redis being unavailable.
     pub async fn new(redis: &Redis, options: RevocationOptions) -> Result<Revocations> {
         let leeway_ms = i64::try_from(options.expiry_leeway.as_millis()).unwrap_or(i64::MAX);
         let lifetime_ms = i64::try_from(options.max_token_lifetime.as_millis()).unwrap_or(i64::MAX);
@@ -339,11 +344,48 @@ impl Revocations {
         let channel = options.keys.key(["events"]);
         let cache = Arc::new(LocalCache::new(cache_options, Arc::clone(counters)));
         let subscriber = Subscriber::new(redis).await?;
-        let mut events = subscriber.subscribe::<Event>(&channel).await?;
-        cache.start();
+        // Start-up never needs Redis: if the subscription cannot be made now
+        // (Redis down or late: at most the command timeout is spent), the
+        // task below makes it, with backoff; until then the cache is not in
+        // sync and answers only "revoked" (every "not revoked" reads Redis).
+        let first = match subscriber.subscribe::<Event>(&channel).await {
+            Ok(events) => {
+                cache.start();
+                Some(events)
+            }
+            Err(e) if e.is_unavailable() => {
+                tracing::warn!(error = %e, "fredkit-revocation: Redis unavailable at start; the local cache subscribes in the background and reads Redis until then");
+                None
+            }
+            Err(e) => return Err(e),
+        };
         let weak = Arc::downgrade(&cache);
         let task_counters = Arc::clone(counters);
+        let task_subscriber = subscriber.clone();
         let task = tokio::spawn(async move {
+            let mut events = match first {
+                Some(events) => events,
+                None => {
+                    let backoff = fredkit_core::Backoff::default();
+                    let mut attempt = 0u32;
+                    loop {
+                        match task_subscriber.subscribe::<Event>(&channel).await {
+                            Ok(events) => {
+                                let Some(cache) = weak.upgrade() else { return };
+                                cache.start();
+                                tracing::info!("fredkit-revocation: event channel subscribed; the local cache is in sync");
+                                break events;
+                            }
+                            Err(e) => {
+                                tracing::warn!(error = %e, "fredkit-revocation: subscribing to the event channel failed; retrying");
+                            }
+                        }
+                        tokio::time::sleep(backoff.delay(attempt)).await;
+                        attempt = attempt.saturating_add(1);
+                    }
+                }
+            };
+            drop(task_subscriber);
             while let Some(delivery) = events.next().await {
                 let Some(cache) = weak.upgrade() else { return };
                 match delivery {

@@ -1110,6 +1110,72 @@ mod local_cache {
         b.revoke("later", at_secs(t + 600)).await.unwrap();
         assert!(b.check(&other).await.unwrap());
     }
+
+    /// Start-up never needs Redis: a store with the local cache made while
+    /// Redis is down returns (it used to fail) — before the server starts,
+    /// far inside the 30 s connect timeout — and answers nothing "not
+    /// revoked" from its cache; once the server is up it subscribes in the
+    /// background and then knows a revocation from its event alone.
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn fault_store_made_while_redis_is_down_starts_and_syncs_after_restart() {
+        let mut server = RedisServer::start().unwrap();
+        let url = server.url();
+        server.kill().unwrap();
+        let config = fredkit_conn::RedisConfig::builder()
+            .url(url.clone())
+            .connect_timeout(Duration::from_secs(30))
+            .build()
+            .unwrap();
+        let redis_b = Redis::connect(config).await.unwrap();
+        let p = prefix("down_at_start");
+        let opts = || {
+            RevocationOptions::builder(FailMode::Open)
+                .prefix(p.clone())
+                .max_token_lifetime(Duration::from_secs(3600))
+                .local_cache(LocalCacheOptions::default().ttl(Duration::from_secs(600)))
+        };
+        let started = Instant::now();
+        let b = tokio::time::timeout(
+            Duration::from_secs(60),
+            Revocations::new(&redis_b, opts().build().unwrap()),
+        )
+        .await
+        .expect("Revocations::new hung while Redis was down")
+        .expect("Revocations::new failed while Redis was down");
+        let took = started.elapsed();
+        assert!(!server.is_running());
+        assert!(
+            took < Duration::from_secs(10),
+            "Revocations::new took {took:?} while Redis was down"
+        );
+        let t = now_secs();
+        let early = token("early", "pia", None, t, t + 600);
+        assert!(!b.check(&early).await.unwrap(), "fail open while down");
+        assert_eq!(b.metrics().fail_open, 1);
+
+        tokio::task::block_in_place(|| server.restart()).unwrap();
+        let redis_a = connect(&url).await;
+        let a = store(&redis_a, opts()).await;
+        // Revoke (always the same token, so every event is about it) until
+        // B has its subscription: an event counted is an event applied.
+        let reads = b.metrics().redis_reads;
+        let deadline = Instant::now() + DEADLINE;
+        while b.metrics().events_received == 0 {
+            assert!(
+                Instant::now() < deadline,
+                "B never subscribed: {:?}",
+                b.metrics()
+            );
+            a.revoke("k9", at_secs(t + 600)).await.unwrap();
+            tokio::time::sleep(Duration::from_millis(50)).await;
+        }
+        // A revocation B never read is known from its event alone.
+        assert!(b
+            .check(&token("k9", "quin", None, t, t + 600))
+            .await
+            .unwrap());
+        assert_eq!(b.metrics().redis_reads, reads, "B read Redis for k9");
+    }
 }
 
 // ---------------------------------------------------------------- tower
