@@ -36,7 +36,7 @@ type Extractor = dyn Fn(&http::request::Parts) -> Option<TokenClaims> + Send + S
 /// | `Some(claims)` | revoked | 401, `WWW-Authenticate: Bearer error="invalid_token"` |
 /// | `Some(claims)` | Redis unavailable, [`FailMode::Closed`](fredkit_core::FailMode::Closed) | 503 (the token is not known to be revoked: clients should retry, not discard it) — when the layer was built with [`new`](Self::new) from a [`Revocations`](crate::Revocations); with [`from_arc`](Self::from_arc) (any [`RevocationStore`], which answers only a `bool`) 401 |
 /// | `Some(claims)` | Redis unavailable, [`FailMode::Open`](fredkit_core::FailMode::Open) | the inner service's response |
-/// | `Some(claims)` | an `InvalidInput` error (token outlives `max_token_lifetime`) | 401 |
+/// | `Some(claims)` | an `InvalidInput` error (token outlives `max_token_lifetime`, or its `jti` or `sub` is empty, or its `org` is `Some("")`) | 401 |
 /// | `Some(claims)` | any other error the fail mode does not cover | 503 |
 ///
 /// Cost per request: one [`check`](RevocationStore::check) — one round trip,
