@@ -296,8 +296,7 @@ impl Redlock {
                 .filter(|r| matches!(r, Ok(Ok(Some(_)))))
                 .count();
             let answered = replies.iter().filter(|r| matches!(r, Ok(Ok(_)))).count();
-            let validity = o.ttl.saturating_sub(elapsed).saturating_sub(o.drift());
-            if granted >= quorum && !validity.is_zero() {
+            if let Some(validity) = granted_validity(granted, quorum, o.ttl, elapsed, o.drift()) {
                 return Ok(Some(RedlockGuard {
                     redlock: self.clone(),
                     resource: resource.to_string(),
@@ -341,6 +340,22 @@ impl Redlock {
         .await;
         replies.iter().filter(|r| matches!(r, Ok(Ok(1)))).count()
     }
+}
+
+/// The decision at the end of a round: the lock's validity when `granted`
+/// nodes (at least `quorum`) said yes and `ttl - elapsed - drift` is still
+/// positive; `None` (refused: the caller releases on every node) otherwise.
+/// A round whose acquisition ate the TTL less the drift allowance is
+/// refused even though the keys may still live on the nodes.
+fn granted_validity(
+    granted: usize,
+    quorum: usize,
+    ttl: Duration,
+    elapsed: Duration,
+    drift: Duration,
+) -> Option<Duration> {
+    let validity = ttl.saturating_sub(elapsed).saturating_sub(drift);
+    (granted >= quorum && !validity.is_zero()).then_some(validity)
 }
 
 /// A held Redlock. Dropping it releases on every node in the background
@@ -427,6 +442,26 @@ mod tests {
             .build()
             .unwrap();
         assert_eq!(short.drift(), Duration::from_millis(7));
+    }
+
+    #[test]
+    fn a_round_is_granted_only_with_a_quorum_and_validity_left_after_elapsed_and_drift() {
+        let ttl = Duration::from_secs(10);
+        let drift = Duration::from_millis(102);
+        let ms = Duration::from_millis;
+        // validity = ttl - elapsed - drift, exactly.
+        assert_eq!(
+            granted_validity(3, 3, ttl, ms(50), drift),
+            Some(ttl - ms(50) - drift)
+        );
+        assert_eq!(granted_validity(5, 3, ttl, ms(9_897), drift), Some(ms(1)));
+        // Acquisition took the TTL less the drift allowance, or more: refused,
+        // although the keys still live for up to `drift` on the nodes.
+        assert_eq!(granted_validity(5, 3, ttl, ms(9_898), drift), None);
+        assert_eq!(granted_validity(5, 3, ttl, ms(9_950), drift), None);
+        assert_eq!(granted_validity(5, 3, ttl, ttl * 2, drift), None);
+        // No quorum: refused however fast.
+        assert_eq!(granted_validity(2, 3, ttl, Duration::ZERO, drift), None);
     }
 
     #[test]

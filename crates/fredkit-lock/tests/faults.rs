@@ -1,0 +1,340 @@
+//! fredkit-lock claims proven against real faults (issue #15): Redlock's
+//! concurrency and validity check on 5 independent servers with paused
+//! nodes and a stalled client, a holder PROCESS SIGKILLed (no drop runs),
+//! replica confirmation on a cluster with replicas, fencing across a cluster
+//! master's data loss, and replies lost in flight (fred resends the script).
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
+
+use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fred::prelude::*;
+use fredkit_conn::{Redis, RedisConfig};
+use fredkit_core::ErrorKind;
+use fredkit_lock::{FencedStore, FencedWrite, LockManager, LockOptions, Redlock, RedlockOptions};
+use fredkit_testkit::{
+    key_slot, shared_url, unique_prefix, ClusterOptions, IndependentServers, RedisCluster,
+    RedisServer, ServerOptions, Topology,
+};
+use rstest::rstest;
+use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
+use tokio::time::Instant;
+
+/// Bounds every wait so a broken build fails instead of hanging.
+const DEADLINE: Duration = Duration::from_secs(30);
+
+/// Connects with a command timeout of `timeout` (appended to the URL).
+async fn connect_with(url: &str, timeout: &str) -> Redis {
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let redis = Redis::connect(
+        RedisConfig::from_url(&format!("{url}{sep}command_timeout={timeout}")).unwrap(),
+    )
+    .await
+    .unwrap();
+    redis.wait_connected().await.unwrap();
+    redis
+}
+
+async fn connect(url: &str) -> Redis {
+    fredkit_testkit::connect(url).await.unwrap()
+}
+
+/// A prefix KeySpace accepts (testkit's ends with ':').
+fn prefix(test: &str) -> String {
+    unique_prefix(test).trim_end_matches(':').to_string()
+}
+
+fn opts(ttl_ms: u64, wait_ms: u64) -> LockOptions {
+    LockOptions::builder()
+        .ttl(Duration::from_millis(ttl_ms))
+        .wait(Duration::from_millis(wait_ms))
+        .build()
+        .unwrap()
+}
+
+async fn start_independent(n: usize) -> IndependentServers {
+    tokio::task::spawn_blocking(move || IndependentServers::start(n).unwrap())
+        .await
+        .unwrap()
+}
+
+/// How many scripts (`EVAL` + `EVALSHA`) `server` has run.
+fn script_calls(server: &RedisServer) -> u64 {
+    let info = server.command(&["INFO", "commandstats"]).unwrap();
+    let text = String::from_utf8_lossy(info.as_bytes().unwrap()).to_string();
+    text.lines()
+        .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
+        .filter_map(|l| {
+            l.split(|c| c == ':' || c == ',')
+                .find_map(|f| f.strip_prefix("calls="))
+                .and_then(|n| n.parse::<u64>().ok())
+        })
+        .sum()
+}
+
+fn exists(server: &RedisServer, key: &str) -> bool {
+    server.command(&["EXISTS", key]).unwrap().as_int().unwrap() == 1
+}
+
+// ---------------------------------------------------------------- Redlock
+
+/// Redlock asks every node at once: with 2 of 5 nodes frozen (SIGSTOP) a
+/// round costs one node timeout, not the sum of the frozen nodes' timeouts
+/// (a sequential round takes >= 2 x node_timeout here). The validity is
+/// exactly `ttl - elapsed - drift` with the round's elapsed time, which is
+/// at least the node timeout (the frozen nodes never answered) and at most
+/// what the caller measured around `acquire`. The frozen nodes' `SET`s land
+/// when they resume and the release queued behind them deletes them: the
+/// lock is then free on all 5.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redlock_paused_nodes_cost_one_node_timeout_not_their_sum() {
+    let servers = start_independent(5).await;
+    let mut nodes = Vec::new();
+    let mut others = Vec::new();
+    for url in servers.urls() {
+        // fred's own command timeout must not end a frozen node's SET first.
+        nodes.push(connect_with(&url, "30s").await);
+        others.push(connect_with(&url, "30s").await);
+    }
+    let node_timeout = Duration::from_secs(3);
+    let o = RedlockOptions::builder()
+        .ttl(Duration::from_secs(30))
+        .node_timeout(node_timeout)
+        .retries(0)
+        .build()
+        .unwrap();
+    let p = prefix("redlock_concurrent");
+    let redlock = Redlock::new(nodes, &p, o.clone()).unwrap();
+    let rival = Redlock::new(
+        others,
+        &p,
+        RedlockOptions::builder()
+            .retries(0)
+            .node_timeout(Duration::from_millis(500))
+            .build()
+            .unwrap(),
+    )
+    .unwrap();
+    // Warm up every connection (and the release script) while all answer.
+    redlock
+        .acquire("warm")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+
+    servers.servers()[0].pause().unwrap();
+    servers.servers()[1].pause().unwrap();
+    let started = Instant::now();
+    let r = redlock.acquire("job").await;
+    let elapsed = started.elapsed();
+    let held_elsewhere = rival.acquire("job").await;
+    servers.servers()[0].resume().unwrap();
+    servers.servers()[1].resume().unwrap();
+    let g = r.unwrap().expect("3 of 5 answering is a quorum");
+    // Concurrent: ~1 x node_timeout. Sequential: >= 2 x node_timeout (6 s).
+    assert!(
+        elapsed < node_timeout * 3 / 2 + Duration::from_millis(500),
+        "a round with 2 frozen nodes took {elapsed:?}: the nodes were not asked concurrently (node timeout {node_timeout:?})"
+    );
+    // validity = ttl - round elapsed - drift, round elapsed in [node_timeout, elapsed].
+    let ceiling = o.ttl() - node_timeout - o.drift();
+    let floor = o.ttl() - elapsed - o.drift();
+    assert!(
+        g.validity() <= ceiling && g.validity() >= floor,
+        "validity {:?} must be ttl - elapsed - drift, within [{floor:?}, {ceiling:?}]",
+        g.validity()
+    );
+    assert!(g.remaining() <= g.validity());
+    assert!(
+        matches!(held_elsewhere, Ok(None)),
+        "the 3 answering nodes hold it: {held_elsewhere:?}"
+    );
+    assert_eq!(g.release().await.unwrap(), 5, "all 5 answer again");
+    // The resumed nodes ran the late SET and the release behind it.
+    let key = format!("{p}:{{job}}:lock");
+    for s in servers.servers() {
+        assert!(!exists(s, &key), "{} still holds the lock", s.addr());
+    }
+    rival
+        .acquire("job")
+        .await
+        .unwrap()
+        .expect("free on all 5")
+        .release()
+        .await
+        .unwrap();
+}
+
+/// A round whose acquisition took the TTL less the drift allowance is
+/// refused, although every node said yes and their keys still live, and the
+/// keys are released on every node. The client is stalled (a GC pause, a
+/// descheduled VM) between sending the `SET`s and reading the replies:
+/// `ttl - drift <= elapsed < ttl`, so only the drift allowance refuses it.
+/// (The builder keeps `node_timeout <= ttl / 10`, so slow nodes alone can
+/// never make a concurrent round exceed its validity; a stalled client can.)
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redlock_round_stalled_past_its_validity_is_refused_and_released_on_all_nodes() {
+    let servers = start_independent(5).await;
+    let mut nodes = Vec::new();
+    for url in servers.urls() {
+        nodes.push(connect_with(&url, "30s").await);
+    }
+    let ttl = Duration::from_secs(10);
+    let o = RedlockOptions::builder()
+        .ttl(ttl)
+        .node_timeout(Duration::from_millis(200))
+        .retries(0)
+        .build()
+        .unwrap();
+    assert_eq!(o.drift(), Duration::from_millis(102));
+    let p = prefix("redlock_validity");
+    let redlock = Redlock::new(nodes, &p, o.clone()).unwrap();
+    redlock
+        .acquire("warm")
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    let before: Vec<u64> = servers.servers().iter().map(script_calls).collect();
+
+    let mut fut = Box::pin(redlock.acquire("job"));
+    // The first poll starts the round and sends the SETs (fred's tasks run
+    // on the runtime's workers, the replies arrive meanwhile)...
+    assert!(futures::poll!(&mut fut).is_pending());
+    // ...and the caller stalls for half the drift allowance short of the TTL.
+    std::thread::sleep(ttl - o.drift() / 2);
+    let r = tokio::time::timeout(DEADLINE, fut).await.unwrap();
+    assert!(
+        matches!(r, Ok(None)),
+        "a round slower than ttl - drift must be refused, got {r:?}"
+    );
+    let key = format!("{p}:{{job}}:lock");
+    for (s, before) in servers.servers().iter().zip(before) {
+        assert!(
+            script_calls(s) > before,
+            "the refused round was not released on {}",
+            s.addr()
+        );
+        assert!(!exists(s, &key), "{} still holds the lock", s.addr());
+    }
+}
+
+// ------------------------------------------------------- SIGKILLed holder
+
+const CHILD_URL: &str = "FREDKIT_LOCK_TEST_CHILD_URL";
+const CHILD_PREFIX: &str = "FREDKIT_LOCK_TEST_CHILD_PREFIX";
+const CHILD_TTL_MS: &str = "FREDKIT_LOCK_TEST_CHILD_TTL_MS";
+
+/// Not a test: the holder process of
+/// `fault_holder_process_sigkilled_frees_the_lock_at_its_ttl_not_before`,
+/// which runs this test binary again with `--exact --ignored`. It takes the
+/// lock, prints `GRANTED <fencing token>` and holds it until it is killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+#[ignore = "the child process of a fault test; does nothing on its own"]
+async fn child_process_holding_a_lock_until_killed() {
+    let (Ok(url), Ok(p), Ok(ttl)) = (
+        std::env::var(CHILD_URL),
+        std::env::var(CHILD_PREFIX),
+        std::env::var(CHILD_TTL_MS),
+    ) else {
+        return;
+    };
+    let m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let g = m
+        .acquire("job", &opts(ttl.parse().unwrap(), 0))
+        .await
+        .unwrap()
+        .expect("the lock is free when the child starts");
+    println!("GRANTED {}", g.fencing_token());
+    std::io::Write::flush(&mut std::io::stdout()).unwrap();
+    // Only SIGKILL ends this: no drop, no release.
+    std::future::pending::<()>().await;
+    drop(g);
+}
+
+/// A holder whose process is SIGKILLed runs no destructor and sends no
+/// release: its lock stays until its TTL runs out (a try right after the
+/// kill is refused), and then another acquirer gets it, with a greater
+/// fencing token, without waiting much past the TTL.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_holder_process_sigkilled_frees_the_lock_at_its_ttl_not_before(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let p = prefix("lock_sigkill");
+    let ttl = Duration::from_secs(4);
+    let other = LockManager::new(&connect(&url).await, &p).unwrap();
+    let spawned = Instant::now();
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_holding_a_lock_until_killed",
+            "--ignored",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, &url)
+        .env(CHILD_PREFIX, &p)
+        .env(CHILD_TTL_MS, ttl.as_millis().to_string())
+        .stdout(std::process::Stdio::piped())
+        .stderr(std::process::Stdio::inherit())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let child_token: u64 = tokio::time::timeout(DEADLINE, async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            // libtest prints `test <name> ... ` without a newline before it.
+            if let Some((_, t)) = line.split_once("GRANTED ") {
+                return t.trim().parse().unwrap();
+            }
+        }
+        panic!("the child exited without a grant");
+    })
+    .await
+    .expect("the child never reported its grant");
+    let reported = Instant::now();
+    child.start_kill().unwrap(); // SIGKILL
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "the child was killed: {status:?}");
+
+    assert!(
+        other
+            .acquire("job", &opts(5_000, 0))
+            .await
+            .unwrap()
+            .is_none(),
+        "the killed holder's lock must last until its TTL"
+    );
+    let next = other
+        .acquire(
+            "job",
+            &opts(5_000, (ttl + Duration::from_secs(5)).as_millis() as u64),
+        )
+        .await
+        .unwrap()
+        .expect("the lock frees once the killed holder's TTL runs out");
+    let got = Instant::now();
+    // The grant happened after the spawn, so it expired at least a TTL later.
+    assert!(
+        got.duration_since(spawned) >= ttl,
+        "granted {:?} after the child started, before its {ttl:?} TTL ran out",
+        got.duration_since(spawned)
+    );
+    assert!(
+        got.duration_since(reported) < ttl + Duration::from_secs(3),
+        "the waiter took {:?} after the grant was reported (TTL {ttl:?})",
+        got.duration_since(reported)
+    );
+    assert!(next.fencing_token() > child_token);
+    assert!(next.release().await.unwrap());
+}
