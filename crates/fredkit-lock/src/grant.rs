@@ -114,6 +114,16 @@ impl Shared {
                 "no dedicated connection for replica confirmation",
             ));
         };
+        // A connection still coming up has, on a cluster, no routing state:
+        // fred fails its commands ("Missing cluster routing state") instead
+        // of queueing them, so the first try of a manager always failed.
+        let connect_timeout = self.redis.config().connect_timeout();
+        if let Err(e) = client.wait_connected(connect_timeout).await {
+            *conn = None;
+            return Err(Error::timeout(format!(
+                "replica confirmation: the manager's own connection did not come up within {connect_timeout:?} ({e}); nothing was tried (check that Redis is reachable, or raise connect_timeout)"
+            )));
+        }
         let attempt = match attempt(client.client(), keys, token, opts.ttl_ms(), mode).await {
             Ok(a) => a,
             Err(e) => {

@@ -338,3 +338,171 @@ async fn fault_holder_process_sigkilled_frees_the_lock_at_its_ttl_not_before(
     assert!(next.fencing_token() > child_token);
     assert!(next.release().await.unwrap());
 }
+
+// ------------------------------------------------------------- clusters
+
+/// A resource whose lock lives on master `index` of `cluster`.
+fn resource_on(cluster: &RedisCluster, index: usize, tag: &str) -> String {
+    (0..10_000)
+        .map(|i| format!("{tag}{i}"))
+        .find(|r| {
+            cluster
+                .master_index_for_slot(key_slot(r.as_bytes()))
+                .unwrap()
+                == index
+        })
+        .unwrap()
+}
+
+async fn start_cluster(opts: ClusterOptions) -> RedisCluster {
+    tokio::task::spawn_blocking(move || RedisCluster::start(opts).unwrap())
+        .await
+        .unwrap()
+}
+
+/// Replica confirmation on a cluster with a replica per master: `WAIT` must
+/// go to the master that ran the grant (the lock key's slot), on the same
+/// connection. With one master's replica frozen (SIGSTOP), a lock on that
+/// master is refused with a Timeout and undone, while locks on the other
+/// masters are confirmed. `WAIT` sent to any other master would count that
+/// master's healthy replica (this connection wrote nothing there) and pass.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_replica_confirmation_waits_on_the_lock_keys_master() {
+    let cluster = start_cluster(
+        ClusterOptions::default()
+            .replicas_per_master(1)
+            // A frozen replica must not be failed over or reconfigured.
+            .node_timeout(Duration::from_secs(15)),
+    )
+    .await;
+    let redis = connect(&cluster.url()).await;
+    let m = LockManager::new(&redis, &prefix("lock_cluster_wait")).unwrap();
+    let confirmed = |t: Duration| {
+        LockOptions::builder()
+            .ttl(Duration::from_secs(10))
+            .replicas(1, t)
+            .build()
+            .unwrap()
+    };
+    let resources: Vec<String> = (0..3).map(|i| resource_on(&cluster, i, "w")).collect();
+    for r in &resources {
+        m.acquire(r, &confirmed(Duration::from_secs(5)))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{r}: all replicas up, confirmed"))
+            .release()
+            .await
+            .unwrap();
+    }
+    for (i, r) in resources.iter().enumerate() {
+        let replica = &cluster.replicas_of(i)[0];
+        replica.pause().unwrap();
+        let refused = m.acquire(r, &confirmed(Duration::from_millis(300))).await;
+        let mut others = Vec::new();
+        for (j, other) in resources.iter().enumerate() {
+            if j != i {
+                others.push((
+                    other,
+                    m.acquire(other, &confirmed(Duration::from_secs(5))).await,
+                ));
+            }
+        }
+        replica.resume().unwrap();
+        let err = refused.expect_err("master's replica frozen: must not be confirmed");
+        assert_eq!(err.kind(), ErrorKind::Timeout, "{r}: {err}");
+        assert!(
+            err.to_string().contains("only 0 of 1 replicas"),
+            "{r}: {err}"
+        );
+        // The refused grant was undone: free at once.
+        m.acquire(r, &opts(1_000, 0))
+            .await
+            .unwrap()
+            .unwrap_or_else(|| panic!("{r}: the refused grant was not undone"))
+            .release()
+            .await
+            .unwrap();
+        for (other, got) in others {
+            let g = got
+                .unwrap()
+                .unwrap_or_else(|| panic!("{other}: its master's replica is up, confirmed"));
+            assert!(g.release().await.unwrap());
+        }
+    }
+}
+
+/// A cluster master restarted without persistence lost its keys, fencing
+/// counters included; the next tokens for its resources are still greater
+/// than every earlier one, so the storage (elsewhere) accepts the new holder
+/// and would refuse the old one.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_fencing_tokens_keep_increasing_after_a_master_lost_its_data() {
+    let mut cluster = start_cluster(ClusterOptions::default()).await;
+    let url = cluster.url();
+    let p = prefix("lock_cluster_fence_loss");
+    let store = FencedStore::new(
+        &connect(&shared_url(Topology::Standalone).unwrap()).await,
+        &p,
+    )
+    .unwrap();
+    let r = resource_on(&cluster, 0, "doc");
+    let fence = format!("{p}:{{{r}}}:fence");
+    let mut tokens = Vec::new();
+    {
+        let m = LockManager::new(&connect(&url).await, &p).unwrap();
+        for _ in 0..3 {
+            let g = m.acquire(&r, &opts(5_000, 0)).await.unwrap().unwrap();
+            tokens.push(g.fencing_token());
+            assert_eq!(
+                store.write(&r, "v", g.fencing_token(), None).await.unwrap(),
+                FencedWrite::Written
+            );
+            assert!(g.release().await.unwrap());
+        }
+    }
+    assert!(exists(&cluster.masters()[0], &fence));
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.masters_mut()[0].restart().unwrap();
+        cluster.wait_healthy(DEADLINE).unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    assert!(
+        !exists(&cluster.masters()[0], &fence),
+        "the restart must have lost the fencing counter"
+    );
+    let m = LockManager::new(&connect(&url).await, &p).unwrap();
+    let deadline = Instant::now() + DEADLINE;
+    let mut after = 0;
+    while after < 2 {
+        match m.acquire(&r, &opts(5_000, 0)).await {
+            Ok(Some(g)) => {
+                tokens.push(g.fencing_token());
+                assert_eq!(
+                    store
+                        .write(&r, "new", g.fencing_token(), None)
+                        .await
+                        .unwrap(),
+                    FencedWrite::Written,
+                    "a holder after the data loss is not fenced off: {tokens:?}"
+                );
+                assert!(g.release().await.unwrap());
+                after += 1;
+            }
+            other => {
+                assert!(Instant::now() < deadline, "never recovered: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase across the data loss: {tokens:?}"
+    );
+    // The old holder's token is refused by the storage.
+    assert!(matches!(
+        store.write(&r, "stale", tokens[2], None).await.unwrap(),
+        FencedWrite::Rejected { .. }
+    ));
+}
