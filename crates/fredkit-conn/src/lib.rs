@@ -34,16 +34,25 @@
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 
+/// The README's example, compiled as a doctest so that it cannot rot.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;
+
 mod config;
+mod confirmed;
+mod conn_error;
 mod duration;
 mod fred_config;
 mod health;
 pub mod liveness;
 mod redis;
 mod secret;
+mod sentinel_follow;
 mod url;
 mod watchdog;
 
+pub use confirmed::Confirmed;
 pub use config::{Node, ReconnectConfig, RedisConfig, RedisConfigBuilder, Topology};
 pub use fred;
 pub use health::Health;

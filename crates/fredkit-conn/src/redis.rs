@@ -3,6 +3,7 @@
 use crate::config::RedisConfig;
 use crate::fred_config::{builder, Purpose};
 use crate::health::Health;
+use crate::sentinel_follow::SwitchWatch;
 use fred::clients::{Client, Pool, SubscriberClient};
 use fred::interfaces::ClientLike;
 use fred::types::ConnectHandle;
@@ -53,6 +54,11 @@ struct Inner {
     tasks: Mutex<Vec<ConnectHandle>>,
     /// The dead-connection probe of the pool (see `watchdog`).
     watchdog: tokio::task::AbortHandle,
+    /// The last connection error of each connection (see `conn_error`).
+    conn_errors: crate::conn_error::ConnErrors,
+    /// On a Sentinel topology: the `+switch-master` listener that moves every
+    /// connection of this handle to a newly announced primary.
+    switches: Option<Mutex<SwitchWatch>>,
 }
 
 impl Drop for Inner {
@@ -61,6 +67,7 @@ impl Drop for Inner {
     /// `Redis` would keep (re)connecting for ever.
     fn drop(&mut self) {
         self.watchdog.abort();
+        self.stop_following();
         let tasks: Vec<ConnectHandle> = match self.tasks.lock() {
             Ok(mut t) => t.drain(..).collect(),
             Err(poisoned) => poisoned.into_inner().drain(..).collect(),
@@ -80,6 +87,39 @@ impl Drop for Inner {
             }
             Err(_) => tasks.iter().for_each(|t| t.abort()),
         }
+    }
+}
+
+impl Inner {
+    fn stop_following(&self) {
+        if let Some(switches) = &self.switches {
+            match switches.lock() {
+                Ok(mut s) => s.stop(),
+                Err(poisoned) => poisoned.into_inner().stop(),
+            }
+        }
+    }
+
+    /// A task moving `client` to each primary the sentinels announce, if
+    /// this handle follows sentinels.
+    fn follower<C: ClientLike + 'static>(&self, client: &C) -> Option<tokio::task::AbortHandle> {
+        let switches = self.switches.as_ref()?;
+        let announced = match switches.lock() {
+            Ok(s) => s.subscribe(),
+            Err(poisoned) => poisoned.into_inner().subscribe(),
+        };
+        let wait = self
+            .config
+            .connect_timeout
+            .saturating_add(Duration::from_secs(1));
+        Some(
+            tokio::spawn(crate::sentinel_follow::follow(
+                client.clone(),
+                announced,
+                wait,
+            ))
+            .abort_handle(),
+        )
     }
 }
 
@@ -103,24 +143,31 @@ impl Redis {
     ///
     /// # Errors
     /// [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) if fred rejects the
-    /// configuration; with `lazy(false)`, [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout)
-    /// when no connection came up within the connect timeout.
+    /// configuration; with `lazy(false)`, the errors of
+    /// [`Redis::wait_connected`] (credentials rejected, connection refused,
+    /// no connection within the connect timeout).
     pub async fn connect(config: RedisConfig) -> Result<Redis> {
         let b = builder(&config, Purpose::Shared)?;
         let pool = b.build_pool(config.pool_size)?;
+        let conn_errors = crate::conn_error::ConnErrors::watch(&pool);
         let handle = pool.connect();
         let watchdog = tokio::spawn(crate::watchdog::run(
             pool.clone(),
             crate::liveness::unresponsive_after(config.command_timeout),
-            config.connect_timeout + Duration::from_secs(1),
+            config
+                .connect_timeout
+                .saturating_add(Duration::from_secs(1)),
         ))
         .abort_handle();
+        let switches = SwitchWatch::start(&config, &pool)?.map(Mutex::new);
         let redis = Redis {
             inner: Arc::new(Inner {
                 config,
                 pool,
                 tasks: Mutex::new(vec![handle]),
                 watchdog,
+                conn_errors,
+                switches,
             }),
         };
         tracing::debug!(config = %redis.inner.config, "fredkit: connecting");
@@ -149,34 +196,19 @@ impl Redis {
     /// Waits until every connection of the pool is up, at most the connect timeout.
     ///
     /// # Errors
-    /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) naming the
-    /// configuration (password redacted) when the connect timeout passes.
+    /// Each names the configuration with the password redacted:
+    /// [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) as soon as the
+    /// server rejects the credentials (`WRONGPASS`, `NOAUTH`), naming the
+    /// user; otherwise [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout)
+    /// when the connect timeout passes, saying why the last attempt failed
+    /// if one did (e.g. "connection refused by redis://...").
     pub async fn wait_connected(&self) -> Result<()> {
-        if self.inner.pool.is_connected() {
-            return Ok(());
-        }
-        let limit = self.inner.config.connect_timeout;
-        let deadline = tokio::time::Instant::now() + limit;
-        loop {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
-            if remaining.is_zero() {
-                break;
-            }
-            // A failed attempt resolves wait_for_connect with an error while the
-            // reconnect policy keeps trying: wait again until the deadline.
-            match tokio::time::timeout(remaining, self.inner.pool.wait_for_connect()).await {
-                Ok(Ok(())) if self.inner.pool.is_connected() => return Ok(()),
-                Ok(_) => tokio::time::sleep(Duration::from_millis(20).min(remaining)).await,
-                Err(_) => break,
-            }
-            if self.inner.pool.is_connected() {
-                return Ok(());
-            }
-        }
-        Err(Error::timeout(format!(
-            "could not connect to {} within the connect timeout of {limit:?}",
-            self.inner.config
-        )))
+        crate::conn_error::wait_connected(
+            &self.inner.pool,
+            &self.inner.config,
+            &self.inner.conn_errors,
+        )
+        .await
     }
 
     /// The fred client for the next command (round-robin over the pool).
@@ -191,6 +223,10 @@ impl Redis {
     /// The whole fred pool.
     pub fn pool(&self) -> &Pool {
         &self.inner.pool
+    }
+
+    pub(crate) fn conn_errors(&self) -> &crate::conn_error::ConnErrors {
+        &self.inner.conn_errors
     }
 
     /// The configuration this handle was made from.
@@ -213,9 +249,11 @@ impl Redis {
         let b = builder(&self.inner.config, Purpose::Dedicated)?;
         let client = b.build()?;
         let handle = client.connect();
+        let follower = self.inner.follower(&client);
         Ok(Dedicated {
             client,
             handle: Some(handle),
+            follower,
         })
     }
 
@@ -229,9 +267,11 @@ impl Redis {
         let b = builder(&self.inner.config, Purpose::Subscriber)?;
         let client = b.build_subscriber_client()?;
         let handle = client.connect();
+        let follower = self.inner.follower(&client);
         Ok(Dedicated {
             client,
             handle: Some(handle),
+            follower,
         })
     }
 
@@ -251,8 +291,9 @@ impl Redis {
     /// closed anyway.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.watchdog.abort();
+        self.inner.stop_following();
         let quit = tokio::time::timeout(
-            self.inner.config.command_timeout * 2,
+            self.inner.config.command_timeout.saturating_mul(2),
             self.inner.pool.quit(),
         )
         .await;
@@ -284,6 +325,8 @@ impl Redis {
 pub struct Dedicated<C: ClientLike + 'static> {
     client: C,
     handle: Option<ConnectHandle>,
+    /// On a Sentinel topology: moves this connection to a newly announced primary.
+    follower: Option<tokio::task::AbortHandle>,
 }
 
 impl<C: ClientLike + 'static> Dedicated<C> {
@@ -292,9 +335,9 @@ impl<C: ClientLike + 'static> Dedicated<C> {
     /// # Errors
     /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when it is not up in time.
     pub async fn wait_connected(&self, timeout: Duration) -> Result<()> {
-        let deadline = tokio::time::Instant::now() + timeout;
+        let start = tokio::time::Instant::now();
         while !self.client.is_connected() {
-            let remaining = deadline.saturating_duration_since(tokio::time::Instant::now());
+            let remaining = timeout.saturating_sub(start.elapsed());
             if remaining.is_zero() {
                 return Err(Error::timeout(format!(
                     "dedicated connection not up within {timeout:?}"
@@ -332,6 +375,9 @@ impl<C: ClientLike + 'static> fmt::Debug for Dedicated<C> {
 
 impl<C: ClientLike + 'static> Drop for Dedicated<C> {
     fn drop(&mut self) {
+        if let Some(f) = self.follower.take() {
+            f.abort();
+        }
         let client = self.client.clone();
         let handle = self.handle.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
