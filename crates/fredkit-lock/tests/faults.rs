@@ -15,7 +15,7 @@ use fredkit_core::ErrorKind;
 use fredkit_lock::{FencedStore, FencedWrite, LockManager, LockOptions, Redlock, RedlockOptions};
 use fredkit_testkit::{
     key_slot, shared_url, unique_prefix, ClusterOptions, IndependentServers, RedisCluster,
-    RedisServer, ServerOptions, Topology,
+    RedisServer, Topology,
 };
 use rstest::rstest;
 use tokio::io::{AsyncBufReadExt, AsyncReadExt, AsyncWriteExt};
@@ -66,7 +66,7 @@ fn script_calls(server: &RedisServer) -> u64 {
     text.lines()
         .filter(|l| l.starts_with("cmdstat_eval:") || l.starts_with("cmdstat_evalsha:"))
         .filter_map(|l| {
-            l.split(|c| c == ':' || c == ',')
+            l.split([':', ','])
                 .find_map(|f| f.strip_prefix("calls="))
                 .and_then(|n| n.parse::<u64>().ok())
         })
@@ -504,5 +504,285 @@ async fn fault_cluster_fencing_tokens_keep_increasing_after_a_master_lost_its_da
     assert!(matches!(
         store.write(&r, "stale", tokens[2], None).await.unwrap(),
         FencedWrite::Rejected { .. }
+    ));
+}
+
+// ------------------------------------------------- replies lost in flight
+
+/// A TCP proxy in front of one server that can lose one reply: once armed
+/// with a marker, the next client command containing it is forwarded (the
+/// server runs it), then the server's next reply on that connection is
+/// dropped and both sides are closed, as when a connection dies just after
+/// the server ran the command. fred reconnects and sends it again.
+struct CutProxy {
+    addr: std::net::SocketAddr,
+    armed: Arc<AtomicBool>,
+    lost: Arc<Mutex<Vec<u8>>>,
+    marker: Arc<Mutex<Option<Vec<u8>>>>,
+    seen: Arc<AtomicUsize>,
+    cuts: Arc<AtomicUsize>,
+    task: tokio::task::JoinHandle<()>,
+}
+
+impl CutProxy {
+    async fn start(upstream: std::net::SocketAddr) -> CutProxy {
+        let listener = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = listener.local_addr().unwrap();
+        let marker: Arc<Mutex<Option<Vec<u8>>>> = Arc::new(Mutex::new(None));
+        let seen = Arc::new(AtomicUsize::new(0));
+        let cuts = Arc::new(AtomicUsize::new(0));
+        let armed = Arc::new(AtomicBool::new(false));
+        let lost = Arc::new(Mutex::new(Vec::new()));
+        let (m, s, c, a, l) = (
+            marker.clone(),
+            seen.clone(),
+            cuts.clone(),
+            armed.clone(),
+            lost.clone(),
+        );
+        let task = tokio::spawn(async move {
+            while let Ok((client, _)) = listener.accept().await {
+                let Ok(server) = tokio::net::TcpStream::connect(upstream).await else {
+                    continue;
+                };
+                let (m, s, c, armed, l) = (m.clone(), s.clone(), c.clone(), a.clone(), l.clone());
+                tokio::spawn(async move {
+                    let (mut cr, mut cw) = client.into_split();
+                    let (mut sr, mut sw) = server.into_split();
+                    let cut_here = AtomicBool::new(false);
+                    let up = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match cr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            let hit = m.lock().unwrap().as_ref().is_some_and(|mk| {
+                                buf[..n].windows(mk.len()).any(|w| w == mk.as_slice())
+                            });
+                            if hit {
+                                s.fetch_add(1, Ordering::SeqCst);
+                            }
+                            if sw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                            if hit && armed.swap(false, Ordering::SeqCst) {
+                                cut_here.store(true, Ordering::SeqCst);
+                            }
+                        }
+                    };
+                    let down = async {
+                        let mut buf = vec![0u8; 64 * 1024];
+                        loop {
+                            let n = match sr.read(&mut buf).await {
+                                Ok(0) | Err(_) => return,
+                                Ok(n) => n,
+                            };
+                            if cut_here.load(Ordering::SeqCst) {
+                                *l.lock().unwrap() = buf[..n].to_vec();
+                                c.fetch_add(1, Ordering::SeqCst);
+                                return; // reply lost; both sockets close
+                            }
+                            if cw.write_all(&buf[..n]).await.is_err() {
+                                return;
+                            }
+                        }
+                    };
+                    tokio::select! {
+                        _ = up => {}
+                        _ = down => {}
+                    }
+                });
+            }
+        });
+        CutProxy {
+            addr,
+            marker,
+            seen,
+            cuts,
+            armed,
+            lost,
+            task,
+        }
+    }
+
+    /// Loses the reply to the next command containing `marker`; counts the
+    /// commands containing it from now on.
+    fn arm(&self, marker: &str) {
+        *self.marker.lock().unwrap() = Some(marker.as_bytes().to_vec());
+        self.seen.store(0, Ordering::SeqCst);
+        self.cuts.store(0, Ordering::SeqCst);
+        self.armed.store(true, Ordering::SeqCst);
+    }
+
+    /// (commands containing the marker, replies lost) since `arm`.
+    fn counts(&self) -> (usize, usize) {
+        (
+            self.seen.load(Ordering::SeqCst),
+            self.cuts.load(Ordering::SeqCst),
+        )
+    }
+
+    /// The bytes of the last reply lost.
+    fn lost_reply(&self) -> String {
+        String::from_utf8_lossy(&self.lost.lock().unwrap()).to_string()
+    }
+
+    fn url(&self) -> String {
+        format!("redis://{}?command_timeout=5s", self.addr)
+    }
+}
+
+impl Drop for CutProxy {
+    fn drop(&mut self) {
+        self.task.abort();
+    }
+}
+
+/// fred sends a command again when its connection closed with the command
+/// in flight; when the server had already run it (the reply was lost), the
+/// script runs twice. For every lock script the second run must keep the
+/// invariant: the acquire is the same grant (one fencing token, the lock
+/// held by the caller's token), the extend holds, the release leaves the
+/// lock free, the permit is one permit (no double permit), the fenced write
+/// is written (not refused as stale by its own first run).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_client_connection_cut_after_the_server_ran_a_script_resend_keeps_every_invariant() {
+    let server = tokio::task::spawn_blocking(|| RedisServer::start().unwrap())
+        .await
+        .unwrap();
+    let proxy = CutProxy::start(server.addr().parse().unwrap()).await;
+    let redis = connect(&proxy.url()).await;
+    let direct = connect(&server.url()).await;
+    let p = prefix("lock_lost_reply");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let rival = LockManager::new(&direct, &p).unwrap();
+    let store = FencedStore::new(&redis, &p).unwrap();
+    let get = |key: String| {
+        let direct = direct.clone();
+        async move { direct.client().get::<Option<String>, _>(key).await.unwrap() }
+    };
+    // Load every script first: a lost NOSCRIPT reply would not be a replay.
+    let g = m.acquire("warm", &opts(5_000, 0)).await.unwrap().unwrap();
+    g.extend(Duration::from_secs(5)).await.unwrap();
+    g.release().await.unwrap();
+    let sem = m.semaphore("warm", 1).unwrap();
+    sem.acquire(&opts(5_000, 0))
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    store.write("warm", "w", 1, None).await.unwrap();
+
+    // The server ran the script twice: once for the lost reply, once resent.
+    let replayed = |what: &str, before: u64| {
+        let (seen, cuts) = proxy.counts();
+        assert_eq!(cuts, 1, "{what}: the reply was not lost");
+        assert_eq!(seen, 2, "{what}: fred did not send it again");
+        assert_eq!(script_calls(&server) - before, 2, "{what}: not run twice");
+    };
+
+    // Acquire: the replay is the same grant.
+    let before = script_calls(&server);
+    proxy.arm("{acq}");
+    let g = m
+        .acquire("acq", &opts(30_000, 0))
+        .await
+        .unwrap()
+        .expect("the replayed grant is the caller's, not 'busy'");
+    replayed("acquire", before);
+    let lost = proxy.lost_reply();
+    assert!(
+        lost.contains(&format!(":{}\r\n", g.fencing_token())),
+        "the lost reply {lost:?} must be the same grant as the replay's ({})",
+        g.fencing_token()
+    );
+    let lease = g.lease();
+    assert_eq!(
+        get(format!("{p}:{{acq}}:lock")).await.as_deref(),
+        Some(lease.token.as_str()),
+        "held by the caller's token"
+    );
+    assert_eq!(
+        get(format!("{p}:{{acq}}:fence")).await,
+        Some(g.fencing_token().to_string()),
+        "one grant: the counter is the caller's token"
+    );
+    assert!(rival
+        .acquire("acq", &opts(1_000, 0))
+        .await
+        .unwrap()
+        .is_none());
+
+    // Extend: still held, with the new TTL.
+    let before = script_calls(&server);
+    proxy.arm("{acq}");
+    assert!(g.extend(Duration::from_secs(60)).await.unwrap());
+    replayed("extend", before);
+    let pttl: i64 = direct
+        .client()
+        .pttl(format!("{p}:{{acq}}:lock"))
+        .await
+        .unwrap();
+    assert!(pttl > 30_000, "extended to 60 s: {pttl}");
+
+    // Release: the lock is free (the replay itself reports `false`).
+    let before = script_calls(&server);
+    proxy.arm("{acq}");
+    let released = g.release().await;
+    replayed("release", before);
+    assert!(released.is_ok(), "{released:?}");
+    assert_eq!(
+        get(format!("{p}:{{acq}}:lock")).await,
+        None,
+        "no lost release"
+    );
+    rival
+        .acquire("acq", &opts(1_000, 0))
+        .await
+        .unwrap()
+        .expect("free after the release")
+        .release()
+        .await
+        .unwrap();
+
+    // Semaphore acquire (1 permit): the replay is that permit, not a second.
+    let sem = m.semaphore("sema", 1).unwrap();
+    let before = script_calls(&server);
+    proxy.arm("{sema}");
+    let permit = sem
+        .acquire(&opts(30_000, 0))
+        .await
+        .unwrap()
+        .expect("the replayed permit is the caller's");
+    replayed("semaphore acquire", before);
+    assert_eq!(sem.held().await.unwrap(), 1, "no double permit");
+    assert!(rival
+        .semaphore("sema", 1)
+        .unwrap()
+        .acquire(&opts(1_000, 0))
+        .await
+        .unwrap()
+        .is_none());
+    let before = script_calls(&server);
+    proxy.arm("{sema}");
+    let released = permit.release().await;
+    replayed("semaphore release", before);
+    assert!(released.is_ok(), "{released:?}");
+    assert_eq!(sem.held().await.unwrap(), 0, "no lost permit release");
+
+    // Fenced write: written once, not refused by its own first run.
+    let before = script_calls(&server);
+    proxy.arm("{fv}");
+    let w = store.write("fv", "x", 42, None).await.unwrap();
+    replayed("fenced write", before);
+    assert_eq!(w, FencedWrite::Written);
+    assert_eq!(get(format!("{p}:{{fv}}:value")).await.as_deref(), Some("x"));
+    assert_eq!(get(format!("{p}:{{fv}}:seen")).await.as_deref(), Some("42"));
+    assert!(matches!(
+        store.write("fv", "old", 41, None).await.unwrap(),
+        FencedWrite::Rejected { newest: 42 }
     ));
 }
