@@ -3,6 +3,7 @@
 use crate::redis::Redis;
 use fred::interfaces::{ClientLike, ClusterInterface};
 use fred::types::InfoKind;
+use fredkit_core::ErrorKind;
 use std::fmt;
 use std::time::{Duration, Instant};
 
@@ -21,8 +22,16 @@ pub struct Health {
     pub nodes: Vec<String>,
     /// `redis_version` from `INFO server`, when reachable.
     pub server_version: Option<String>,
-    /// Why the probe failed, when it did (no secrets).
+    /// Why the probe failed, when it did (no secrets). When the connection
+    /// is down this is the reason fred could not connect, e.g. "the server
+    /// rejected the credentials for user 'app' at redis://app:***@host:6379
+    /// (WRONGPASS ...): check ..." or "connection refused by ...".
     pub error: Option<String>,
+    /// The kind of that error: [`ErrorKind::Config`] when the server
+    /// rejected the credentials (retrying will not help);
+    /// [`ErrorKind::Timeout`] when the PING was not answered in time (the
+    /// message then names the last connection error, if any).
+    pub error_kind: Option<ErrorKind>,
 }
 
 impl fmt::Display for Health {
@@ -55,15 +64,22 @@ pub(crate) async fn probe(redis: &Redis) -> Health {
     let timeout = redis.config().command_timeout();
     let started = Instant::now();
     let ping = tokio::time::timeout(timeout, client.ping::<String>(None)).await;
-    let (reachable, latency, mut error) = match ping {
+    let (reachable, latency, error) = match ping {
         Ok(Ok(_)) => (true, Some(started.elapsed()), None),
-        Ok(Err(e)) => (false, None, Some(fredkit_core::Error::from(e).to_string())),
+        // A PING queued while fred cannot connect ends as a timeout:
+        // `diagnose` says why (credentials rejected, connection refused).
+        Ok(Err(e)) => (false, None, Some(redis.diagnose(e))),
         Err(_) => (
             false,
             None,
-            Some(format!("PING not answered within {timeout:?}")),
+            Some(redis.diagnose(fred::error::Error::new(
+                fred::error::ErrorKind::Timeout,
+                format!("PING not answered within {timeout:?}"),
+            ))),
         ),
     };
+    let mut error_kind = error.as_ref().map(fredkit_core::Error::kind);
+    let mut error = error.map(|e| e.to_string());
     let mut server_version = None;
     if reachable {
         match tokio::time::timeout(timeout, client.info::<String>(Some(InfoKind::Server))).await {
@@ -73,8 +89,15 @@ pub(crate) async fn probe(redis: &Redis) -> Health {
                     .find_map(|l| l.strip_prefix("redis_version:"))
                     .map(|v| v.trim().to_string());
             }
-            Ok(Err(e)) => error = Some(fredkit_core::Error::from(e).to_string()),
-            Err(_) => error = Some(format!("INFO not answered within {timeout:?}")),
+            Ok(Err(e)) => {
+                let e = fredkit_core::Error::from(e);
+                error_kind = Some(e.kind());
+                error = Some(e.to_string());
+            }
+            Err(_) => {
+                error_kind = Some(ErrorKind::Timeout);
+                error = Some(format!("INFO not answered within {timeout:?}"));
+            }
         }
     }
     let mut nodes: Vec<String> = if client.is_clustered() {
@@ -104,5 +127,6 @@ pub(crate) async fn probe(redis: &Redis) -> Health {
         nodes,
         server_version,
         error,
+        error_kind,
     }
 }
