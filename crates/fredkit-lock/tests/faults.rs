@@ -786,3 +786,97 @@ async fn fault_client_connection_cut_after_the_server_ran_a_script_resend_keeps_
         FencedWrite::Rejected { newest: 42 }
     ));
 }
+
+/// A cluster master SIGKILLed after grants its replica never received (the
+/// replication link broken while the replica was stopped): the promoted
+/// replica's fencing counter is behind, and its next tokens must still be
+/// greater than every token granted before, lost ones included.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_master_kill_with_lost_grants_fencing_tokens_never_go_backwards() {
+    let mut cluster = start_cluster(ClusterOptions::default().replicas_per_master(1)).await;
+    let redis = connect_with(&cluster.url(), "1s").await;
+    let p = prefix("lock_cluster_failover");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let r = resource_on(&cluster, 0, "f");
+    let fence = format!("{p}:{{{r}}}:fence");
+    let mut tokens = Vec::new();
+    for _ in 0..3 {
+        let g = m.acquire(&r, &opts(5_000, 0)).await.unwrap().unwrap();
+        tokens.push(g.fencing_token());
+        assert!(g.release().await.unwrap());
+    }
+    // Let the replica catch up, then cut it off and grant more on the master.
+    let master = &cluster.masters()[0];
+    let replica = &cluster.replicas_of(0)[0];
+    let deadline = Instant::now() + DEADLINE;
+    // (A cluster replica answers GET with MOVED: compare replication offsets.)
+    let offset = |s: &RedisServer| {
+        let info = s.command(&["INFO", "replication"]).unwrap();
+        String::from_utf8_lossy(info.as_bytes().unwrap())
+            .lines()
+            .find_map(|l| l.strip_prefix("master_repl_offset:"))
+            .and_then(|n| n.trim().parse::<u64>().ok())
+            .unwrap()
+    };
+    while offset(replica) < offset(master) {
+        assert!(Instant::now() < deadline, "the replica never caught up");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    replica.pause().unwrap();
+    let killed = master
+        .command(&["CLIENT", "KILL", "TYPE", "replica"])
+        .unwrap();
+    assert_eq!(killed.as_int(), Some(1), "{killed:?}");
+    for _ in 0..3 {
+        let g = m.acquire(&r, &opts(5_000, 0)).await.unwrap().unwrap();
+        tokens.push(g.fencing_token());
+        assert!(g.release().await.unwrap());
+    }
+    let lost_counter = master.command(&["GET", &fence]).unwrap();
+    assert_eq!(
+        lost_counter.as_str(),
+        Some(tokens[5].to_string().as_str()),
+        "the master granted the last 3"
+    );
+    let replica_addr = replica.addr();
+    let cluster = tokio::task::spawn_blocking(move || {
+        cluster.masters_mut()[0].kill().unwrap();
+        cluster
+            .nodes()
+            .iter()
+            .find(|n| n.addr() == replica_addr)
+            .unwrap()
+            .resume()
+            .unwrap();
+        cluster.wait_healthy(DEADLINE).unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    let promoted = cluster.owner_of_slot(key_slot(r.as_bytes())).unwrap();
+    let behind = promoted.command(&["GET", &fence]).unwrap();
+    assert_eq!(
+        behind.as_str(),
+        Some(tokens[2].to_string().as_str()),
+        "the promoted replica missed the last grants"
+    );
+    let deadline = Instant::now() + DEADLINE;
+    let mut after = 0;
+    while after < 3 {
+        match m.acquire(&r, &opts(5_000, 0)).await {
+            Ok(Some(g)) => {
+                tokens.push(g.fencing_token());
+                assert!(g.release().await.unwrap());
+                after += 1;
+            }
+            other => {
+                assert!(Instant::now() < deadline, "never granted again: {other:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    }
+    assert!(
+        tokens.windows(2).all(|w| w[0] < w[1]),
+        "fencing tokens must strictly increase across the failover: {tokens:?}"
+    );
+}
