@@ -880,3 +880,54 @@ async fn fault_cluster_master_kill_with_lost_grants_fencing_tokens_never_go_back
         "fencing tokens must strictly increase across the failover: {tokens:?}"
     );
 }
+
+/// The watchdog on a cluster: the master of the lock's slot stops answering
+/// (SIGSTOP) past the TTL; the guard is marked lost, its later release
+/// returns `false`, and after the resume another holder gets the lock (it
+/// expired on the server's clock during the pause).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_master_paused_past_ttl_marks_watchdog_guard_lost() {
+    let cluster = start_cluster(
+        // No failure detection during the pause: the same master resumes.
+        ClusterOptions::default().node_timeout(Duration::from_secs(15)),
+    )
+    .await;
+    let url = cluster.url();
+    let p = prefix("lock_cluster_watchdog_lost");
+    let holder_m = LockManager::new(&connect_with(&url, "300ms").await, &p).unwrap();
+    let other = LockManager::new(&connect(&url).await, &p).unwrap();
+    let r = resource_on(&cluster, 1, "wd");
+    let o = LockOptions::builder()
+        .ttl(Duration::from_millis(300))
+        .watchdog(true)
+        .build()
+        .unwrap();
+    let g = holder_m.acquire(&r, &o).await.unwrap().unwrap();
+    let master = &cluster.masters()[1];
+    master.pause().unwrap();
+    let lost = tokio::time::timeout(Duration::from_secs(5), g.lost()).await;
+    std::thread::sleep(Duration::from_millis(200));
+    master.resume().unwrap();
+    assert!(
+        lost.is_ok(),
+        "lost() must fire when the lock's master is silent past the TTL"
+    );
+    assert!(holder_m.metrics().lost >= 1);
+    let deadline = Instant::now() + DEADLINE;
+    let new = loop {
+        match other.acquire(&r, &opts(10_000, 2_000)).await {
+            Ok(Some(new)) => break new,
+            got => {
+                assert!(Instant::now() < deadline, "never granted again: {got:?}");
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        }
+    };
+    assert!(new.fencing_token() > g.fencing_token());
+    assert!(
+        !g.release().await.unwrap(),
+        "the lost guard's release spares the new holder"
+    );
+    assert!(other.acquire(&r, &opts(1_000, 0)).await.unwrap().is_none());
+    assert!(new.release().await.unwrap());
+}
