@@ -1,6 +1,9 @@
-//! fredkit-lock against real servers: standalone and a 3-master cluster for
-//! every primitive, 5 independent servers for Redlock, a master + replica
-//! (sentinel group) for replica confirmation.
+//! fredkit-lock against real servers: standalone and a 3-master cluster
+//! (rstest cases) for every primitive's behaviour without faults; the fault
+//! tests here are standalone, Sentinel or cluster as their names say, 5
+//! independent servers for Redlock. More fault tests, and which topology
+//! each README claim is tested on, in `faults.rs` and the README's "Tested
+//! on" table.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::sync::atomic::{AtomicUsize, Ordering};
