@@ -157,6 +157,10 @@ impl LockOptionsBuilder {
     /// `timeout`, the grant is undone and the acquire fails with
     /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout). Costs one
     /// more round trip (plus the replication delay) per grant. Default off.
+    /// The manager opens that connection on its first such try and waits
+    /// for it to come up (at most the connect timeout; if it does not, the
+    /// try fails with `Timeout` having sent nothing). On a cluster `WAIT`
+    /// goes to the master of the lock key's slot, the one that ran the grant.
     ///
     /// This narrows, but does not close, the window in which a failover to a
     /// replica that missed the grant hands the lock out twice (replication
