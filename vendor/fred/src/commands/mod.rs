@@ -1,3 +1,0 @@
-mod impls;
-pub mod interfaces;
-pub use impls::*;
