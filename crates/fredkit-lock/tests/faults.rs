@@ -578,7 +578,9 @@ impl CutProxy {
                                 Ok(0) | Err(_) => return,
                                 Ok(n) => n,
                             };
-                            if cut_here.load(Ordering::SeqCst) {
+                            // A liveness PING answered meanwhile is not the
+                            // reply to lose: pass it on.
+                            if cut_here.load(Ordering::SeqCst) && &buf[..n] != b"+PONG\r\n" {
                                 *l.lock().unwrap() = buf[..n].to_vec();
                                 c.fetch_add(1, Ordering::SeqCst);
                                 return; // reply lost; both sockets close
