@@ -51,7 +51,9 @@ impl PubSubOptions {
     /// How many messages each channel buffers for its local receivers. A
     /// receiver that falls further behind than this skips ahead and gets a
     /// [`Delivery::Lagged`](crate::Delivery::Lagged) notice; it never slows
-    /// the others or the connection. Default 1024; 1 to 1,048,576.
+    /// the others or the connection. The buffer holds `n` rounded up to the
+    /// next power of two (5 keeps 8), and `Lagged(k)` counts exactly the `k`
+    /// messages skipped. Default 1024; 1 to 1,048,576.
     pub fn receiver_capacity(mut self, n: usize) -> Self {
         self.receiver_capacity = n;
         self

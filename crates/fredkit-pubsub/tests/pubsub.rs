@@ -768,3 +768,56 @@ async fn fault_subscriber_made_while_redis_is_down_returns_at_once_and_delivers_
     );
     assert_eq!(subscriber.metrics().resubscribes, 0);
 }
+
+/// A receiver that does not read while more messages arrive than its buffer
+/// holds gets exactly one `Lagged(k)` with k the number of messages it
+/// missed, then the newest ones in order; another receiver of the same
+/// channel that reads as they arrive gets every message. Deterministic: each
+/// message is published only after the fast receiver got the previous one,
+/// so every message is in the channel buffer before the slow one reads.
+/// `receiver_capacity` is rounded up to a power of two (the buffer keeps at
+/// least that many): 4 keeps 4, 5 keeps 8.
+#[rstest]
+#[case::standalone_4(Topology::Standalone, 4, 4)]
+#[case::standalone_5(Topology::Standalone, 5, 8)]
+#[case::cluster_4(Topology::Cluster, 4, 4)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_slow_receiver_gets_lagged_with_the_exact_count_then_the_newest_messages_in_order(
+    #[case] topology: Topology,
+    #[case] capacity: usize,
+    #[case] kept: u64,
+) {
+    const SENT: u64 = 40;
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let subscriber = Subscriber::with_codec(
+        &redis,
+        fredkit_core::MsgPack,
+        PubSubOptions::default().receiver_capacity(capacity),
+    )
+    .await
+    .unwrap();
+    let publisher = Publisher::new(&redis);
+    let channel = format!("{}lag", unique_prefix("pubsub_lagged"));
+    let mut slow = subscriber.subscribe::<u64>(&channel).await.unwrap();
+    let mut fast = subscriber.subscribe::<u64>(&channel).await.unwrap();
+    for i in 0..SENT {
+        publisher.publish(&channel, &i).await.unwrap();
+        // The fast receiver reads every message as it arrives: never lags.
+        assert_eq!(next_message(&mut fast).await.payload.unwrap(), i);
+    }
+    assert_eq!(subscriber.metrics().lagged, 0, "the fast receiver lagged");
+    // Every message has been through the channel buffer: the slow receiver
+    // missed all but the newest `kept`.
+    match tokio::time::timeout(DEADLINE, slow.next()).await.unwrap() {
+        Some(Delivery::Lagged(n)) => assert_eq!(n, SENT - kept, "lag count"),
+        other => panic!("expected Lagged({}), got {other:?}", SENT - kept),
+    }
+    for i in SENT - kept..SENT {
+        assert_eq!(next_message(&mut slow).await.payload.unwrap(), i);
+    }
+    assert_eq!(subscriber.metrics().lagged, SENT - kept);
+    // Caught up: the next message reaches both, nothing else is pending.
+    publisher.publish(&channel, &SENT).await.unwrap();
+    assert_eq!(next_message(&mut fast).await.payload.unwrap(), SENT);
+    assert_eq!(next_message(&mut slow).await.payload.unwrap(), SENT);
+}
