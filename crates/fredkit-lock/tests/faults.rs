@@ -9,7 +9,7 @@ use std::sync::atomic::{AtomicBool, AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
-use fred::prelude::*;
+use fred::prelude::{ClientInterface, ClientLike, KeysInterface};
 use fredkit_conn::{Redis, RedisConfig};
 use fredkit_core::ErrorKind;
 use fredkit_lock::{FencedStore, FencedWrite, LockManager, LockOptions, Redlock, RedlockOptions};
@@ -932,4 +932,155 @@ async fn fault_cluster_master_paused_past_ttl_marks_watchdog_guard_lost() {
     );
     assert!(other.acquire(&r, &opts(1_000, 0)).await.unwrap().is_none());
     assert!(new.release().await.unwrap());
+}
+
+/// Sends one command over a fresh raw connection and returns the first line
+/// of the reply.
+async fn raw_command(addr: &str, args: &[&str]) -> String {
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = format!("*{}\r\n", args.len());
+    for a in args {
+        req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+    }
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut line = String::new();
+    tokio::io::BufReader::new(conn)
+        .read_line(&mut line)
+        .await
+        .unwrap();
+    line.trim_end().to_string()
+}
+
+/// Runs `op` with `CLIENT PAUSE ALL` on `node` and, queued behind its
+/// command, `CLIENT KILL` of the connection `id`: when the pause ends the
+/// server runs the command, then kills the connection before the reply is
+/// written. fred reconnects and sends the command again. Returns the op's
+/// output and how many scripts `node` ran meanwhile.
+async fn with_reply_killed<T>(
+    node: &RedisServer,
+    id: i64,
+    op: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let before = script_calls(node);
+    node.client_pause(Duration::from_millis(2_000)).unwrap();
+    let addr = node.addr();
+    let kill = async {
+        // The op's command is in the server long before this (a local write).
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        raw_command(&addr, &["CLIENT", "KILL", "ID", &id.to_string()]).await
+    };
+    let (out, killed) = tokio::join!(op, kill);
+    assert_eq!(killed, ":1", "the connection was killed");
+    (out, script_calls(node) - before)
+}
+
+/// The lost-reply replay on a cluster: the connection to the master that
+/// owns the key is killed right after the master ran the script (the
+/// `CLIENT PAUSE ALL` / `CLIENT KILL` recipe), fred resends it, and every
+/// script keeps its invariant, as in the proxy test on standalone.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_client_killed_after_the_master_ran_a_script_resend_keeps_every_invariant() {
+    let cluster =
+        start_cluster(ClusterOptions::default().node_timeout(Duration::from_secs(15))).await;
+    let redis = connect_with(&cluster.url(), "5s").await;
+    let direct = connect(&cluster.url()).await;
+    let p = prefix("lock_cluster_lost_reply");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let rival = LockManager::new(&direct, &p).unwrap();
+    let store = FencedStore::new(&redis, &p).unwrap();
+    let node = &cluster.masters()[0];
+    let (lock_r, sem_r, value_r) = (
+        resource_on(&cluster, 0, "acq"),
+        resource_on(&cluster, 0, "sem"),
+        resource_on(&cluster, 0, "fv"),
+    );
+    // fred's connection to master 0 (a new one after every kill).
+    let conn_id = || {
+        let client = redis.client().clone();
+        let slot = key_slot(lock_r.as_bytes());
+        async move {
+            let o = fred::prelude::Options {
+                cluster_hash: Some(fred::types::ClusterHash::Custom(slot)),
+                ..Default::default()
+            };
+            client.with_options(&o).client_id::<i64>().await.unwrap()
+        }
+    };
+    let get = |key: String| {
+        let direct = direct.clone();
+        async move { direct.client().get::<Option<String>, _>(key).await.unwrap() }
+    };
+    // Load every script first.
+    let g = m.acquire(&lock_r, &opts(5_000, 0)).await.unwrap().unwrap();
+    g.extend(Duration::from_secs(5)).await.unwrap();
+    g.release().await.unwrap();
+    let sem = m.semaphore(&sem_r, 1).unwrap();
+    sem.acquire(&opts(5_000, 0))
+        .await
+        .unwrap()
+        .unwrap()
+        .release()
+        .await
+        .unwrap();
+    store.write(&value_r, "w", 1, None).await.unwrap();
+
+    let (g, runs) =
+        with_reply_killed(node, conn_id().await, m.acquire(&lock_r, &opts(30_000, 0))).await;
+    assert_eq!(runs, 2, "acquire: run, reply lost, resent");
+    let g = g.unwrap().expect("the replayed grant is the caller's");
+    assert_eq!(
+        get(format!("{p}:{{{lock_r}}}:lock")).await.as_deref(),
+        Some(g.lease().token.as_str())
+    );
+    assert_eq!(
+        get(format!("{p}:{{{lock_r}}}:fence")).await,
+        Some(g.fencing_token().to_string()),
+        "one grant"
+    );
+    assert!(rival
+        .acquire(&lock_r, &opts(1_000, 0))
+        .await
+        .unwrap()
+        .is_none());
+
+    let (extended, runs) =
+        with_reply_killed(node, conn_id().await, g.extend(Duration::from_secs(60))).await;
+    assert_eq!(runs, 2, "extend");
+    assert!(extended.unwrap());
+    let pttl: i64 = direct
+        .client()
+        .pttl(format!("{p}:{{{lock_r}}}:lock"))
+        .await
+        .unwrap();
+    assert!(pttl > 30_000, "{pttl}");
+
+    let (released, runs) = with_reply_killed(node, conn_id().await, g.release()).await;
+    assert_eq!(runs, 2, "release");
+    assert!(released.is_ok(), "{released:?}");
+    assert_eq!(
+        get(format!("{p}:{{{lock_r}}}:lock")).await,
+        None,
+        "no lost release"
+    );
+
+    let (permit, runs) =
+        with_reply_killed(node, conn_id().await, sem.acquire(&opts(30_000, 0))).await;
+    assert_eq!(runs, 2, "semaphore acquire");
+    let permit = permit
+        .unwrap()
+        .expect("the replayed permit is the caller's");
+    assert_eq!(sem.held().await.unwrap(), 1, "no double permit");
+    let (released, runs) = with_reply_killed(node, conn_id().await, permit.release()).await;
+    assert_eq!(runs, 2, "semaphore release");
+    assert!(released.is_ok(), "{released:?}");
+    assert_eq!(sem.held().await.unwrap(), 0);
+
+    let (w, runs) =
+        with_reply_killed(node, conn_id().await, store.write(&value_r, "x", 42, None)).await;
+    assert_eq!(runs, 2, "fenced write");
+    assert_eq!(w.unwrap(), FencedWrite::Written);
+    assert_eq!(
+        get(format!("{p}:{{{value_r}}}:value")).await.as_deref(),
+        Some("x")
+    );
 }
