@@ -90,8 +90,12 @@ pub struct CacheMetrics {
     pub l1_hits: u64,
     /// Reads answered by Redis (L2) with a fresh entry.
     pub l2_hits: u64,
-    /// Reads that found no fresh entry in any level (fills follow for
-    /// `get_or_set`).
+    /// Reads that found no fresh entry in any level (absent, logically
+    /// expired, undecodable, or Redis unreachable), counted **per caller**:
+    /// one per `get`, per `get_or_set`-style call and per `get_many` key.
+    /// N concurrent `get_or_set` callers of a missing key count N misses
+    /// while the factory runs once (see `factory_calls`). Fills follow for
+    /// `get_or_set`. A fresh cached absence is a hit, not a miss.
     pub misses: u64,
     /// Stale entries served because the factory failed or timed out, or Redis
     /// was unreachable (fail-safe).

@@ -209,7 +209,9 @@ impl CacheOptionsBuilder {
 
     /// TTL of a cached absence (a `None` from an optional factory, see
     /// [`Cache::get_or_try_set_optional`](crate::Cache::get_or_try_set_optional)).
-    /// Default 30 s; must be ≥ 1 ms.
+    /// An absence gets neither `ttl_jitter` nor `max_stale` (it is never
+    /// served stale): it lives exactly this long in Redis, then the factory
+    /// is asked again. Default 30 s; must be ≥ 1 ms.
     pub fn negative_ttl(mut self, ttl: Duration) -> Self {
         self.negative_ttl = ttl;
         self

@@ -1648,3 +1648,162 @@ async fn an_empty_key_is_refused_by_every_entry_point_saying_so() {
     );
     empty("store remove", store.remove("").await.unwrap_err());
 }
+
+// ------------------------------------------------ issue #15: proven claims
+
+/// A cached absence lives `negative_ttl` — not `ttl`, and with neither
+/// jitter nor `max_stale` added (an absence is never served stale): its
+/// PTTL is at most `negative_ttl`, and once it has passed the factory runs
+/// again, although `ttl` (60 s) would still cover it.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_cached_absence_lives_negative_ttl_not_ttl_and_gets_no_jitter_or_max_stale(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("negttl");
+    let negative = Duration::from_millis(400);
+    let c = cache(
+        &redis,
+        opts(&p)
+            .ttl(Duration::from_secs(60))
+            .ttl_jitter(Duration::from_secs(30))
+            .max_stale(Duration::from_secs(600))
+            .negative_ttl(negative),
+    )
+    .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let lookup = |calls: Arc<AtomicUsize>| {
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Ok::<Option<Item>, String>(None)
+        }
+    };
+    let absent = c
+        .get_or_try_set_optional("gone", lookup(calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(absent, None);
+    let pttl: i64 = redis.client().pttl(format!("{p}:{{gone}}")).await.unwrap();
+    assert!(
+        (1..=400).contains(&pttl),
+        "a cached absence must expire within negative_ttl (400 ms): PTTL {pttl}"
+    );
+    // Past negative_ttl the factory runs again.
+    tokio::time::sleep(negative + Duration::from_millis(100)).await;
+    let before = calls.load(Ordering::SeqCst);
+    c.get_or_try_set_optional("gone", lookup(calls.clone()))
+        .await
+        .unwrap();
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        before + 1,
+        "the absence outlived negative_ttl"
+    );
+}
+
+/// `misses` counts callers that found no fresh entry (every `get`,
+/// `get_or_set` and `get_many` key that went without), `l2_hits` the ones
+/// Redis answered, `l1_hits` the ones L1 answered: an exact known sequence.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_and_hits_are_counted_exactly_for_a_known_sequence(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("counts")).l1(L1Options::new().ttl(Duration::from_secs(60))),
+    )
+    .await;
+    let m = |c: &Cache<Item>| {
+        let m = c.metrics();
+        (m.misses, m.l2_hits, m.l1_hits, m.factory_calls)
+    };
+    assert_eq!(m(&c), (0, 0, 0, 0));
+    assert_eq!(c.get("a").await.unwrap(), None); // absent: miss
+    assert_eq!(m(&c), (1, 0, 0, 0));
+    assert_eq!(
+        c.get_or_set("a", || async { item(1) }).await.unwrap(),
+        item(1)
+    ); // miss + fill
+    assert_eq!(m(&c), (2, 0, 0, 1));
+    assert_eq!(c.get("a").await.unwrap(), Some(item(1))); // the fill's L1 copy
+    assert_eq!(m(&c), (2, 0, 1, 1));
+    c.flush_l1();
+    assert_eq!(c.get("a").await.unwrap(), Some(item(1))); // Redis
+    assert_eq!(m(&c), (2, 1, 1, 1));
+    assert_eq!(
+        c.get_or_set("a", || async { item(9) }).await.unwrap(),
+        item(1)
+    ); // L1
+    assert_eq!(m(&c), (2, 1, 2, 1));
+    // Logically expired (kept for fail-safe): a miss, then a fill.
+    c.set_with_ttl("b", &item(2), Duration::from_millis(1))
+        .await
+        .unwrap();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    c.flush_l1();
+    assert_eq!(c.get("b").await.unwrap(), None);
+    assert_eq!(m(&c), (3, 1, 2, 1));
+    assert_eq!(
+        c.get_or_set("b", || async { item(3) }).await.unwrap(),
+        item(3)
+    );
+    assert_eq!(m(&c), (4, 1, 2, 2));
+    // get_many: one miss per key without a fresh entry.
+    c.flush_l1();
+    let got = c.get_many(&["a", "b", "c", "d"]).await.unwrap();
+    assert_eq!(got, vec![Some(item(1)), Some(item(3)), None, None]);
+    assert_eq!(m(&c), (6, 3, 2, 2));
+}
+
+/// Under a stampede, `misses` counts callers, not loads: 25 concurrent
+/// `get_or_set` callers on each of two instances count 25 misses each while
+/// the factory runs once in all (the docs of `CacheMetrics::misses`). The
+/// factory holds its value until all 50 misses are counted, so no caller
+/// can come late and hit.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn misses_count_every_caller_of_a_stampede_while_the_factory_runs_once(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let p = prefix("stampedecount");
+    let a = cache(&ra, opts(&p)).await;
+    let b = cache(&rb, opts(&p)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for i in 0..50 {
+        let c = if i % 2 == 0 { a.clone() } else { b.clone() };
+        let (a, b, calls) = (a.clone(), b.clone(), Arc::clone(&calls));
+        tasks.push(tokio::spawn(async move {
+            c.get_or_set("k", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Hold the value until every caller has counted its miss
+                // (bounded, under `fill_wait`: a build that counts loads
+                // fails below).
+                let _ = eventually(Duration::from_secs(5), || async {
+                    a.metrics().misses + b.metrics().misses >= 50
+                })
+                .await;
+                item(7)
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), item(7));
+    }
+    assert_eq!(calls.load(Ordering::SeqCst), 1, "one load for the stampede");
+    let (ma, mb) = (a.metrics(), b.metrics());
+    assert_eq!((ma.misses, mb.misses), (25, 25), "one miss per caller");
+    assert_eq!(ma.factory_calls + mb.factory_calls, 1);
+    assert_eq!(ma.l2_hits + mb.l2_hits + ma.l1_hits + mb.l1_hits, 0);
+}
