@@ -1036,7 +1036,7 @@ async fn a_dead_fillers_lock_expires_and_a_waiter_takes_over(#[case] topology: T
 }
 
 /// The wire form of an invalidation message, to forge one.
-#[derive(Serialize)]
+#[derive(Debug, Serialize, Deserialize)]
 struct ForgedInvalidation {
     i: u64,
     s: u64,
@@ -1806,4 +1806,138 @@ async fn misses_count_every_caller_of_a_stampede_while_the_factory_runs_once(
     assert_eq!((ma.misses, mb.misses), (25, 25), "one miss per caller");
     assert_eq!(ma.factory_calls + mb.factory_calls, 1);
     assert_eq!(ma.l2_hits + mb.l2_hits + ma.l1_hits + mb.l1_hits, 0);
+}
+
+/// L1 flush on pub/sub lag, made deterministic: B's invalidation listener
+/// runs on a runtime of its own (`frozen`, current-thread) that the test
+/// stops driving, while B's shared subscriber (`receiver_capacity(1)`, the
+/// knob) keeps receiving on the main runtime. Meanwhile A overwrites `k`
+/// (its message is lost to B's lag) and ten other publishers send one
+/// message each (sequence 1 each: the message B reads after the lag is in
+/// sequence, so only the lag can tell B it lost something). Once B's
+/// listener runs again it reads `Lagged`, then the last message; from then
+/// on B never serves its old L1 copy.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+fn an_l1_whose_invalidation_receiver_lags_is_flushed_and_never_serves_the_old_value(
+    #[case] topology: Topology,
+) {
+    use fredkit_pubsub::{Delivery, PubSubOptions, Subscriber};
+    use futures::StreamExt;
+    let main = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    let frozen = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .unwrap();
+    let url = shared_url(topology).unwrap();
+    let p = prefix("l1lag");
+    let channel = format!("{p}:invalidations");
+    let l1 = L1Options::new().ttl(Duration::from_secs(60));
+    let (a, rb, subscriber, mut watch) = main.block_on(async {
+        let (ra, rb) = (connect(&url).await, connect(&url).await);
+        let a = cache(&ra, opts(&p).l1(l1.clone())).await;
+        // Made on the main runtime: its dispatcher keeps running there.
+        let subscriber = Subscriber::with_codec(
+            &rb,
+            fredkit_core::MsgPack,
+            PubSubOptions::default().receiver_capacity(1),
+        )
+        .await
+        .unwrap();
+        // Tells the test when the dispatcher has handed a message over.
+        let watch = subscriber
+            .subscribe::<ForgedInvalidation>(&channel)
+            .await
+            .unwrap();
+        (a, rb, subscriber, watch)
+    });
+    // B's listener task lives on `frozen`: it runs only inside block_on.
+    let b: Cache<Item> = frozen.block_on(async {
+        let b = Cache::with_codec(
+            &rb,
+            fredkit_core::MsgPack,
+            opts(&p).l1(l1).build().unwrap(),
+            Some(&subscriber),
+        )
+        .await
+        .unwrap();
+        b.wait_ready(DEADLINE).await.unwrap();
+        b
+    });
+    let seen = b.metrics().invalidations_received;
+    main.block_on(a.set("k", &item(1))).unwrap();
+    frozen.block_on(hold_l1_copy(&b, seen, "k", &item(1)));
+    let flushes = b.metrics().l1_flushes;
+
+    // B's listener is frozen from here on.
+    main.block_on(async {
+        a.set("k", &item(2)).await.unwrap();
+        // A's message (sequence 2) leaves before the others.
+        assert!(
+            eventually(DEADLINE, || async {
+                a.metrics().invalidations_published == 2
+            })
+            .await
+        );
+        let publisher = fredkit_pubsub::Publisher::new(&rb);
+        for n in 0..10u64 {
+            let forged = ForgedInvalidation {
+                i: 1_000 + n,
+                s: 1,
+                k: vec![format!("other{n}")],
+                a: false,
+            };
+            publisher.publish(&channel, &forged).await.unwrap();
+        }
+        // Wait until the dispatcher has handed the last one over.
+        let deadline = tokio::time::Instant::now() + DEADLINE;
+        loop {
+            let next = tokio::time::timeout_at(deadline, watch.next())
+                .await
+                .expect("the forged messages never arrived");
+            if let Some(Delivery::Message(m)) = next {
+                if m.payload.map(|f| f.i).ok() == Some(1_009) {
+                    break;
+                }
+            }
+        }
+    });
+    // B's listener runs again: it reads the lag, then the last message.
+    let before = b.metrics().invalidations_received;
+    frozen.block_on(async {
+        assert!(
+            eventually(DEADLINE, || async {
+                b.metrics().invalidations_received > before
+            })
+            .await,
+            "B's listener never caught up"
+        );
+        assert_eq!(
+            b.metrics().invalidations_received,
+            before + 1,
+            "B should have read exactly one message after the lag"
+        );
+        assert_eq!(
+            b.metrics().l1_flushes,
+            flushes + 1,
+            "the lag must flush B's L1"
+        );
+        for _ in 0..5 {
+            assert_eq!(
+                b.get("k").await.unwrap(),
+                Some(item(2)),
+                "B served its old L1 copy after the lag"
+            );
+        }
+    });
+    drop(b);
+    drop(frozen);
+    main.block_on(async move {
+        drop((a, subscriber, watch, rb));
+    });
 }
