@@ -52,8 +52,8 @@ mod sentinel_follow;
 mod url;
 mod watchdog;
 
-pub use confirmed::Confirmed;
 pub use config::{Node, ReconnectConfig, RedisConfig, RedisConfigBuilder, Topology};
+pub use confirmed::Confirmed;
 pub use fred;
 pub use health::Health;
 pub use redis::{Dedicated, Redis};
