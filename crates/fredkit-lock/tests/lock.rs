@@ -1701,6 +1701,9 @@ enum Switch {
     /// replica stopped meanwhile, so it cannot reconnect): the grants of
     /// those 300 ms are lost with the master.
     KillMaster,
+    /// SIGSTOP of the master, left paused: its connections go silent
+    /// without closing and the sentinels fail it over.
+    PauseMaster,
 }
 
 /// One grant as the client saw it.
@@ -1786,6 +1789,17 @@ async fn grants_across_a_master_switch(switch: Switch) {
         match switch {
             Switch::Failover => {
                 group.failover().unwrap();
+            }
+            Switch::PauseMaster => {
+                group.server_by_addr(&old).unwrap().pause().unwrap();
+                let deadline = std::time::Instant::now() + Duration::from_secs(30);
+                while group.master_addr().ok().as_deref() == Some(old.as_str()) {
+                    assert!(
+                        std::time::Instant::now() < deadline,
+                        "the sentinels did not fail over"
+                    );
+                    std::thread::sleep(Duration::from_millis(100));
+                }
             }
             Switch::KillMaster => {
                 let master = group
@@ -1910,4 +1924,9 @@ async fn fault_sentinel_failover_fencing_tokens_never_go_backwards() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_sentinel_master_kill_fencing_tokens_never_go_backwards() {
     grants_across_a_master_switch(Switch::KillMaster).await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_sentinel_master_paused_fencing_tokens_never_go_backwards() {
+    grants_across_a_master_switch(Switch::PauseMaster).await;
 }
