@@ -17,7 +17,8 @@
 -- Redis expires a key once the clock is strictly past its expiry
 -- millisecond, so a counter whose PTTL is p is gone after p + 1 ms: that is
 -- the reset reported. A new counter gets PX window - 1, so it is gone
--- exactly `window` ms after the start of the current millisecond.
+-- exactly `window` ms after the start of the current millisecond (a 1 ms
+-- window: 2 ms, as Redis has no PX 0; tests/ratelimit/model.rs).
 local cost = tonumber(ARGV[1])
 local out = {1}
 local used = {}

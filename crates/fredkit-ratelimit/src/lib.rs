@@ -67,7 +67,9 @@
 //! window after the last admitted request, when the true count is zero.
 //!
 //! **Fixed window** windows also start with the first request of an idle
-//! identity and end when Redis expires the counter (millisecond precision).
+//! identity and end when Redis expires the counter (millisecond precision):
+//! `window` ms after the start of the first request's millisecond (2 ms for
+//! a 1 ms window, as Redis has no `PX 0`).
 //!
 //! **GCRA** keeps the theoretical arrival time in microseconds of the
 //! server clock; `retry_after` is exact: the same request sent

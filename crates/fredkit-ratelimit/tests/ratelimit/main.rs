@@ -6,6 +6,7 @@
 
 #[cfg(feature = "axum")]
 mod http_layer;
+mod model;
 mod simulated_time;
 
 use std::{
