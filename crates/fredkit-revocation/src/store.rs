@@ -296,13 +296,61 @@ impl Revocations {
     /// With the local cache: a subscription refused for another reason than
     /// Redis being unavailable.
     pub async fn new(redis: &Redis, options: RevocationOptions) -> Result<Revocations> {
+        Self::build(redis, options, None).await
+    }
+
+    /// A store whose local cache listens for events on `subscriber` instead
+    /// of a subscriber connection of its own: share one connection between
+    /// stores (and caches) on the same Redis. The subscriber's
+    /// [`PubSubOptions::receiver_capacity`](fredkit_pubsub::PubSubOptions::receiver_capacity)
+    /// bounds how many events may queue for this store before it lags —
+    /// and a lag flushes the local cache, like a gap. Without
+    /// [`local_cache`](crate::RevocationOptionsBuilder::local_cache) the
+    /// subscriber is not used. Otherwise as [`new`](Self::new), minus the
+    /// connection it would open.
+    ///
+    /// ```no_run
+    /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+    /// use fredkit_core::FailMode;
+    /// use fredkit_pubsub::Subscriber;
+    /// use fredkit_revocation::{LocalCacheOptions, RevocationOptions, Revocations};
+    /// let subscriber = Subscriber::new(&redis).await?;
+    /// let options = RevocationOptions::builder(FailMode::Closed)
+    ///     .local_cache(LocalCacheOptions::default())
+    ///     .build()?;
+    /// let store = Revocations::with_subscriber(&redis, options, &subscriber).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    ///
+    /// As [`new`](Self::new).
+    #[cfg(feature = "local-cache")]
+    #[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
+    pub async fn with_subscriber(
+        redis: &Redis,
+        options: RevocationOptions,
+        subscriber: &fredkit_pubsub::Subscriber,
+    ) -> Result<Revocations> {
+        Self::build(redis, options, Some(subscriber)).await
+    }
+
+    async fn build(
+        redis: &Redis,
+        options: RevocationOptions,
+        #[cfg_attr(not(feature = "local-cache"), allow(unused_variables))]
+        subscriber: Option<&fredkit_pubsub::Subscriber>,
+    ) -> Result<Revocations> {
         let leeway_ms = i64::try_from(options.expiry_leeway.as_millis()).unwrap_or(i64::MAX);
         let lifetime_ms = i64::try_from(options.max_token_lifetime.as_millis()).unwrap_or(i64::MAX);
         let counters = Arc::new(Counters::default());
         #[cfg(feature = "local-cache")]
         let local = match &options.local_cache {
             Some(cache_options) => {
-                Some(Self::start_local(redis, &options, cache_options, &counters).await?)
+                Some(
+                    Self::start_local(redis, &options, cache_options, &counters, subscriber)
+                        .await?,
+                )
             }
             None => None,
         };
@@ -336,6 +384,7 @@ impl Revocations {
         options: &RevocationOptions,
         cache_options: &crate::LocalCacheOptions,
         counters: &Arc<Counters>,
+        shared: Option<&fredkit_pubsub::Subscriber>,
     ) -> Result<Local> {
         use crate::local::{Event, LocalCache};
         use fredkit_pubsub::{Delivery, Subscriber};
@@ -343,7 +392,10 @@ impl Revocations {
 
         let channel = options.keys.key(["events"]);
         let cache = Arc::new(LocalCache::new(cache_options, Arc::clone(counters)));
-        let subscriber = Subscriber::new(redis).await?;
+        let subscriber = match shared {
+            Some(s) => s.clone(),
+            None => Subscriber::new(redis).await?,
+        };
         // Start-up never needs Redis: if the subscription cannot be made now
         // (Redis down or late: at most the command timeout is spent), the
         // task below makes it, with backoff; until then the cache is not in

@@ -485,6 +485,19 @@ impl Private {
         }
     }
 
+    /// `CLIENT KILL TYPE pubsub` on every master: every subscriber
+    /// connection drops (and reconnects).
+    #[cfg_attr(not(feature = "local-cache"), allow(dead_code))]
+    fn kill_subscribers(&self) {
+        let servers: Vec<&RedisServer> = match self {
+            Private::Server(s) => vec![s],
+            Private::Cluster(c) => c.masters().iter().collect(),
+        };
+        for s in servers {
+            s.command(&["CLIENT", "KILL", "TYPE", "pubsub"]).unwrap();
+        }
+    }
+
     /// SIGSTOP (`true`) or SIGCONT (`false`) every master.
     fn pause(&self, pause: bool) {
         let servers: Vec<&RedisServer> = match self {
@@ -1061,10 +1074,13 @@ mod local_cache {
         assert_eq!(b.metrics().redis_reads, reads + 1);
     }
 
+    #[rstest]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fault_client_kill_of_the_subscriber_flushes_the_local_cache() {
-        let server = RedisServer::start().unwrap();
-        let redis = connect(&server.url()).await;
+    async fn fault_client_kill_of_the_subscriber_flushes_the_local_cache(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        let private = Private::start(topology);
+        let redis = connect(&private.url()).await;
         let b = store(
             &redis,
             cached("gap_flush", FailMode::Open, Duration::from_secs(600)),
@@ -1092,9 +1108,7 @@ mod local_cache {
         let reads = b.metrics().redis_reads;
         assert_eq!(b.metrics().cache_flushes, 0);
 
-        server
-            .command(&["CLIENT", "KILL", "TYPE", "pubsub"])
-            .unwrap();
+        private.kill_subscribers();
         assert!(
             wait_for(DEADLINE, || b.metrics().cache_flushes >= 1).await,
             "no flush after the subscriber reconnected"
@@ -1109,6 +1123,118 @@ mod local_cache {
         assert!(!b.check(&other).await.unwrap());
         b.revoke("later", at_secs(t + 600)).await.unwrap();
         assert!(b.check(&other).await.unwrap());
+    }
+
+    /// A lag of the event receiver flushes the local cache, made
+    /// deterministic: B's event task runs on a runtime of its own
+    /// (`frozen`, current-thread) that the test stops driving, while B's
+    /// shared subscriber (`receiver_capacity(1)`, the knob) keeps receiving
+    /// on the main runtime. Meanwhile A revokes B's known-good token (that
+    /// event is lost to B's lag) and ten others. Once B's task runs again it
+    /// reads `Lagged`, then the last event; from then on B never answers
+    /// "not revoked" for the revoked token from its cache.
+    #[rstest]
+    #[case::standalone(Topology::Standalone)]
+    #[case::cluster(Topology::Cluster)]
+    fn a_lagging_event_receiver_flushes_the_local_cache(#[case] topology: Topology) {
+        use fredkit_pubsub::{Delivery, PubSubOptions, Subscriber};
+        let main = tokio::runtime::Builder::new_multi_thread()
+            .worker_threads(2)
+            .enable_all()
+            .build()
+            .unwrap();
+        let frozen = tokio::runtime::Builder::new_current_thread()
+            .enable_all()
+            .build()
+            .unwrap();
+        let url = shared_url(topology).unwrap();
+        let p = prefix("lag_flush");
+        let opts = || {
+            RevocationOptions::builder(FailMode::Open)
+                .prefix(p.clone())
+                .max_token_lifetime(Duration::from_secs(3600))
+                .local_cache(LocalCacheOptions::default().ttl(Duration::from_secs(600)))
+                .build()
+                .unwrap()
+        };
+        let channel = format!("{p}:events");
+        let (a, redis_b, subscriber, mut watch) = main.block_on(async {
+            let (redis_a, redis_b) = (connect(&url).await, connect(&url).await);
+            let a = Revocations::new(&redis_a, opts()).await.unwrap();
+            // Made on the main runtime: its dispatcher keeps running there.
+            let subscriber = Subscriber::with_codec(
+                &redis_b,
+                fredkit_core::MsgPack,
+                PubSubOptions::default().receiver_capacity(1),
+            )
+            .await
+            .unwrap();
+            let watch = subscriber.subscribe_bytes(&channel).await.unwrap();
+            (a, redis_b, subscriber, watch)
+        });
+        let t = now_secs();
+        let victim = token("victim", "rita", None, t, t + 600);
+        // B's event task lives on `frozen`: it runs only inside block_on.
+        let b = frozen.block_on(async {
+            let b = Revocations::with_subscriber(&redis_b, opts(), &subscriber)
+                .await
+                .unwrap();
+            assert!(!b.check(&victim).await.unwrap());
+            assert!(!b.check(&victim).await.unwrap());
+            assert_eq!(b.metrics().redis_reads, 1, "B answers from its cache");
+            b
+        });
+        let flushes = b.metrics().cache_flushes;
+        // B's event task is frozen from here on.
+        main.block_on(async {
+            a.revoke("victim", at_secs(t + 600)).await.unwrap();
+            for n in 0..10 {
+                a.revoke(&format!("flood{n}"), at_secs(t + 600))
+                    .await
+                    .unwrap();
+            }
+            // Wait until the dispatcher has handed the last event over.
+            let deadline = tokio::time::Instant::now() + DEADLINE;
+            loop {
+                let next = tokio::time::timeout_at(deadline, watch.next())
+                    .await
+                    .expect("the events never arrived");
+                if let Some(Delivery::Message(m)) = next {
+                    let bytes = m.payload.unwrap();
+                    if bytes.windows(6).any(|w| w == b"flood9") {
+                        break;
+                    }
+                }
+            }
+        });
+        let before = b.metrics().events_received;
+        frozen.block_on(async {
+            assert!(
+                wait_for(DEADLINE, || b.metrics().events_received > before).await,
+                "B's event task never caught up"
+            );
+            assert_eq!(
+                b.metrics().events_received,
+                before + 1,
+                "B should have read exactly one event after the lag"
+            );
+            assert_eq!(
+                b.metrics().cache_flushes,
+                flushes + 1,
+                "the lag must flush B's cache"
+            );
+            let reads = b.metrics().redis_reads;
+            assert!(
+                b.check(&victim).await.unwrap(),
+                "B answered 'not revoked' from its cache after the lag"
+            );
+            assert_eq!(b.metrics().redis_reads, reads + 1);
+        });
+        drop(b);
+        drop(frozen);
+        main.block_on(async move {
+            drop((a, subscriber, watch, redis_b));
+        });
     }
 
     /// Start-up never needs Redis: a store with the local cache made while
@@ -1211,9 +1337,12 @@ mod tower_layer {
         })
     }
 
+    #[rstest]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn axum_route_answers_401_for_revoked_tokens_only() {
-        let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+    async fn axum_route_answers_401_for_revoked_tokens_only(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        let redis = connect(&shared_url(topology).unwrap()).await;
         let store = store(&redis, options("tower", FailMode::Closed)).await;
         let t = now_secs();
         store.revoke("bad", at_secs(t + 600)).await.unwrap();
@@ -1247,10 +1376,13 @@ mod tower_layer {
     /// Fail-closed during an outage refuses the request, but the token is
     /// not known to be revoked: 503 (retry), not 401 (which tells clients
     /// to throw their token away and log the user out).
+    #[rstest]
     #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-    async fn fault_killed_server_fail_closed_layer_answers_503_not_401() {
-        let mut server = RedisServer::start().unwrap();
-        let redis = connect(&server.url()).await;
+    async fn fault_killed_server_fail_closed_layer_answers_503_not_401(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        let mut private = Private::start(topology);
+        let redis = connect(&private.url()).await;
         let store = store(&redis, options("tower_outage", FailMode::Closed)).await;
         let t = now_secs();
         let app = Router::new()
@@ -1269,7 +1401,7 @@ mod tower_layer {
             app.clone().oneshot(request()).await.unwrap().status(),
             StatusCode::OK
         );
-        server.kill().unwrap();
+        private.kill();
         let refused = app.oneshot(request()).await.unwrap();
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(refused.headers().get("www-authenticate").is_none());
