@@ -641,6 +641,32 @@ impl Private {
 }
 
 impl Private {
+    /// SIGSTOP (`true`) or SIGCONT (`false`) the server (cluster: master
+    /// `owner`); after SIGCONT a cluster is waited healthy again.
+    fn pause(&self, owner: usize, pause: bool) {
+        let server = match self {
+            Private::Server(s) => s,
+            Private::Cluster(c) => &c.masters()[owner],
+        };
+        if pause {
+            server.pause().unwrap();
+        } else {
+            server.resume().unwrap();
+            if let Private::Cluster(c) = self {
+                c.wait_healthy(DEADLINE).unwrap();
+            }
+        }
+    }
+
+    /// `n` cache keys whose entries live on master `owner` (any on a server).
+    fn keys_on(&self, owner: usize, n: usize) -> Vec<String> {
+        (0..10_000)
+            .map(|i| format!("p{i}"))
+            .filter(|k| self.owner(k) == owner)
+            .take(n)
+            .collect()
+    }
+
     fn kill_all(&mut self) {
         match self {
             Private::Server(s) => s.kill().unwrap(),
@@ -1176,11 +1202,17 @@ async fn get_or_set_never_errors_because_a_joined_fallible_fill_failed(#[case] t
 /// Redis frozen with SIGSTOP (accepts connections, answers nothing): no call
 /// hangs past the command timeout (1 s here), `get_or_set` answers from the
 /// factory or the stale value, and the breaker opens, after which Redis is
-/// not waited for at all. After SIGCONT writes resume.
+/// not waited for at all. After SIGCONT writes resume. On a cluster the
+/// master owning every key used is the one paused.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker() {
-    let server = RedisServer::start().unwrap();
-    let redis = connect(&server.url()).await;
+async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker(#[case] topology: Topology) {
+    let deployment = Private::start(topology);
+    let redis = connect(&deployment.url()).await;
+    let owner = deployment.owner("old");
+    let keys = deployment.keys_on(owner, 6);
     let p = prefix("paused");
     let o = outage_opts(&p).breaker(
         fredkit_core::CircuitBreaker::builder()
@@ -1193,7 +1225,7 @@ async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker() {
     c.set("old", &item(1)).await.unwrap();
     // Logically expired, physically kept for fail-safe.
     tokio::time::sleep(Duration::from_millis(250)).await;
-    server.pause().unwrap();
+    deployment.pause(owner, true);
     // Bound: the command timeout (1 s) plus generous scheduling slack. A call
     // that waits for the paused server without a timeout never returns.
     let bound = Duration::from_secs(4);
@@ -1212,12 +1244,12 @@ async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker() {
     for i in 0..4u64 {
         let v = tokio::time::timeout(
             bound,
-            c.get_or_set(&format!("k{i}"), move || async move { item(i) }),
+            c.get_or_set(&keys[i as usize], move || async move { item(i) }),
         )
         .await
         .expect("get_or_set hung on a paused Redis");
         assert_eq!(v.unwrap(), item(i));
-        let g = tokio::time::timeout(bound, c.get("x"))
+        let g = tokio::time::timeout(bound, c.get(&keys[4]))
             .await
             .expect("get hung on a paused Redis");
         assert_eq!(g.unwrap(), None);
@@ -1231,11 +1263,11 @@ async fn fault_paused_redis_never_hangs_a_call_and_opens_the_breaker() {
     // Open breaker: calls do not go to Redis (they are rejected at once and
     // counted), and still answer from the factory.
     assert_eq!(
-        c.get_or_set("z", || async { item(9) }).await.unwrap(),
+        c.get_or_set(&keys[5], || async { item(9) }).await.unwrap(),
         item(9)
     );
     assert!(c.metrics().redis_errors > before);
-    server.resume().unwrap();
+    deployment.pause(owner, false);
     // Another cache on the same Redis (its own breaker) writes at once.
     let d = cache(&redis, opts(&p)).await;
     assert!(
