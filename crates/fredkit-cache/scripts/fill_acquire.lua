@@ -7,13 +7,17 @@
 -- ARGV[2]  lock time-to-live in milliseconds
 --
 -- Returns {acquired, data}:
---   acquired  1 when this call took the lock (SET NX PX), 0 when another
---             filler holds it
+--   acquired  1 when the lock is this filler's: taken now (SET NX PX), or
+--             already holding ARGV[1] (this call run again: fred resends a
+--             command whose reply was lost, and the first run took the
+--             lock); 0 when another filler holds it
 --   data      the data key's current bytes, or false when absent
 -- A non-string value under KEYS[1] (a foreign writer) is returned as false
 -- by pcall and reported as absent; the caller's decode path handles garbage.
 local acquired = 0
 if redis.call('SET', KEYS[2], ARGV[1], 'NX', 'PX', ARGV[2]) then
+  acquired = 1
+elseif redis.call('GET', KEYS[2]) == ARGV[1] then
   acquired = 1
 end
 local ok, data = pcall(redis.call, 'GET', KEYS[1])
