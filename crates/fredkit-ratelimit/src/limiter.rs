@@ -90,7 +90,10 @@ const FAIL_CLOSED_RETRY: Duration = Duration::from_secs(1);
 /// (the script may have run); dropping never consumes twice. A check whose
 /// connection breaks after the server ran its script is sent again by fred
 /// on the new connection and consumes its cost twice: stricter than the
-/// limit, never looser (rare: it takes a connection lost within a round trip).
+/// limit, never looser (rare: it takes a connection lost within a round trip;
+/// tested for every algorithm by losing the reply with `CLIENT KILL`: the
+/// script runs twice, and the caller plus every later caller get at most
+/// the quota).
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,

@@ -74,7 +74,10 @@ static LOGIN_STATUS: Script = Script::new(
 /// [`FailMode::Closed`], not locked for [`FailMode::Open`], with
 /// [`LoginStatus::fallback`] set. `record_success` and `unlock` return the
 /// error. A dropped future may or may not have recorded its failure; never
-/// twice.
+/// twice. A `record_failure` whose connection breaks after the server ran
+/// it is sent again by fred on the new connection and counts the failure
+/// twice: the lockout comes one failure early, never late (tested by losing
+/// the reply with `CLIENT KILL`).
 #[derive(Clone)]
 pub struct LoginThrottle {
     inner: Arc<Inner>,
