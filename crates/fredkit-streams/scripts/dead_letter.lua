@@ -20,10 +20,30 @@
 --
 -- Returns: { 1, trimmed } when dead-lettered and acknowledged, where trimmed
 -- counts the oldest dead letters the MAXLEN bound removed to make room;
--- { 0, 0 } when the entry was no longer pending for that consumer (nothing
--- written).
+-- { 2, 0 } when it was not pending any more because this consumer had
+-- already dead-lettered it: one of the newest 64 dead letters is this
+-- entry's, from this group and consumer (the script ran twice: fred sent it
+-- again on a new connection after the first run's reply was lost);
+-- { 0, 0 } when the entry was no longer pending for that consumer otherwise
+-- (nothing written either way).
 local p = redis.call('XPENDING', KEYS[1], ARGV[1], ARGV[3], ARGV[3], 1, ARGV[2])
 if #p == 0 then
+  for _, e in ipairs(redis.call('XREVRANGE', KEYS[2], '+', '-', 'COUNT', 64)) do
+    local f = e[2]
+    local id, group, consumer = nil, nil, nil
+    for i = 1, #f, 2 do
+      if f[i] == 'dlq.id' then
+        id = f[i + 1]
+      elseif f[i] == 'dlq.group' then
+        group = f[i + 1]
+      elseif f[i] == 'dlq.consumer' then
+        consumer = f[i + 1]
+      end
+    end
+    if id == ARGV[3] and group == ARGV[1] and consumer == ARGV[2] then
+      return { 2, 0 }
+    end
+  end
   return { 0, 0 }
 end
 local deliveries = p[1][4]

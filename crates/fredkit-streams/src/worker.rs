@@ -1079,6 +1079,12 @@ async fn dead_letter<T, C>(ctx: &Ctx<T, C>, id: &StreamId, error: &str) {
                 );
             }
         }
+        Ok((2, _)) => {
+            // Our own first run's reply was lost and fred sent the script
+            // again: dead-lettered once, counted once.
+            add(&ctx.metrics.dead_lettered, 1);
+            tracing::debug!(id = %id, "dead-lettered by this consumer's first run of the script (its reply was lost)")
+        }
         Ok(_) => {
             tracing::debug!(id = %id, "not dead-lettered: no longer pending for this consumer")
         }
