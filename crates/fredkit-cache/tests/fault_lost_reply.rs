@@ -354,3 +354,151 @@ async fn fault_client_connection_cut_after_the_server_ran_a_fill_script_resend_k
     assert_eq!(fill.await.unwrap().unwrap(), Item { id: 4 });
     assert_eq!(get(format!("{p}:lock:{{d}}")).await, None);
 }
+
+/// Sends commands over a fresh raw connection (one write) and returns the
+/// first `lines` lines of the replies.
+async fn raw_commands(addr: &str, commands: &[&[&str]], lines: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = String::new();
+    for args in commands {
+        req.push_str(&format!("*{}\r\n", args.len()));
+        for a in *args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    }
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(conn);
+    let mut out = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        tokio::time::timeout(DEADLINE, reader.read_line(&mut line))
+            .await
+            .expect("no reply from the raw connection")
+            .unwrap();
+        out.push(line.trim_end().to_string());
+    }
+    out
+}
+
+/// Runs `op` with `CLIENT PAUSE WRITE` on `node` (reads go on, so the op's
+/// `GET` is answered and its first script is held) and, queued behind that
+/// script, a transaction that writes `marker` (a key on `node`, so that it
+/// is held too) and runs
+/// `CLIENT KILL TYPE normal` (every command connection but its own): when
+/// the pause ends the server runs the script, then kills the connection
+/// before the reply is written. fred reconnects and sends the script again.
+/// Returns the op's output and how many scripts `node` ran meanwhile.
+async fn with_reply_killed<T>(
+    node: &RedisServer,
+    marker: &str,
+    op: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let before = script_calls(node);
+    let addr = node.addr();
+    let paused = raw_commands(&addr, &[&["CLIENT", "PAUSE", "2000", "WRITE"]], 1).await;
+    assert_eq!(paused, ["+OK"]);
+    let kill = async {
+        // The op's script is held in the server long before this.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        raw_commands(
+            &addr,
+            &[
+                &["MULTI"],
+                &["SET", marker, "1"],
+                &["CLIENT", "KILL", "TYPE", "normal"],
+                &["EXEC"],
+            ],
+            6,
+        )
+        .await
+    };
+    let (out, killed) = tokio::join!(op, kill);
+    assert!(
+        killed[5].starts_with(':') && killed[5] != ":0",
+        "no connection was killed: {killed:?}"
+    );
+    (out, script_calls(node) - before)
+}
+
+/// The `fill_acquire` replay on a 3-master cluster: the master owning the
+/// key runs the script, the connection is killed before the reply (the
+/// `CLIENT PAUSE ALL` / `CLIENT KILL` recipe), fred resends it; the filler
+/// must take the resend's lock as its own, not wait for it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_client_killed_after_the_master_ran_fill_acquire_the_filler_does_not_wait_for_itself(
+) {
+    use fredkit_testkit::{key_slot, ClusterOptions, RedisCluster};
+    let cluster = tokio::task::spawn_blocking(|| {
+        RedisCluster::start(ClusterOptions::default().node_timeout(Duration::from_secs(15)))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    // One client in the pool (the default), a command timeout long enough
+    // for the pause and the resend.
+    let url = format!("{}&command_timeout=5s", cluster.url());
+    let redis = connect(&url).await;
+    let direct = connect(&cluster.url()).await;
+    let p = prefix("cache_cluster_lost_reply");
+    let options = || {
+        CacheOptions::builder(p.clone())
+            .ttl(Duration::from_secs(60))
+            .lock_ttl(Duration::from_secs(3))
+            .fill_wait(Duration::from_secs(20))
+            .invalidation(false)
+            .build()
+            .unwrap()
+    };
+    let c: Cache<Item> = Cache::new(&redis, options()).await.unwrap();
+    let rival: Cache<Item> = Cache::new(&direct, options()).await.unwrap();
+    let key = (0..10_000)
+        .map(|i| format!("a{i}"))
+        .find(|k| {
+            cluster
+                .master_index_for_slot(key_slot(k.as_bytes()))
+                .unwrap()
+                == 0
+        })
+        .unwrap();
+    let node = &cluster.masters()[0];
+    // Load the scripts on that master first.
+    let warm = (0..10_000)
+        .map(|i| format!("w{i}"))
+        .find(|k| {
+            cluster
+                .master_index_for_slot(key_slot(k.as_bytes()))
+                .unwrap()
+                == 0
+        })
+        .unwrap();
+    c.get_or_set(&warm, || async { Item { id: 0 } })
+        .await
+        .unwrap();
+
+    let marker = format!("{{{key}}}kill-marker");
+    let (v, runs) = with_reply_killed(
+        node,
+        &marker,
+        tokio::time::timeout(DEADLINE, c.get_or_set(&key, || async { Item { id: 1 } })),
+    )
+    .await;
+    assert_eq!(v.expect("get_or_set hung").unwrap(), Item { id: 1 });
+    let m = c.metrics();
+    assert_eq!(
+        (m.fill_lock_waits, m.fill_wait_timeouts, m.factory_calls),
+        (0, 0, 2),
+        "the filler waited for its own lock"
+    );
+    assert_eq!(
+        runs, 3,
+        "acquire, reply lost, acquire resent, store + release"
+    );
+    let lock: Option<String> = direct
+        .client()
+        .get(format!("{p}:lock:{{{key}}}"))
+        .await
+        .unwrap();
+    assert_eq!(lock, None, "lock left behind");
+    assert_eq!(rival.get(&key).await.unwrap(), Some(Item { id: 1 }));
+}
