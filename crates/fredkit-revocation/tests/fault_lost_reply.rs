@@ -320,3 +320,170 @@ async fn fault_client_connection_cut_after_the_server_ran_a_revocation_script_re
         "exp + leeway, unchanged by the replay"
     );
 }
+
+/// Sends commands over a fresh raw connection (one write) and returns the
+/// first `lines` lines of the replies.
+async fn raw_commands(addr: &str, commands: &[&[&str]], lines: usize) -> Vec<String> {
+    use tokio::io::AsyncBufReadExt;
+    let mut conn = tokio::net::TcpStream::connect(addr).await.unwrap();
+    let mut req = String::new();
+    for args in commands {
+        req.push_str(&format!("*{}\r\n", args.len()));
+        for a in *args {
+            req.push_str(&format!("${}\r\n{a}\r\n", a.len()));
+        }
+    }
+    conn.write_all(req.as_bytes()).await.unwrap();
+    let mut reader = tokio::io::BufReader::new(conn);
+    let mut out = Vec::new();
+    for _ in 0..lines {
+        let mut line = String::new();
+        tokio::time::timeout(Duration::from_secs(30), reader.read_line(&mut line))
+            .await
+            .expect("no reply from the raw connection")
+            .unwrap();
+        out.push(line.trim_end().to_string());
+    }
+    out
+}
+
+/// Runs `op` with `CLIENT PAUSE WRITE` on `node` (reads go on, so the op's
+/// `GET` is answered and its first script is held) and, queued behind that
+/// script, a transaction that writes `marker` (a key on `node`, so that it
+/// is held too) and runs
+/// `CLIENT KILL TYPE normal` (every command connection but its own): when
+/// the pause ends the server runs the script, then kills the connection
+/// before the reply is written. fred reconnects and sends the script again.
+/// Returns the op's output and how many scripts `node` ran meanwhile.
+async fn with_reply_killed<T>(
+    node: &RedisServer,
+    marker: &str,
+    op: impl std::future::Future<Output = T>,
+) -> (T, u64) {
+    let before = script_calls(node);
+    let addr = node.addr();
+    let paused = raw_commands(&addr, &[&["CLIENT", "PAUSE", "2000", "WRITE"]], 1).await;
+    assert_eq!(paused, ["+OK"]);
+    let kill = async {
+        // The op's script is held in the server long before this.
+        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        raw_commands(
+            &addr,
+            &[
+                &["MULTI"],
+                &["SET", marker, "1"],
+                &["CLIENT", "KILL", "TYPE", "normal"],
+                &["EXEC"],
+            ],
+            6,
+        )
+        .await
+    };
+    let (out, killed) = tokio::join!(op, kill);
+    assert!(
+        killed[5].starts_with(':') && killed[5] != ":0",
+        "no connection was killed: {killed:?}"
+    );
+    (out, script_calls(node) - before)
+}
+
+/// `revoke` replayed on a 3-master cluster (the master owning the token's
+/// key runs `revoke_jti`, the connection is killed before the reply, fred
+/// resends it): the record lives until exactly `exp` + leeway and the event
+/// is published even though the replay reports `Already`.
+#[cfg(feature = "local-cache")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_client_killed_after_the_master_ran_revoke_jti_the_event_still_goes_out() {
+    use fredkit_testkit::{key_slot, ClusterOptions, RedisCluster};
+    let cluster = tokio::task::spawn_blocking(|| {
+        RedisCluster::start(ClusterOptions::default().node_timeout(Duration::from_secs(15)))
+            .unwrap()
+    })
+    .await
+    .unwrap();
+    let redis = connect(&format!("{}&command_timeout=5s", cluster.url())).await;
+    let direct = connect(&cluster.url()).await;
+    let p = prefix("revocation_cluster_lost_reply");
+    let options = || {
+        RevocationOptions::builder(FailMode::Closed)
+            .prefix(p.clone())
+            .max_token_lifetime(Duration::from_secs(3600))
+            .expiry_leeway(Duration::from_secs(61))
+    };
+    let store = Revocations::new(&redis, options().build().unwrap())
+        .await
+        .unwrap();
+    let watcher = Revocations::new(
+        &direct,
+        options()
+            .local_cache(fredkit_revocation::LocalCacheOptions::default())
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    // Token ids whose keys live on master 0.
+    let on_master0 = |tag: &str| {
+        (0..10_000)
+            .map(|i| format!("{tag}{i}"))
+            .find(|j| {
+                let key = format!("{p}:jti:{j}");
+                cluster
+                    .master_index_for_slot(key_slot(key.as_bytes()))
+                    .unwrap()
+                    == 0
+            })
+            .unwrap()
+    };
+    let (warm, jti) = (on_master0("warm"), on_master0("j"));
+    let t = now_secs();
+    let exp = UNIX_EPOCH + Duration::from_secs(t + 600);
+    store.revoke(&warm, exp).await.unwrap(); // loads the script there
+    let deadline = std::time::Instant::now() + Duration::from_secs(15);
+    while watcher.metrics().events_received < 1 {
+        assert!(std::time::Instant::now() < deadline, "no warm-up event");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let node = &cluster.masters()[0];
+    // A key of master 0 for the killer's held transaction.
+    let marker = (0..10_000)
+        .map(|i| format!("kill-marker{i}"))
+        .find(|k| {
+            cluster
+                .master_index_for_slot(key_slot(k.as_bytes()))
+                .unwrap()
+                == 0
+        })
+        .unwrap();
+    let (outcome, runs) = with_reply_killed(node, &marker, store.revoke(&jti, exp)).await;
+    assert_eq!(runs, 2, "run, reply lost, resent");
+    let outcome = outcome.unwrap();
+    assert!(
+        matches!(outcome, Revoked::Now | Revoked::Already),
+        "{outcome:?}"
+    );
+    let expiry = node
+        .command(&["PEXPIRETIME", &format!("{p}:jti:{jti}")])
+        .unwrap()
+        .as_int()
+        .unwrap();
+    assert_eq!(
+        expiry,
+        ((t + 600 + 61) * 1000) as i64,
+        "exp + leeway, exactly"
+    );
+    while watcher.metrics().events_received < 2 {
+        assert!(std::time::Instant::now() < deadline, "no event for {jti}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let reads = watcher.metrics().redis_reads;
+    let claims = TokenClaims {
+        jti: jti.clone(),
+        sub: "x".into(),
+        org: None,
+        iat: t,
+        exp: t + 600,
+    };
+    assert!(watcher.check(&claims).await.unwrap());
+    assert_eq!(watcher.metrics().redis_reads, reads, "known from its event");
+}
