@@ -411,6 +411,10 @@ impl StreamAdmin {
     /// Dead letters without a payload stay (and are counted as skipped). The
     /// stream is not trimmed by a replay.
     ///
+    /// A replay whose connection breaks after the server ran it is sent again
+    /// by fred and runs twice: up to `2 × count` dead letters are replayed,
+    /// each of them once (the report counts the second run only).
+    ///
     /// # Errors
     ///
     /// Connection errors, script errors.

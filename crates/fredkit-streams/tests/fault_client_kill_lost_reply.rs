@@ -1,8 +1,8 @@
 //! Scripts whose reply is lost: the server ran them, then the connection
 //! was killed before the reply left, and fred sent them again on a new
 //! connection, where they ran a second time. The delivery contract holds
-//! through the double run: an entry is dead-lettered once, never twice, and
-//! nothing is lost.
+//! through the double run: an entry is dead-lettered once, never twice, a
+//! dead letter is replayed once, and nothing is lost.
 //!
 //! How the reply is lost, deterministically: the server is frozen
 //! (SIGSTOP, waited for until the process is stopped); the command is sent;
@@ -17,6 +17,7 @@
 
 mod common;
 
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
@@ -426,4 +427,76 @@ async fn fault_client_kill_lost_claim_reply_dead_letters_once_and_loses_nothing(
         Some(0),
         "the resent run dead-lettered again: {parts:?}"
     );
+}
+
+/// A replay of 2 dead letters whose reply is lost runs twice and replays 4
+/// (documented: up to twice the count), each dead letter once: every one of
+/// the 6 is either still a dead letter or replayed exactly once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_client_kill_lost_replay_reply_replays_each_dead_letter_once() {
+    let server = server();
+    let redis = client(&server).await;
+    let keys = keys("lost_replay");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let c = redis.client();
+    let originals: Vec<String> = (0..6).map(|n| format!("{}-0", 1000 + n)).collect();
+    for (n, original) in originals.iter().enumerate() {
+        let _: String = c
+            .xadd(
+                keys.dead_letter(),
+                false,
+                None,
+                "*",
+                vec![
+                    ("payload", format!("{{\"n\":{n}}}")),
+                    ("dlq.id", original.clone()),
+                    ("dlq.group", "g".to_string()),
+                    ("dlq.error", "e".to_string()),
+                ],
+            )
+            .await
+            .unwrap();
+    }
+    // Cached, so the EVALSHA runs it (no NOSCRIPT round).
+    let _: String = c
+        .script_load(include_str!("../scripts/replay.lua"))
+        .await
+        .unwrap();
+    let report = {
+        let admin = StreamAdmin::new(&redis, keys.clone());
+        with_lost_reply(
+            &server,
+            80,
+            async move { admin.replay_dead_letters(2).await },
+        )
+        .await
+        .unwrap()
+    };
+    assert_eq!(
+        script_runs_with(&server, keys.dead_letter()),
+        2,
+        "the replay script ran once, then once more when fred resent it"
+    );
+    assert_eq!(report.replayed, 2, "the second run's own count: {report:?}");
+    let replayed: Vec<(String, HashMap<String, String>)> =
+        c.xrange(keys.stream(), "-", "+", None).await.unwrap();
+    let mut replayed_from: Vec<String> = replayed
+        .iter()
+        .map(|(_, f)| f.get("dlq.replayed_from").unwrap().clone())
+        .collect();
+    replayed_from.sort();
+    let mut left: Vec<String> = admin
+        .dead_letters(100)
+        .await
+        .unwrap()
+        .into_iter()
+        .map(|d| d.original_id.unwrap().as_str().to_string())
+        .collect();
+    left.sort();
+    assert_eq!(
+        replayed_from,
+        originals[..4].to_vec(),
+        "replayed once each, oldest first"
+    );
+    assert_eq!(left, originals[4..].to_vec(), "the rest still dead letters");
 }
