@@ -24,9 +24,12 @@ pub(crate) fn sharded(redis: &Redis, mode: Mode) -> bool {
 
 /// Publishes typed messages on the shared connection.
 ///
-/// Pub/sub is **at-most-once**: a message published while a subscriber is
-/// disconnected is lost for it (the subscriber sees a
-/// [`Delivery::Gap`](crate::Delivery::Gap)). Use Redis Streams
+/// Pub/sub is **at-most-once** per `PUBLISH` the server runs: a message
+/// published while a subscriber is disconnected is lost for it (the
+/// subscriber sees a [`Delivery::Gap`](crate::Delivery::Gap)). A publish
+/// whose reply was lost with its connection (after the server ran it) is
+/// sent again by fred on the new connection, so subscribers can get that
+/// message twice: make consumers idempotent. Use Redis Streams
 /// (fredkit-streams) when every message must arrive.
 ///
 /// ```no_run
