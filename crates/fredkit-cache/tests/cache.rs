@@ -1973,3 +1973,51 @@ fn an_l1_whose_invalidation_receiver_lags_is_flushed_and_never_serves_the_old_va
         drop((a, subscriber, watch, rb));
     });
 }
+
+/// An invalidation message received twice (fred resends a `PUBLISH` whose
+/// reply was lost: see fredkit-pubsub) repeats a sequence number: B takes
+/// it for a possible loss and flushes its L1 (the safe side), then goes on
+/// with the next message in sequence.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_duplicated_invalidation_flushes_the_l1_once(#[case] topology: Topology) {
+    let url = shared_url(topology).unwrap();
+    let (ra, rb) = (connect(&url).await, connect(&url).await);
+    let p = prefix("dupinv");
+    let l1 = L1Options::new().ttl(Duration::from_secs(60));
+    let b = cache(&rb, opts(&p).l1(l1.clone())).await;
+    let a = cache(&ra, opts(&p).l1(l1)).await;
+    let seen = b.metrics().invalidations_received;
+    a.set("k", &item(1)).await.unwrap(); // A's message 1
+    hold_l1_copy(&b, seen, "k", &item(1)).await;
+    // A's message 1 again, as fred's resend would deliver it.
+    let forged = ForgedInvalidation {
+        i: a.instance_id(),
+        s: 1,
+        k: vec!["k".into()],
+        a: false,
+    };
+    fredkit_pubsub::Publisher::new(&ra)
+        .publish(&format!("{p}:invalidations"), &forged)
+        .await
+        .unwrap();
+    assert!(
+        eventually(DEADLINE, || async {
+            b.metrics().invalidations_received == seen + 2
+        })
+        .await
+    );
+    assert_eq!(b.metrics().l1_flushes, 1, "the repeated sequence flushes");
+    // A's message 2 is in sequence again: no further flush.
+    a.set("k", &item(2)).await.unwrap();
+    assert!(
+        eventually(DEADLINE, || async {
+            b.metrics().invalidations_received == seen + 3
+        })
+        .await
+    );
+    assert_eq!(b.metrics().l1_flushes, 1);
+    assert_eq!(b.get("k").await.unwrap(), Some(item(2)));
+}
