@@ -149,9 +149,6 @@ impl Drop for CutProxy {
     }
 }
 
-/// fred sends a command again when its connection closed with the command
-/// in flight; when the server had already run it (the reply was lost), the
-
 /// Pub/sub is at-most-once per `PUBLISH` the server runs, not per
 /// `publish` call: a publish whose reply was lost is resent by fred after
 /// the reconnect and its message delivered twice. Consumers must tolerate

@@ -335,10 +335,10 @@ impl Revocations {
         Self::build(redis, options, Some(subscriber)).await
     }
 
+    #[cfg_attr(not(feature = "local-cache"), allow(unused_variables))]
     async fn build(
         redis: &Redis,
         options: RevocationOptions,
-        #[cfg_attr(not(feature = "local-cache"), allow(unused_variables))]
         subscriber: Option<&fredkit_pubsub::Subscriber>,
     ) -> Result<Revocations> {
         let leeway_ms = i64::try_from(options.expiry_leeway.as_millis()).unwrap_or(i64::MAX);
@@ -346,12 +346,9 @@ impl Revocations {
         let counters = Arc::new(Counters::default());
         #[cfg(feature = "local-cache")]
         let local = match &options.local_cache {
-            Some(cache_options) => {
-                Some(
-                    Self::start_local(redis, &options, cache_options, &counters, subscriber)
-                        .await?,
-                )
-            }
+            Some(cache_options) => Some(
+                Self::start_local(redis, &options, cache_options, &counters, subscriber).await?,
+            ),
             None => None,
         };
         Ok(Revocations {

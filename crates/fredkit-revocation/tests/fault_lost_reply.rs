@@ -175,9 +175,6 @@ impl Drop for CutProxy {
     }
 }
 
-/// fred sends a command again when its connection closed with the command
-/// in flight; when the server had already run it (the reply was lost), the
-
 fn sha(source: &str) -> String {
     fred::util::sha1_hash(source)
 }
@@ -321,6 +318,7 @@ async fn fault_client_connection_cut_after_the_server_ran_a_revocation_script_re
     );
 }
 
+#[cfg(feature = "local-cache")]
 /// Sends commands over a fresh raw connection (one write) and returns the
 /// first `lines` lines of the replies.
 async fn raw_commands(addr: &str, commands: &[&[&str]], lines: usize) -> Vec<String> {
@@ -347,6 +345,7 @@ async fn raw_commands(addr: &str, commands: &[&[&str]], lines: usize) -> Vec<Str
     out
 }
 
+#[cfg(feature = "local-cache")]
 /// Runs `op` with `CLIENT PAUSE WRITE` on `node` (reads go on, so the op's
 /// `GET` is answered and its first script is held) and, queued behind that
 /// script, a transaction that writes `marker` (a key on `node`, so that it
