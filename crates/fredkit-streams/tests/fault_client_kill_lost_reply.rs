@@ -18,7 +18,6 @@
 mod common;
 
 use std::collections::HashMap;
-use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -27,165 +26,7 @@ use fred::prelude::*;
 use fred::types::{ClusterHash, CustomCommand};
 use fredkit_conn::{Redis, RedisConfig};
 use fredkit_streams::{Message, Producer, StreamAdmin, Worker, WorkerConfig};
-use fredkit_testkit::{RedisServer, Reply, ServerOptions};
-use tokio::io::{AsyncBufReadExt, AsyncWriteExt, BufReader};
-use tokio::net::TcpStream;
-
-/// Established connections to `port` on this machine (server side) with
-/// their peer's port and the bytes waiting in their receive queue.
-fn receive_queues(port: u16) -> Vec<(u16, u64)> {
-    let mut out = Vec::new();
-    for file in ["/proc/net/tcp", "/proc/net/tcp6"] {
-        let Ok(text) = std::fs::read_to_string(file) else {
-            continue;
-        };
-        for line in text.lines().skip(1) {
-            let f: Vec<&str> = line.split_whitespace().collect();
-            if f.len() < 5 || f[3] != "01" {
-                continue;
-            }
-            let port_of = |a: &str| u16::from_str_radix(a.rsplit(':').next().unwrap(), 16).unwrap();
-            if port_of(f[1]) != port {
-                continue;
-            }
-            let rx = u64::from_str_radix(f[4].split(':').nth(1).unwrap(), 16).unwrap();
-            out.push((port_of(f[2]), rx));
-        }
-    }
-    out
-}
-
-/// Waits (at most 20 s) until a server-side socket of `port` matches.
-async fn wait_queued(port: u16, what: &str, mut found: impl FnMut(u16, u64) -> bool) {
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    while !receive_queues(port).into_iter().any(|(p, rx)| found(p, rx)) {
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "never queued: {what} ({:?})",
-            receive_queues(port)
-        );
-        tokio::time::sleep(Duration::from_millis(2)).await;
-    }
-}
-
-fn resp(args: &[&str]) -> Vec<u8> {
-    let mut out = format!("*{}\r\n", args.len()).into_bytes();
-    for a in args {
-        out.extend_from_slice(format!("${}\r\n{a}\r\n", a.len()).as_bytes());
-    }
-    out
-}
-
-/// Runs `op`, which makes a client send one command of at least
-/// `min_bytes` to `server`, so that the server executes it and its reply is
-/// lost with its connection (every normal connection is killed); returns
-/// what `op` returns.
-async fn with_lost_reply<T: Send + 'static>(
-    server: &RedisServer,
-    min_bytes: u64,
-    op: impl Future<Output = T> + Send + 'static,
-) -> T {
-    let port = server.port();
-    // The killer sends nothing before its CLIENT KILL: a socket that was
-    // readable in the server's last event-loop turn may still sit at the
-    // head of its (level-triggered) epoll ready list and be served first.
-    // It only has to be accepted (listed) before the freeze.
-    let killer = TcpStream::connect(("127.0.0.1", port)).await.unwrap();
-    let killer_port = killer.local_addr().unwrap().port();
-    let mut killer = BufReader::new(killer);
-    let listed = format!("addr=127.0.0.1:{killer_port} ");
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let Reply::Bulk(Some(list)) = server.command(&["CLIENT", "LIST"]).unwrap() else {
-            panic!("CLIENT LIST");
-        };
-        if String::from_utf8_lossy(&list).contains(&listed) {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the killer connection was never accepted"
-        );
-        tokio::time::sleep(Duration::from_millis(5)).await;
-    }
-    let mut line = String::new();
-    server.pause().unwrap();
-    // SIGSTOP takes effect when the process is next scheduled: until then
-    // it could still collect the command's readiness in one epoll_wait and
-    // the kill's in the next (then the reply goes out before the kill).
-    let stat = format!("/proc/{}/stat", server.pid().unwrap());
-    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
-    loop {
-        let text = std::fs::read_to_string(&stat).unwrap();
-        let state = text
-            .rsplit(')')
-            .next()
-            .unwrap()
-            .split_whitespace()
-            .next()
-            .unwrap();
-        if state == "T" || state == "t" {
-            break;
-        }
-        assert!(
-            tokio::time::Instant::now() < deadline,
-            "the server never stopped: {text}"
-        );
-        tokio::time::sleep(Duration::from_millis(1)).await;
-    }
-    let task = tokio::spawn(op);
-    // The command is at least `min_bytes` long (a watchdog PING is 14, a
-    // worker's XREADGROUP under 200), and
-    // fred may write it in two segments, the second held back by Nagle's
-    // algorithm until the frozen server's kernel ACKs the first (a delayed
-    // ACK: up to 40 ms): the command is complete once its queue has stopped
-    // growing for 100 ms.
-    let queued = tokio::spawn(async move {
-        wait_queued(port, "the operation's command", |p, rx| {
-            p != killer_port && rx >= min_bytes
-        })
-        .await;
-        let command_bytes = |q: Vec<(u16, u64)>| -> u64 {
-            q.into_iter()
-                .filter(|(p, _)| *p != killer_port)
-                .map(|(_, rx)| rx)
-                .max()
-                .unwrap_or(0)
-        };
-        let mut seen = command_bytes(receive_queues(port));
-        let mut stable_since = tokio::time::Instant::now();
-        while stable_since.elapsed() < Duration::from_millis(100) {
-            tokio::time::sleep(Duration::from_millis(10)).await;
-            let now = command_bytes(receive_queues(port));
-            if now != seen {
-                seen = now;
-                stable_since = tokio::time::Instant::now();
-            }
-        }
-    })
-    .await;
-    if queued.is_err() {
-        server.resume().unwrap();
-        panic!("the operation's command never reached the frozen server");
-    }
-    killer
-        .get_mut()
-        .write_all(&resp(&[
-            "CLIENT", "KILL", "TYPE", "normal", "SKIPME", "yes",
-        ]))
-        .await
-        .unwrap();
-    wait_queued(port, "CLIENT KILL", |p, rx| p == killer_port && rx > 0).await;
-    server.resume().unwrap();
-    line.clear();
-    killer.read_line(&mut line).await.unwrap();
-    let killed: i64 = line.trim_start_matches(':').trim().parse().unwrap();
-    assert!(killed >= 1, "CLIENT KILL killed nothing: {line}");
-    tokio::time::timeout(Duration::from_secs(30), task)
-        .await
-        .expect("the operation did not finish after the reconnection")
-        .unwrap()
-}
+use fredkit_testkit::{with_lost_reply, RedisServer, Reply, ServerOptions};
 
 /// A server that logs every command in its SLOWLOG.
 fn server() -> RedisServer {
@@ -292,7 +133,9 @@ async fn fault_client_kill_lost_dead_letter_reply_dead_letters_the_entry_once() 
         .unwrap();
     assert_eq!(delivered, id.as_str());
 
-    with_lost_reply(&server, 400, async move { go.add_permits(1) }).await;
+    with_lost_reply(&server, 400, async move { go.add_permits(1) })
+        .await
+        .unwrap();
 
     wait_until("the entry is no longer pending", || async {
         common::pending(&admin, "g").await == 0
@@ -390,6 +233,7 @@ async fn fault_client_kill_lost_claim_reply_dead_letters_once_and_loses_nothing(
         })
         .await
         .unwrap()
+        .unwrap()
     };
     assert_eq!(
         script_runs_with(&server, "claimer"),
@@ -470,6 +314,7 @@ async fn fault_client_kill_lost_replay_reply_replays_each_dead_letter_once() {
             async move { admin.replay_dead_letters(2).await },
         )
         .await
+        .unwrap()
         .unwrap()
     };
     assert_eq!(

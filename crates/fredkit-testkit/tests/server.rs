@@ -241,3 +241,25 @@ fn started_servers_have_no_keys_command() {
     // SCAN, what fredkit uses instead, works.
     assert!(!server.command(&["SCAN", "0"]).unwrap().is_error());
 }
+
+/// `with_lost_reply`: the server runs the command, its reply is lost with
+/// the connection, and fred sends it again: an INCR runs twice and the
+/// caller sees the second run's reply.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_with_lost_reply_makes_the_server_run_a_command_twice() {
+    use fred::prelude::*;
+    let server = RedisServer::start().unwrap();
+    let redis = fredkit_testkit::connect(&server.url()).await.unwrap();
+    let client = redis.client().clone();
+    // "*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n" is 27 bytes; a watchdog PING is 14.
+    let seen: i64 = fredkit_testkit::with_lost_reply(&server, 25, async move {
+        client.incr::<i64, _>("counter").await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(seen, 2, "the caller sees the resent command's reply");
+    let stored = server.command(&["GET", "counter"]).unwrap();
+    assert_eq!(stored.as_bytes(), Some(&b"2"[..]), "INCR ran twice");
+    redis.shutdown().await.unwrap();
+}
