@@ -1719,8 +1719,10 @@ async fn a_cached_absence_lives_negative_ttl_not_ttl_and_gets_no_jitter_or_max_s
         .unwrap();
     assert_eq!(absent, None);
     let pttl: i64 = redis.client().pttl(format!("{p}:{{gone}}")).await.unwrap();
+    // -2: already gone (a stall of this box longer than negative_ttl
+    // between the store and this read), which is within the bound too.
     assert!(
-        (1..=400).contains(&pttl),
+        pttl == -2 || (1..=400).contains(&pttl),
         "a cached absence must expire within negative_ttl (400 ms): PTTL {pttl}"
     );
     // Past negative_ttl the factory runs again.
