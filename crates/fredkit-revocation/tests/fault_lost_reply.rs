@@ -364,8 +364,20 @@ async fn with_reply_killed<T>(
     let paused = raw_commands(&addr, &[&["CLIENT", "PAUSE", "2000", "WRITE"]], 1).await;
     assert_eq!(paused, ["+OK"]);
     let kill = async {
-        // The op's script is held in the server long before this.
-        tokio::time::sleep(Duration::from_millis(1_000)).await;
+        // Wait until the op's script is held by the pause (a blocked
+        // client), so the transaction is queued behind it.
+        let until = tokio::time::Instant::now() + Duration::from_millis(1_500);
+        while tokio::time::Instant::now() < until {
+            let info = node.command(&["INFO", "clients"]).unwrap();
+            let text = String::from_utf8_lossy(info.as_bytes().unwrap()).to_string();
+            if text
+                .lines()
+                .any(|l| l.starts_with("blocked_clients:") && l != "blocked_clients:0")
+            {
+                break;
+            }
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
         raw_commands(
             &addr,
             &[
