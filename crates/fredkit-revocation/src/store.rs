@@ -620,8 +620,15 @@ impl Revocations {
             tracing::debug_span!("fredkit.revocation.revoke", outcome = tracing::field::Empty);
         async move {
             tracing::debug!(key = %key, until, "revoking token");
+            // Names this call in the record: run twice (a reply lost and
+            // the script resent), the second run knows its own record.
+            let call_id = format!("{:032x}", rand::random::<u128>());
             let status: i64 = self
-                .guarded(REVOKE_JTI.exec(self.client(), key, until))
+                .guarded(REVOKE_JTI.exec(
+                    self.client(),
+                    key,
+                    vec![Value::from(until), Value::from(call_id)],
+                ))
                 .await?;
             let outcome = match status {
                 0 => Revoked::Expired,

@@ -181,11 +181,11 @@ fn sha(source: &str) -> String {
 
 /// Each revocation script, its reply lost after the server ran it and
 /// fred's resend run again, keeps its invariant: `revoke` leaves the record
-/// until exactly `exp` + leeway and its event is published (a store whose
-/// local cache never read the token knows it from the event: no lost
-/// invalidation), though the caller may be told `Already` (the resend found
-/// its own first run's record); `revoke_subject_now` returns the cut-off in
-/// force, a second of the call; `track` counts the token once.
+/// until exactly `exp` + leeway, answers `Now` (the resend recognises the
+/// record its first run wrote; it used to answer `Already`) and its event
+/// is published (a store whose local cache never read the token knows it
+/// from the event: no lost invalidation); `revoke_subject_now` returns the
+/// cut-off in force, a second of the call; `track` counts the token once.
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_client_connection_cut_after_the_server_ran_a_revocation_script_resend_keeps_every_invariant(
 ) {
@@ -255,9 +255,10 @@ async fn fault_client_connection_cut_after_the_server_ran_a_revocation_script_re
         .await
         .unwrap();
     replayed("revoke_jti", before);
-    assert!(
-        matches!(outcome, Revoked::Now | Revoked::Already),
-        "{outcome:?}"
+    assert_eq!(
+        outcome,
+        Revoked::Now,
+        "the replay found its own first run's record: still this call's revocation"
     );
     let expiry = server
         .command(&["PEXPIRETIME", &format!("{p}:jti:j1")])
@@ -400,8 +401,8 @@ async fn with_reply_killed<T>(
 
 /// `revoke` replayed on a 3-master cluster (the master owning the token's
 /// key runs `revoke_jti`, the connection is killed before the reply, fred
-/// resends it): the record lives until exactly `exp` + leeway and the event
-/// is published even though the replay reports `Already`.
+/// resends it): the record lives until exactly `exp` + leeway, the caller is
+/// told `Now` and the event is published.
 #[cfg(feature = "local-cache")]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn fault_cluster_client_killed_after_the_master_ran_revoke_jti_the_event_still_goes_out() {
@@ -469,9 +470,10 @@ async fn fault_cluster_client_killed_after_the_master_ran_revoke_jti_the_event_s
     let (outcome, runs) = with_reply_killed(node, &marker, store.revoke(&jti, exp)).await;
     assert_eq!(runs, 2, "run, reply lost, resent");
     let outcome = outcome.unwrap();
-    assert!(
-        matches!(outcome, Revoked::Now | Revoked::Already),
-        "{outcome:?}"
+    assert_eq!(
+        outcome,
+        Revoked::Now,
+        "the replay found its own first run's record: still this call's revocation"
     );
     let expiry = node
         .command(&["PEXPIRETIME", &format!("{p}:jti:{jti}")])
