@@ -206,9 +206,7 @@ where
     let handle = tokio::runtime::Handle::current();
     let result = tokio::task::block_in_place(|| {
         runner(cases).run(&strategy, |c| {
-            handle
-                .block_on(check(c))
-                .map_err(TestCaseError::fail)
+            handle.block_on(check(c)).map_err(TestCaseError::fail)
         })
     });
     if let Err(e) = result {
