@@ -4,6 +4,7 @@
 use std::fmt;
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::task::{Context, Poll};
 
@@ -31,7 +32,7 @@ type Extractor = dyn Fn(&http::request::Parts) -> Option<TokenClaims> + Send + S
 ///
 /// | extractor returns | the store says | response |
 /// |---|---|---|
-/// | `None` (no token) | — | the inner service decides (the request passes) |
+/// | `None` (no claims) | — | 401, `WWW-Authenticate: Bearer` (default); with [`allow_requests_without_claims(true)`](Self::allow_requests_without_claims) the inner service decides (the request passes; a warning is logged once per layer) |
 /// | `Some(claims)` | not revoked | the inner service's response |
 /// | `Some(claims)` | revoked | 401, `WWW-Authenticate: Bearer error="invalid_token"` |
 /// | `Some(claims)` | Redis unavailable, [`FailMode::Closed`](fredkit_core::FailMode::Closed) | 503 (the token is not known to be revoked: clients should retry, not discard it) — when the layer was built with [`new`](Self::new) from a [`Revocations`](crate::Revocations); with [`from_arc`](Self::from_arc) (any [`RevocationStore`], which answers only a `bool`) 401 |
@@ -40,21 +41,47 @@ type Extractor = dyn Fn(&http::request::Parts) -> Option<TokenClaims> + Send + S
 /// | `Some(claims)` | any other error the fail mode does not cover | 503 |
 ///
 /// Cost per request: one [`check`](RevocationStore::check) — one round trip,
-/// or none with the local cache.
+/// or none with the local cache. A request without claims costs none.
+///
+/// # Layer order
+///
+/// The claims must be in the request **before** this layer sees it: the
+/// layer that validates the JWT and inserts the claims runs first. In
+/// axum, the **last** `.layer()` call is the **outermost** layer and runs
+/// **first**, so `.layer(RevocationLayer)` comes *before*
+/// `.layer(your_auth_layer)` in the code (with `tower::ServiceBuilder` it is
+/// the other way round: the first `.layer()` runs first). Misordered, this
+/// layer sees no claims: it then answers 401 to every request (the safe
+/// failure, visible at once), never lets a revoked token through.
+///
+/// Routes that are public (health checks, login) belong outside the layer
+/// (a separate router merged in), or, if the layer must wrap them, use
+/// [`allow_requests_without_claims(true)`](Self::allow_requests_without_claims)
+/// and let the auth layer refuse anonymous requests where it must.
 ///
 /// ```no_run
-/// use axum::{routing::get, Router};
+/// use axum::{extract::Request, middleware::{self, Next}, response::Response, routing::get, Router};
 /// use fredkit_revocation::{FailMode, RevocationLayer, RevocationOptions, Revocations, TokenClaims};
+///
+/// // Your JWT validation: verifies the token, then stores its claims.
+/// async fn authenticate(mut req: Request, next: Next) -> Response {
+///     # let verified: Option<TokenClaims> = None;
+///     if let Some(claims) = verified {
+///         req.extensions_mut().insert(claims);
+///     }
+///     next.run(req).await
+/// }
 ///
 /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
 /// let store = Revocations::new(&redis, RevocationOptions::builder(FailMode::Closed).build()?).await?;
 /// let app: Router = Router::new()
 ///     .route("/me", get(|| async { "hello" }))
-///     // Runs after your JWT validation layer, which put the verified claims
-///     // into the request extensions.
+///     // Inner: runs second, reads the claims `authenticate` inserted.
 ///     .layer(RevocationLayer::new(store, |parts: &http::request::Parts| {
 ///         parts.extensions.get::<TokenClaims>().cloned()
-///     }));
+///     }))
+///     // Outer (last call): runs first.
+///     .layer(middleware::from_fn(authenticate));
 /// # let _ = app; Ok(()) }
 /// ```
 pub struct RevocationLayer {
@@ -64,6 +91,11 @@ pub struct RevocationLayer {
     /// fail-closed outage (503) from a revoked token (401).
     verdicts: Option<crate::Revocations>,
     extract: Arc<Extractor>,
+    /// Whether a request without claims goes on to the inner service.
+    allow_missing: bool,
+    /// Set once the first request without claims was let through and the
+    /// warning logged (shared by the layer's clones and services).
+    warned: Arc<AtomicBool>,
 }
 
 impl Clone for RevocationLayer {
@@ -72,6 +104,8 @@ impl Clone for RevocationLayer {
             store: Arc::clone(&self.store),
             verdicts: self.verdicts.clone(),
             extract: Arc::clone(&self.extract),
+            allow_missing: self.allow_missing,
+            warned: Arc::clone(&self.warned),
         }
     }
 }
@@ -111,7 +145,27 @@ impl RevocationLayer {
             store,
             verdicts: None,
             extract: Arc::new(extract),
+            allow_missing: false,
+            warned: Arc::new(AtomicBool::new(false)),
         }
+    }
+
+    /// Whether a request the extractor finds no claims in goes on to the
+    /// inner service (`true`) or is answered 401 with
+    /// `WWW-Authenticate: Bearer` (`false`, the default).
+    ///
+    /// The default is the safe one: a request reaches this layer without
+    /// claims either because it carries no token, or because the layers are
+    /// in the wrong order (see [Layer order](Self#layer-order)) — and then a
+    /// revoked token would pass unchecked. Turn it on only when anonymous
+    /// requests must reach the inner service and something else refuses
+    /// them where needed. When on, the first request let through without
+    /// claims logs one warning (per layer and its clones), so a misordered
+    /// stack still shows in the logs.
+    #[must_use]
+    pub fn allow_requests_without_claims(mut self, allow: bool) -> RevocationLayer {
+        self.allow_missing = allow;
+        self
     }
 }
 
@@ -146,6 +200,8 @@ fn refuse<B: Default>(status: StatusCode, description: &'static str) -> Response
     *response.status_mut() = status;
     if status == StatusCode::UNAUTHORIZED {
         let value = match description {
+            // RFC 6750 3.1: no error code when the request has no token.
+            "missing" => "Bearer",
             "revoked" => {
                 r#"Bearer error="invalid_token", error_description="the token has been revoked""#
             }
@@ -182,8 +238,22 @@ where
         let mut inner = std::mem::replace(&mut self.inner, clone);
         let store = Arc::clone(&self.layer.store);
         let verdicts = self.layer.verdicts.clone();
+        let allow_missing = self.layer.allow_missing;
+        let warned = Arc::clone(&self.layer.warned);
         Box::pin(async move {
             let Some(claims) = claims else {
+                if !allow_missing {
+                    return Ok(refuse(StatusCode::UNAUTHORIZED, "missing"));
+                }
+                if !warned.swap(true, Ordering::Relaxed) {
+                    tracing::warn!(
+                        "fredkit-revocation: a request without claims passed the revocation layer \
+                         (allow_requests_without_claims is on); if requests with tokens also arrive \
+                         without claims, the layers are misordered and revoked tokens pass: the layer \
+                         inserting the claims must run first (in axum: the later .layer() call). \
+                         Logged once."
+                    );
+                }
                 return inner.call(request).await;
             };
             let verdict = match &verdicts {

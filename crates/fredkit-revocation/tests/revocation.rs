@@ -4,6 +4,10 @@
 //! clock (to the millisecond); the store itself only uses the server's.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
+#[allow(dead_code)]
+#[path = "support/capture.rs"]
+mod capture;
+
 use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
@@ -1366,7 +1370,8 @@ mod tower_layer {
         let challenge = refused.headers()["www-authenticate"].to_str().unwrap();
         assert!(challenge.contains("invalid_token"), "{challenge}");
         let anonymous = app.clone().oneshot(request(None)).await.unwrap();
-        assert_eq!(anonymous.status(), StatusCode::OK);
+        assert_eq!(anonymous.status(), StatusCode::UNAUTHORIZED);
+        assert_eq!(anonymous.headers()["www-authenticate"], "Bearer");
         store.revoke_subject("paul", at_secs(t)).await.unwrap();
         let after = app.oneshot(request(Some("good"))).await.unwrap();
         assert_eq!(after.status(), StatusCode::UNAUTHORIZED);
@@ -1406,5 +1411,100 @@ mod tower_layer {
         assert_eq!(refused.status(), StatusCode::SERVICE_UNAVAILABLE);
         assert!(refused.headers().get("www-authenticate").is_none());
         assert_eq!(store.metrics().fail_closed, 1);
+    }
+
+    /// Stands in for the JWT validation middleware: inserts the (already
+    /// verified) claims from the test headers into the extensions.
+    async fn authenticate(
+        mut req: axum::extract::Request,
+        next: axum::middleware::Next,
+    ) -> axum::response::Response {
+        let (mut parts, body) = req.into_parts();
+        if let Some(claims) = claims_of(&parts) {
+            parts.extensions.insert(claims);
+        }
+        req = Request::from_parts(parts, body);
+        next.run(req).await
+    }
+
+    fn from_extensions(parts: &http::request::Parts) -> Option<TokenClaims> {
+        parts.extensions.get::<TokenClaims>().cloned()
+    }
+
+    /// The footgun of #17: in axum the last `.layer()` runs first, so a
+    /// revocation layer added *after* the claims middleware runs *before*
+    /// it and sees no claims. It used to let such requests through (a
+    /// revoked token got 200); now it refuses them (401), and the correctly
+    /// ordered stack answers 401 for the revoked token and 200 for a valid
+    /// one. With `allow_requests_without_claims(true)` anonymous requests
+    /// pass, and the first one logs a warning once.
+    #[rstest]
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn misordered_layers_refuse_revoked_tokens_and_ordered_layers_decide_per_token(
+        #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    ) {
+        let redis = connect(&shared_url(topology).unwrap()).await;
+        let store = store(&redis, options("tower_order", FailMode::Open)).await;
+        let t = now_secs();
+        store.revoke("stolen", at_secs(t + 600)).await.unwrap();
+        let request = |jti: &str| {
+            Request::builder()
+                .uri("/me")
+                .header("x-jti", jti)
+                .header("x-sub", "ann")
+                .header("x-iat", t.to_string())
+                .body(Body::empty())
+                .unwrap()
+        };
+        let route = || Router::new().route("/me", get(|| async { "hello" }));
+        let revocation = || RevocationLayer::new(store.clone(), from_extensions);
+
+        // Misordered: revocation added last, so it runs first, before the
+        // claims exist.
+        let misordered = route()
+            .layer(axum::middleware::from_fn(authenticate))
+            .layer(revocation());
+        for jti in ["stolen", "valid"] {
+            let res = misordered.clone().oneshot(request(jti)).await.unwrap();
+            assert_eq!(res.status(), StatusCode::UNAUTHORIZED, "misordered, {jti}");
+        }
+
+        // Ordered: the claims middleware (added last) runs first.
+        let ordered = route()
+            .layer(revocation())
+            .layer(axum::middleware::from_fn(authenticate));
+        let revoked = ordered.clone().oneshot(request("stolen")).await.unwrap();
+        assert_eq!(revoked.status(), StatusCode::UNAUTHORIZED);
+        let challenge = revoked.headers()["www-authenticate"].to_str().unwrap();
+        assert!(challenge.contains("revoked"), "{challenge}");
+        let valid = ordered.clone().oneshot(request("valid")).await.unwrap();
+        assert_eq!(valid.status(), StatusCode::OK);
+        assert_eq!(store.metrics().checks, 2, "only the ordered stack checked");
+    }
+
+    /// Opting in lets anonymous requests through and warns exactly once,
+    /// however many pass (captured from the tracing output).
+    #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+    async fn allowing_requests_without_claims_passes_them_and_warns_once() {
+        let logs = super::capture::Logs::install();
+        let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+        let store = store(&redis, options("tower_allow", FailMode::Closed)).await;
+        let app = Router::new()
+            .route("/health", get(|| async { "ok" }))
+            .layer(
+                RevocationLayer::new(store.clone(), from_extensions)
+                    .allow_requests_without_claims(true),
+            );
+        for _ in 0..3 {
+            let req = Request::builder()
+                .uri("/health")
+                .body(Body::empty())
+                .unwrap();
+            let res = app.clone().oneshot(req).await.unwrap();
+            assert_eq!(res.status(), StatusCode::OK);
+        }
+        let warnings = logs.lines_containing("request without claims passed the revocation layer");
+        assert_eq!(warnings.len(), 1, "{warnings:?}");
+        assert_eq!(store.metrics().checks, 0);
     }
 }
