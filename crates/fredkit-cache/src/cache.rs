@@ -816,9 +816,14 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         incr(&inner.local.metrics.misses);
 
         let mut factory = Some(factory);
+        let mut joined = false;
         loop {
             match inner.join(key) {
                 Join::Follow(mut rx) => {
+                    if !joined {
+                        joined = true;
+                        incr(&inner.local.metrics.coalesced);
+                    }
                     let shared = match rx.wait_for(Option::is_some).await {
                         Ok(v) => v.clone(),
                         Err(_) => None, // leader task gone: try again
@@ -1609,6 +1614,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                     }
                 }
             }
+        }
+        if let Mode::Fill = mode {
+            incr(&self.local.metrics.loads);
         }
         self.run_factory(
             key,

@@ -40,6 +40,8 @@ pub(crate) struct Metrics {
     pub(crate) misses: AtomicU64,
     pub(crate) stale_served: AtomicU64,
     pub(crate) factory_calls: AtomicU64,
+    pub(crate) loads: AtomicU64,
+    pub(crate) coalesced: AtomicU64,
     pub(crate) factory_errors: AtomicU64,
     pub(crate) factory_timeouts: AtomicU64,
     pub(crate) fill_lock_waits: AtomicU64,
@@ -66,6 +68,8 @@ impl Metrics {
             misses: g(&self.misses),
             stale_served: g(&self.stale_served),
             factory_calls: g(&self.factory_calls),
+            loads: g(&self.loads),
+            coalesced: g(&self.coalesced),
             factory_errors: g(&self.factory_errors),
             factory_timeouts: g(&self.factory_timeouts),
             fill_lock_waits: g(&self.fill_lock_waits),
@@ -83,6 +87,27 @@ impl Metrics {
 /// A snapshot of a cache's counters since it was built
 /// ([`Cache::metrics`](crate::Cache::metrics)). Counters only grow; subtract
 /// two snapshots for a rate. Reading is a handful of relaxed atomic loads.
+///
+/// # Callers or loads: which counter for what
+///
+/// Two questions, two sets of counters, never mixed:
+///
+/// - **How often did a caller get a fresh cached value?** Count callers:
+///   `l1_hits + l2_hits` against `misses` (one per caller without a fresh
+///   entry). [`hit_ratio`](Self::hit_ratio) is
+///   `hits / (hits + misses)`: the share of reads the cache answered. Use it
+///   for the cache's effectiveness as the caller sees it.
+/// - **How often did the source (database, API) get called?** Count
+///   factory runs: `loads` (runs that answered a miss) plus the eager
+///   refreshes; `factory_calls` is their sum. Under a stampede of N callers
+///   on one cold key, one instance counts N `misses`, 1 `load` and N-1
+///   `coalesced`; with several instances, the others count their callers'
+///   misses and a `fill_lock_waits` each, and no load. Use `loads` for the
+///   load on the source, never `misses`.
+///
+/// `misses - loads - coalesced` is the misses answered some other way (a
+/// value another process stored while this one waited for its fill lock,
+/// a stale value served, an error).
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
 #[non_exhaustive]
 pub struct CacheMetrics {
@@ -100,9 +125,17 @@ pub struct CacheMetrics {
     /// Stale entries served because the factory failed or timed out, or Redis
     /// was unreachable (fail-safe).
     pub stale_served: u64,
-    /// Factory invocations by this instance (fills, fallbacks and eager
-    /// refreshes).
+    /// Factory invocations by this instance, for whatever reason: `loads`
+    /// plus the eager refreshes that ran the factory.
     pub factory_calls: u64,
+    /// Factory runs that answered a miss (a fill, or the fallback when Redis
+    /// or the fill lock could not be used): the load misses put on the
+    /// source. One per in-process flight, however many callers joined it.
+    /// Eager refreshes are not loads (they run on hits).
+    pub loads: u64,
+    /// Callers that missed and joined a load (or refresh) already running in
+    /// this instance instead of starting one (in-process single-flight).
+    pub coalesced: u64,
     /// Factory invocations that returned an error or panicked.
     pub factory_errors: u64,
     /// Factory invocations that passed the soft or hard timeout.
@@ -131,4 +164,57 @@ pub struct CacheMetrics {
     /// pub/sub reconnect or lag, undecodable message) or `invalidate_prefix`
     /// ran somewhere.
     pub l1_flushes: u64,
+}
+
+impl CacheMetrics {
+    /// Reads that found a fresh entry (`l1_hits + l2_hits`).
+    pub fn hits(&self) -> u64 {
+        self.l1_hits.saturating_add(self.l2_hits)
+    }
+
+    /// Every read counted per caller: `hits() + misses`.
+    pub fn reads(&self) -> u64 {
+        self.hits().saturating_add(self.misses)
+    }
+
+    /// The share of reads answered by a fresh cached value,
+    /// `hits / (hits + misses)`, counted per caller (see the type's docs for
+    /// why `loads` is not in it); `None` before the first read. Of two
+    /// snapshots, subtract them first ([`since`](Self::since)) for the ratio
+    /// of an interval.
+    pub fn hit_ratio(&self) -> Option<f64> {
+        match self.reads() {
+            0 => None,
+            reads => Some(self.hits() as f64 / reads as f64),
+        }
+    }
+
+    /// The counts between `earlier` and `self` (each counter's difference,
+    /// saturating at zero), for rates and [`hit_ratio`](Self::hit_ratio) over
+    /// an interval.
+    pub fn since(&self, earlier: &CacheMetrics) -> CacheMetrics {
+        let d = |a: u64, b: u64| a.saturating_sub(b);
+        CacheMetrics {
+            l1_hits: d(self.l1_hits, earlier.l1_hits),
+            l2_hits: d(self.l2_hits, earlier.l2_hits),
+            misses: d(self.misses, earlier.misses),
+            stale_served: d(self.stale_served, earlier.stale_served),
+            factory_calls: d(self.factory_calls, earlier.factory_calls),
+            loads: d(self.loads, earlier.loads),
+            coalesced: d(self.coalesced, earlier.coalesced),
+            factory_errors: d(self.factory_errors, earlier.factory_errors),
+            factory_timeouts: d(self.factory_timeouts, earlier.factory_timeouts),
+            fill_lock_waits: d(self.fill_lock_waits, earlier.fill_lock_waits),
+            fill_wait_timeouts: d(self.fill_wait_timeouts, earlier.fill_wait_timeouts),
+            eager_refreshes: d(self.eager_refreshes, earlier.eager_refreshes),
+            decode_failures: d(self.decode_failures, earlier.decode_failures),
+            redis_errors: d(self.redis_errors, earlier.redis_errors),
+            invalidations_published: d(
+                self.invalidations_published,
+                earlier.invalidations_published,
+            ),
+            invalidations_received: d(self.invalidations_received, earlier.invalidations_received),
+            l1_flushes: d(self.l1_flushes, earlier.l1_flushes),
+        }
+    }
 }

@@ -2023,3 +2023,82 @@ async fn a_duplicated_invalidation_flushes_the_l1_once(#[case] topology: Topolog
     assert_eq!(b.metrics().l1_flushes, 1);
     assert_eq!(b.get("k").await.unwrap(), Some(item(2)));
 }
+
+/// #17: callers and loads are counted apart. 20 concurrent callers of a
+/// cold key on one instance count 20 `misses` (callers), 1 `load` (the
+/// factory run they caused) and 19 `coalesced`; hits and misses give the
+/// caller-side `hit_ratio`; an eager refresh runs the factory
+/// (`factory_calls`) but is no load.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn loads_count_factory_runs_for_misses_apart_from_callers_and_refreshes(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("loads"))
+            .ttl(Duration::from_secs(2))
+            .eager_refresh(0.5),
+    )
+    .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..20 {
+        let (c2, calls) = (c.clone(), Arc::clone(&calls));
+        tasks.push(tokio::spawn(async move {
+            let watch = c2.clone();
+            c2.get_or_set("k", move || async move {
+                calls.fetch_add(1, Ordering::SeqCst);
+                // Hold the value until every caller has counted its miss.
+                let _ = eventually(Duration::from_secs(5), || async {
+                    watch.metrics().misses >= 20
+                })
+                .await;
+                item(1)
+            })
+            .await
+            .unwrap()
+        }));
+    }
+    for t in tasks {
+        assert_eq!(t.await.unwrap(), item(1));
+    }
+    let m = c.metrics();
+    assert_eq!(calls.load(Ordering::SeqCst), 1);
+    assert_eq!(
+        (m.misses, m.loads, m.coalesced, m.factory_calls),
+        (20, 1, 19, 1),
+        "{m:?}"
+    );
+    assert_eq!(m.hit_ratio(), Some(0.0));
+    for _ in 0..10 {
+        assert_eq!(c.get("k").await.unwrap(), Some(item(1)));
+    }
+    let m = c.metrics();
+    assert_eq!((m.hits(), m.misses, m.reads()), (10, 20, 30));
+    assert_eq!(m.hit_ratio(), Some(10.0 / 30.0));
+    // Past the eager-refresh point (half of the 2 s TTL): a hit that starts
+    // a refresh. The refresh runs the factory but is no load.
+    let before = c.metrics();
+    tokio::time::sleep(Duration::from_millis(1100)).await;
+    let v = c.get_or_set("k", || async { item(2) }).await.unwrap();
+    assert_eq!(v, item(1));
+    assert!(eventually(DEADLINE, || async { c.metrics().factory_calls == 2 }).await);
+    let d = c.metrics().since(&before);
+    assert_eq!(
+        (
+            d.hits(),
+            d.misses,
+            d.loads,
+            d.factory_calls,
+            d.eager_refreshes
+        ),
+        (1, 0, 0, 1, 1),
+        "{d:?}"
+    );
+    assert_eq!(d.hit_ratio(), Some(1.0));
+    assert_eq!(c.metrics().loads, 1);
+}
