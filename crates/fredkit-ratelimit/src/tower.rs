@@ -52,7 +52,17 @@
 //! layer never turns a Redis problem into a 500. A request the extractor
 //! finds no key (or an empty one) for gets
 //! [`missing_key_status`](RateLimitLayer::missing_key_status) (400 by
-//! default).
+//! default); a request it answers [`RateKey::Skip`] for is not limited at
+//! all (health checks, or a per-user limit that anonymous requests skip
+//! while a per-IP layer still counts them).
+//!
+//! # Rejections
+//!
+//! The default rejection is `429 Too Many Requests` with the body
+//! `Too Many Requests`; [`on_rejection`](RateLimitLayer::on_rejection)
+//! replaces it with your own response (a JSON problem document, another
+//! status). Either way the layer adds `Retry-After` and the rate-limit
+//! headers to it.
 //!
 //! # Cancellation
 //!
@@ -76,14 +86,54 @@ use crate::limiter::{Limiter, Outcome};
 
 pub use crate::client_ip::ClientIp;
 
+/// What a [`KeyExtractor`] decides for a request.
+#[derive(Debug, Clone, PartialEq, Eq, Hash)]
+#[non_exhaustive]
+pub enum RateKey {
+    /// Limit the request under this key (the identity). An empty key is
+    /// treated as [`Missing`](Self::Missing).
+    Limit(String),
+    /// Do not limit this request: it goes to the inner service without a
+    /// check (no round trip, no rate-limit headers).
+    Skip,
+    /// The request cannot be identified: the layer answers
+    /// [`RateLimitLayer::missing_key_status`] without calling the inner
+    /// service.
+    Missing,
+}
+
+impl From<Option<String>> for RateKey {
+    /// `Some(key)` limits under `key`, `None` is [`RateKey::Missing`].
+    fn from(key: Option<String>) -> RateKey {
+        match key {
+            Some(k) => RateKey::Limit(k),
+            None => RateKey::Missing,
+        }
+    }
+}
+
+impl From<String> for RateKey {
+    fn from(key: String) -> RateKey {
+        RateKey::Limit(key)
+    }
+}
+
 /// Derives the rate-limit key (the identity) of a request.
 ///
 /// `None` (or an empty key) means the request cannot be identified; the
 /// layer answers it with [`RateLimitLayer::missing_key_status`] without
-/// calling the inner service.
+/// calling the inner service. An extractor that may also skip requests
+/// overrides [`key`](Self::key) (as [`key_fn`] does for closures returning
+/// a [`RateKey`]).
 pub trait KeyExtractor<B>: Clone + Send + Sync + 'static {
     /// The key of `req`.
     fn extract(&self, req: &Request<B>) -> Option<String>;
+
+    /// What the layer does with `req`: by default [`RateKey::Limit`] under
+    /// [`extract`](Self::extract)'s key, or [`RateKey::Missing`].
+    fn key(&self, req: &Request<B>) -> RateKey {
+        self.extract(req).into()
+    }
 }
 
 /// Identifies a request by a header's value (an API key, a tenant id).
@@ -126,33 +176,90 @@ impl<F> fmt::Debug for KeyFn<F> {
     }
 }
 
-/// Keys requests with a closure, for example by the user id an
-/// authentication layer put in the extensions, falling back to the IP:
+/// Keys requests with a closure returning an `Option<String>` (`None`: the
+/// request has no key) or a [`RateKey`] (which can also
+/// [skip](RateKey::Skip) a request). For example, by the user id an
+/// authentication layer put in the extensions, falling back to the IP, and
+/// no limit at all for the health check — in an axum app:
 ///
-/// ```
-/// use fredkit_ratelimit::tower::{key_fn, ClientIp, KeyExtractor};
+/// ```no_run
+/// use std::{net::SocketAddr, time::Duration};
+/// use axum::{body::Body, routing::get, Router};
+/// use fredkit_core::FailMode;
+/// use fredkit_ratelimit::tower::{key_fn, ClientIp, KeyExtractor, RateKey, RateLimitLayer};
+/// use fredkit_ratelimit::{Limit, Limiter};
 ///
 /// #[derive(Clone)]
 /// struct UserId(u64);
 ///
+/// # async fn run(redis: fredkit_conn::Redis) -> Result<(), Box<dyn std::error::Error>> {
+/// let limiter = Limiter::builder(&redis, "api:rl")
+///     .limit(Limit::gcra(100, Duration::from_secs(60)))
+///     .fail_mode(FailMode::Open)
+///     .build()?;
 /// let ip = ClientIp::new();
-/// let key = key_fn(move |req: &http::Request<()>| match req.extensions().get::<UserId>() {
-///     Some(user) => Some(format!("user:{}", user.0)),
-///     None => ip.extract(req).map(|ip| format!("ip:{ip}")),
+/// let key = key_fn(move |req: &http::Request<Body>| {
+///     if req.uri().path() == "/health" {
+///         return RateKey::Skip;
+///     }
+///     match req.extensions().get::<UserId>() {
+///         Some(user) => RateKey::Limit(format!("user:{}", user.0)),
+///         None => ip.extract(req).map(|ip| format!("ip:{ip}")).into(),
+///     }
 /// });
-/// let req = http::Request::builder().extension(UserId(7)).body(()).unwrap();
-/// assert_eq!(key.extract(&req).as_deref(), Some("user:7"));
+/// let app: Router = Router::new()
+///     .route("/", get(|| async { "hello" }))
+///     .route("/health", get(|| async { "ok" }))
+///     .layer(RateLimitLayer::new(limiter, key));
+/// let listener = tokio::net::TcpListener::bind("127.0.0.1:3000").await?;
+/// axum::serve(listener, app.into_make_service_with_connect_info::<SocketAddr>()).await?;
+/// # Ok(()) }
 /// ```
 pub fn key_fn<F>(f: F) -> KeyFn<F> {
     KeyFn(f)
 }
 
-impl<B, F> KeyExtractor<B> for KeyFn<F>
+impl<B, F, R> KeyExtractor<B> for KeyFn<F>
 where
-    F: Fn(&Request<B>) -> Option<String> + Clone + Send + Sync + 'static,
+    F: Fn(&Request<B>) -> R + Clone + Send + Sync + 'static,
+    R: Into<RateKey>,
 {
     fn extract(&self, req: &Request<B>) -> Option<String> {
-        (self.0)(req)
+        match self.key(req) {
+            RateKey::Limit(k) => Some(k),
+            _ => None,
+        }
+    }
+
+    fn key(&self, req: &Request<B>) -> RateKey {
+        (self.0)(req).into()
+    }
+}
+
+/// What a custom rejection ([`RateLimitLayer::on_rejection`]) is told
+/// about the denied request.
+#[derive(Debug)]
+#[non_exhaustive]
+pub struct Rejection<'a> {
+    /// The request's rate-limit key.
+    pub key: &'a str,
+    /// How long until the same request would be allowed (at least 1 s when
+    /// Redis gave no figure: a fail-closed decision).
+    pub retry_after: Duration,
+    /// The limiter's full answer: every limit's decision, and whether it
+    /// is a fail-mode decision ([`Outcome::fallback`]).
+    pub outcome: &'a Outcome,
+}
+
+/// Builds the response of a denied request.
+type RejectFn = dyn Fn(&Rejection<'_>) -> Response<String> + Send + Sync;
+
+#[derive(Clone)]
+struct OnReject(Arc<RejectFn>);
+
+impl fmt::Debug for OnReject {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str("OnReject")
     }
 }
 
@@ -164,6 +271,8 @@ struct Options {
     missing_key: StatusCode,
     /// `RateLimit-Policy`, precomputed.
     policy: Option<HeaderValue>,
+    /// A custom rejection; `None`: 429 "Too Many Requests".
+    on_reject: Option<OnReject>,
 }
 
 /// Rate-limits the requests of the services it wraps; see the
@@ -192,6 +301,7 @@ impl<K> RateLimitLayer<K> {
                 cost: 1,
                 missing_key: StatusCode::BAD_REQUEST,
                 policy,
+                on_reject: None,
             },
         }
     }
@@ -225,6 +335,35 @@ impl<K> RateLimitLayer<K> {
         self.options.missing_key = status;
         self
     }
+
+    /// Answers denied requests with the response `reject` builds instead
+    /// of the default `429 Too Many Requests`. The layer then adds
+    /// `Retry-After` and the rate-limit headers to it (replacing headers of
+    /// the same names). The status is yours to choose; keep 429 unless a
+    /// client needs otherwise.
+    ///
+    /// ```
+    /// use fredkit_ratelimit::tower::{ClientIp, RateLimitLayer};
+    /// # fn run(limiter: fredkit_ratelimit::Limiter) {
+    /// let layer = RateLimitLayer::new(limiter, ClientIp::new()).on_rejection(|r| {
+    ///     http::Response::builder()
+    ///         .status(http::StatusCode::TOO_MANY_REQUESTS)
+    ///         .header("content-type", "application/problem+json")
+    ///         .body(format!(
+    ///             r#"{{"title":"slow down","retry_after_s":{}}}"#,
+    ///             r.retry_after.as_secs().max(1)
+    ///         ))
+    ///         .unwrap_or_default()
+    /// });
+    /// # let _ = layer; }
+    /// ```
+    pub fn on_rejection<F>(mut self, reject: F) -> Self
+    where
+        F: Fn(&Rejection<'_>) -> Response<String> + Send + Sync + 'static,
+    {
+        self.options.on_reject = Some(OnReject(Arc::new(reject)));
+        self
+    }
 }
 
 impl<S, K: Clone> Layer<S> for RateLimitLayer<K> {
@@ -255,7 +394,7 @@ where
     S::Future: Send + 'static,
     K: KeyExtractor<ReqBody>,
     ReqBody: Send + 'static,
-    ResBody: From<&'static str> + Send + 'static,
+    ResBody: From<&'static str> + From<String> + Send + 'static,
 {
     type Response = Response<ResBody>;
     type Error = S::Error;
@@ -274,7 +413,11 @@ where
         let options = Arc::clone(&self.options);
         // An empty key would be a limiter error, which the fail mode handles:
         // a fail-open limiter would let it through unlimited. It is no key.
-        let key = self.extractor.extract(&req).filter(|k| !k.is_empty());
+        let key = match self.extractor.key(&req) {
+            RateKey::Limit(k) if !k.is_empty() => Some(k),
+            RateKey::Skip => return Box::pin(async move { inner.call(req).await }),
+            _ => None,
+        };
         Box::pin(async move {
             let Some(key) = key else {
                 let mut res = Response::new(ResBody::from("request has no rate-limit key"));
@@ -293,12 +436,23 @@ where
                 write_headers(res.headers_mut(), &limiter, &outcome, &options);
                 Ok(res)
             } else {
-                let mut res = Response::new(ResBody::from("Too Many Requests"));
-                *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
                 let retry = outcome
                     .decision()
                     .retry_after
                     .unwrap_or(Duration::from_secs(1));
+                let mut res = match &options.on_reject {
+                    Some(reject) => (reject.0)(&Rejection {
+                        key: &key,
+                        retry_after: retry,
+                        outcome: &outcome,
+                    })
+                    .map(ResBody::from),
+                    None => {
+                        let mut res = Response::new(ResBody::from("Too Many Requests"));
+                        *res.status_mut() = StatusCode::TOO_MANY_REQUESTS;
+                        res
+                    }
+                };
                 let headers = res.headers_mut();
                 headers.insert(
                     http::header::RETRY_AFTER,

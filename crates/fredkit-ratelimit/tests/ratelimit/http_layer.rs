@@ -4,7 +4,9 @@ use std::net::SocketAddr;
 
 use axum::{body::Body, extract::ConnectInfo, routing::get, Router};
 use fredkit_core::BreakerState;
-use fredkit_ratelimit::tower::{key_fn, ClientIp, HeaderKey, KeyExtractor, RateLimitLayer};
+use fredkit_ratelimit::tower::{
+    key_fn, ClientIp, HeaderKey, KeyExtractor, RateKey, RateLimitLayer,
+};
 use http::{HeaderName, Request, Response, StatusCode};
 use tower::ServiceExt;
 
@@ -328,4 +330,122 @@ async fn an_empty_key_is_refused_not_let_through_by_fail_open(#[case] topology: 
     }
     let m = limiter.metrics();
     assert_eq!((m.fail_open, m.errors), (0, 0), "{m:?}");
+}
+
+/// Two stacked layers: a per-user limit (1 an hour) whose key function
+/// skips anonymous requests and the health check, inside a per-IP limit (3
+/// an hour) that skips only the health check. Anonymous requests pass the
+/// per-user layer unchecked and are counted per IP (a key function could
+/// only answer `None`, a 400, before); the health check is never limited
+/// and gets no rate-limit headers. The per-user layer's custom rejection
+/// replaces the default 429 response (the per-IP layer keeps it), and the
+/// layer still adds `Retry-After` and the policy headers to it.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn key_fn_skips_requests_and_a_custom_rejection_replaces_the_429(#[case] topology: Topology) {
+    let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let prefix = unique_prefix("rl_layer_skip");
+    let per_user = build(
+        &redis,
+        &format!("{prefix}user"),
+        vec![Limit::gcra(1, HOUR).name("user")],
+    );
+    let per_ip = build(
+        &redis,
+        &format!("{prefix}ip"),
+        vec![Limit::fixed_window(3, HOUR).name("ip")],
+    );
+    let health = |req: &Request<Body>| req.uri().path() == "/health";
+    let user_layer = RateLimitLayer::new(
+        per_user.clone(),
+        key_fn(move |req: &Request<Body>| {
+            if health(req) {
+                return RateKey::Skip;
+            }
+            match req.headers().get("x-user") {
+                Some(u) => RateKey::Limit(u.to_str().unwrap().to_string()),
+                None => RateKey::Skip,
+            }
+        }),
+    )
+    .on_rejection(|r| {
+        assert!(r.outcome.fallback().is_none());
+        Response::builder()
+            .status(StatusCode::TOO_MANY_REQUESTS)
+            .header("content-type", "application/problem+json")
+            .body(format!(r#"{{"title":"slow down","user":"{}"}}"#, r.key))
+            .unwrap()
+    });
+    let ip_layer = RateLimitLayer::new(
+        per_ip.clone(),
+        key_fn(move |req: &Request<Body>| {
+            if health(req) {
+                return RateKey::Skip;
+            }
+            req.headers()
+                .get("x-ip")
+                .map(|v| v.to_str().unwrap().to_string())
+                .into()
+        }),
+    );
+    let app = Router::new()
+        .route("/", get(|| async { "ok" }))
+        .route("/health", get(|| async { "ok" }))
+        .layer(user_layer)
+        .layer(ip_layer);
+    let req = |path: &str, ip: Option<&str>, user: Option<&str>| {
+        let mut b = Request::builder().uri(path);
+        if let Some(ip) = ip {
+            b = b.header("x-ip", ip);
+        }
+        if let Some(user) = user {
+            b = b.header("x-user", user);
+        }
+        b.body(Body::empty()).unwrap()
+    };
+
+    // The health check: never limited, no headers, no round trip.
+    for _ in 0..10 {
+        let res = send(&app, req("/health", None, None)).await;
+        assert_eq!(res.status(), StatusCode::OK);
+        assert!(header(&res, "ratelimit-policy").is_none());
+    }
+    // A user: the first request passes, the second is refused by the
+    // per-user layer with the custom response plus the layer's headers.
+    let res = send(&app, req("/", Some("10.0.0.1"), Some("ann"))).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = send(&app, req("/", Some("10.0.0.1"), Some("ann"))).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    assert_eq!(
+        header(&res, "content-type"),
+        Some("application/problem+json")
+    );
+    let retry: u64 = header(&res, "retry-after").unwrap().parse().unwrap();
+    assert!(retry >= 1, "{retry}");
+    // (The outer per-IP layer, which allowed it, wrote its own
+    // RateLimit-Policy over the inner one's: the outermost layer's win.)
+    assert!(header(&res, "ratelimit-policy").is_some());
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], br#"{"title":"slow down","user":"ann"}"#);
+    // Anonymous requests skip the per-user limit and use up the IP's third
+    // unit; the next one gets the per-IP layer's default 429.
+    let res = send(&app, req("/", Some("10.0.0.1"), None)).await;
+    assert_eq!(res.status(), StatusCode::OK);
+    let res = send(&app, req("/", Some("10.0.0.1"), None)).await;
+    assert_eq!(res.status(), StatusCode::TOO_MANY_REQUESTS);
+    let body = axum::body::to_bytes(res.into_body(), 1 << 16)
+        .await
+        .unwrap();
+    assert_eq!(&body[..], b"Too Many Requests");
+    // Without an IP the per-IP key is missing: 400 as before.
+    let res = send(&app, req("/", None, None)).await;
+    assert_eq!(res.status(), StatusCode::BAD_REQUEST);
+    // Exact counts: the skipped requests never reached the limiters.
+    let (u, i) = (per_user.metrics(), per_ip.metrics());
+    assert_eq!((u.allowed, u.denied), (1, 1), "{u:?}");
+    assert_eq!((i.allowed, i.denied), (3, 1), "{i:?}");
 }
