@@ -9,9 +9,13 @@
 -- ARGV[3]  '0' a single try; '1' a waiting caller's first try; '2' a waiting
 --          caller's retry.
 --
--- Validate, then write: both keys are read and checked before the first
--- write, and the writes that follow cannot fail (a script that has written
--- is exempt from OOM refusals), so a try that fails leaves nothing behind.
+-- All or nothing: a free lock is taken and a held one read in the same call
+-- (SET NX PX GET, Redis >= 7.0: one call instead of GET then SET); the
+-- counter is checked next, and a corrupt counter deletes the lock this run
+-- just took before it reports, so a try that fails leaves nothing behind
+-- (scripts run atomically: nobody sees the lock in between). The writes
+-- after the first cannot fail (a script that has written is exempt from OOM
+-- refusals). An uncontended grant is 4 calls: SET, GET, TIME, SET.
 --
 -- Fencing token = max(counter + 1, server time in microseconds), stored back
 -- as the counter. The counter alone makes tokens strictly increase on one
@@ -50,11 +54,20 @@ local function kind(key)
   return 'a ' .. redis.call('TYPE', key)['ok'] .. ', not a string'
 end
 
-local held = redis.pcall('GET', KEYS[1])
+-- One call takes a free lock and reads a held one: SET NX GET (Redis >= 7.0)
+-- answers the value it found (and sets nothing) or nil (it set ours).
+local value = ARGV[1]
+if ARGV[3] == '2' then value = value .. '+' end
+local held = redis.pcall('SET', KEYS[1], value, 'NX', 'PX', ARGV[2], 'GET')
 if type(held) == 'table' then
-  return corrupt(KEYS[1], 'is ' .. kind(KEYS[1]),
-    'Delete it: it is not a lock fredkit-lock wrote, and no lock on this resource can be taken while it is there.')
+  if held['err'] and string.find(held['err'], 'WRONGTYPE', 1, true) then
+    return corrupt(KEYS[1], 'is ' .. kind(KEYS[1]),
+      'Delete it: it is not a lock fredkit-lock wrote, and no lock on this resource can be taken while it is there.')
+  end
+  -- Anything else (OOM refusal, ...): nothing was written; report it.
+  return redis.error_reply(held['err'] or 'SET failed')
 end
+local took = not held
 local mine = held == ARGV[1] or held == ARGV[1] .. '+'
 
 if held and not mine then
@@ -84,7 +97,10 @@ elseif raw then
   end
 end
 if problem then
-  if mine then
+  if took then
+    -- Taken a moment ago by this very run: undo it (nothing is left).
+    redis.call('DEL', KEYS[1])
+  elseif mine then
     -- The caller's own grant from a run whose reply was lost: take it back.
     redis.call('DEL', KEYS[1])
     if held ~= ARGV[1] then
@@ -101,10 +117,5 @@ end
 
 local t = redis.call('TIME')
 local token = math.max(last + 1, tonumber(t[1]) * 1000000 + tonumber(t[2]))
-if not mine then
-  local value = ARGV[1]
-  if ARGV[3] == '2' then value = value .. '+' end
-  redis.call('SET', KEYS[1], value, 'PX', ARGV[2])
-end
 redis.call('SET', KEYS[2], string.format('%.0f', token))
 return token

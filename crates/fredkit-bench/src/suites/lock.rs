@@ -1,7 +1,11 @@
-//! `lock`: fredkit-lock's uncontended acquire + release against the minimum
-//! *safe* lock written with raw fred (`SET NX PX` + `EVALSHA`
-//! compare-and-delete), 64 tasks on distinct resources, interleaved; and the
-//! hand-over latency under contention (release -> next waiter holds it).
+//! `lock`: fredkit-lock's uncontended acquire + release (fenced: every grant
+//! draws a fencing token) against the minimum *safe* lock written with raw
+//! fred (`SET NX PX` + `EVALSHA` compare-and-delete, no fencing) and against
+//! the peer crate **rslock** 0.10 (the same `SET NX PX` + compare-and-delete
+//! script on a redis-rs multiplexed connection; one server, quorum 1), at
+//! concurrency 1 and 64 on distinct resources, interleaved round by round;
+//! and the hand-over latency under contention (release -> next waiter holds
+//! it).
 
 use super::Suite;
 use crate::harness::{interleave, interleave_with, op, Contender, Measurement, Report, Runner};
@@ -24,7 +28,7 @@ impl Suite for Lock {
     }
 
     fn about(&self) -> &'static str {
-        "acquire+release vs raw SET NX PX + EVALSHA compare-and-delete; hand-over latency"
+        "acquire+release vs raw SET NX PX + EVALSHA compare-and-delete and vs rslock, c1 and c64; hand-over latency"
     }
 
     fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
@@ -32,13 +36,17 @@ impl Suite for Lock {
     }
 }
 
-/// Tasks in flight for the throughput comparison.
-const CONCURRENCY: usize = 64;
+/// Tasks in flight for the throughput comparisons (the last one also gives
+/// the figures without a `.cN` suffix, kept from before the peers).
+const CONCURRENCIES: [usize; 2] = [1, 64];
 /// Resources cycled through (distinct per in-flight task; bounded so the
 /// fencing counters, which never expire, stay few).
 const RESOURCES: u64 = 4096;
 /// Tasks contending for one resource in the hand-over measurement.
 const WAITERS: usize = 8;
+
+/// rslock keys: each used once (nothing of rslock outlives its TTL).
+static RSLOCK_SEQ: AtomicU64 = AtomicU64::new(0);
 
 const RAW_RELEASE: &str =
     "if redis.call('GET', KEYS[1]) == ARGV[1] then return redis.call('DEL', KEYS[1]) end return 0";
@@ -71,91 +79,142 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let uncontended = LockOptions::builder()
         .ttl(Duration::from_secs(10))
         .build()?;
+    let mut rslock = rslock::LockManager::new(vec![ctx.url().to_string()]);
+    // One try: a busy resource must fail the benchmark, not be retried.
+    rslock.set_retry(1, Duration::from_millis(1));
 
-    let fredkit = {
-        let locks = locks.clone();
-        let o = uncontended.clone();
-        Contender::new(
-            "fredkit lock",
-            CONCURRENCY,
-            op(move |i| {
-                let locks = locks.clone();
-                let o = o.clone();
-                async move {
-                    let resource = format!("r{}", i % RESOURCES);
-                    let Some(guard) = locks.acquire(&resource, &o).await? else {
-                        bail!("resource {resource} unexpectedly busy");
-                    };
-                    if !guard.release().await? {
-                        bail!("lock on {resource} expired during the benchmark");
+    for concurrency in CONCURRENCIES {
+        let fredkit = {
+            let locks = locks.clone();
+            let o = uncontended.clone();
+            Contender::new(
+                "fredkit lock",
+                concurrency,
+                op(move |i| {
+                    let locks = locks.clone();
+                    let o = o.clone();
+                    async move {
+                        let resource = format!("r{}", i % RESOURCES);
+                        let Some(guard) = locks.acquire(&resource, &o).await? else {
+                            bail!("resource {resource} unexpectedly busy");
+                        };
+                        if !guard.release().await? {
+                            bail!("lock on {resource} expired during the benchmark");
+                        }
+                        Ok(())
                     }
-                    Ok(())
-                }
-            }),
-        )
-    };
-    let raw_lock = {
-        let c = raw.clone();
-        let sha = sha.clone();
-        Contender::new(
-            "raw safe lock",
-            CONCURRENCY,
-            op(move |i| {
-                let c = c.clone();
-                let sha = sha.clone();
-                async move {
-                    let key = format!("bench:rawlock:{{r{}}}:lock", i % RESOURCES);
-                    let token = token();
-                    let ok: Option<String> = c
-                        .set(
-                            &key,
-                            token.as_str(),
-                            Some(Expiration::PX(10_000)),
-                            Some(SetOptions::NX),
-                            false,
-                        )
-                        .await?;
-                    if ok.is_none() {
-                        bail!("raw resource {key} unexpectedly busy");
+                }),
+            )
+        };
+        let raw_lock = {
+            let c = raw.clone();
+            let sha = sha.clone();
+            Contender::new(
+                "raw safe lock",
+                concurrency,
+                op(move |i| {
+                    let c = c.clone();
+                    let sha = sha.clone();
+                    async move {
+                        let key = format!("bench:rawlock:{{r{}}}:lock", i % RESOURCES);
+                        let token = token();
+                        let ok: Option<String> = c
+                            .set(
+                                &key,
+                                token.as_str(),
+                                Some(Expiration::PX(10_000)),
+                                Some(SetOptions::NX),
+                                false,
+                            )
+                            .await?;
+                        if ok.is_none() {
+                            bail!("raw resource {key} unexpectedly busy");
+                        }
+                        let deleted: i64 = c
+                            .evalsha(sha.as_str(), key.as_str(), token.as_str())
+                            .await?;
+                        if deleted != 1 {
+                            bail!("raw lock on {key} expired during the benchmark");
+                        }
+                        Ok(())
                     }
-                    let deleted: i64 = c
-                        .evalsha(sha.as_str(), key.as_str(), token.as_str())
-                        .await?;
-                    if deleted != 1 {
-                        bail!("raw lock on {key} expired during the benchmark");
+                }),
+            )
+        };
+        let peer = {
+            let rl = rslock.clone();
+            Contender::new(
+                "rslock",
+                concurrency,
+                op(move |i| {
+                    let rl = rl.clone();
+                    async move {
+                        // A key never used before: rslock's unlock ignores
+                        // errors (redis-rs times a reply out after 500 ms), and
+                        // a key left behind must not fail a later lock.
+                        let _ = i;
+                        let n = RSLOCK_SEQ.fetch_add(1, Ordering::Relaxed);
+                        let key = format!("bench:rslock:{{r{n}}}:lock");
+                        let lock = rl
+                            .lock(key.as_bytes(), Duration::from_secs(10))
+                            .await
+                            .map_err(|e| anyhow::anyhow!("rslock: {key}: {e}"))?;
+                        rl.unlock(&lock).await;
+                        Ok(())
                     }
-                    Ok(())
-                }
-            }),
-        )
-    };
-    // More rounds than the default: the ratio is the figure that counts, and
-    // a median over more interleaved rounds shrugs off a noisy neighbour.
-    let s = interleave(ctx.rounds() + 4, ctx.load(), &[fredkit, raw_lock]).await?;
-    let [ours, theirs] = s.as_slice() else {
-        bail!("expected 2 summaries, got {}", s.len());
-    };
-    report.ops(
-        "acquire_release_ops",
-        ours.ops_per_sec,
-        format!(
-            "acquire + release (1 script each), {CONCURRENCY} tasks, distinct resources; p50 {:.0} µs",
-            ours.p50.as_secs_f64() * 1e6
-        ),
-    );
-    report.ops(
-        "raw_acquire_release_ops",
-        theirs.ops_per_sec,
-        format!(
-            "SET NX PX + EVALSHA compare-and-delete on raw fred, same load; p50 {:.0} µs",
-            theirs.p50.as_secs_f64() * 1e6
-        ),
-    );
-    report.ratio(
-        "acquire_release_vs_raw",
-        ours.ratio_to(theirs),
-        "fredkit-lock / minimum safe raw lock (goal >= 0.75)",
-    );
+                }),
+            )
+        };
+        // More rounds than the default: the ratio is the figure that counts,
+        // and a median over more interleaved rounds shrugs off a noisy
+        // neighbour.
+        let s = interleave(ctx.rounds() + 4, ctx.load(), &[fredkit, raw_lock, peer]).await?;
+        let [ours, theirs, peer] = s.as_slice() else {
+            bail!("expected 3 summaries, got {}", s.len());
+        };
+        let c = format!("c{concurrency}");
+        report.ops(
+            &format!("acquire_release_ops.{c}"),
+            ours.ops_per_sec,
+            format!(
+                "acquire (fenced) + release, 1 script each, {concurrency} tasks, distinct resources; p50 {:.0} µs",
+                ours.p50.as_secs_f64() * 1e6
+            ),
+        );
+        report.ops(
+            &format!("raw_acquire_release_ops.{c}"),
+            theirs.ops_per_sec,
+            format!(
+                "SET NX PX + EVALSHA compare-and-delete on raw fred (no fencing), same load; p50 {:.0} µs",
+                theirs.p50.as_secs_f64() * 1e6
+            ),
+        );
+        report.ops(
+            &format!("rslock_acquire_release_ops.{c}"),
+            peer.ops_per_sec,
+            format!(
+                "rslock 0.10 lock + unlock (SET NX PX + compare-and-delete script, redis-rs, no fencing), same load; p50 {:.0} µs",
+                peer.p50.as_secs_f64() * 1e6
+            ),
+        );
+        report.ratio(
+            &format!("acquire_release_vs_raw.{c}"),
+            ours.ratio_to(theirs),
+            "fredkit-lock / minimum safe raw lock (goal >= 0.75)",
+        );
+        report.ratio(
+            &format!("acquire_release_vs_rslock.{c}"),
+            ours.ratio_to(peer),
+            "fredkit-lock (fenced) / rslock (goal >= 1.1)",
+        );
+        if concurrency == 64 {
+            report.ratio(
+                "acquire_release_vs_raw",
+                ours.ratio_to(theirs),
+                "= acquire_release_vs_raw.c64 (name kept from earlier runs)",
+            );
+        }
+    }
 
     // Hand-over: WAITERS tasks over two managers (two connections, like two
     // processes) take turns on one resource.
