@@ -147,15 +147,32 @@ struct Inner {
 #[cfg(feature = "local-cache")]
 struct Local {
     cache: Arc<crate::local::LocalCache>,
-    task: tokio::task::JoinHandle<()>,
-    _subscriber: fredkit_pubsub::Subscriber,
+    /// The event listener; `None` once closed.
+    task: std::sync::Mutex<Option<tokio::task::JoinHandle<()>>>,
+    /// The subscriber the events come through; `None` once closed.
+    subscriber: std::sync::Mutex<Option<fredkit_pubsub::Subscriber>>,
+    /// Whether the subscriber is the store's own (made by `new`), which
+    /// `close` closes, or the caller's (`with_subscriber`), which it leaves
+    /// open.
+    owns_subscriber: bool,
 }
 
 #[cfg(feature = "local-cache")]
 impl Drop for Local {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(task) = take(&self.task) {
+            task.abort();
+        }
     }
+}
+
+/// Takes the value out of a mutex-guarded option, whatever a panic
+/// elsewhere left in the lock.
+#[cfg(feature = "local-cache")]
+fn take<T>(slot: &std::sync::Mutex<Option<T>>) -> Option<T> {
+    slot.lock()
+        .unwrap_or_else(std::sync::PoisonError::into_inner)
+        .take()
 }
 
 impl fmt::Debug for Revocations {
@@ -477,9 +494,68 @@ impl Revocations {
         });
         Ok(Local {
             cache,
-            task,
-            _subscriber: subscriber,
+            task: std::sync::Mutex::new(Some(task)),
+            subscriber: std::sync::Mutex::new(Some(subscriber)),
+            owns_subscriber: shared.is_none(),
         })
+    }
+
+    /// Closes what the store owns: with the local cache, its event
+    /// listener task and — when the store made it ([`new`](Self::new)) —
+    /// its subscriber connection and that subscriber's tasks (with
+    /// [`with_subscriber`](Self::with_subscriber) the caller's subscriber
+    /// stays open; only this store's subscription to the event channel
+    /// ends). Without the local cache the store owns nothing (its commands
+    /// go through the caller's [`Redis`] handle) and this returns at once.
+    ///
+    /// Returns once the listener task has ended and the subscriber has
+    /// stopped its tasks and let go of its connection; the connection's
+    /// `QUIT` then completes in the background within one round trip (at
+    /// most 2 s), so nothing of the store is left running and a process can
+    /// exit without fred logging a reset connection (tested: no task left,
+    /// no warning logged through the runtime's shutdown).
+    ///
+    /// The store stays usable: after `close` every read goes to Redis (the
+    /// local cache answers nothing any more), and revocations are still
+    /// written and published. The [`Redis`] handle is the caller's and is
+    /// **not** closed: call [`Redis::shutdown`] for that, after closing
+    /// the stores and other primitives that use it.
+    ///
+    /// Idempotent: a second call (from any clone) returns at once. Waits at
+    /// most twice the command timeout (at least 2 s) for the subscriber.
+    ///
+    /// Cancellation: dropping the future halfway leaves the listener
+    /// stopped; whatever of the subscriber was not closed yet is closed in
+    /// the background, as when the store is dropped.
+    pub async fn close(&self) {
+        #[cfg(feature = "local-cache")]
+        if let Some(local) = &self.inner.local {
+            // Nothing is answered from memory once the events stop.
+            local.cache.disable();
+            if let Some(task) = take(&local.task) {
+                task.abort();
+                let _ = task.await;
+            }
+            if let Some(subscriber) = take(&local.subscriber) {
+                if local.owns_subscriber {
+                    let limit = self
+                        .inner
+                        .redis
+                        .config()
+                        .command_timeout()
+                        .saturating_mul(2)
+                        .max(std::time::Duration::from_secs(2));
+                    let mut gone = subscriber.gaps();
+                    drop(subscriber);
+                    // The sender goes with the subscriber's last handle,
+                    // once its pending unsubscribe has run.
+                    let _ = tokio::time::timeout(limit, async {
+                        while gone.changed().await.is_ok() {}
+                    })
+                    .await;
+                }
+            }
+        }
     }
 
     /// The options the store was built with.
