@@ -5,6 +5,16 @@
 //! interleaved in the same run and on the same fred client (the one the
 //! fredkit-conn handle holds); plus `MEMORY USAGE` of one identity's keys
 //! after 100 requests, per algorithm.
+//!
+//! The peer: **tower-rate-limit-fred** 2.1 (`rate_limit`, its GCRA script
+//! by `EVALSHA` on fred 10), on a plain fred client of its own configured
+//! like fredkit-conn's (the suite's "raw fred"), doing the same work as our
+//! GCRA check: quota 100, one unit per 600 ms, burst 100, cost 1, the same
+//! spread of identities. GCRA, the raw script and the peer run back to back
+//! in every round at concurrency 64 and at concurrency 1; the ratios
+//! `gcra_vs_tower_rate_limit_fred.c64` / `.c1` are medians of per-round
+//! ratios (goal >= 1.1), `gcra_vs_raw_script` (c64, goal >= 0.95) and
+//! `gcra_vs_raw_script.c1` the library's own overhead.
 
 use super::Suite;
 use crate::harness::{interleave, median, op, Contender, Report, Summary, Unit};
@@ -25,7 +35,7 @@ impl Suite for Ratelimit {
     }
 
     fn about(&self) -> &'static str {
-        "check per algorithm vs raw EVALSHA of the same GCRA script and of INCR+PEXPIRE; bytes per key"
+        "check per algorithm vs raw EVALSHA of the same GCRA script, of INCR+PEXPIRE and vs tower-rate-limit-fred 2.1, c1 and c64; bytes per key"
     }
 
     fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
@@ -158,9 +168,43 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ),
     );
 
+    // The peer, on a plain fred client of its own (what its user has).
+    let peer_client = ctx.fred_client().await?;
+    let peer = |c: usize| {
+        let client = peer_client.clone();
+        Contender::new(
+            format!("tower_rate_limit_fred_c{c}"),
+            c,
+            op(move |i| {
+                let client = client.clone();
+                async move {
+                    let key = format!("bench:trl:{{id{}}}", i % IDENTITIES);
+                    tower_rate_limit_fred::rate_limit(
+                        &client,
+                        key,
+                        QUOTA as u16,
+                        Duration::from_millis(600),
+                    )
+                    .await?;
+                    Ok(())
+                }
+            }),
+        )
+    };
+    contenders.insert(3, peer(CONCURRENCY));
+    // GCRA, its raw script and the peer at concurrency 1.
+    let c1: Vec<Contender> = contenders[..2]
+        .iter()
+        .map(|c| Contender::new(format!("{}_c1", c.name), 1, c.op.clone()))
+        .chain([peer(1)])
+        .collect();
+    contenders.extend(c1);
+
     let s = interleave(ctx.rounds(), ctx.load(), &contenders).await?;
-    let [gcra, raw_script, raw_incr, fixed, log, counter] = s.as_slice() else {
-        bail!("expected 6 summaries, got {}", s.len());
+    let [gcra, raw_script, raw_incr, tower, fixed, log, counter, gcra1, raw_script1, tower1] =
+        s.as_slice()
+    else {
+        bail!("expected 10 summaries, got {}", s.len());
     };
     let note = format!("check, {CONCURRENCY} tasks, {IDENTITIES} identities, {QUOTA}/60 s");
     report.summary("fixed_window", fixed, &note);
@@ -177,15 +221,41 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         raw_incr,
         "raw fred EVALSHA of INCR + PEXPIRE (one counter with a TTL)",
     );
+    report.summary(
+        "tower_rate_limit_fred",
+        tower,
+        "tower-rate-limit-fred 2.1 rate_limit (GCRA, 100 burst, 600 ms), own fred client, 64 tasks",
+    );
+    report.summary("gcra_c1", gcra1, "check, 1 task");
+    report.summary(
+        "tower_rate_limit_fred_c1",
+        tower1,
+        "tower-rate-limit-fred 2.1, 1 task",
+    );
     report.ratio(
         "gcra_vs_raw_script",
         paired_ratio(gcra, raw_script),
         "Limiter::check / raw EVALSHA of the same script, median of per-round ratios (library overhead; goal >= 0.95)",
     );
     report.ratio(
+        "gcra_vs_raw_script.c1",
+        paired_ratio(gcra1, raw_script1),
+        "the same at concurrency 1",
+    );
+    report.ratio(
         "gcra_vs_raw_incr",
         paired_ratio(gcra, raw_incr),
         "GCRA check / raw INCR+PEXPIRE script, median of per-round ratios (script leanness; goal >= 0.70)",
+    );
+    report.ratio(
+        "gcra_vs_tower_rate_limit_fred.c64",
+        paired_ratio(gcra, tower),
+        "GCRA check / tower-rate-limit-fred 2.1 doing the same work, 64 tasks, median of per-round ratios (goal >= 1.1)",
+    );
+    report.ratio(
+        "gcra_vs_tower_rate_limit_fred.c1",
+        paired_ratio(gcra1, tower1),
+        "the same at concurrency 1 (goal >= 1.1)",
     );
 
     for algorithm in ALGORITHMS {
@@ -209,6 +279,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         limiter.reset(&id).await?;
     }
 
+    peer_client.quit().await?;
     raw.quit().await?;
     Ok(())
 }
