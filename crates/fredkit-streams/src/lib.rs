@@ -142,4 +142,4 @@ pub use keys::{StreamId, StreamKeys};
 pub use message::Message;
 pub use metrics::{ProducerMetrics, ProducerSnapshot, WorkerMetrics, WorkerSnapshot};
 pub use producer::{Producer, ProducerConfig, ProducerConfigBuilder, Trim};
-pub use worker::{ShutdownReport, Worker};
+pub use worker::{ShutdownReport, Worker, WorkerHandle};

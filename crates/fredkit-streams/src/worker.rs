@@ -136,25 +136,73 @@ pub struct ShutdownReport {
 /// also follows a Sentinel or cluster failover. A handler error, panic or
 /// timeout is a failed delivery.
 ///
+/// # Sharing: [`WorkerHandle`]
+///
+/// [`handle`](Self::handle) gives a cheap `Clone` handle (one `Arc`) with the
+/// counters, the running state and [`shutdown`](WorkerHandle::shutdown), for
+/// health checks, metrics endpoints and request handlers: no
+/// `Arc<Mutex<Option<Worker>>>` needed. `shutdown` and [`close`](Self::close)
+/// take `&self`, so a `Worker` in an `Arc` or in application state can be
+/// shut down where it is shared. Every caller of `shutdown` (on the worker or
+/// any handle, at once or later) waits for the same single graceful shutdown
+/// and gets the same [`ShutdownReport`].
+///
 /// # Cancellation
 ///
-/// Dropping a `Worker` asks it to shut down gracefully in the background
-/// (like [`shutdown`](Self::shutdown), without waiting). [`abort`](Self::abort)
-/// stops it at once, like a crash.
+/// Dropping the `Worker` asks it to shut down gracefully in the background
+/// (like [`shutdown`](Self::shutdown), without waiting); handles do not keep
+/// it running, and their `shutdown` still waits for that shutdown and
+/// returns its report. [`abort`](Self::abort) stops it at once, like a
+/// crash.
 pub struct Worker<T, C: Codec = MsgPack> {
+    handle: WorkerHandle,
+    _t: PhantomData<fn() -> (T, C)>,
+}
+
+/// A cheap `Clone` handle on a running [`Worker`] (one `Arc`): its counters,
+/// whether it runs, and a graceful [`shutdown`](Self::shutdown) from a
+/// shared reference. It does not keep the worker running: dropping the
+/// `Worker` still stops it.
+///
+/// ```no_run
+/// # async fn run(worker: fredkit_streams::Worker<u64>) {
+/// let status = worker.handle();
+/// // e.g. in a metrics endpoint or a health check:
+/// let (handled, running) = (status.metrics().handled, status.is_running());
+/// // Any holder can stop it; every caller gets the same report.
+/// let report = status.shutdown().await;
+/// # }
+/// ```
+#[derive(Clone)]
+pub struct WorkerHandle {
+    control: Arc<Control>,
+}
+
+struct Control {
     consumer: String,
     metrics: Arc<WorkerMetrics>,
     stop: watch::Sender<bool>,
-    main: Option<JoinHandle<ShutdownReport>>,
+    /// `Some` once the read loop finished its graceful shutdown; the sender
+    /// is gone without a report when the worker was aborted or died.
+    report: watch::Receiver<Option<ShutdownReport>>,
+    main: AbortHandle,
     acker: AbortHandle,
-    _t: PhantomData<fn() -> (T, C)>,
+}
+
+impl fmt::Debug for WorkerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("WorkerHandle")
+            .field("consumer", &self.control.consumer)
+            .field("running", &self.is_running())
+            .finish()
+    }
 }
 
 impl<T, C: Codec> fmt::Debug for Worker<T, C> {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Worker")
-            .field("consumer", &self.consumer)
-            .field("metrics", &self.metrics.snapshot())
+            .field("consumer", &self.handle.control.consumer)
+            .field("metrics", &self.handle.metrics())
             .finish()
     }
 }
@@ -285,35 +333,101 @@ where
             group = %ctx.config.group,
             consumer = %consumer
         );
-        let main =
-            tokio::spawn(run(ctx, dedicated, stop_rx, acker, group_pending).instrument(span));
+        let (report_tx, report_rx) = watch::channel(None);
+        let main = tokio::spawn(
+            async move {
+                let report = run(ctx, dedicated, stop_rx, acker, group_pending).await;
+                let _ = report_tx.send(Some(report));
+            }
+            .instrument(span),
+        );
         Ok(Worker {
-            consumer,
-            metrics,
-            stop,
-            main: Some(main),
-            acker: acker_abort,
+            handle: WorkerHandle {
+                control: Arc::new(Control {
+                    consumer,
+                    metrics,
+                    stop,
+                    report: report_rx,
+                    main: main.abort_handle(),
+                    acker: acker_abort,
+                }),
+            },
             _t: PhantomData,
         })
     }
 }
 
 impl<T, C: Codec> Worker<T, C> {
+    /// A cheap `Clone` handle (one `Arc`) with the counters, the running
+    /// state and [`shutdown`](WorkerHandle::shutdown). It does not keep the
+    /// worker running.
+    pub fn handle(&self) -> WorkerHandle {
+        self.handle.clone()
+    }
+
     /// The consumer name in the group.
     pub fn consumer(&self) -> &str {
-        &self.consumer
+        self.handle.consumer()
     }
 
     /// The counters.
     pub fn metrics(&self) -> WorkerSnapshot {
-        self.metrics.snapshot()
+        self.handle.metrics()
     }
 
     /// Whether the worker's read loop is still running: false once it
-    /// stopped (after the stop signal of a dropped handle) or died, which a
-    /// health check should report. No round trip.
+    /// stopped (shut down, aborted) or died, which a health check should
+    /// report. No round trip.
     pub fn is_running(&self) -> bool {
-        self.main.as_ref().is_some_and(|h| !h.is_finished())
+        self.handle.is_running()
+    }
+
+    /// Graceful shutdown from a shared reference; see
+    /// [`WorkerHandle::shutdown`] (the same shutdown, the same report).
+    ///
+    /// Cancellation: dropping this future leaves the shutdown running in the
+    /// background.
+    pub async fn shutdown(&self) -> ShutdownReport {
+        self.handle.shutdown().await
+    }
+
+    /// The same as [`shutdown`](Self::shutdown), under the name every type
+    /// of fredkit that owns connections or tasks uses: stops reading, lets
+    /// the handlers finish (or leaves their entries pending for a claim),
+    /// sends the last acknowledgements, closes the worker's dedicated
+    /// `XREADGROUP` connection and ends its tasks (read loop, handler tasks,
+    /// acknowledger). Idempotent: every call returns the same report. The
+    /// shared [`Redis`] handle it was started with stays open.
+    pub async fn close(&self) -> ShutdownReport {
+        self.handle.shutdown().await
+    }
+
+    /// Stops the worker at once, like a crash: reading stops, running
+    /// handlers are cancelled, queued acknowledgements are not sent. Every
+    /// entry not yet acknowledged stays pending for this consumer and is
+    /// taken over by another worker after `min_idle`.
+    pub fn abort(self) {
+        self.handle.control.main.abort();
+        self.handle.control.acker.abort();
+    }
+}
+
+impl WorkerHandle {
+    /// The consumer name in the group.
+    pub fn consumer(&self) -> &str {
+        &self.control.consumer
+    }
+
+    /// The counters (a few relaxed atomic loads).
+    pub fn metrics(&self) -> WorkerSnapshot {
+        self.control.metrics.snapshot()
+    }
+
+    /// Whether the worker's read loop is still running: false once it
+    /// stopped (shut down, the `Worker` dropped, aborted) or died. No round
+    /// trip.
+    pub fn is_running(&self) -> bool {
+        !self.control.main.is_finished()
     }
 
     /// Graceful shutdown: stops reading (the read in progress, at most
@@ -324,50 +438,48 @@ impl<T, C: Codec> Worker<T, C> {
     /// generated consumer name from the group if nothing is pending for it,
     /// and reports.
     ///
+    /// Takes `&self` and is idempotent: concurrent and later calls, on the
+    /// worker or on any handle, wait for the same shutdown and return the
+    /// same report. After [`Worker::abort`] (or if the worker's task died)
+    /// the report carries the counters at that moment and zeros elsewhere.
+    ///
     /// Cancellation: dropping this future leaves the shutdown running in the
     /// background.
-    pub async fn shutdown(mut self) -> ShutdownReport {
-        let _ = self.stop.send(true);
-        let main = self.main.take();
-        let fallback = ShutdownReport {
-            consumer: self.consumer.clone(),
-            in_flight_at_stop: 0,
-            abandoned: 0,
-            unacked: 0,
-            consumer_removed: false,
-            metrics: self.metrics.snapshot(),
-        };
-        match main {
-            Some(handle) => match handle.await {
-                Ok(report) => report,
-                Err(e) => {
-                    tracing::warn!(consumer = %self.consumer, error = %e, "worker task ended abnormally");
-                    ShutdownReport {
-                        metrics: self.metrics.snapshot(),
-                        ..fallback
-                    }
+    pub async fn shutdown(&self) -> ShutdownReport {
+        let c = &self.control;
+        let _ = c.stop.send(true);
+        let mut rx = c.report.clone();
+        let done = rx
+            .wait_for(Option::is_some)
+            .await
+            .ok()
+            .and_then(|r| r.clone());
+        match done {
+            Some(report) => report,
+            None => {
+                if !c.main.is_finished() {
+                    // Cannot happen (the sender lives in the task); be safe.
+                    tracing::debug!(consumer = %c.consumer, "worker report unavailable");
+                } else {
+                    tracing::debug!(consumer = %c.consumer, "worker stopped without a report (aborted or its task ended abnormally)");
                 }
-            },
-            None => fallback,
+                ShutdownReport {
+                    consumer: c.consumer.clone(),
+                    in_flight_at_stop: 0,
+                    abandoned: 0,
+                    unacked: 0,
+                    consumer_removed: false,
+                    metrics: c.metrics.snapshot(),
+                }
+            }
         }
-    }
-
-    /// Stops the worker at once, like a crash: reading stops, running
-    /// handlers are cancelled, queued acknowledgements are not sent. Every
-    /// entry not yet acknowledged stays pending for this consumer and is
-    /// taken over by another worker after `min_idle`.
-    pub fn abort(mut self) {
-        if let Some(main) = self.main.take() {
-            main.abort();
-        }
-        self.acker.abort();
     }
 }
 
 impl<T, C: Codec> Drop for Worker<T, C> {
     fn drop(&mut self) {
         // Graceful shutdown in the background (a no-op after shutdown/abort).
-        let _ = self.stop.send(true);
+        let _ = self.handle.control.stop.send(true);
     }
 }
 

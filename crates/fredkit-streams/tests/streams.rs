@@ -1514,3 +1514,103 @@ async fn consumers_left_behind_by_crashed_workers_are_removed_once_they_own_noth
     assert!(report.consumer_removed);
     assert_eq!(admin.group("g").await.unwrap().unwrap().consumers, 0);
 }
+
+/// #17: a `WorkerHandle` is a cheap `Clone` with the counters, and the
+/// worker shuts down from shared references: the `Worker` in an `Arc` and a
+/// handle call `shutdown` at once while handlers are in flight; both get the
+/// same report (nothing abandoned, nothing unacknowledged, every handled
+/// entry acknowledged, nothing pending), a later call gets it again, and
+/// what was never read is handled by the next worker exactly once.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_worker_handle_reads_metrics_and_shutdown_from_shared_references_reports_once(
+    #[case] topology: Topology,
+) {
+    const N: u64 = 40;
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let keys = keys("handle");
+    let admin = StreamAdmin::new(&redis, keys.clone());
+    let producer = Producer::<Job>::new(&redis, keys.clone());
+    for r in producer
+        .publish_batch(&(0..N).map(|n| Job { n }).collect::<Vec<_>>())
+        .await
+    {
+        r.unwrap();
+    }
+    let completed: Counts = Arc::default();
+    let config = fast("g")
+        .concurrency(8)
+        .count(8)
+        .handler_timeout(Duration::from_secs(5))
+        .min_idle(Duration::from_secs(10))
+        .build()
+        .unwrap();
+    let c = Arc::clone(&completed);
+    let worker = Worker::start(&redis, keys.clone(), config, move |m: Message<Job>| {
+        let c = Arc::clone(&c);
+        async move {
+            tokio::time::sleep(Duration::from_millis(200)).await;
+            bump(&c, m.payload.n);
+            Ok::<(), String>(())
+        }
+    })
+    .await
+    .unwrap();
+    let worker = Arc::new(worker);
+    let handle = worker.handle();
+    let other = handle.clone();
+    assert!(handle.is_running());
+    assert_eq!(handle.consumer(), worker.consumer());
+    // The counters, read through a clone of the handle.
+    wait_until("8 handled, read through the handle", || {
+        let h = other.clone();
+        async move { h.metrics().handled >= 8 }
+    })
+    .await;
+    let (w, h) = (Arc::clone(&worker), other.clone());
+    let by_worker = tokio::spawn(async move { w.shutdown().await });
+    let by_handle = tokio::spawn(async move { h.shutdown().await });
+    let (a, b) = (by_worker.await.unwrap(), by_handle.await.unwrap());
+    assert_eq!(a, b, "one shutdown, one report for every caller");
+    assert_eq!(a.abandoned, 0, "{a:?}");
+    assert_eq!(a.unacked, 0, "{a:?}");
+    let done = completed.lock().unwrap().clone();
+    assert!(done.values().all(|c| *c == 1));
+    assert_eq!(a.metrics.handled, done.len() as u64, "{a:?}");
+    assert_eq!(a.metrics.acked, done.len() as u64, "{a:?}");
+    assert_eq!(pending(&admin, "g").await, 0, "no message is half-done");
+    assert!(!handle.is_running());
+    assert_eq!(
+        handle.shutdown().await,
+        a,
+        "a later call gets the same report"
+    );
+    assert_eq!(worker.close().await, a, "close is the same shutdown");
+
+    // What was never read is still there for the next worker.
+    let rest: Counts = Arc::default();
+    let r = Arc::clone(&rest);
+    let next = Worker::start(
+        &redis,
+        keys.clone(),
+        fast("g").build().unwrap(),
+        move |m: Message<Job>| {
+            bump(&r, m.payload.n);
+            async { Ok::<(), String>(()) }
+        },
+    )
+    .await
+    .unwrap();
+    wait_until("the rest handled", || {
+        let rest = Arc::clone(&rest);
+        let n = done.len();
+        async move { rest.lock().unwrap().len() + n == N as usize }
+    })
+    .await;
+    next.shutdown().await;
+    let rest = rest.lock().unwrap();
+    assert!(rest.keys().all(|n| !done.contains_key(n)));
+    assert!(rest.values().all(|c| *c == 1));
+}
