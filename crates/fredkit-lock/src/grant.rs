@@ -8,6 +8,7 @@
 //! `reply`).
 
 use std::future::Future;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -18,6 +19,7 @@ use fred::prelude::Options;
 use fred::types::{ClusterHash, Key, Value};
 use fredkit_conn::{Dedicated, Redis};
 use fredkit_core::{Error, ErrorKind, KeySpace, Result, Script};
+use tokio::task::JoinSet;
 
 use crate::metrics::Counters;
 use crate::options::{millis, LockOptions, MAX_TTL};
@@ -40,6 +42,50 @@ pub(crate) struct Shared {
     pub(crate) counters: Arc<Counters>,
     /// The connection for grants that need `WAIT` (blocking): made on first use.
     replica_conn: tokio::sync::Mutex<Option<Dedicated<Client>>>,
+    /// Releases of dropped guards and permits, undos of unanswered tries.
+    pub(crate) background: Background,
+    /// Set by `close`: no connection is opened any more.
+    closed: AtomicBool,
+}
+
+/// Background work (releases of dropped guards and permits, undos of
+/// unanswered tries), tracked so that `close` can wait for it. Finished
+/// tasks are reaped whenever a new one starts, so the set stays as small as
+/// what is in flight.
+#[derive(Default)]
+pub(crate) struct Background {
+    tasks: std::sync::Mutex<JoinSet<()>>,
+}
+
+impl Background {
+    fn set(&self) -> std::sync::MutexGuard<'_, JoinSet<()>> {
+        self.tasks.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Runs `work` on `rt`, tracked.
+    pub(crate) fn spawn_on<F>(&self, rt: &tokio::runtime::Handle, work: F)
+    where
+        F: Future<Output = ()> + Send + 'static,
+    {
+        let mut set = self.set();
+        while set.try_join_next().is_some() {}
+        set.spawn_on(work, rt);
+    }
+
+    /// Waits up to `limit` for the tracked work to finish, then aborts what
+    /// is left (a release not done then leaves its lock to expire at its
+    /// TTL) and waits for the aborted tasks to end.
+    pub(crate) async fn drain(&self, limit: Duration) {
+        let mut set = std::mem::take(&mut *self.set());
+        if tokio::time::timeout(limit, async { while set.join_next().await.is_some() {} })
+            .await
+            .is_err()
+        {
+            tracing::debug!("fredkit.lock: close: background releases still running were stopped; their locks expire at their TTL");
+            set.abort_all();
+            while set.join_next().await.is_some() {}
+        }
+    }
 }
 
 /// The keys of one resource's lock, both in the resource's hash slot.
@@ -77,7 +123,34 @@ impl Shared {
             keys,
             counters,
             replica_conn: tokio::sync::Mutex::new(None),
+            background: Background::default(),
+            closed: AtomicBool::new(false),
         })
+    }
+
+    /// The longest `close` waits for each thing it closes: twice the command
+    /// timeout, at least 2 s.
+    fn close_limit(&self) -> Duration {
+        self.redis
+            .config()
+            .command_timeout()
+            .saturating_mul(2)
+            .max(Duration::from_secs(2))
+    }
+
+    /// Closes the wake-up subscription, the replica-confirmation connection
+    /// and the background work (see `LockManager::close`). Idempotent.
+    pub(crate) async fn close(&self) {
+        self.closed.store(true, Ordering::SeqCst);
+        let limit = self.close_limit();
+        self.waiters.close(limit).await;
+        let conn = self.replica_conn.lock().await.take();
+        // Dropping it sends QUIT in the background (fredkit-conn), which
+        // completes within one round trip; a QUIT of our own first would make
+        // that one log a warning (fred: "quit client that was already
+        // stopped").
+        drop(conn);
+        self.background.drain(limit).await;
     }
 
     /// The keys of `resource`'s lock.
@@ -103,10 +176,24 @@ impl Shared {
         mode: Mode,
     ) -> Result<Attempt> {
         let Some((replicas, timeout)) = opts.replicas else {
-            return attempt(self.redis.client(), keys, token, opts.ttl_ms(), mode).await;
+            return attempt(
+                self.redis.client(),
+                &self.background,
+                keys,
+                token,
+                opts.ttl_ms(),
+                mode,
+            )
+            .await;
         };
         let mut conn = self.replica_conn.lock().await;
         if conn.is_none() {
+            if self.closed.load(Ordering::SeqCst) {
+                return Err(Error::connection(format!(
+                    "the lock manager under '{}' was closed: replica confirmation needs its own connection, which a closed manager does not open again; nothing was tried (make a new manager)",
+                    self.keys.prefix()
+                )));
+            }
             *conn = Some(self.redis.dedicated()?);
         }
         let Some(client) = conn.as_ref() else {
@@ -124,7 +211,16 @@ impl Shared {
                 "replica confirmation: the manager's own connection did not come up within {connect_timeout:?} ({e}); nothing was tried (check that Redis is reachable, or raise connect_timeout)"
             )));
         }
-        let attempt = match attempt(client.client(), keys, token, opts.ttl_ms(), mode).await {
+        let attempt = match attempt(
+            client.client(),
+            &self.background,
+            keys,
+            token,
+            opts.ttl_ms(),
+            mode,
+        )
+        .await
+        {
             Ok(a) => a,
             Err(e) => {
                 if e.kind() == ErrorKind::Timeout {
@@ -199,6 +295,7 @@ pub(crate) fn attempt_from(script: &str, r: i64) -> Result<Attempt> {
 /// an undo is queued behind it on the same connection (see [`undo`]).
 pub(crate) async fn attempt(
     client: &Client,
+    background: &Background,
     keys: &LockKeys,
     token: &Str,
     ttl_ms: i64,
@@ -219,7 +316,7 @@ pub(crate) async fn attempt(
         Ok(r) => attempt_from(ACQUIRE.name(), reply::integer(ACQUIRE.name(), r)?),
         Err(e) => {
             let (lock, token) = (keys.lock.clone(), token.clone());
-            undo(client, &e, move |c| {
+            undo(client, background, &e, move |c| {
                 let (lock, token) = (lock.clone(), token.clone());
                 async move {
                     RELEASE
@@ -243,7 +340,7 @@ pub(crate) async fn attempt(
 /// connection. Only for errors after which the try may have run (timeouts,
 /// connection errors). Without a runtime nothing is done (the grant, if
 /// any, expires at its TTL).
-pub(crate) fn undo<F, Fut>(client: &Client, error: &Error, release: F)
+pub(crate) fn undo<F, Fut>(client: &Client, background: &Background, error: &Error, release: F)
 where
     F: Fn(Client) -> Fut + Send + 'static,
     Fut: Future<Output = Result<()>> + Send + 'static,
@@ -255,7 +352,7 @@ where
         return;
     };
     let client = client.clone();
-    rt.spawn(async move {
+    background.spawn_on(&rt, async move {
         for round in 0..3 {
             if round > 0 {
                 tokio::time::sleep(Duration::from_secs(1)).await;
@@ -305,20 +402,19 @@ pub(crate) async fn extend(
 
 /// Runs `release` in the background for a guard being dropped: on the
 /// current runtime, or, when dropped on a thread without one, on the runtime
-/// the guard was made on (`made_on`). If neither runs any more, the lock (or
-/// permit) expires at its TTL.
-pub(crate) fn spawn_release<F>(made_on: Option<&tokio::runtime::Handle>, release: F)
-where
+/// the guard was made on (`made_on`), tracked by `background`. If neither
+/// runtime runs any more, the lock (or permit) expires at its TTL.
+pub(crate) fn spawn_release<F>(
+    made_on: Option<&tokio::runtime::Handle>,
+    background: &Background,
+    release: F,
+) where
     F: Future<Output = ()> + Send + 'static,
 {
     match tokio::runtime::Handle::try_current() {
-        Ok(rt) => {
-            rt.spawn(release);
-        }
+        Ok(rt) => background.spawn_on(&rt, release),
         Err(_) => match made_on {
-            Some(rt) => {
-                rt.spawn(release);
-            }
+            Some(rt) => background.spawn_on(rt, release),
             None => tracing::debug!(
                 "fredkit.lock: dropped outside a runtime; the lock expires at its TTL"
             ),

@@ -378,7 +378,8 @@ impl Drop for LockGuard {
         let shared = self.shared.clone();
         let lock_key = self.lock_key.clone();
         let token = self.token.clone();
-        spawn_release(self.runtime.as_ref(), async move {
+        let background = self.shared.clone();
+        spawn_release(self.runtime.as_ref(), &background.background, async move {
             if let Err(e) = grant::release(&shared, &lock_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background release failed; the lock expires at its TTL");
             }

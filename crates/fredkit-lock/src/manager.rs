@@ -130,6 +130,45 @@ impl LockManager {
         self.shared.waiters.channel()
     }
 
+    /// Closes what this manager (with its clones and the
+    /// [semaphores](Self::semaphore) made from it) owns, so that a process
+    /// can stop without fred logging reset connections and without a task of
+    /// the manager left:
+    ///
+    /// - the **wake-up subscription**: its dispatch task, and the subscriber
+    ///   connection (unsubscribed, then `QUIT`; that `QUIT` completes in the
+    ///   background within one round trip, at most 2 s);
+    /// - the **replica-confirmation connection** (`QUIT`, in the background
+    ///   as above), if
+    ///   [`replicas`](crate::LockOptionsBuilder::replicas) ever made one;
+    /// - the **background work**: releases of dropped guards and permits,
+    ///   undos of unanswered tries — waited for; what is still running
+    ///   after the limit is stopped, and its lock or permit expires at its
+    ///   TTL.
+    ///
+    /// It does **not** close the [`Redis`] handle (the caller's: call
+    /// [`Redis::shutdown`] after closing every primitive that uses it) and
+    /// does not touch guards still alive: they keep their lock, their
+    /// watchdog runs until they are released or dropped, and their release
+    /// still works. Release them first for a clean stop.
+    ///
+    /// After `close` the manager still grants and releases locks (on the
+    /// shared handle); a waiting `acquire` then waits by polling only (no
+    /// subscription is made again), and an acquire with replica
+    /// confirmation fails with
+    /// [`ErrorKind::Connection`](fredkit_core::ErrorKind::Connection)
+    /// (no connection of its own is opened again).
+    ///
+    /// Waits at most twice the command timeout (at least 2 s) for each of
+    /// the three. Idempotent: a second call (from any clone) returns once
+    /// the first has closed what it took. Cancellation: dropping the future
+    /// halfway leaves the manager closed; what it had not closed yet closes
+    /// when the last clone is dropped (connections) or ends on its own
+    /// (background work).
+    pub async fn close(&self) {
+        self.shared.close().await;
+    }
+
     /// This manager's counters.
     pub fn metrics(&self) -> LockMetrics {
         self.shared.counters.snapshot()
@@ -336,6 +375,7 @@ impl DistributedLock for LockManager {
         let token = new_token();
         let r = grant::attempt(
             self.shared.redis.client(),
+            &self.shared.background,
             &keys,
             &token,
             millis(ttl).max(1),

@@ -14,7 +14,7 @@ use rand::Rng;
 use tokio::time::Instant;
 use tracing::Instrument;
 
-use crate::grant::{new_token, spawn_release};
+use crate::grant::{new_token, spawn_release, Background};
 use crate::options::{millis, MAX_TTL};
 
 static REDLOCK_RELEASE: Script = Script::new(
@@ -192,6 +192,8 @@ struct RedlockInner {
     nodes: Vec<Redis>,
     keys: KeySpace,
     opts: RedlockOptions,
+    /// Releases of dropped guards, waited for by `close`.
+    background: Background,
 }
 
 impl fmt::Debug for Redlock {
@@ -223,8 +225,27 @@ impl Redlock {
                 nodes,
                 keys: KeySpace::new(prefix)?,
                 opts,
+                background: Background::default(),
             }),
         })
+    }
+
+    /// Waits for the background releases of dropped guards (at most twice
+    /// the first node's command timeout, at least 2 s; what is still running
+    /// then is stopped and its keys expire at their TTL). A Redlock opens no
+    /// connection and starts no task of its own otherwise: the node handles
+    /// are the caller's (close them with
+    /// [`Redis::shutdown`](fredkit_conn::Redis::shutdown) afterwards).
+    /// Idempotent; the Redlock stays usable.
+    pub async fn close(&self) {
+        let limit = self
+            .inner
+            .nodes
+            .first()
+            .map_or(Duration::from_secs(1), |n| n.config().command_timeout())
+            .saturating_mul(2)
+            .max(Duration::from_secs(2));
+        self.inner.background.drain(limit).await;
     }
 
     /// How many nodes must grant a lock: `N/2 + 1`.
@@ -418,9 +439,14 @@ impl Drop for RedlockGuard {
         let redlock = self.redlock.clone();
         let key = self.key.clone();
         let token = self.token.clone();
-        spawn_release(self.runtime.as_ref(), async move {
-            redlock.release_all(&key, &token).await;
-        });
+        let tracked = self.redlock.clone();
+        spawn_release(
+            self.runtime.as_ref(),
+            &tracked.inner.background,
+            async move {
+                redlock.release_all(&key, &token).await;
+            },
+        );
     }
 }
 

@@ -200,7 +200,7 @@ impl Semaphore {
                     Value::String(token.clone()),
                     Value::String(self.shared.channel.clone()),
                 ];
-                undo(client, &e, move |c| {
+                undo(client, &self.shared.background, &e, move |c| {
                     let (keys, args) = (keys.clone(), args.clone());
                     async move {
                         SEM_RELEASE
@@ -337,7 +337,8 @@ impl Drop for Permit {
         let set_key = self.set_key.clone();
         let wait_key = self.wait_key.clone();
         let token = self.token.clone();
-        spawn_release(self.runtime.as_ref(), async move {
+        let tracked = self.shared.clone();
+        spawn_release(self.runtime.as_ref(), &tracked.background, async move {
             if let Err(e) = release(&shared, &set_key, &wait_key, &token).await {
                 tracing::warn!(error = %e, "fredkit.lock: background permit release failed; it expires at its TTL");
             }

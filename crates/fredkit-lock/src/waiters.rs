@@ -7,6 +7,7 @@
 //! possibly lost) wakes every local waiter so they retry at once.
 
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex, MutexGuard, Weak};
 use std::time::Duration;
 
@@ -57,6 +58,8 @@ pub(crate) struct Waiters {
     channel: String,
     redis: Redis,
     counters: Arc<Counters>,
+    /// Set by `close`: no subscription is made any more; waiters poll.
+    closed: AtomicBool,
 }
 
 fn lock_attempt(m: &Mutex<Option<SubscribeAttempt>>) -> MutexGuard<'_, Option<SubscribeAttempt>> {
@@ -64,16 +67,22 @@ fn lock_attempt(m: &Mutex<Option<SubscribeAttempt>>) -> MutexGuard<'_, Option<Su
 }
 
 /// The live subscription: dropping it stops the dispatch task and (through
-/// fredkit-pubsub) unsubscribes.
+/// fredkit-pubsub) unsubscribes; `Waiters::close` takes both out first.
 struct Listener {
-    _subscriber: Subscriber,
-    task: JoinHandle<()>,
+    subscriber: Mutex<Option<Subscriber>>,
+    task: Mutex<Option<JoinHandle<()>>>,
 }
 
 impl Drop for Listener {
     fn drop(&mut self) {
-        self.task.abort();
+        if let Some(t) = take(&self.task) {
+            t.abort();
+        }
     }
+}
+
+fn take<T>(m: &Mutex<Option<T>>) -> Option<T> {
+    m.lock().unwrap_or_else(|p| p.into_inner()).take()
 }
 
 fn lock(m: &Mutex<Registry>) -> MutexGuard<'_, Registry> {
@@ -91,6 +100,40 @@ impl Waiters {
             channel,
             redis,
             counters,
+            closed: AtomicBool::new(false),
+        }
+    }
+
+    /// Whether `close` was called.
+    pub(crate) fn is_closed(&self) -> bool {
+        self.closed.load(Ordering::SeqCst)
+    }
+
+    /// Ends the subscription for good: an attempt in flight is waited for
+    /// (at most `limit`), the dispatch task is stopped, and the subscriber
+    /// is let go of — waited for (at most `limit` again) until fredkit-pubsub
+    /// has unsubscribed and dropped its connection, whose `QUIT` then
+    /// completes in the background within one round trip. Local waiters are
+    /// woken so they retry at once and then poll. Idempotent.
+    pub(crate) async fn close(&self, limit: Duration) {
+        self.closed.store(true, Ordering::SeqCst);
+        let attempt = lock_attempt(&self.attempt).clone();
+        if let Some(a) = attempt {
+            let _ = tokio::time::timeout(limit, a).await;
+        }
+        self.wake_all();
+        let Some(listener) = self.listener.get() else {
+            return;
+        };
+        if let Some(task) = take(&listener.task) {
+            task.abort();
+            let _ = task.await;
+        }
+        if let Some(subscriber) = take(&listener.subscriber) {
+            let mut gone = subscriber.gaps();
+            drop(subscriber);
+            let _ =
+                tokio::time::timeout(limit, async { while gone.changed().await.is_ok() {} }).await;
         }
     }
 
@@ -112,6 +155,11 @@ impl Waiters {
     /// another connection. Each attempt is bounded by the connect and command
     /// timeouts; after a failed one, the next caller starts a new one.
     async fn listen(self: &Arc<Self>, limit: Duration) -> Result<()> {
+        if self.is_closed() {
+            return Err(Error::connection(
+                "the lock manager was closed: no wake-up subscription",
+            ));
+        }
         if self.listener.initialized() {
             return Ok(());
         }
@@ -162,14 +210,20 @@ impl Waiters {
         )
         .await?;
         let subscription = subscriber.subscribe_bytes(&self.channel).await?;
+        if self.is_closed() {
+            // Closed meanwhile: let it go at once (dropping both ends it).
+            return Err(Error::connection(
+                "the lock manager was closed while it subscribed",
+            ));
+        }
         let task = tokio::spawn(dispatch(
             Arc::downgrade(self),
             Arc::downgrade(&self.counters),
             subscription,
         ));
         Ok(Listener {
-            _subscriber: subscriber,
-            task,
+            subscriber: Mutex::new(Some(subscriber)),
+            task: Mutex::new(Some(task)),
         })
     }
 
@@ -307,7 +361,11 @@ impl Waiters {
     {
         let deadline = Instant::now() + opts.wait;
         if let Err(e) = self.listen(opts.wait).await {
-            tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
+            if self.is_closed() {
+                tracing::debug!("fredkit.lock: the manager is closed; waiting by polling only");
+            } else {
+                tracing::warn!(error = %e, "fredkit.lock: no wake-up subscription; waiting by polling only");
+            }
         }
         let registration = self.register(key);
         // Armed from a wake-up until the retry it caused has an answer: if this
