@@ -94,6 +94,12 @@ const FAIL_CLOSED_RETRY: Duration = Duration::from_secs(1);
 /// tested for every algorithm by losing the reply with `CLIENT KILL`: the
 /// script runs twice, and the caller plus every later caller get at most
 /// the quota).
+///
+/// # Closing
+///
+/// A limiter owns no connection and no task (its commands go through the
+/// [`Redis`] handle it was built with), so it has no `close`: dropping it
+/// frees it, and [`Redis::shutdown`] closes the handle.
 #[derive(Clone)]
 pub struct Limiter {
     inner: Arc<Inner>,

@@ -86,8 +86,18 @@
 //!   revocation events over fredkit-pubsub (see its docs for the exact
 //!   guarantee).
 //! - `tower`: `RevocationLayer` — 401 for revoked tokens (503 for a
-//!   fail-closed outage) in a tower / axum
-//!   stack.
+//!   fail-closed outage) in a tower / axum stack; a request that reaches it
+//!   without claims (no token, or the layers misordered) is refused with
+//!   401 unless `allow_requests_without_claims(true)`. In axum the last
+//!   `.layer()` runs first: add the revocation layer *before* the layer
+//!   that validates the JWT and inserts the claims.
+//!
+//! # Closing
+//!
+//! [`Revocations::close`] stops what a store owns (with the local cache:
+//! its event listener and, unless shared, its subscriber connection). The
+//! [`Redis`](fredkit_conn::Redis) handle is the caller's: close the stores,
+//! then call [`Redis::shutdown`](fredkit_conn::Redis::shutdown).
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -503,7 +503,7 @@ impl Revocations {
     /// Closes what the store owns: with the local cache, its event
     /// listener task and — when the store made it ([`new`](Self::new)) —
     /// its subscriber connection and that subscriber's tasks (with
-    /// [`with_subscriber`](Self::with_subscriber) the caller's subscriber
+    /// `with_subscriber` the caller's subscriber
     /// stays open; only this store's subscription to the event channel
     /// ends). Without the local cache the store owns nothing (its commands
     /// go through the caller's [`Redis`] handle) and this returns at once.
@@ -846,7 +846,7 @@ impl Revocations {
     /// mode's ([`Verdict::FailOpen`], [`Verdict::FailClosed`]) rather than
     /// Redis's: a caller can then refuse a fail-closed token as "try again"
     /// (HTTP 503) rather than "revoked" (401), as
-    /// [`RevocationLayer`](crate::RevocationLayer) does. Same cost, errors
+    /// `RevocationLayer` (feature `tower`) does. Same cost, errors
     /// and cancellation as `check`.
     ///
     /// # Errors
