@@ -51,7 +51,12 @@ impl Drop for ConnErrors {
 impl ConnErrors {
     /// Starts listening to every client of `pool`. Call it before
     /// `pool.connect()` so the first attempt's failure is seen.
-    pub(crate) fn watch(pool: &Pool) -> ConnErrors {
+    ///
+    /// Logs each connection's failed attempt at WARN, explained as
+    /// [`Redis::last_connection_error`] explains it (redacted URL, cause,
+    /// what to check), once per distinct cause: a lazily connected handle
+    /// on a wrong URL says why in the log, not only as command timeouts.
+    pub(crate) fn watch(pool: &Pool, config: &RedisConfig) -> ConnErrors {
         let clients = pool.clients();
         let (slots, _) = watch::channel(vec![None; clients.len()]);
         let tasks = clients
@@ -61,16 +66,29 @@ impl ConnErrors {
                 let mut errors = client.error_rx();
                 let mut reconnects = client.reconnect_rx();
                 let slots = slots.clone();
+                let config = config.clone();
                 tokio::spawn(async move {
+                    // The last cause logged, so a retry loop logs it once.
+                    let mut logged: Option<String> = None;
                     loop {
                         tokio::select! {
                             e = errors.recv() => match e {
-                                Ok((error, _server)) => {
+                                Ok((error, server)) => {
+                                    // A failed connection attempt comes without a server
+                                    // (a connection that broke names its server; fred logs those).
+                                    let attempt = server.is_none() && *error.kind() != FredKind::Canceled;
                                     let failure = Failure {
                                         kind: error.kind().clone(),
                                         details: error.details().to_string(),
                                         at: Instant::now(),
                                     };
+                                    if attempt {
+                                        let explained = explain(&failure, &config).to_string();
+                                        if logged.as_deref() != Some(explained.as_str()) {
+                                            tracing::warn!(error = %explained, "fredkit: cannot connect to Redis; fred keeps retrying");
+                                            logged = Some(explained);
+                                        }
+                                    }
                                     slots.send_modify(|s| {
                                         if let Some(slot) = s.get_mut(i) {
                                             *slot = Some(failure);
@@ -82,6 +100,7 @@ impl ConnErrors {
                             },
                             r = reconnects.recv() => match r {
                                 Ok(_) => {
+                                    logged = None;
                                     slots.send_if_modified(|s| {
                                         s.get_mut(i).and_then(Option::take).is_some()
                                     });
@@ -96,6 +115,11 @@ impl ConnErrors {
             })
             .collect();
         ConnErrors { slots, tasks }
+    }
+
+    /// Stops the listener tasks (on [`Redis::shutdown`]).
+    pub(crate) fn stop(&self) {
+        self.tasks.iter().for_each(tokio::task::AbortHandle::abort);
     }
 
     /// The most recent failure of a connection that is not up again.
@@ -145,22 +169,98 @@ fn explain(failure: &Failure, config: &RedisConfig) -> Error {
             failure.details
         ));
     }
-    if failure.details.to_ascii_lowercase().contains("refused") {
+    let cause = os_cause(&failure.details);
+    let lower = cause.to_ascii_lowercase();
+    if lower.contains("refused") {
         return Error::connection(format!(
             "connection refused by {config}: check that the server is running and listens on that host and port"
         ));
     }
+    if is_dns(&lower) {
+        return Error::connection(format!(
+            "cannot resolve the host name {} of {config} ({cause}): check the host name in the URL \
+             (REDIS_URL) and this machine's DNS resolver and /etc/hosts",
+            host_names(config)
+        ));
+    }
+    if failure.kind.to_str().contains("TLS")
+        || lower.contains("tls")
+        || lower.contains("certificate")
+    {
+        return Error::connection(format!(
+            "the TLS handshake with {config} failed ({cause}): check that the port serves TLS \
+             (rediss:// needs a TLS port, redis:// a plain one), that the certificate names \
+             the host and is signed by an authority this machine trusts, and the clock"
+        ));
+    }
+    if lower.contains("unreachable") || lower.contains("no route to host") {
+        return Error::connection(format!(
+            "cannot reach {config} ({cause}): check the host in the URL, this machine's network \
+             and the firewalls between it and the server"
+        ));
+    }
+    if lower.contains("reset by peer") || lower.contains("broken pipe") {
+        return Error::connection(format!(
+            "{config} closed the connection ({cause}): check that the port is a Redis server \
+             (a TLS-only port needs rediss://), and its maxclients and protected-mode settings"
+        ));
+    }
     match failure.kind {
         FredKind::Timeout => Error::timeout(format!(
-            "connecting to {config} timed out ({})",
-            failure.details
+            "connecting to {config} timed out ({cause}): check the host and port, that no \
+             firewall drops the packets, or raise the connect timeout"
         )),
         _ => Error::connection(format!(
-            "cannot connect to {config}: {} ({})",
-            failure.details,
+            "cannot connect to {config}: {cause} ({})",
             failure.kind.to_str()
         )),
     }
+}
+
+/// The operating system's words from a fred error's details: fred keeps the
+/// `Debug` form of an `io::Error` (`Custom { kind: .., error: "..." }`,
+/// `Os { code: 111, kind: .., message: "..." }`); the quoted text is the cause.
+fn os_cause(details: &str) -> String {
+    for marker in ["error: \"", "message: \""] {
+        if let Some(start) = details.find(marker) {
+            let rest = &details[start.saturating_add(marker.len())..];
+            if let Some(end) = rest.find('"') {
+                return rest[..end].to_string();
+            }
+        }
+    }
+    details.to_string()
+}
+
+/// Whether a cause is a failed host name lookup (getaddrinfo's messages).
+fn is_dns(lower: &str) -> bool {
+    [
+        "failed to lookup address",
+        "name or service not known",
+        "temporary failure in name resolution",
+        "no address associated",
+        "nodename nor servname",
+        "no such host",
+    ]
+    .iter()
+    .any(|m| lower.contains(m))
+}
+
+/// The host names of the URL, quoted: `'a'` or `'a', 'b'`.
+fn host_names(config: &RedisConfig) -> String {
+    let nodes: Vec<&crate::config::Node> = match config.topology() {
+        crate::config::Topology::Standalone(n) => vec![n],
+        crate::config::Topology::Cluster(nodes) => nodes.iter().collect(),
+        crate::config::Topology::Sentinel { sentinels, .. } => sentinels.iter().collect(),
+    };
+    let mut hosts: Vec<String> = Vec::new();
+    for n in nodes {
+        let quoted = format!("'{}'", n.host);
+        if !hosts.contains(&quoted) {
+            hosts.push(quoted);
+        }
+    }
+    hosts.join(", ")
 }
 
 /// Waits until every connection of `pool` is up, at most `limit`.

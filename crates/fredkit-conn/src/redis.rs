@@ -149,7 +149,7 @@ impl Redis {
     pub async fn connect(config: RedisConfig) -> Result<Redis> {
         let b = builder(&config, Purpose::Shared)?;
         let pool = b.build_pool(config.pool_size)?;
-        let conn_errors = crate::conn_error::ConnErrors::watch(&pool);
+        let conn_errors = crate::conn_error::ConnErrors::watch(&pool, &config);
         let handle = pool.connect();
         let watchdog = tokio::spawn(crate::watchdog::run(
             pool.clone(),
@@ -282,15 +282,32 @@ impl Redis {
         crate::health::probe(self).await
     }
 
-    /// Closes every connection of the pool after in-flight commands finish.
-    /// Commands sent afterwards fail. Connections from [`Redis::dedicated`]
-    /// and [`Redis::subscriber`] close when they are dropped.
+    /// Closes what this handle owns, for it and every clone of it:
+    ///
+    /// - the pool's connections: `QUIT` on each once the commands written
+    ///   before it are answered (waited for at most twice the command
+    ///   timeout), then fred's connection tasks (at most 1 s each, aborted
+    ///   after): no reconnection follows;
+    /// - its background tasks: the `PING` watchdog, the connection-error
+    ///   listeners and, on a Sentinel topology, the `+switch-master`
+    ///   listener with its connection to the sentinels.
+    ///
+    /// It does not close connections made by [`Redis::dedicated`] and
+    /// [`Redis::subscriber`], nor what fredkit primitives built on this
+    /// handle own (their subscribers, tasks): each closes when dropped, or
+    /// with the primitive's own `close()`. Close those first.
+    ///
+    /// Commands sent afterwards fail at once (fred: the client is closed);
+    /// none waits for a reconnection. Calling it again is harmless.
+    /// Dropping the last clone without calling it closes the same things in
+    /// the background.
     ///
     /// # Errors
-    /// A connection error if the pool could not be closed cleanly; it is
-    /// closed anyway.
+    /// A timeout when `QUIT` was not answered in time, or fred's error when
+    /// the pool could not be closed cleanly; it is closed anyway.
     pub async fn shutdown(&self) -> Result<()> {
         self.inner.watchdog.abort();
+        self.inner.conn_errors.stop();
         self.inner.stop_following();
         let quit = tokio::time::timeout(
             self.inner.config.command_timeout.saturating_mul(2),
