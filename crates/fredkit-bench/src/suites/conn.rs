@@ -7,7 +7,8 @@
 //! - **fredkit-conn**: a [`fredkit_conn::Redis`] with its defaults, every call
 //!   through `redis.client()` (the pool's round robin included);
 //! - **redis-rs**: a redis-rs 1.8 multiplexed connection with its defaults
-//!   (500 ms response timeout), cloned per call;
+//!   but fredkit-conn's 1 s command timeout as its response timeout (its
+//!   default of 500 ms failed runs on this loaded machine), cloned per call;
 //! - **redis-benchmark** `-P 1` and `-P 16`, run as a subprocess against the
 //!   same server: C, with its own C connections (`-c` = the concurrency), so
 //!   it is a ceiling of this machine rather than a like-for-like contender.
@@ -20,7 +21,8 @@
 //! Developer knobs (environment): `FKB_CONN_CMDS=get,evalsha` runs only those
 //! commands; `FKB_CONN_C=64` only those concurrencies; `FKB_CONN_POOLS=2,4`
 //! adds fredkit-conn contenders with those pool sizes; `FKB_CONN_RB=0` leaves
-//! redis-benchmark out.
+//! redis-benchmark out; `FKB_CONN_SIDES=conn,redisrs` keeps only those
+//! in-process clients (for profiling one of them).
 
 use super::Suite;
 use crate::harness::{interleave_with, measure, op, Load, Measurement, Report, Runner};
@@ -86,7 +88,11 @@ fn env_list(name: &str) -> Option<Vec<String>> {
     std::env::var(name)
         .ok()
         .filter(|v| !v.trim().is_empty())
-        .map(|v| v.split(',').map(|s| s.trim().to_ascii_lowercase()).collect())
+        .map(|v| {
+            v.split(',')
+                .map(|s| s.trim().to_ascii_lowercase())
+                .collect()
+        })
 }
 
 /// The measurement of this suite: 1 s windows (27+ contenders per run).
@@ -126,8 +132,10 @@ fn side_op(side: &Side, cmd: Cmd, sha: &str, value: &Bytes) -> crate::harness::O
             async move {
                 match cmd {
                     Cmd::Get => {
-                        let _: Option<Vec<u8>> =
-                            redis::cmd("GET").arg(GET_KEY).query_async(&mut conn).await?;
+                        let _: Option<Vec<u8>> = redis::cmd("GET")
+                            .arg(GET_KEY)
+                            .query_async(&mut conn)
+                            .await?;
                     }
                     Cmd::Set => {
                         let _: () = redis::cmd("SET")
@@ -229,8 +237,13 @@ async fn redis_benchmark(
             c.args(["GET", GET_KEY]);
         }
         Cmd::Set => {
-            c.args(["-r", &SET_KEYS.to_string(), "SET", "bench:conn:set:__rand_int__"])
-                .arg(&value);
+            c.args([
+                "-r",
+                &SET_KEYS.to_string(),
+                "SET",
+                "bench:conn:set:__rand_int__",
+            ])
+            .arg(&value);
         }
         Cmd::EvalSha => {
             c.args(["EVALSHA", sha, "1", GET_KEY]);
@@ -280,7 +293,9 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     fred.init().await.context("fred could not connect")?;
     let conn = ctx.redis().await?;
     let rs = redis::Client::open(url.as_str())?
-        .get_multiplexed_async_connection()
+        .get_multiplexed_async_connection_with_config(
+            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(1))),
+        )
         .await
         .context("redis-rs could not connect")?;
 
@@ -293,9 +308,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ("conn".into(), Side::Conn(conn.clone())),
         ("redisrs".into(), Side::RedisRs(rs)),
     ];
+    if let Some(only) = env_list("FKB_CONN_SIDES") {
+        sides.retain(|(who, _)| only.iter().any(|o| o == who));
+    }
     let mut extra = Vec::new();
     for p in env_list("FKB_CONN_POOLS").unwrap_or_default() {
-        let n: usize = p.parse().with_context(|| format!("FKB_CONN_POOLS: `{p}`"))?;
+        let n: usize = p
+            .parse()
+            .with_context(|| format!("FKB_CONN_POOLS: `{p}`"))?;
         let config = fredkit_conn::RedisConfig::builder()
             .url(&url)
             .pool_size(n)
