@@ -10,12 +10,14 @@ use fred::bytes_utils::Str;
 use fredkit_conn::Redis;
 use fredkit_core::traits::{DistributedLock, LockLease};
 use fredkit_core::{KeySpace, Result};
+use futures::future::join_all;
 use tokio::time::Instant;
 use tracing::Instrument;
 
 use crate::grant::{self, check_ttl, new_token, LockKeys, Mode, Shared};
 use crate::guard::{LockGuard, LostSignal};
 use crate::metrics::{Counters, LockMetrics};
+use crate::multi::LockSet;
 use crate::options::{millis, LockOptions};
 use crate::semaphore::Semaphore;
 use crate::waiters::{Attempt, Waited};
@@ -298,6 +300,157 @@ impl LockManager {
         }
     }
 
+    /// Takes the locks on every resource in `resources`, **all or nothing**,
+    /// waiting up to `opts.wait()` in all: `Ok(Some(set))` holds every one
+    /// of them (duplicates count once), `Ok(None)` holds none (some stayed
+    /// busy). Each resource gets its own grant and **fencing token**; the
+    /// [`LockSet`] releases them together. The resources may live on
+    /// different hash slots (different nodes of a cluster): each lock is its
+    /// own key, as with [`acquire`](Self::acquire).
+    ///
+    /// **Deadlock-free**: two callers never wait for each other in a cycle.
+    /// The set is first tried at once without waiting (no caller waits
+    /// while holding anything); if some resource is busy, what was taken is
+    /// released and the locks are then taken one by one in **sorted order**
+    /// (byte order of the names), each waiting at most what is left of
+    /// `opts.wait()`. Every caller of `acquire_all` waits in the same order,
+    /// so no cycle can form. Not covered: a caller that already holds a lock
+    /// (from `acquire`) and then calls `acquire_all` on a set that sorts
+    /// below it — take everything in one `acquire_all` instead (its wait
+    /// still bounds such a wait). No fairness is promised.
+    ///
+    /// Round trips, for N resources:
+    ///
+    /// | case | round trips |
+    /// |---|---|
+    /// | all free | N scripts sent together: one round trip of latency (on a cluster, each node its share, in parallel) |
+    /// | some busy | the above, + N' releases together (what the first pass took), + one script per resource per try, one resource after another |
+    /// | `release` / `extend` of the set | N scripts sent together |
+    ///
+    /// Options apply to every lock: TTL, watchdog (one per lock), replica
+    /// confirmation (one `WAIT` per lock, one after another). A set is
+    /// never handed out with a lock already run out: if an early lock's TTL
+    /// passes while a later one is awaited (a TTL shorter than the wait, no
+    /// watchdog), everything is released and taken again while the wait
+    /// lasts — give a TTL longer than the wait, or the watchdog.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for
+    /// no resource or an empty name (checked before anything is tried).
+    /// Otherwise as [`acquire`](Self::acquire): a Redis error during any try
+    /// fails closed — the locks already taken are released first (a release
+    /// that fails leaves its lock to expire at its TTL) and the first error
+    /// is returned.
+    ///
+    /// **Cancellation.** Dropping the future releases in the background
+    /// every lock already taken (their guards are dropped); a try in flight
+    /// may still grant its lock to nobody, which expires at its TTL.
+    pub async fn acquire_all<S: AsRef<str>>(
+        &self,
+        resources: &[S],
+        opts: &LockOptions,
+    ) -> Result<Option<LockSet>> {
+        let span = tracing::debug_span!(
+            "fredkit.lock.acquire_all",
+            primitive = "lock",
+            resources = resources.len(),
+            outcome = tracing::field::Empty,
+            duration_us = tracing::field::Empty
+        );
+        let started = std::time::Instant::now();
+        let result = self
+            .acquire_all_inner(resources, opts)
+            .instrument(span.clone())
+            .await;
+        span.record("duration_us", started.elapsed().as_micros() as u64);
+        span.record(
+            "outcome",
+            match &result {
+                Ok(Some(_)) => "acquired",
+                Ok(None) => "busy",
+                Err(_) => "error",
+            },
+        );
+        result
+    }
+
+    async fn acquire_all_inner<S: AsRef<str>>(
+        &self,
+        resources: &[S],
+        opts: &LockOptions,
+    ) -> Result<Option<LockSet>> {
+        let mut names: Vec<&str> = resources.iter().map(AsRef::as_ref).collect();
+        names.sort_unstable();
+        names.dedup();
+        if names.is_empty() {
+            return Err(fredkit_core::Error::invalid_input(
+                "acquire_all needs at least one resource",
+            ));
+        }
+        for name in &names {
+            self.shared.lock_keys(name)?;
+        }
+        let deadline = Instant::now() + opts.wait;
+
+        // First pass: everything at once, nobody waits while holding.
+        let mut once = opts.clone();
+        once.wait = Duration::ZERO;
+        let tries = join_all(names.iter().map(|r| self.acquire(r, &once))).await;
+        let mut taken = Vec::with_capacity(names.len());
+        let mut first_error = None;
+        let mut busy = false;
+        for t in tries {
+            match t {
+                Ok(Some(g)) => taken.push(g),
+                Ok(None) => busy = true,
+                Err(e) => {
+                    first_error.get_or_insert(e);
+                }
+            }
+        }
+        if first_error.is_none() && !busy {
+            return Ok(Some(LockSet::new(taken)));
+        }
+        roll_back(taken).await;
+        if let Some(e) = first_error {
+            return Err(e);
+        }
+        if opts.wait.is_zero() {
+            return Ok(None);
+        }
+
+        // Then one by one in sorted order, each waiting what is left. A
+        // lock taken early may run out while a later one is awaited (a TTL
+        // shorter than the wait, no watchdog): then the set is never handed
+        // out; everything is released and taken again while the wait lasts.
+        loop {
+            let mut held: Vec<LockGuard> = Vec::with_capacity(names.len());
+            for name in &names {
+                let mut step = opts.clone();
+                step.wait = deadline.saturating_duration_since(Instant::now());
+                match self.acquire(name, &step).await {
+                    Ok(Some(g)) => held.push(g),
+                    Ok(None) => {
+                        roll_back(held).await;
+                        return Ok(None);
+                    }
+                    Err(e) => {
+                        roll_back(held).await;
+                        return Err(e);
+                    }
+                }
+            }
+            if !held.iter().any(LockGuard::is_lost) {
+                return Ok(Some(LockSet::new(held)));
+            }
+            roll_back(held).await;
+            if Instant::now() >= deadline {
+                return Ok(None);
+            }
+        }
+    }
+
     fn guard(
         &self,
         resource: &str,
@@ -413,5 +566,15 @@ impl DistributedLock for LockManager {
             millis(ttl).max(1),
         )
         .await
+    }
+}
+
+/// Releases what a failed `acquire_all` took, all at once. A release that
+/// fails leaves its lock to expire at its TTL.
+async fn roll_back(taken: Vec<LockGuard>) {
+    for r in join_all(taken.into_iter().map(LockGuard::release)).await {
+        if let Err(e) = r {
+            tracing::debug!(error = %e, "fredkit.lock: acquire_all: a lock taken before the failure was not released; it expires at its TTL");
+        }
     }
 }

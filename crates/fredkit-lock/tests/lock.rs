@@ -1930,3 +1930,179 @@ async fn fault_sentinel_master_kill_fencing_tokens_never_go_backwards() {
 async fn fault_sentinel_master_paused_fencing_tokens_never_go_backwards() {
     grants_across_a_master_switch(Switch::PauseMaster).await;
 }
+
+/// `acquire_all`: 8 tasks over two managers (two connections, like two
+/// processes) lock overlapping sets of 3 of 6 SKUs, each set given in an
+/// order of its own (some the reverse of others: taken in the given order,
+/// they deadlock until their wait runs out), 25 times each. Every grant is
+/// checked against a shared in-memory owner map (no SKU granted twice at
+/// once), each SKU's fencing tokens strictly increase, and each SKU's
+/// counter (read, yield, write under the set) ends at exactly the number of
+/// grants that included it.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_all_8_tasks_overlapping_sku_sets_no_deadlock_no_double_grant_exact_counts(
+    #[case] topology: Topology,
+) {
+    use std::collections::HashMap;
+    use std::sync::Mutex;
+
+    const SKUS: usize = 6;
+    const ROUNDS: usize = 25;
+    let url = shared_url(topology).unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let url = format!("{url}{sep}command_timeout=5s");
+    let p = prefix("lock_acquire_all");
+    let managers = [
+        LockManager::new(&connect(&url).await, &p).unwrap(),
+        LockManager::new(&connect(&url).await, &p).unwrap(),
+    ];
+    let counters = connect(&url).await;
+    let sku = |i: usize| format!("sku{}", i % SKUS);
+    // Task t locks {t, t+1, t+3} (mod 6), given forwards for even tasks and
+    // backwards for odd ones.
+    let sets: Vec<Vec<String>> = (0..8)
+        .map(|t| {
+            let mut s = vec![sku(t), sku(t + 1), sku(t + 3)];
+            if t % 2 == 1 {
+                s.reverse();
+            }
+            s
+        })
+        .collect();
+    let owners: Arc<Mutex<HashMap<String, usize>>> = Arc::default();
+    let last_token: Arc<Mutex<HashMap<String, u64>>> = Arc::default();
+    let o = opts(20_000, 60_000);
+    let mut tasks = Vec::new();
+    for (t, set) in sets.iter().cloned().enumerate() {
+        let m = managers[t % 2].clone();
+        let (owners, last_token, redis, o, p) = (
+            owners.clone(),
+            last_token.clone(),
+            counters.clone(),
+            o.clone(),
+            p.clone(),
+        );
+        tasks.push(tokio::spawn(async move {
+            for _ in 0..ROUNDS {
+                let locks = m
+                    .acquire_all(&set, &o)
+                    .await
+                    .unwrap()
+                    .expect("waited 60 s for the set");
+                assert_eq!(locks.len(), 3);
+                {
+                    let mut owners = owners.lock().unwrap();
+                    let mut last = last_token.lock().unwrap();
+                    for s in &set {
+                        if let Some(other) = owners.insert(s.clone(), t) {
+                            panic!("{s} granted to task {t} while task {other} held it");
+                        }
+                        let token = locks.fencing_token(s).unwrap();
+                        let before = last.insert(s.clone(), token).unwrap_or(0);
+                        assert!(token > before, "{s}: token {token} after {before}");
+                    }
+                }
+                for s in &set {
+                    let key = format!("{p}:count:{s}");
+                    let v: Option<i64> = redis.client().get(&key).await.unwrap();
+                    tokio::task::yield_now().await;
+                    redis
+                        .client()
+                        .set::<(), _, _>(&key, v.unwrap_or(0) + 1, None, None, false)
+                        .await
+                        .unwrap();
+                }
+                {
+                    let mut owners = owners.lock().unwrap();
+                    for s in &set {
+                        assert_eq!(owners.remove(s), Some(t));
+                    }
+                }
+                assert!(
+                    locks.release().await.unwrap(),
+                    "a lock expired under the holder"
+                );
+            }
+        }));
+    }
+    for t in tasks {
+        tokio::time::timeout(DEADLINE * 4, t)
+            .await
+            .expect("deadlock: a task did not finish")
+            .unwrap();
+    }
+    for i in 0..SKUS {
+        let s = sku(i);
+        let expected = sets.iter().filter(|set| set.contains(&s)).count() * ROUNDS;
+        let v: i64 = counters
+            .client()
+            .get(format!("{p}:count:{s}"))
+            .await
+            .unwrap();
+        assert_eq!(v, expected as i64, "{s}");
+    }
+}
+
+/// `acquire_all` takes all or nothing: with one resource busy (held by
+/// another manager) it returns `None` — at once, and after waiting — and
+/// leaves the others free; once that one is free it takes the set (sorted,
+/// duplicates once, a fencing token per resource above every earlier one)
+/// and `release` frees every lock. An empty request or name is refused.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn acquire_all_is_all_or_nothing_and_releases_together(#[case] topology: Topology) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_acquire_all_aon");
+    let a = LockManager::new(&redis, &p).unwrap();
+    let b = LockManager::new(&shared(topology).await, &p).unwrap();
+    let once = opts(10_000, 0);
+    let mut before = std::collections::HashMap::new();
+    for r in ["a", "b", "c"] {
+        let g = b.acquire(r, &once).await.unwrap().unwrap();
+        before.insert(r, g.fencing_token());
+        assert!(g.release().await.unwrap());
+    }
+    let held = b.acquire("b", &once).await.unwrap().unwrap();
+    for wait_ms in [0, 300] {
+        assert!(a
+            .acquire_all(&["c", "a", "b"], &opts(10_000, wait_ms))
+            .await
+            .unwrap()
+            .is_none());
+        for r in ["a", "c"] {
+            let g = b.acquire(r, &once).await.unwrap().unwrap_or_else(|| {
+                panic!("{r} left locked by a failed acquire_all (wait {wait_ms} ms)")
+            });
+            assert!(g.release().await.unwrap());
+        }
+    }
+    assert!(held.release().await.unwrap());
+
+    let set = a
+        .acquire_all(&["c", "a", "b", "a"], &opts(10_000, 1_000))
+        .await
+        .unwrap()
+        .unwrap();
+    assert_eq!(set.resources().collect::<Vec<_>>(), ["a", "b", "c"]);
+    for r in ["a", "b", "c"] {
+        assert!(set.fencing_token(r).unwrap() > before[r], "{r}");
+        assert!(b.acquire(r, &once).await.unwrap().is_none(), "{r} is held");
+    }
+    assert!(!set.is_lost());
+    assert!(set.release().await.unwrap());
+    for r in ["a", "b", "c"] {
+        let g = b.acquire(r, &once).await.unwrap().expect("released");
+        assert!(g.release().await.unwrap());
+    }
+
+    let none: [&str; 0] = [];
+    for bad in [&none[..], &["a", ""][..]] {
+        let e = a.acquire_all(bad, &once).await.unwrap_err();
+        assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
+    }
+}
