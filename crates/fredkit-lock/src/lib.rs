@@ -130,7 +130,7 @@ mod reply;
 mod semaphore;
 mod waiters;
 
-pub use fenced::{FencedStore, FencedWrite, MAX_FENCING_TOKEN};
+pub use fenced::{FencedCounter, FencedIncr, FencedStore, FencedWrite, Raw, MAX_FENCING_TOKEN};
 pub use guard::{LockGuard, LostSignal};
 pub use manager::{LockContext, LockManager};
 pub use metrics::LockMetrics;

@@ -22,6 +22,27 @@ pub(crate) fn integer(script: &str, reply: Value) -> Result<i64> {
     }
 }
 
+/// Decodes the reply of a script that answers `{kind, value}` (`kind` an
+/// integer) or the corrupt-key report (see [`integer`]).
+pub(crate) fn pair(script: &str, reply: Value) -> Result<(i64, Value)> {
+    match reply {
+        Value::Array(mut items) if items.len() == 2 => {
+            if let Some(kind) = items.first().and_then(Value::as_i64) {
+                if matches!(items.first(), Some(Value::Integer(_))) {
+                    let value = items.pop().unwrap_or(Value::Null);
+                    return Ok((kind, value));
+                }
+            }
+            Err(corrupt(script, &items))
+        }
+        Value::Array(items) => Err(corrupt(script, &items)),
+        other => Err(Error::protocol(format!(
+            "script '{script}' returned {}, not a pair",
+            other.kind()
+        ))),
+    }
+}
+
 fn corrupt(script: &str, items: &[Value]) -> Error {
     let text = |i: usize| {
         items

@@ -13,8 +13,11 @@ use std::time::Duration;
 use fred::prelude::*;
 use fredkit_conn::Redis;
 use fredkit_core::traits::DistributedLock;
-use fredkit_core::{Backoff, ErrorKind};
-use fredkit_lock::{FencedStore, FencedWrite, LockManager, LockOptions, Redlock, RedlockOptions};
+use fredkit_core::{Backoff, ErrorKind, KeySpace};
+use fredkit_lock::{
+    FencedCounter, FencedIncr, FencedStore, FencedWrite, LockManager, LockOptions, Redlock,
+    RedlockOptions,
+};
 use fredkit_testkit::{
     shared_url, unique_prefix, IndependentServers, RedisServer, ServerOptions, Topology,
 };
@@ -2105,4 +2108,203 @@ async fn acquire_all_is_all_or_nothing_and_releases_together(#[case] topology: T
         let e = a.acquire_all(bad, &once).await.unwrap_err();
         assert_eq!(e.kind(), ErrorKind::InvalidInput, "{e}");
     }
+}
+
+#[derive(Clone, Debug, PartialEq, serde::Serialize, serde::Deserialize)]
+struct Stock {
+    sku: String,
+    qty: u32,
+    note: Option<String>,
+}
+
+fn stock(qty: u32) -> Stock {
+    Stock {
+        sku: "sku-42".into(),
+        qty,
+        note: (qty % 2 == 0).then(|| format!("even {qty}")),
+    }
+}
+
+/// A typed `FencedStore<Stock>` (MessagePack through fredkit-core's codec):
+/// a seed is written once and never replaces a value; a newer holder's
+/// write wins, a stale holder's is rejected naming the newest token; values
+/// come back typed; garbage in the value is a Codec error naming the key;
+/// the raw store sees the same bytes.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn typed_fenced_store_seeds_once_rejects_stale_holders_and_reads_typed(
+    #[case] topology: Topology,
+) {
+    let redis = shared(topology).await;
+    let p = prefix("lock_fenced_typed");
+    let m = LockManager::new(&redis, &p).unwrap();
+    let store: FencedStore<Stock> = FencedStore::typed(&redis, &p).unwrap();
+
+    assert_eq!(store.read("doc").await.unwrap(), None);
+    assert!(store.seed("doc", &stock(100), None).await.unwrap());
+    assert!(
+        !store.seed("doc", &stock(1), None).await.unwrap(),
+        "seeded twice"
+    );
+    assert_eq!(store.read("doc").await.unwrap(), Some(stock(100)));
+
+    let o = opts(10_000, 0);
+    let old = m.acquire("doc", &o).await.unwrap().unwrap();
+    let t_old = old.fencing_token();
+    drop(old);
+    tokio::time::sleep(Duration::from_millis(50)).await; // background release
+    let new = m
+        .acquire("doc", &opts(10_000, 5_000))
+        .await
+        .unwrap()
+        .unwrap();
+    let t_new = new.fencing_token();
+    assert!(t_new > t_old);
+    assert_eq!(
+        store.write("doc", &stock(7), t_new, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    assert_eq!(
+        store.write("doc", &stock(8), t_old, None).await.unwrap(),
+        FencedWrite::Rejected { newest: t_new }
+    );
+    assert_eq!(store.read("doc").await.unwrap(), Some(stock(7)));
+    assert!(!store.seed("doc", &stock(1), None).await.unwrap());
+    assert_eq!(store.read("doc").await.unwrap(), Some(stock(7)));
+    assert!(new.release().await.unwrap());
+
+    // The raw store reads the same bytes.
+    let raw = FencedStore::new(&redis, &p).unwrap();
+    let bytes = raw.read("doc").await.unwrap().unwrap();
+    let decoded: Stock = fredkit_core::Codec::decode(&fredkit_core::MsgPack, &bytes).unwrap();
+    assert_eq!(decoded, stock(7));
+
+    // Garbage where a Stock should be.
+    let key = m.keys().tagged("doc", ["value"]).unwrap();
+    redis
+        .client()
+        .set::<(), _, _>(&key, "\u{00c1}not msgpack", None, None, false)
+        .await
+        .unwrap();
+    let e = store.read("doc").await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Codec, "{e}");
+    assert!(e.to_string().contains(&key), "{e}");
+}
+
+/// `FencedCounter`: seeded once; 8 tasks add 50 times each with the same
+/// token (no lock at all) and the count is exact and every answer distinct
+/// (one script per change: no lost update); a stale token changes nothing;
+/// `set` is a fenced write; a corrupt count is a Protocol error naming the
+/// key, an overflow a Script error naming it, both writing nothing.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fenced_counter_adds_atomically_rejects_stale_tokens_and_seeds_once(
+    #[case] topology: Topology,
+) {
+    let url = shared_url(topology).unwrap();
+    let sep = if url.contains('?') { '&' } else { '?' };
+    let redis = connect(&format!("{url}{sep}command_timeout=5s")).await;
+    let p = prefix("lock_fenced_counter");
+    let counter = FencedCounter::new(&redis, &p).unwrap();
+    assert_eq!(counter.get("sku").await.unwrap(), None);
+    assert!(counter.seed("sku", 1_000, None).await.unwrap());
+    assert!(!counter.seed("sku", 5, None).await.unwrap(), "seeded twice");
+    assert_eq!(counter.get("sku").await.unwrap(), Some(1_000));
+
+    let token = 1_000_000;
+    let mut tasks = Vec::new();
+    for _ in 0..8 {
+        let c = counter.clone();
+        tasks.push(tokio::spawn(async move {
+            let mut seen = Vec::new();
+            for _ in 0..50 {
+                match c.incr_by("sku", -1, token, None).await.unwrap() {
+                    FencedIncr::Written { value } => seen.push(value),
+                    other => panic!("{other:?}"),
+                }
+            }
+            seen
+        }));
+    }
+    let mut values = Vec::new();
+    for t in tasks {
+        values.extend(tokio::time::timeout(DEADLINE, t).await.unwrap().unwrap());
+    }
+    values.sort_unstable();
+    assert_eq!(
+        values,
+        (600..1_000).collect::<Vec<i64>>(),
+        "lost or doubled updates"
+    );
+    assert_eq!(counter.get("sku").await.unwrap(), Some(600));
+
+    assert_eq!(
+        counter.incr_by("sku", 5, token + 1, None).await.unwrap(),
+        FencedIncr::Written { value: 605 }
+    );
+    assert_eq!(
+        counter.incr_by("sku", 5, token, None).await.unwrap(),
+        FencedIncr::Rejected { newest: token + 1 }
+    );
+    assert_eq!(
+        counter.set("sku", 7, token, None).await.unwrap(),
+        FencedWrite::Rejected { newest: token + 1 }
+    );
+    assert_eq!(
+        counter.set("sku", 7, token + 1, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    assert_eq!(counter.get("sku").await.unwrap(), Some(7));
+
+    // Overflow: refused, nothing written.
+    assert_eq!(
+        counter.set("sku", i64::MAX, token + 2, None).await.unwrap(),
+        FencedWrite::Written
+    );
+    let e = counter
+        .incr_by("sku", 1, token + 3, None)
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Script, "{e}");
+    let key = KeySpace::new(&p).unwrap().tagged("sku", ["count"]).unwrap();
+    assert!(e.to_string().contains(&key), "{e}");
+    assert_eq!(counter.get("sku").await.unwrap(), Some(i64::MAX));
+    assert_eq!(
+        counter.incr_by("sku", -1, token + 2, None).await.unwrap(),
+        FencedIncr::Written {
+            value: i64::MAX - 1
+        },
+        "the refused change did not record its token"
+    );
+
+    // Garbage in the count.
+    redis
+        .client()
+        .set::<(), _, _>(&key, "12abc", None, None, false)
+        .await
+        .unwrap();
+    for e in [
+        counter
+            .incr_by("sku", 1, token + 9, None)
+            .await
+            .unwrap_err(),
+        counter.get("sku").await.unwrap_err(),
+    ] {
+        assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+        assert!(e.to_string().contains(&key), "{e}");
+    }
+    let raw: String = redis.client().get(&key).await.unwrap();
+    assert_eq!(raw, "12abc", "nothing written");
+    assert_eq!(
+        counter
+            .incr_by("sku", 1, token + 2, None)
+            .await
+            .unwrap_err()
+            .kind(),
+        ErrorKind::Protocol
+    );
 }
