@@ -378,21 +378,13 @@ async fn fault_paused_master_stalls_only_its_own_slots() {
 /// refused): the healthy masters' slots never notice; the killed master's slots
 /// move to the promoted replica.
 ///
-/// Blocked on fred (issue #14): stock fred 10.1 fails its whole topology
-/// sync when one listed primary cannot be connected (`try_join_all` in
-/// `router/clustered.rs`), and until the killed master's replica is promoted
-/// its one router task stays in its reconnection loop, where it writes no
-/// node's commands, so every slot times out (~1,000 failed commands over
-/// ~2.5 s with a 1 s node timeout). Nothing in fredkit can reach that loop.
-/// Tolerating the unreachable primary in `sync` (join_all, fail only when no
-/// node connects) makes this test pass (0 failed, p99 < 100 ms) but was
-/// measured to break two other things in fred: a command for the dead node's
-/// slots fails at once with `Unknown` "Too many failed write attempts"
-/// instead of a timeout, and a subscriber whose node restarts (no replica) is
-/// never resubscribed (no reconnect event, no gap). A fix belongs upstream
-/// with a re-sync of missing primaries; run this with `--run-ignored all`.
+/// Needs the vendored fred (vendor/fred/PATCHED.md, issue #14): stock fred
+/// 10.1 fails its whole topology sync when one listed primary cannot be
+/// connected (`try_join_all` in `router/clustered.rs`), and until the killed
+/// master's replica is promoted its one router task stays in its
+/// reconnection loop, where it writes no node's commands, so every slot
+/// timed out (~1,000 failed commands over ~2.5 s with a 1 s node timeout).
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-#[ignore = "blocked on fred's cluster sync (issue #14): a killed master stalls every slot until its replica is promoted"]
 async fn fault_master_kill_stalls_only_its_own_slots() {
     let mut s = setup("killed").await;
     let load = Load::start(&s.redis, s.healthy_keys.clone());

@@ -183,6 +183,20 @@ impl From<fred::error::Error> for Error {
                 message: details,
                 source: Some(e),
             },
+            // fred gives up on a command whose every write attempt failed
+            // (its node's connection is gone, e.g. a killed cluster master
+            // before its replica's promotion) or that it could not route to
+            // any connection: both are the connection's fault, not the
+            // command's, and retryable once the topology settles.
+            K::Unknown
+                if details.starts_with("Too many failed write attempts")
+                    || details.starts_with("Failed to route command") =>
+            {
+                Error::Connection {
+                    message: details,
+                    source: Some(e),
+                }
+            }
             K::Timeout => Error::Timeout {
                 message: details,
                 source: Some(e),
@@ -234,6 +248,12 @@ mod tests {
     #[case(FredKind::IO, "broken pipe", ErrorKind::Connection)]
     #[case(FredKind::Canceled, "canceled", ErrorKind::Connection)]
     #[case(FredKind::Timeout, "Request timed out.", ErrorKind::Timeout)]
+    #[case(
+        FredKind::Unknown,
+        "Too many failed write attempts.",
+        ErrorKind::Connection
+    )]
+    #[case(FredKind::Unknown, "Failed to route command.", ErrorKind::Connection)]
     #[case(FredKind::Url, "bad url", ErrorKind::Config)]
     #[case(FredKind::Auth, "WRONGPASS", ErrorKind::Config)]
     #[case(
