@@ -13,7 +13,13 @@
 //!   flags the guard [lost](LockGuard::lost) if the lock vanished or Redis
 //!   stayed unreachable for a TTL.
 //! - [`FencedStore`] is the storage-side half of fencing: it rejects a write
-//!   whose token is older than one it has seen.
+//!   whose token is older than one it has seen (bytes, or typed values
+//!   through fredkit-core's codec); [`FencedCounter`] adds to an integer in
+//!   one script under the same check. Both can be seeded without a lock.
+//! - [`LockManager::acquire_all`] takes several locks all or nothing,
+//!   deadlock-free, one fencing token each ([`LockSet`]).
+//! - [`LockManager::close`] closes the manager's connections and background
+//!   work for a clean stop.
 //! - [`Redlock`] runs the Redlock algorithm over independent servers (read
 //!   its docs for what it does not promise); [`Semaphore`] limits
 //!   concurrency to N holders whose permits expire.

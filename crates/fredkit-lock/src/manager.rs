@@ -53,11 +53,12 @@ use crate::waiters::{Attempt, Waited};
 ///
 /// | operation | round trips |
 /// |---|---|
-/// | `acquire` (free lock, or `wait` zero) | 1 script (`GET`s, `TIME`, `SET PX`, `SET` of the counter) |
+/// | `acquire` (free lock, or `wait` zero) | 1 script (`SET NX PX GET`, then `GET`, `TIME`, `SET` of the counter) |
 /// | `acquire` while held | 1 per try; tries happen on wake-up, at the lock's expiry, or on the fallback poll |
 /// | `acquire` with [`replicas`](crate::LockOptionsBuilder::replicas) | + 1 `WAIT` on the manager's own connection |
 /// | `release`, `extend` | 1 script; `release` adds a `PUBLISH` inside the script only when someone waits |
 /// | first waiting `acquire` of a manager | + 1 `SUBSCRIBE` (one subscription per manager, never per lock) |
+/// | [`acquire_all`](Self::acquire_all) of N free locks | N scripts sent together (one round trip of latency) |
 ///
 /// # Failure
 ///
