@@ -69,9 +69,16 @@ impl KeySpace {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when the
     /// prefix is empty, holds `{` or `}` (they would hijack the hash tag), holds
     /// whitespace or control characters, or has an empty `:`-separated segment
-    /// (leading, trailing or doubled `:`).
+    /// (a leading or doubled `:`, or `:` alone).
+    ///
+    /// One trailing `:` is dropped, since prefixes are often written that way:
+    /// `"app:cache:"` is the space `"app:cache"` (its keys are `app:cache:…`),
+    /// and so is what `fredkit_testkit::unique_prefix` returns.
     pub fn new(prefix: impl Into<String>) -> Result<KeySpace> {
-        let prefix = prefix.into();
+        let mut prefix = prefix.into();
+        if prefix.len() > 1 && prefix.ends_with(SEPARATOR) {
+            prefix.pop();
+        }
         validate_prefix(&prefix)?;
         Ok(KeySpace {
             prefix: prefix.into(),
@@ -262,6 +269,67 @@ fn check_tag(tag: &str) -> Result<()> {
     Ok(())
 }
 
+/// What every fredkit primitive takes as its key prefix: a `&str` or `String`
+/// (validated by [`KeySpace::new`] when the primitive is built) or a ready
+/// [`KeySpace`] (owned or borrowed).
+///
+/// So `LockManager::new(&redis, "app:locks")`, `…new(&redis, ks.clone())`
+/// and `…new(&redis, &unique_prefix("t"))` all work the same way, and a
+/// service can keep one `KeySpace` per feature and hand it around.
+///
+/// ```
+/// use fredkit_core::{IntoKeySpace, KeySpace};
+///
+/// fn space(prefix: impl IntoKeySpace) -> fredkit_core::Result<KeySpace> {
+///     prefix.into_key_space()
+/// }
+/// let ks = KeySpace::new("app:cart")?;
+/// assert_eq!(space("app:cart")?, ks);
+/// assert_eq!(space("app:cart:".to_string())?, ks);
+/// assert_eq!(space(&ks)?, ks);
+/// assert!(space("bad{tag}").is_err());
+/// # Ok::<(), fredkit_core::Error>(())
+/// ```
+pub trait IntoKeySpace {
+    /// The key space.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) for a
+    /// string prefix [`KeySpace::new`] rejects, naming it.
+    fn into_key_space(self) -> Result<KeySpace>;
+}
+
+impl IntoKeySpace for KeySpace {
+    fn into_key_space(self) -> Result<KeySpace> {
+        Ok(self)
+    }
+}
+
+impl IntoKeySpace for &KeySpace {
+    fn into_key_space(self) -> Result<KeySpace> {
+        Ok(self.clone())
+    }
+}
+
+impl IntoKeySpace for &str {
+    fn into_key_space(self) -> Result<KeySpace> {
+        KeySpace::new(self)
+    }
+}
+
+impl IntoKeySpace for String {
+    fn into_key_space(self) -> Result<KeySpace> {
+        KeySpace::new(self)
+    }
+}
+
+impl IntoKeySpace for &String {
+    fn into_key_space(self) -> Result<KeySpace> {
+        KeySpace::new(self.as_str())
+    }
+}
+
 fn validate_prefix(prefix: &str) -> Result<()> {
     if prefix.is_empty() {
         return Err(Error::invalid_input(
@@ -309,6 +377,16 @@ mod tests {
     }
 
     #[rstest]
+    #[case::one_level("app:", "app")]
+    #[case::nested("app:cache:", "app:cache")]
+    #[case::testkit_style("t:my_test:0a1b2c3d:", "t:my_test:0a1b2c3d")]
+    fn one_trailing_separator_is_dropped(#[case] prefix: &str, #[case] want: &str) {
+        let ks = KeySpace::new(prefix).unwrap();
+        assert_eq!(ks.prefix(), want);
+        assert_eq!(ks.key(["k"]), format!("{want}:k"));
+    }
+
+    #[rstest]
     #[case::empty("")]
     #[case::open_brace("app{")]
     #[case::close_brace("app}x")]
@@ -317,7 +395,8 @@ mod tests {
     #[case::newline("app\n")]
     #[case::nul("app\0")]
     #[case::leading_separator(":app")]
-    #[case::trailing_separator("app:")]
+    #[case::separator_alone(":")]
+    #[case::two_trailing_separators("app::")]
     #[case::double_separator("app::cache")]
     fn prefixes_that_could_break_keys_are_rejected(#[case] prefix: &str) {
         let err = KeySpace::new(prefix).unwrap_err();

@@ -50,5 +50,5 @@ pub use codec::Json;
 pub use codec::{Codec, MsgPack};
 pub use error::{Error, ErrorKind, Result};
 pub use fail_mode::FailMode;
-pub use keys::{KeySpace, SEPARATOR};
+pub use keys::{IntoKeySpace, KeySpace, SEPARATOR};
 pub use script::Script;

@@ -75,14 +75,27 @@ pub fn shared_url(topology: Topology) -> Result<String> {
 
 static ISSUED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);
 
-/// A key prefix that no other call in this process returns: `t:<test_name>:<8 hex digits>:`,
-/// with `{` and `}` in `test_name` replaced by `_` so that the prefix never forms a cluster
-/// hash tag (add your own tag after it if keys must share a slot).
+/// A key prefix that no other call in this process returns: `t:<test_name>:<8 hex digits>:`.
+///
+/// Every fredkit primitive accepts it as its prefix (`KeySpace::new` drops the one trailing
+/// `:`), and `format!("{prefix}name")` makes a key or channel under it. In `test_name`,
+/// `{`, `}`, `:`, whitespace and control characters become `_` (an empty name becomes `x`),
+/// so the prefix never forms a cluster hash tag or an empty segment (add your own tag after it
+/// if keys must share a slot).
 pub fn unique_prefix(test_name: &str) -> String {
-    let name: String = test_name
+    let mut name: String = test_name
         .chars()
-        .map(|c| if c == '{' || c == '}' { '_' } else { c })
+        .map(|c| {
+            if matches!(c, '{' | '}' | ':') || c.is_whitespace() || c.is_control() {
+                '_'
+            } else {
+                c
+            }
+        })
         .collect();
+    if name.is_empty() {
+        name.push('x');
+    }
     let mut issued = lock(&ISSUED);
     let issued = issued.get_or_insert_with(HashSet::new);
     let id = loop {
@@ -113,4 +126,38 @@ pub async fn connect(url: &str) -> fredkit_core::Result<fredkit_conn::Redis> {
 pub async fn shared_redis(topology: Topology) -> fredkit_core::Result<fredkit_conn::Redis> {
     let url = shared_url(topology).map_err(|e| fredkit_core::Error::connection(e.to_string()))?;
     connect(&url).await
+}
+
+#[cfg(test)]
+mod tests {
+    use super::unique_prefix;
+    use fredkit_core::KeySpace;
+
+    /// What testkit hands out is a prefix every primitive accepts (they all
+    /// build a `KeySpace` from it), whatever the test calls itself.
+    #[test]
+    fn unique_prefixes_are_valid_key_spaces() {
+        for name in [
+            "cache_hit",
+            "mod::test",
+            "with space",
+            "{tag}",
+            "",
+            "tab\there",
+            "a:",
+        ] {
+            let prefix = unique_prefix(name);
+            let ks = KeySpace::new(prefix.as_str())
+                .unwrap_or_else(|e| panic!("unique_prefix({name:?}) = {prefix:?}: {e}"));
+            assert!(prefix.starts_with(ks.prefix()), "{prefix:?} vs {ks:?}");
+            assert_eq!(ks.key(["k"]), format!("{prefix}k"));
+        }
+    }
+
+    #[test]
+    fn unique_prefixes_differ() {
+        let a = unique_prefix("same");
+        let b = unique_prefix("same");
+        assert_ne!(a, b);
+    }
 }
