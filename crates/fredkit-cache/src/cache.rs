@@ -170,8 +170,10 @@ enum Mode {
 /// single-flight + fill lock, fail-safe, L1 + invalidation) and a tour of
 /// every feature. Cheap to clone: clones share everything.
 ///
-/// Dropping the last clone stops its background tasks (invalidation publisher
-/// and listener); fills already running finish on their own.
+/// [`close`](Self::close) stops its background tasks (invalidation publisher
+/// and listener) and closes the subscriber connection it opened; dropping
+/// the last clone stops them too, but in the background (the connection's
+/// close is not waited for). Fills already running finish on their own.
 pub struct Cache<V, C = MsgPack>
 where
     V: CacheValue,
@@ -197,13 +199,27 @@ struct Inner<V, C> {
     local: Arc<Local<V>>,
     flights: Mutex<HashMap<String, FlightRx<V>>>,
     inv_tx: Option<mpsc::UnboundedSender<Inv>>,
-    listener: Option<JoinHandle<()>>,
+    outbox: Option<Arc<invalidation::Outbox>>,
+    /// The invalidation listener and publisher tasks, taken by `close`.
+    tasks: Mutex<Option<Tasks>>,
+    closed: std::sync::atomic::AtomicBool,
+    /// Serialises `close` calls: a second waits for the first.
+    closing: tokio::sync::Mutex<()>,
+}
+
+struct Tasks {
+    listener: JoinHandle<()>,
+    publisher: JoinHandle<()>,
+    /// The subscriber the cache made for itself: its `gaps` sender goes
+    /// with its last handle (after its connection is let go).
+    own_subscriber_gone: Option<watch::Receiver<u64>>,
 }
 
 impl<V, C> Drop for Inner<V, C> {
     fn drop(&mut self) {
-        if let Some(l) = self.listener.take() {
-            l.abort();
+        let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tasks.take() {
+            t.listener.abort();
         }
     }
 }
@@ -286,11 +302,20 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 .build()?,
         };
         let clustered = matches!(redis.config().topology(), Topology::Cluster(_));
-        let (inv_tx, listener) = if options.invalidation {
+        let (inv_tx, outbox, tasks) = if options.invalidation {
             let channel = options.keys.key(["invalidations"]);
+            let mut own_subscriber_gone = None;
             let source = match subscriber {
                 Some(s) => invalidation::Source::Shared(s.clone()),
-                None => invalidation::Source::Own(redis.clone()),
+                // Opens in the background (never waits for Redis); made
+                // here so that `close` can wait for its connection to go.
+                None => match Subscriber::new(redis).await {
+                    Ok(s) => {
+                        own_subscriber_gone = Some(s.gaps());
+                        invalidation::Source::Owned(s)
+                    }
+                    Err(_) => invalidation::Source::Own(redis.clone()),
+                },
             };
             let listener = tokio::spawn(invalidation::subscribe_and_listen(
                 Arc::clone(&local),
@@ -298,10 +323,14 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 channel.clone(),
             ));
             let (tx, rx) = mpsc::unbounded_channel();
-            tokio::spawn(invalidation::publish_loop(
-                Publisher::new(redis),
+            let outbox = Arc::new(invalidation::Outbox {
+                publisher: Publisher::new(redis),
                 channel,
-                breaker.clone(),
+                breaker: breaker.clone(),
+                seq: std::sync::atomic::AtomicU64::new(0),
+            });
+            let publisher = tokio::spawn(invalidation::publish_loop(
+                Arc::clone(&outbox),
                 Arc::clone(&local),
                 rx,
             ));
@@ -318,10 +347,18 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     .await
                     .map(|r| r.map(|_| ()));
             }
-            (Some(tx), Some(listener))
+            (
+                Some(tx),
+                Some(outbox),
+                Some(Tasks {
+                    listener,
+                    publisher,
+                    own_subscriber_gone,
+                }),
+            )
         } else {
             local.set_ready();
-            (None, None)
+            (None, None, None)
         };
         Ok(Cache {
             inner: Arc::new(Inner {
@@ -333,9 +370,78 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 local,
                 flights: Mutex::new(HashMap::new()),
                 inv_tx,
-                listener,
+                outbox,
+                tasks: Mutex::new(tasks),
+                closed: std::sync::atomic::AtomicBool::new(false),
+                closing: tokio::sync::Mutex::new(()),
             }),
         })
+    }
+
+    /// Closes what the cache owns, so a process can stop without fred
+    /// logging reset connections and without a task of the cache left:
+    ///
+    /// - the invalidation listener task, and the subscriber connection the
+    ///   cache opened for it (with [`with_codec`](Self::with_codec) given a
+    ///   `subscriber`, that subscriber is the caller's and stays open; only
+    ///   this cache's subscription ends);
+    /// - the invalidation publisher task, after it published what was
+    ///   queued.
+    ///
+    /// L1 is switched off and emptied (no invalidation could reach it any
+    /// more). The cache stays usable on Redis alone: reads go to Redis,
+    /// fills keep their single-flight and fill lock, and writes still
+    /// publish their invalidations (each write its own `PUBLISH`, so other
+    /// instances' L1 stay coherent). The [`Redis`] handle is the caller's
+    /// and is **not** closed: call [`Redis::shutdown`] after closing the
+    /// caches and other primitives that use it. Fills and refreshes already
+    /// running finish on their own (they use the shared handle).
+    ///
+    /// Returns once both tasks have ended and the subscriber let go of its
+    /// connection; that connection's `QUIT` completes in the background
+    /// within one round trip (at most 2 s). Waits at most twice the command
+    /// timeout (at least 2 s) for the publisher's last message and as long
+    /// again for the subscriber. Idempotent: later calls (from any clone)
+    /// return at once; concurrent ones wait for the first.
+    ///
+    /// Cancellation: dropping the future halfway leaves the cache closed for
+    /// L1; what was not closed yet closes in the background when the last
+    /// clone is dropped.
+    pub async fn close(&self) {
+        let inner = &self.inner;
+        let _one_at_a_time = inner.closing.lock().await;
+        inner
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        if let Some(l1) = &inner.local.l1 {
+            l1.go_dark();
+        }
+        let tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
+        let Some(tasks) = tasks else { return };
+        let limit = inner
+            .redis
+            .config()
+            .command_timeout()
+            .saturating_mul(2)
+            .max(Duration::from_secs(2));
+        if let Some(tx) = &inner.inv_tx {
+            let _ = tx.send(Inv::Close);
+        }
+        let publisher_abort = tasks.publisher.abort_handle();
+        if tokio::time::timeout(limit, tasks.publisher).await.is_err() {
+            publisher_abort.abort();
+            tracing::debug!("fredkit-cache: close: the last invalidations were not published in time; receivers will see a sequence gap");
+        }
+        tasks.listener.abort();
+        let _ = tasks.listener.await;
+        // Again: the listener may have turned L1 on before it was stopped.
+        if let Some(l1) = &inner.local.l1 {
+            l1.go_dark();
+        }
+        if let Some(mut gone) = tasks.own_subscriber_gone {
+            let _ =
+                tokio::time::timeout(limit, async { while gone.changed().await.is_ok() {} }).await;
+        }
     }
 
     /// Whether the invalidation subscription is confirmed, so L1 (if on)
@@ -1241,9 +1347,31 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     }
 
     fn publish(&self, inv: Inv) {
-        if let Some(tx) = &self.inv_tx {
-            let _ = tx.send(inv);
+        let Some(tx) = &self.inv_tx else { return };
+        if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            match tx.send(inv) {
+                Ok(()) => return,
+                // The publisher task stopped taking messages (closed).
+                Err(mpsc::error::SendError(inv)) => self.publish_closed(inv),
+            }
+        } else {
+            self.publish_closed(inv);
         }
+    }
+
+    /// After `close`: the write publishes its own invalidation (one short
+    /// task, one `PUBLISH`). Sequences may then arrive out of order, which
+    /// receivers treat as a gap (a flush): safe.
+    fn publish_closed(&self, inv: Inv) {
+        let Some(outbox) = &self.outbox else { return };
+        let (keys, all) = match inv {
+            Inv::Key(k) => (vec![k], false),
+            Inv::All => (Vec::new(), true),
+            Inv::Close => return,
+        };
+        let outbox = Arc::clone(outbox);
+        let local = Arc::clone(&self.local);
+        tokio::spawn(async move { outbox.send(&local, keys, all).await });
     }
 
     /// Runs a Redis call through the breaker, counting unavailability.

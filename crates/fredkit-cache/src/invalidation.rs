@@ -16,6 +16,7 @@ use fredkit_pubsub::{Delivery, Publisher, Subscriber, Subscription};
 use futures::StreamExt;
 use serde::{Deserialize, Serialize};
 use std::collections::HashMap;
+use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::Arc;
 use tokio::sync::mpsc;
 
@@ -41,43 +42,42 @@ pub(crate) struct Invalidation {
 pub(crate) enum Inv {
     Key(String),
     All,
+    /// `Cache::close`: publish what is queued, stop taking more, end.
+    Close,
 }
 
-pub(crate) async fn publish_loop<V: Clone + Send + Sync + 'static>(
-    publisher: Publisher,
-    channel: String,
-    breaker: CircuitBreaker,
-    local: Arc<Local<V>>,
-    mut rx: mpsc::UnboundedReceiver<Inv>,
-) {
-    let mut seq = 0u64;
-    while let Some(first) = rx.recv().await {
-        let mut msg = Invalidation {
+/// How an instance publishes its invalidations: the channel, the publisher
+/// (on the shared connection) and the per-publisher sequence.
+pub(crate) struct Outbox {
+    pub(crate) publisher: Publisher,
+    pub(crate) channel: String,
+    pub(crate) breaker: CircuitBreaker,
+    /// The last sequence used. Only the publish task moves it until the
+    /// cache is closed; after that each write's own publish does.
+    pub(crate) seq: AtomicU64,
+}
+
+impl Outbox {
+    /// Publishes one message with the next sequence. The sequence moves even
+    /// if the publish fails: receivers then see a gap on the next message
+    /// and flush, instead of keeping a copy this lost message should have
+    /// removed.
+    pub(crate) async fn send<V: Clone + Send + Sync + 'static>(
+        &self,
+        local: &Local<V>,
+        keys: Vec<String>,
+        all: bool,
+    ) {
+        let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
+        let msg = Invalidation {
             instance: local.instance,
-            seq: 0,
-            keys: Vec::new(),
-            all: false,
+            seq,
+            keys,
+            all,
         };
-        let mut next = Some(first);
-        while let Some(item) = next.take() {
-            match item {
-                Inv::Key(k) => msg.keys.push(k),
-                Inv::All => msg.all = true,
-            }
-            if msg.keys.len() < BATCH {
-                next = rx.try_recv().ok();
-            }
-        }
-        if msg.all {
-            msg.keys.clear();
-        }
-        // The sequence moves even if the publish fails: receivers then see a
-        // gap on the next message and flush, instead of keeping a copy this
-        // lost message should have removed.
-        seq += 1;
-        msg.seq = seq;
-        let result = breaker
-            .call(async { publisher.publish(&channel, &msg).await })
+        let result = self
+            .breaker
+            .call(async { self.publisher.publish(&self.channel, &msg).await })
             .await;
         match result {
             Ok(_) => incr(&local.metrics.invalidations_published),
@@ -89,11 +89,50 @@ pub(crate) async fn publish_loop<V: Clone + Send + Sync + 'static>(
     }
 }
 
+pub(crate) async fn publish_loop<V: Clone + Send + Sync + 'static>(
+    outbox: Arc<Outbox>,
+    local: Arc<Local<V>>,
+    mut rx: mpsc::UnboundedReceiver<Inv>,
+) {
+    let mut closing = false;
+    while let Some(first) = rx.recv().await {
+        let mut keys = Vec::new();
+        let mut all = false;
+        let mut next = Some(first);
+        while let Some(item) = next.take() {
+            match item {
+                Inv::Key(k) => keys.push(k),
+                Inv::All => all = true,
+                Inv::Close => {
+                    // Later sends fail (the cache then publishes each write
+                    // itself); what is queued already is still published.
+                    rx.close();
+                    closing = true;
+                }
+            }
+            if keys.len() < BATCH {
+                next = rx.try_recv().ok();
+            }
+        }
+        if all {
+            keys.clear();
+        }
+        if all || !keys.is_empty() {
+            outbox.send(&local, keys, all).await;
+        }
+        if closing && rx.is_empty() {
+            return;
+        }
+    }
+}
+
 /// Where the listener gets its subscription from.
 pub(crate) enum Source {
     /// A subscriber shared with other caches.
     Shared(Subscriber),
-    /// Open a subscriber connection of its own.
+    /// A subscriber the cache made for itself (closed with the cache).
+    Owned(Subscriber),
+    /// Open a subscriber connection of its own (making one failed at start).
     Own(Redis),
 }
 
@@ -116,7 +155,7 @@ pub(crate) async fn subscribe_and_listen<V: Clone + Send + Sync + 'static>(
     let mut attempt = 0u32;
     let subscription = loop {
         let sub = match (&source, &owned) {
-            (Source::Shared(s), _) => Ok(s.clone()),
+            (Source::Shared(s), _) | (Source::Owned(s), _) => Ok(s.clone()),
             (Source::Own(_), Some(s)) => Ok(s.clone()),
             (Source::Own(redis), None) => Subscriber::new(redis).await,
         };

@@ -130,6 +130,13 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
         self.live.store(true, Ordering::Release);
     }
 
+    /// Stops serving for good (the cache is closed): nothing is read from
+    /// or put into L1 any more, and what is there is dropped.
+    pub(crate) fn go_dark(&self) {
+        self.live.store(false, Ordering::Release);
+        self.flush();
+    }
+
     fn stripe(&self, key: &str) -> &Mutex<u64> {
         let i = (self.hasher.hash_one(key) as usize) % STRIPES;
         &self.stripes[i]
