@@ -50,6 +50,14 @@
 //! `--bind 127.0.0.1 --save "" --appendonly yes|no --dir <tempdir> --daemonize no
 //! --protected-mode no --repl-diskless-sync-delay 0`, its output going to a log file in
 //! its temp dir.
+//!
+//! # Test doubles and contract suites
+//!
+//! [`memory`] holds in-memory doubles of every fredkit-core trait (cache store, lock, rate
+//! limiter, revocation store, stream producer, pub/sub) for unit tests without a Redis, and
+//! [`contract`] the suites each trait's implementations must pass: the same suite runs
+//! against the doubles here and against the Redis implementations in each crate's
+//! `tests/contract.rs`, so a double behaves like production where the trait says it must.
 
 /// The README's example, compiled as a doctest so that it cannot rot.
 #[cfg(doctest)]
@@ -57,10 +65,12 @@
 pub struct ReadmeDoctests;
 
 mod cluster;
+pub mod contract;
 mod error;
 mod guardian;
 mod independent;
 mod lost_reply;
+pub mod memory;
 mod resp;
 mod sentinel;
 mod server;
