@@ -15,6 +15,7 @@ mod bench;
 mod cmd;
 mod demo;
 mod redis_setup;
+mod scratch;
 mod servers;
 mod test;
 
@@ -27,8 +28,9 @@ usage: cargo xtask <command> [options]
 commands:
   test [--quick] [--skip STEP]... [-- ARGS]
         ensure redis, then fmt check, clippy, tests (nextest or cargo test),
-        doc tests and rustdoc, stopping at the first failure.
-        steps: redis, fmt, clippy, tests, doctests, doc.
+        doc tests, README examples in a scratch crate and rustdoc,
+        stopping at the first failure.
+        steps: redis, fmt, clippy, tests, doctests, readme, doc.
         --quick: only redis, tests and doctests.
         ARGS after -- go to the test runner (e.g. a test name filter).
   demo  a readable tour of fredkit against a throwaway redis-server
@@ -39,6 +41,9 @@ commands:
         --rounds N: interleaved rounds per comparison (default 5).
   servers standalone|cluster|sentinel
         start a throwaway topology, print its URL, keep it up until Ctrl-C.
+  readme
+        compile (and run) every README example in a scratch crate outside
+        the workspace, depending on fredkit as a user's crate does.
   ensure-redis
         make sure redis-server is installed (apt-get when root), nothing else.
   help  this text.
@@ -65,6 +70,7 @@ fn run(args: &[String]) -> Result<()> {
         "demo" => demo::run(rest),
         "bench" => bench::run(rest),
         "servers" => servers::run(rest),
+        "readme" => scratch::run(rest),
         "ensure-redis" => {
             if !rest.is_empty() {
                 bail!("ensure-redis takes no arguments");

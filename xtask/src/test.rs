@@ -4,7 +4,9 @@
 //! Steps: make sure redis-server is installed, `cargo fmt --check`, clippy
 //! with `-D warnings`, every test of every crate with all features
 //! (cargo-nextest when installed, `cargo test` otherwise), doc tests (which
-//! nextest does not run), and rustdoc with `-D warnings`.
+//! nextest does not run), every README example compiled in a scratch crate
+//! outside the workspace (`cargo xtask readme`), and rustdoc with
+//! `-D warnings`.
 //!
 //! Child output, stderr included, goes to our stdout so that a CI log reading
 //! stdout sees the test runner's closing summary and every error in order.
@@ -14,7 +16,9 @@ use anyhow::{bail, Result};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const STEPS: [&str; 6] = ["redis", "fmt", "clippy", "tests", "doctests", "doc"];
+const STEPS: [&str; 7] = [
+    "redis", "fmt", "clippy", "tests", "doctests", "readme", "doc",
+];
 
 struct Options {
     skip: Vec<String>,
@@ -52,6 +56,9 @@ fn parse(args: &[String]) -> Result<Options> {
 
 enum Action {
     Redis,
+    /// `cargo xtask readme`: the README examples built in a scratch crate
+    /// outside the workspace (generated when the step runs).
+    Readme,
     Cargo(Command),
 }
 
@@ -126,6 +133,11 @@ fn plan(options: &Options) -> Vec<Step> {
         action: Action::Cargo(cargo(&["test", "--workspace", "--all-features", "--doc"])),
     });
 
+    steps.push(Step {
+        name: "readme",
+        action: Action::Readme,
+    });
+
     let mut doc = cargo(&["doc", "--workspace", "--all-features", "--no-deps"]);
     let mut rustdocflags = std::env::var("RUSTDOCFLAGS").unwrap_or_default();
     if !rustdocflags.is_empty() {
@@ -175,12 +187,21 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         number += 1;
         let shown = match &action {
             Action::Redis => "make sure redis-server is installed".to_string(),
+            Action::Readme => "every README example in a scratch crate outside the workspace \
+                 (cargo xtask readme)"
+                .to_string(),
             Action::Cargo(command) => cmd::display(command),
         };
         println!("\n=== [{number}/{total}] {name}: {shown}");
         let t = Instant::now();
         let result = match action {
             Action::Redis => redis_setup::ensure_redis().map(|_| ()),
+            Action::Readme => crate::scratch::command().and_then(|mut command| {
+                command
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::from(std::io::stdout()));
+                cmd::run(&mut command)
+            }),
             Action::Cargo(mut command) => {
                 command
                     .stdin(Stdio::null())
