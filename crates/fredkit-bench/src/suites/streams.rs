@@ -1,8 +1,10 @@
 //! `streams`: Redis Streams through fredkit-streams (`Producer` + 4
 //! `Worker`s) against the same flow hand-written on raw fred (XADD,
 //! XREADGROUP COUNT 100 BLOCK on 4 dedicated connections, batched XACK on
-//! the shared client), interleaved. Plus raw XADD throughput at concurrency
-//! 64, the ceiling of any producer.
+//! the shared client), interleaved, and against the peer ruststream-fred 0.7
+//! doing the same work (its publisher, an app of 4 subscriptions on one
+//! consumer group, its runtime's acknowledgements; `e2e_vs_ruststream`).
+//! Plus raw XADD throughput at concurrency 64, the ceiling of any producer.
 
 use super::Suite;
 use crate::harness::{
@@ -14,6 +16,8 @@ use fred::prelude::*;
 use fredkit_core::KeySpace;
 use fredkit_streams::{Message, Producer, StreamKeys, Worker, WorkerConfig};
 use futures::future::BoxFuture;
+use rs::{Broker, PublishExt, SubscriberSettings};
+use ruststream_fred::stream::prelude as rs;
 use std::convert::Infallible;
 use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::sync::{Arc, Mutex};
@@ -28,7 +32,7 @@ impl Suite for Streams {
     }
 
     fn about(&self) -> &'static str {
-        "publish -> handled -> acked: Producer + 4 Workers vs the same flow on raw fred; raw XADD"
+        "publish -> handled -> acked: Producer + 4 Workers vs the same flow on raw fred and on ruststream-fred; raw XADD"
     }
 
     fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
@@ -85,6 +89,7 @@ async fn e2e<P, PF>(
     acked: impl Fn() -> u64,
     diag: impl Fn() -> String,
     sink: &Sink,
+    settled: Option<(&Client, &str)>,
 ) -> Result<Measurement>
 where
     P: Fn(u64) -> PF + Send + Sync + 'static,
@@ -120,6 +125,24 @@ where
             );
         }
         tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    // A side that counts in its handler (before the acknowledgement) is
+    // done once nothing of the group is pending any more.
+    if let Some((client, key)) = settled {
+        loop {
+            let v: Value = client.xpending(key, GROUP, ()).await?;
+            let pending = match &v {
+                Value::Array(parts) => parts.first().and_then(|p| p.as_i64()).unwrap_or(-1),
+                _ => -1,
+            };
+            if pending == 0 {
+                break;
+            }
+            if Instant::now() > deadline {
+                bail!("{pending} messages still pending ({})", diag());
+            }
+            tokio::time::sleep(Duration::from_micros(500)).await;
+        }
     }
     let elapsed = started.elapsed();
     Ok(Measurement::new(n, elapsed, sink.take()))
@@ -293,6 +316,46 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             Arc::clone(&stop),
         )));
     }
+    // ruststream-fred: an app with CONSUMERS subscriptions (one consumer
+    // each, up to 4 x COUNT handlers at once like the fredkit side, BLOCK
+    // like the others), and a publisher on a broker of its own.
+    let _: i64 = shared.unlink(RS_STREAM).await?;
+    let rs_sink = Arc::new(Sink::default());
+    let rs_app = {
+        let sink = Arc::clone(&rs_sink);
+        let url = ctx.url().to_string();
+        rs::RustStream::new(rs::AppInfo::new("fredkit-bench", "0.1.0")).with_broker(
+            ruststream_fred::RedisBroker::standalone(url),
+            move |b| {
+                for i in 0..CONSUMERS {
+                    b.include(
+                        rs::subscriber(
+                            rs::RedisStream::new(RS_STREAM)
+                                .group(GROUP)
+                                .consumer(format!("rs-{i}"))
+                                .block(Duration::from_millis(BLOCK_MS)),
+                            RsSink {
+                                base,
+                                sink: Arc::clone(&sink),
+                            },
+                        )
+                        .workers(rs::nonzero!(400))
+                        .build(),
+                    );
+                }
+            },
+        )
+    };
+    let rs_running = rs_app
+        .start()
+        .await
+        .map_err(|e| anyhow::anyhow!("ruststream app start: {e}"))?;
+    let rs_broker = ruststream_fred::RedisBroker::standalone(ctx.url().to_string())
+        .connect()
+        .await
+        .map_err(|e| anyhow::anyhow!("ruststream broker connect: {e}"))?;
+    let rs_publisher = Arc::new(rs_broker.publisher());
+
     // Let the workers' dedicated connections come up.
     tokio::time::sleep(Duration::from_millis(300)).await;
 
@@ -328,6 +391,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                         )
                     },
                     &sink,
+                    None,
                 )
                 .await
             })
@@ -355,6 +419,41 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     move || acked.acked.load(Ordering::Relaxed),
                     || String::from("raw consumers stalled"),
                     &sink,
+                    None,
+                )
+                .await
+            })
+        })
+    };
+    let make_rs = |count: u64, sequential: bool| -> Runner<'_> {
+        let publisher = Arc::clone(&rs_publisher);
+        let sink = Arc::clone(&rs_sink);
+        let client = shared.clone();
+        Box::new(move || {
+            let publisher = Arc::clone(&publisher);
+            let sink = Arc::clone(&sink);
+            let client = client.clone();
+            Box::pin(async move {
+                let handled = Arc::clone(&sink);
+                e2e(
+                    count,
+                    sequential,
+                    base,
+                    move |ts| {
+                        let publisher = Arc::clone(&publisher);
+                        async move {
+                            publisher
+                                .message(&RsTs(ts))
+                                .publish()
+                                .await
+                                .map_err(|e| anyhow::anyhow!("ruststream publish: {e}"))?;
+                            Ok(())
+                        }
+                    },
+                    move || handled.acked.load(Ordering::Relaxed),
+                    || String::from("ruststream consumers stalled"),
+                    &sink,
+                    Some((&client, RS_STREAM)),
                 )
                 .await
             })
@@ -365,6 +464,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         vec![
             ("fredkit e2e".to_string(), make_fk(n, false)),
             ("raw fred e2e".to_string(), make_raw(n, false)),
+            ("ruststream e2e".to_string(), make_rs(n, false)),
         ],
     )
     .await?;
@@ -373,6 +473,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         vec![
             ("fredkit latency".to_string(), make_fk(lat_n, true)),
             ("raw fred latency".to_string(), make_raw(lat_n, true)),
+            ("ruststream latency".to_string(), make_rs(lat_n, true)),
         ],
     )
     .await?;
@@ -396,6 +497,11 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     for r in readers {
         let _ = r.quit().await;
     }
+    if let Err(e) = rs_running.shutdown().await {
+        println!("   ruststream app shutdown: {e}");
+    }
+    drop(rs_publisher);
+    let _: i64 = shared.unlink(RS_STREAM).await?;
     if let Ok(workers) = Arc::try_unwrap(workers) {
         for w in workers {
             w.shutdown().await;
@@ -441,6 +547,27 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "e2e_vs_raw_e2e",
         fk.ratio_to(raw),
         "fredkit-streams e2e / raw fred e2e (goal >= 0.90)",
+    );
+    let rs = &throughput[2];
+    report.ops(
+        "ruststream_e2e_msgs_per_s",
+        rs.ops_per_sec,
+        format!("same flow on ruststream-fred 0.7: its publisher, an app with {CONSUMERS} subscriptions (400 handlers each), acknowledged by its runtime"),
+    );
+    report.ratio(
+        "e2e_vs_ruststream",
+        fk.ratio_to(rs),
+        "fredkit-streams e2e / ruststream-fred e2e (goal >= 1.1)",
+    );
+    report.micros(
+        "ruststream_latency_p50_us",
+        latency[2].p50,
+        "ruststream-fred, one publish at a time",
+    );
+    report.micros(
+        "ruststream_latency_p99_us",
+        latency[2].p99,
+        "ruststream-fred, one publish at a time",
     );
     report.ratio(
         "e2e_vs_raw_xadd",
@@ -489,4 +616,74 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     );
     let _ = shared.quit().await;
     Ok(())
+}
+
+// ---- The peer: ruststream-fred 0.7 (its own broker, pool and read
+// connections, fred 10), driven by the framework's runtime: an app with one
+// subscription per consumer, a handler type (the manual path of the
+// framework; no macros), acknowledgement by the runtime after the handler.
+
+/// The stream the peer reads: a fixed name (the framework's
+/// `OutgoingDestination` is a constant), emptied before and after the run.
+const RS_STREAM: &str = "bench:streams:ruststream-e2e";
+
+/// The publish timestamp, MessagePack-encoded as the other sides encode it.
+struct RsTs(u64);
+
+impl rs::Deserialized for RsTs {
+    type Output<'a> = RsTs;
+    type Error = rmp_serde::decode::Error;
+
+    fn from_payload(payload: &[u8]) -> std::result::Result<RsTs, Self::Error> {
+        rmp_serde::from_slice(payload).map(RsTs)
+    }
+}
+
+impl rs::Input for RsTs {
+    type Axis = rs::SoloDeserialized<RsTs>;
+}
+
+impl rs::Serialized for RsTs {
+    type Error = rmp_serde::encode::Error;
+
+    fn wire_bytes(
+        &self,
+        buf: &mut rs::BytesMut,
+    ) -> std::result::Result<rs::WireBytes<'_>, Self::Error> {
+        let bytes = rmp_serde::to_vec(&self.0)?;
+        buf.extend_from_slice(&bytes);
+        Ok(rs::WireBytes::InBuffer)
+    }
+}
+
+impl rs::MessageWire for RsTs {
+    type Wire = rs::SerializedWire;
+}
+
+impl rs::OutgoingDestination for RsTs {
+    type Form = rs::FixedName;
+    const DESTINATION: &'static str = RS_STREAM;
+}
+
+impl rs::MessageHeaders for RsTs {
+    type Contract = rs::NoHeaders;
+}
+
+/// The peer's handler: records the latency and counts.
+struct RsSink {
+    base: Instant,
+    sink: Arc<Sink>,
+}
+
+impl rs::Handle<RsTs> for RsSink {
+    fn handle(
+        &self,
+        ts: &RsTs,
+        _outs: &(),
+        _ctx: &mut rs::Context<'_>,
+    ) -> impl std::future::Future<Output = std::result::Result<(), rs::HandlerOutcome>> {
+        self.sink.record(self.base, ts.0);
+        self.sink.acked.fetch_add(1, Ordering::Relaxed);
+        std::future::ready(Ok(()))
+    }
 }
