@@ -1348,13 +1348,10 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
 
     fn publish(&self, inv: Inv) {
         let Some(tx) = &self.inv_tx else { return };
-        if !self.closed.load(std::sync::atomic::Ordering::Relaxed) {
-            match tx.send(inv) {
-                Ok(()) => return,
-                // The publisher task stopped taking messages (closed).
-                Err(mpsc::error::SendError(inv)) => self.publish_closed(inv),
-            }
-        } else {
+        if self.closed.load(std::sync::atomic::Ordering::Relaxed) {
+            self.publish_closed(inv);
+        } else if let Err(mpsc::error::SendError(inv)) = tx.send(inv) {
+            // The publisher task stopped taking messages (closed).
             self.publish_closed(inv);
         }
     }
