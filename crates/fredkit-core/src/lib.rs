@@ -44,6 +44,7 @@ mod error;
 mod fail_mode;
 mod keys;
 mod script;
+pub mod metrics;
 pub mod traits;
 
 pub use backoff::{Backoff, BackoffBuilder, BackoffIter};
