@@ -94,6 +94,7 @@ fn close_leaves_no_task_and_logs_no_warning(#[case] topology: Topology, #[case] 
     };
     rt.block_on(async {
         let redis = connect(&url).await.unwrap();
+        let before_subscriber = alive();
         let subscriber = if shared {
             Some(Subscriber::new(&redis).await.unwrap())
         } else {
@@ -157,7 +158,18 @@ fn close_leaves_no_task_and_logs_no_warning(#[case] topology: Topology, #[case] 
             // The caller's subscriber was not closed.
             let _sub = s.subscribe_bytes("after-close").await.unwrap();
         }
-        drop(subscriber);
+        if let Some(s) = subscriber {
+            // The caller's subscriber is the caller's to close: let it go
+            // and wait until its connection's QUIT has run (its tasks are
+            // gone), as the cache does for its own.
+            let mut gone = s.gaps();
+            drop(s);
+            let _ = tokio::time::timeout(Duration::from_secs(5), async {
+                while gone.changed().await.is_ok() {}
+            })
+            .await;
+            assert_eq!(settle(before_subscriber).await, before_subscriber);
+        }
         redis.shutdown().await.unwrap();
         if let Some(server) = server.take() {
             // Redis goes away while the closed caches are still held.
