@@ -214,11 +214,11 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         )
     };
 
-    let conn_exists = {
+    let conn_exists = |c: usize| {
         let shared = Arc::new((redis.client().clone(), Arc::clone(&raw_keys)));
         Contender::new(
-            "raw EXISTS on the fredkit-conn client",
-            CONCURRENCY,
+            format!("raw EXISTS on the fredkit-conn client c{c}"),
+            c,
             op(move |i| {
                 let shared = Arc::clone(&shared);
                 async move {
@@ -234,22 +234,23 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ctx.rounds(),
         ctx.load(),
         &[
-            conn_exists,
+            conn_exists(CONCURRENCY),
             fk_is_revoked(CONCURRENCY),
             raw_exists(CONCURRENCY),
             tokenkit(CONCURRENCY),
             fk_check("fredkit check", &store),
             raw_pipeline,
+            conn_exists(1),
             fk_is_revoked(1),
             raw_exists(1),
             tokenkit(1),
         ],
     )
     .await?;
-    let [conn_exists, is_revoked, exists, peer64, check, pipeline, is_revoked1, exists1, peer1] =
+    let [conn_exists, is_revoked, exists, peer64, check, pipeline, conn_exists1, is_revoked1, exists1, peer1] =
         s.as_slice()
     else {
-        bail!("expected 9 summaries, got {}", s.len());
+        bail!("expected 10 summaries, got {}", s.len());
     };
 
     // Warm the local cache: every token read once (then answered locally).
@@ -300,6 +301,11 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         "is_revoked_vs_tokenkit.c1",
         paired_ratio(is_revoked1, peer1),
         "the same at concurrency 1 (goal >= 1.1)",
+    );
+    report.ratio(
+        "is_revoked_vs_conn_exists.c1",
+        paired_ratio(is_revoked1, conn_exists1),
+        "is_revoked / raw EXISTS on the same fredkit-conn client at concurrency 1, median of per-round ratios",
     );
     report.ratio(
         "is_revoked_vs_raw_exists.c1",
