@@ -294,7 +294,7 @@ impl FencedStore {
     }
 
     /// Writes `value` to `name` only if `name` was never written (see
-    /// [seeding](FencedStore#seeding-without-a-lock) in the type docs for
+    /// seeding in the [type docs](FencedStore) for
     /// when that is safe without a lock). `true` when seeded, `false` when a
     /// value (or its token marker) was already there — it is left alone. One
     /// round trip.
@@ -393,7 +393,7 @@ where
     }
 
     /// Encodes `value` and writes it to `name` only if `name` was never
-    /// written (see [seeding](FencedStore#seeding-without-a-lock)). `true`
+    /// written (see seeding in the [type docs](FencedStore)). `true`
     /// when seeded. One round trip.
     ///
     /// # Errors
@@ -598,7 +598,7 @@ impl FencedCounter {
     }
 
     /// Sets counter `name` to `value` only if it was never written (see
-    /// [seeding](FencedCounter#seeding-without-a-lock)). `true` when seeded,
+    /// seeding in the [type docs](FencedCounter)). `true` when seeded,
     /// `false` when the counter (or its token marker) already existed — it
     /// is left alone. One round trip.
     ///

@@ -45,6 +45,18 @@ const RESOURCES: u64 = 4096;
 /// Tasks contending for one resource in the hand-over measurement.
 const WAITERS: usize = 8;
 
+/// fredkit-lock's own scripts, sent with fredkit-core's `Script` on the raw
+/// fred client: separates the scripts' cost (vs the raw lock) from the cost
+/// of fredkit-lock's Rust layer and fredkit-conn's handle (vs fredkit).
+static OWN_ACQUIRE: fredkit_core::Script = fredkit_core::Script::new(
+    "lock_acquire",
+    include_str!("../../../fredkit-lock/scripts/acquire.lua"),
+);
+static OWN_RELEASE: fredkit_core::Script = fredkit_core::Script::new(
+    "lock_release",
+    include_str!("../../../fredkit-lock/scripts/release.lua"),
+);
+
 /// rslock keys: each used once (nothing of rslock outlives its TTL).
 static RSLOCK_SEQ: AtomicU64 = AtomicU64::new(0);
 
@@ -141,6 +153,37 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 }),
             )
         };
+        let own_scripts = {
+            let c = raw.clone();
+            Contender::new(
+                "lock scripts/raw",
+                concurrency,
+                op(move |i| {
+                    let c = c.clone();
+                    async move {
+                        let r = i % RESOURCES;
+                        let lock = format!("bench:ownscripts:{{r{r}}}:lock");
+                        let fence = format!("bench:ownscripts:{{r{r}}}:fence");
+                        let token = token();
+                        let granted: i64 = OWN_ACQUIRE
+                            .exec(
+                                &c,
+                                vec![lock.clone(), fence],
+                                vec![token.clone(), "10000".to_string(), "0".to_string()],
+                            )
+                            .await?;
+                        if granted < 1 {
+                            bail!("{lock} unexpectedly busy");
+                        }
+                        let released: i64 = OWN_RELEASE.exec(&c, lock.as_str(), token).await?;
+                        if released != 1 {
+                            bail!("{lock} expired during the benchmark");
+                        }
+                        Ok(())
+                    }
+                }),
+            )
+        };
         let peer = {
             let rl = rslock.clone();
             Contender::new(
@@ -168,9 +211,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         // More rounds than the default: the ratio is the figure that counts,
         // and a median over more interleaved rounds shrugs off a noisy
         // neighbour.
-        let s = interleave(ctx.rounds() + 4, ctx.load(), &[fredkit, raw_lock, peer]).await?;
-        let [ours, theirs, peer] = s.as_slice() else {
-            bail!("expected 3 summaries, got {}", s.len());
+        let s = interleave(
+            ctx.rounds() + 4,
+            ctx.load(),
+            &[fredkit, raw_lock, peer, own_scripts],
+        )
+        .await?;
+        let [ours, theirs, peer, scripts] = s.as_slice() else {
+            bail!("expected 4 summaries, got {}", s.len());
         };
         let c = format!("c{concurrency}");
         report.ops(
@@ -196,6 +244,24 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 "rslock 0.10 lock + unlock (SET NX PX + compare-and-delete script, redis-rs, no fencing), same load; p50 {:.0} µs",
                 peer.p50.as_secs_f64() * 1e6
             ),
+        );
+        report.ops(
+            &format!("own_scripts_acquire_release_ops.{c}"),
+            scripts.ops_per_sec,
+            format!(
+                "fredkit-lock's acquire.lua + release.lua via fredkit-core Script on raw fred, same load; p50 {:.0} µs",
+                scripts.p50.as_secs_f64() * 1e6
+            ),
+        );
+        report.ratio(
+            &format!("acquire_release_vs_own_scripts.{c}"),
+            ours.ratio_to(scripts),
+            "fredkit-lock / its own scripts on raw fred: the cost of the Rust layer and fredkit-conn's handle",
+        );
+        report.ratio(
+            &format!("own_scripts_vs_raw.{c}"),
+            scripts.ratio_to(theirs),
+            "fredkit-lock's scripts on raw fred / minimum safe raw lock: the cost of the fenced grant script",
         );
         report.ratio(
             &format!("acquire_release_vs_raw.{c}"),
