@@ -79,7 +79,12 @@ fn close_leaves_no_task_and_logs_no_warning(#[case] topology: Topology) {
                 m.acquire("r", &o).await.unwrap().unwrap().release().await
             }
         });
+        let deadline = tokio::time::Instant::now() + Duration::from_secs(30);
         while m.metrics().contended == 0 {
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "the waiter never tried"
+            );
             tokio::time::sleep(Duration::from_millis(5)).await;
         }
         assert!(holder.release().await.unwrap());
