@@ -28,7 +28,7 @@
 //!   waiting, so the doubles work on any runtime flavour and under
 //!   `tokio::time::pause`.
 //! - **Deterministic time.** Every double reads time from a
-//!   [`Clock`](fredkit_core::Clock) (default [`SystemClock`](fredkit_core::SystemClock));
+//!   [`Clock`] (default [`SystemClock`]);
 //!   `with_clock(ManualClock)` lets a test move time by hand and assert expiry without
 //!   sleeping. Wall-clock values (revocation times, stream ids) are the wall time when the
 //!   double was built plus the clock's elapsed time, so a [`ManualClock`](fredkit_core::ManualClock)
