@@ -7,8 +7,9 @@
 //! - **fredkit-conn**: a [`fredkit_conn::Redis`] with its defaults, every call
 //!   through `redis.client()` (the pool's round robin included);
 //! - **redis-rs**: a redis-rs 1.8 multiplexed connection with its defaults
-//!   but fredkit-conn's 1 s command timeout as its response timeout (its
-//!   default of 500 ms failed runs on this loaded machine), cloned per call;
+//!   but no response timeout (its 500 ms default, and 1 s, aborted runs on
+//!   this loaded machine; raw fred's defaults have none either, fredkit-conn
+//!   keeps its 1 s: a timer per command that only it pays), cloned per call;
 //! - **redis-benchmark** `-P 1` and `-P 16`, run as a subprocess against the
 //!   same server: C, with its own C connections (`-c` = the concurrency), so
 //!   it is a ceiling of this machine rather than a like-for-like contender.
@@ -22,7 +23,8 @@
 //! commands; `FKB_CONN_C=64` only those concurrencies; `FKB_CONN_POOLS=2,4`
 //! adds fredkit-conn contenders with those pool sizes; `FKB_CONN_RB=0` leaves
 //! redis-benchmark out; `FKB_CONN_SIDES=conn,redisrs` keeps only those
-//! in-process clients (for profiling one of them).
+//! in-process clients (for profiling one of them); `FKB_CONN_FEEDS=16,64`
+//! adds raw fred clients with those `max_feed_count`s.
 
 use super::Suite;
 use crate::harness::{interleave_with, measure, op, Load, Measurement, Report, Runner};
@@ -294,7 +296,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let conn = ctx.redis().await?;
     let rs = redis::Client::open(url.as_str())?
         .get_multiplexed_async_connection_with_config(
-            &redis::AsyncConnectionConfig::new().set_response_timeout(Some(Duration::from_secs(1))),
+            &redis::AsyncConnectionConfig::new().set_response_timeout(None),
         )
         .await
         .context("redis-rs could not connect")?;
@@ -308,6 +310,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ("conn".into(), Side::Conn(conn.clone())),
         ("redisrs".into(), Side::RedisRs(rs)),
     ];
+    for f in env_list("FKB_CONN_FEEDS").unwrap_or_default() {
+        let n: u64 = f.parse().with_context(|| format!("FKB_CONN_FEEDS: `{f}`"))?;
+        let c = Builder::from_config(Config::from_url(&url)?)
+            .with_performance_config(|p| p.max_feed_count = n)
+            .build()?;
+        c.init().await.context("fred could not connect")?;
+        sides.push((format!("fred_feed{n}"), Side::Fred(c)));
+    }
     if let Some(only) = env_list("FKB_CONN_SIDES") {
         sides.retain(|(who, _)| only.iter().any(|o| o == who));
     }
