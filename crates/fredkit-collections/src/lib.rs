@@ -7,6 +7,8 @@
 //!   or doubles an item when interrupted and retried.
 //! - [`Feed`]: a capped list of the newest N items, pushed and trimmed in one
 //!   step.
+//! - [`Presence`]: who is online from heartbeats, a sorted set scored by
+//!   server time and trimmed on every call (no sweeper task).
 //!
 //! Every structure builds its keys from a [`KeySpace`](fredkit_core::KeySpace)
 //! with one hash tag per structure instance (one slot), sets a TTL on every
@@ -36,7 +38,14 @@
 
 mod common;
 mod feed;
+mod presence;
 mod ttlmap;
 
 pub use feed::Feed;
+pub use presence::Presence;
 pub use ttlmap::{MergeOutcome, MergePlan, TtlMap};
+
+/// The README's example, compiled as a doctest.
+#[cfg(doctest)]
+#[doc = include_str!("../README.md")]
+pub struct ReadmeDoctests;

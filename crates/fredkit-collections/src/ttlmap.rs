@@ -415,7 +415,9 @@ impl<V, C: Codec + Clone> TtlMap<V, C> {
     ///
     /// As [`add`](Self::add).
     pub async fn remove_if_zero(&self, id: &str, field: &str) -> Result<bool> {
-        let v = self.write(id, "remove_if_zero", field, Value::from("")).await?;
+        let v = self
+            .write(id, "remove_if_zero", field, Value::from(""))
+            .await?;
         Ok(v.as_i64() == Some(1))
     }
 
