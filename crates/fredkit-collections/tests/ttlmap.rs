@@ -145,13 +145,14 @@ async fn every_write_refreshes_the_ttl_and_the_map_expires(
     let short: TtlMap<u32> = TtlMap::new(
         &r,
         unique_prefix("ttlmap_ttl_short"),
-        Duration::from_millis(200),
+        Duration::from_millis(1000),
     )
     .unwrap();
     short.add("c", "a", 1).await.unwrap();
     let left = pttl(&r, &short.key("c").unwrap()).await;
-    assert!(left > 0 && left <= 200, "PTTL {left}");
-    tokio::time::sleep(Duration::from_millis(400)).await;
+    // -2 (already gone on a very slow box) is fine, -1 (no TTL) is not.
+    assert!(left != -1 && left <= 1000, "PTTL {left}");
+    tokio::time::sleep(Duration::from_millis(1500)).await;
     assert_eq!(short.quantity("c", "a").await.unwrap(), 0);
     assert_eq!(pttl(&r, &short.key("c").unwrap()).await, -2);
 }
