@@ -71,6 +71,7 @@ fn path_crates(root: &Path) -> Vec<(&'static str, PathBuf, &'static str)> {
             "crates/fredkit-revocation",
             r#"features = ["tower", "local-cache"]"#,
         ),
+        ("fredkit-collections", "crates/fredkit-collections", ""),
         ("fredkit-testkit", "crates/fredkit-testkit", ""),
     ]
     .into_iter()

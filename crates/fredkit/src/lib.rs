@@ -43,6 +43,9 @@ pub struct ReadmeDoctests;
 pub use fredkit_cache as cache;
 pub use fredkit_conn as conn;
 pub use fredkit_core as core;
+#[cfg(feature = "collections")]
+#[cfg_attr(docsrs, doc(cfg(feature = "collections")))]
+pub use fredkit_collections as collections;
 #[cfg(feature = "lock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lock")))]
 pub use fredkit_lock as lock;
