@@ -41,11 +41,11 @@ pub struct ReadmeDoctests;
 #[cfg(feature = "cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "cache")))]
 pub use fredkit_cache as cache;
-pub use fredkit_conn as conn;
-pub use fredkit_core as core;
 #[cfg(feature = "collections")]
 #[cfg_attr(docsrs, doc(cfg(feature = "collections")))]
 pub use fredkit_collections as collections;
+pub use fredkit_conn as conn;
+pub use fredkit_core as core;
 #[cfg(feature = "lock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lock")))]
 pub use fredkit_lock as lock;
