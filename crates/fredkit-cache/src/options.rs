@@ -1,5 +1,6 @@
 //! [`CacheOptions`] and [`L1Options`]: builders with documented defaults.
 
+use fredkit_core::IntoKeySpace;
 use fredkit_core::{CircuitBreaker, Error, KeySpace, Result};
 use std::time::Duration;
 
@@ -97,13 +98,20 @@ pub struct CacheOptions {
 }
 
 impl CacheOptions {
-    /// A builder for entries under `prefix` (validated like
-    /// [`KeySpace::new`]). Entry `k` is stored at `prefix:{k}` (its own hash
+    /// A builder for entries under `prefix` (a `&str`/`String` validated like
+    /// [`KeySpace::new`] when [`build`](CacheOptionsBuilder::build) runs, or a
+    /// [`KeySpace`]). Entry `k` is stored at `prefix:{k}` (its own hash
     /// tag), its fill lock at `prefix:lock:{k}`, and invalidations travel on
     /// the channel `prefix:invalidations`.
-    pub fn builder(prefix: impl Into<String>) -> CacheOptionsBuilder {
+    pub fn builder(prefix: impl IntoKeySpace) -> CacheOptionsBuilder {
         CacheOptionsBuilder {
-            prefix: prefix.into(),
+            // A bad prefix is reported by build(); the error (always
+            // InvalidInput, naming the prefix) is kept as its message so that
+            // the builder stays Clone.
+            prefix: prefix.into_key_space().map_err(|e| match e {
+                Error::InvalidInput(message) => message,
+                other => other.to_string(),
+            }),
             ttl: Duration::from_secs(300),
             ttl_jitter: Duration::ZERO,
             max_stale: Duration::from_secs(600),
@@ -166,7 +174,7 @@ impl CacheOptions {
 #[must_use]
 #[derive(Debug, Clone)]
 pub struct CacheOptionsBuilder {
-    prefix: String,
+    prefix: std::result::Result<KeySpace, String>,
     ttl: Duration,
     ttl_jitter: Duration,
     max_stale: Duration,
@@ -317,7 +325,7 @@ impl CacheOptionsBuilder {
     /// than the hard one, or an L1 with zero entries or zero TTL.
     pub fn build(self) -> Result<CacheOptions> {
         const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
-        let keys = KeySpace::new(self.prefix)?;
+        let keys = self.prefix.map_err(Error::invalid_input)?;
         let lock_keys = keys.child("lock")?;
         let ms = Duration::from_millis(1);
         if self.ttl < ms || self.negative_ttl < ms || self.lock_ttl < ms {
@@ -442,5 +450,31 @@ mod tests {
             CacheOptions::builder("bad{").build().unwrap_err().kind(),
             ErrorKind::InvalidInput
         );
+    }
+}
+
+#[cfg(test)]
+mod prefix_tests {
+    use super::*;
+    use fredkit_core::ErrorKind;
+
+    /// Every way of giving a prefix works, including what testkit hands out
+    /// (a trailing ':'), and a bad one fails at build() naming it once.
+    #[test]
+    fn builder_takes_any_prefix_form_and_reports_a_bad_one_at_build() {
+        let ks = KeySpace::new("app:c").unwrap();
+        for options in [
+            CacheOptions::builder("app:c").build().unwrap(),
+            CacheOptions::builder("app:c:".to_string()).build().unwrap(),
+            CacheOptions::builder(&ks).build().unwrap(),
+            CacheOptions::builder(ks.clone()).build().unwrap(),
+        ] {
+            assert_eq!(options.keys(), &ks);
+        }
+        let err = CacheOptions::builder("bad{tag}").build().unwrap_err();
+        assert_eq!(err.kind(), ErrorKind::InvalidInput);
+        let text = err.to_string();
+        assert!(text.contains("bad{tag}"), "{text}");
+        assert_eq!(text.matches("invalid input").count(), 1, "{text}");
     }
 }

@@ -1,6 +1,7 @@
 //! [`FencedStore`] and [`FencedCounter`]: the storage-side check that makes
 //! fencing tokens useful.
 
+use fredkit_core::IntoKeySpace;
 use std::fmt;
 use std::marker::PhantomData;
 use std::time::Duration;
@@ -250,10 +251,10 @@ impl FencedStore {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a bad prefix.
-    pub fn new(redis: &Redis, prefix: &str) -> Result<FencedStore> {
+    pub fn new(redis: &Redis, prefix: impl IntoKeySpace) -> Result<FencedStore> {
         Ok(FencedStore {
             redis: redis.clone(),
-            keys: KeySpace::new(prefix)?,
+            keys: prefix.into_key_space()?,
             codec: MsgPack,
             values: PhantomData,
         })
@@ -324,7 +325,7 @@ where
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a bad prefix.
-    pub fn typed(redis: &Redis, prefix: &str) -> Result<FencedStore<T, MsgPack>> {
+    pub fn typed(redis: &Redis, prefix: impl IntoKeySpace) -> Result<FencedStore<T, MsgPack>> {
         FencedStore::with_codec(redis, prefix, MsgPack)
     }
 }
@@ -339,10 +340,14 @@ where
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a bad prefix.
-    pub fn with_codec(redis: &Redis, prefix: &str, codec: C) -> Result<FencedStore<T, C>> {
+    pub fn with_codec(
+        redis: &Redis,
+        prefix: impl IntoKeySpace,
+        codec: C,
+    ) -> Result<FencedStore<T, C>> {
         Ok(FencedStore {
             redis: redis.clone(),
-            keys: KeySpace::new(prefix)?,
+            keys: prefix.into_key_space()?,
             codec,
             values: PhantomData,
         })
@@ -485,10 +490,10 @@ impl FencedCounter {
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a bad prefix.
-    pub fn new(redis: &Redis, prefix: &str) -> Result<FencedCounter> {
+    pub fn new(redis: &Redis, prefix: impl IntoKeySpace) -> Result<FencedCounter> {
         Ok(FencedCounter {
             redis: redis.clone(),
-            keys: KeySpace::new(prefix)?,
+            keys: prefix.into_key_space()?,
         })
     }
 

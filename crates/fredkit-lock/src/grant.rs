@@ -7,6 +7,7 @@
 //! this module; it uses only the leaves (`waiters`, `metrics`, `options`,
 //! `reply`).
 
+use fredkit_core::IntoKeySpace;
 use std::future::Future;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::Arc;
@@ -108,8 +109,8 @@ pub(crate) enum Mode {
 
 impl Shared {
     /// The state of a manager under `prefix`; wake-ups on `p:wake`.
-    pub(crate) fn new(redis: &Redis, prefix: &str) -> Result<Shared> {
-        let keys = KeySpace::new(prefix)?;
+    pub(crate) fn new(redis: &Redis, prefix: impl IntoKeySpace) -> Result<Shared> {
+        let keys = prefix.into_key_space()?;
         let channel = keys.key(["wake"]);
         let counters = Arc::new(Counters::default());
         Ok(Shared {

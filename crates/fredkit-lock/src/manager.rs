@@ -1,5 +1,6 @@
 //! [`LockManager`]: acquire, wait, release, extend; the trait implementation.
 
+use fredkit_core::IntoKeySpace;
 use std::fmt;
 use std::future::Future;
 use std::sync::Arc;
@@ -117,7 +118,7 @@ impl LockManager {
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput) for a prefix
     /// [`KeySpace::new`] rejects.
-    pub fn new(redis: &Redis, prefix: &str) -> Result<LockManager> {
+    pub fn new(redis: &Redis, prefix: impl IntoKeySpace) -> Result<LockManager> {
         Ok(LockManager {
             shared: Arc::new(Shared::new(redis, prefix)?),
         })

@@ -1,5 +1,6 @@
 //! [`Redlock`]: one lock over N independent Redis servers.
 
+use fredkit_core::IntoKeySpace;
 use std::fmt;
 use std::sync::Arc;
 use std::time::Duration;
@@ -214,7 +215,11 @@ impl Redlock {
     ///
     /// [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) without nodes;
     /// a bad prefix.
-    pub fn new(nodes: Vec<Redis>, prefix: &str, opts: RedlockOptions) -> Result<Redlock> {
+    pub fn new(
+        nodes: Vec<Redis>,
+        prefix: impl IntoKeySpace,
+        opts: RedlockOptions,
+    ) -> Result<Redlock> {
         if nodes.is_empty() {
             return Err(Error::config(
                 "Redlock needs at least one node (5 independent servers is usual)",
@@ -223,7 +228,7 @@ impl Redlock {
         Ok(Redlock {
             inner: Arc::new(RedlockInner {
                 nodes,
-                keys: KeySpace::new(prefix)?,
+                keys: prefix.into_key_space()?,
                 opts,
                 background: Background::default(),
             }),
