@@ -1,3 +1,4 @@
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 //! The example programs run against real servers, standalone and cluster:
 //! what they print is what the facade promises.
 

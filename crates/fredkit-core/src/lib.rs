@@ -43,8 +43,8 @@ mod codec;
 mod error;
 mod fail_mode;
 mod keys;
-mod script;
 pub mod metrics;
+mod script;
 pub mod traits;
 
 pub use backoff::{Backoff, BackoffBuilder, BackoffIter};

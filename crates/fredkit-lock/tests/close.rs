@@ -60,7 +60,7 @@ fn close_leaves_no_task_and_logs_no_warning(#[case] topology: Topology) {
         let redis = connect(&shared_url(topology).unwrap()).await.unwrap();
         tokio::time::sleep(Duration::from_millis(50)).await;
         let baseline = alive();
-        let m = LockManager::new(&redis, &prefix("lock_close")).unwrap();
+        let m = LockManager::new(&redis, prefix("lock_close")).unwrap();
 
         // The wake-up subscription: a waiter woken by the holder's release.
         let holder = m

@@ -376,7 +376,7 @@ async fn fault_cluster_replica_confirmation_waits_on_the_lock_keys_master() {
     )
     .await;
     let redis = connect(&cluster.url()).await;
-    let m = LockManager::new(&redis, &prefix("lock_cluster_wait")).unwrap();
+    let m = LockManager::new(&redis, prefix("lock_cluster_wait")).unwrap();
     let confirmed = |t: Duration| {
         LockOptions::builder()
             .ttl(Duration::from_secs(10))

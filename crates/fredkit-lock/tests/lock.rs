@@ -475,7 +475,7 @@ async fn uncontended_release_publishes_nothing(#[case] topology: Topology) {
 async fn fenced_write_with_older_token_after_newer_one_is_rejected(#[case] topology: Topology) {
     let redis = shared(topology).await;
     let p = prefix("lock_fenced");
-    let store = FencedStore::new(&redis, &format!("{p}:data")).unwrap();
+    let store = FencedStore::new(&redis, format!("{p}:data")).unwrap();
     assert_eq!(
         store.write("doc", "v8", 8, None).await.unwrap(),
         FencedWrite::Written
@@ -610,7 +610,7 @@ async fn semaphore_permit_dropped_without_release_returns_after_its_ttl(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn with_lock_releases_after_work_and_after_cancellation(#[case] topology: Topology) {
     let redis = shared(topology).await;
-    let m = LockManager::new(&redis, &prefix("lock_with")).unwrap();
+    let m = LockManager::new(&redis, prefix("lock_with")).unwrap();
     let o = opts(10_000, 0);
     let out = m
         .with_lock("r", &o, |ctx| async move {
@@ -658,7 +658,7 @@ async fn with_lock_releases_after_work_and_after_cancellation(#[case] topology: 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_moves_across_tasks_and_only_its_token_can_release(#[case] topology: Topology) {
     let redis = shared(topology).await;
-    let m = LockManager::new(&redis, &prefix("lock_move")).unwrap();
+    let m = LockManager::new(&redis, prefix("lock_move")).unwrap();
     let g = m.acquire("r", &opts(10_000, 0)).await.unwrap().unwrap();
     let lease = g.lease();
     // Moved to another task, released there.
@@ -723,7 +723,7 @@ async fn redis_error_is_never_a_granted_lock() {
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn replica_confirmation_fails_closed_without_replicas_and_passes_with_one() {
     let standalone = shared(Topology::Standalone).await;
-    let m = LockManager::new(&standalone, &prefix("lock_wait_none")).unwrap();
+    let m = LockManager::new(&standalone, prefix("lock_wait_none")).unwrap();
     let o = LockOptions::builder()
         .ttl(Duration::from_secs(10))
         .replicas(1, Duration::from_millis(100))
@@ -741,7 +741,7 @@ async fn replica_confirmation_fails_closed_without_replicas_and_passes_with_one(
 
     // Master + replica (the sentinel group): confirmed.
     let sentinel = shared(Topology::Sentinel).await;
-    let m = LockManager::new(&sentinel, &prefix("lock_wait_one")).unwrap();
+    let m = LockManager::new(&sentinel, prefix("lock_wait_one")).unwrap();
     let o = LockOptions::builder()
         .ttl(Duration::from_secs(10))
         .replicas(1, Duration::from_secs(2))
@@ -866,7 +866,7 @@ async fn fault_cluster_master_paused_lock_fails_closed() {
     .await
     .unwrap();
     redis.wait_connected().await.unwrap();
-    let m = LockManager::new(&redis, &prefix("lock_cluster_paused")).unwrap();
+    let m = LockManager::new(&redis, prefix("lock_cluster_paused")).unwrap();
     // A resource on master 0 and one elsewhere.
     let owner = |r: &str| {
         cluster
@@ -1096,7 +1096,7 @@ async fn fenced_store_with_the_lock_prefix_leaves_the_fencing_counter_alone(
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn guard_dropped_outside_a_runtime_is_still_released(#[case] topology: Topology) {
     let redis = shared(topology).await;
-    let m = LockManager::new(&redis, &prefix("lock_drop_no_rt")).unwrap();
+    let m = LockManager::new(&redis, prefix("lock_drop_no_rt")).unwrap();
     let long = opts(60_000, 0);
     let g = m.acquire("r", &long).await.unwrap().unwrap();
     std::thread::spawn(move || drop(g)).join().unwrap();
@@ -1333,7 +1333,7 @@ async fn fault_silent_sentinel_master_replica_confirmation_moves_to_the_new_mast
         .await
         .unwrap();
     let redis = connect(&group.url()).await;
-    let m = LockManager::new(&redis, &prefix("lock_silent_master")).unwrap();
+    let m = LockManager::new(&redis, prefix("lock_silent_master")).unwrap();
     let o = LockOptions::builder()
         .ttl(Duration::from_secs(10))
         .replicas(1, Duration::from_millis(500))

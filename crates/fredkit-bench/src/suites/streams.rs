@@ -81,6 +81,7 @@ impl Sink {
 /// Publishes `n` timestamps with `publish` (`IN_FLIGHT` at once, or one at a
 /// time), then waits until `acked()` has grown by `n`. Elapsed: first publish
 /// to the last acknowledgement seen.
+#[allow(clippy::too_many_arguments)] // a measurement's knobs, read at one call site each
 async fn e2e<P, PF>(
     n: u64,
     sequential: bool,
