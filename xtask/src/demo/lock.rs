@@ -81,7 +81,7 @@ async fn tour(demo: &Demo) -> Result<()> {
     next.release().await?;
 
     // A holder that stalls past its TTL: fencing tokens and the fenced store.
-    let store = FencedStore::new(redis, &format!("{prefix}:data"))?;
+    let store = FencedStore::new(redis, format!("{prefix}:data"))?;
     let Some(stale) = locks.acquire("report", &opts(100, 0)?).await? else {
         bail!("report lock busy");
     };
