@@ -1,5 +1,6 @@
 //! [`Limiter`]: one or more limits on an identity, checked in one round trip.
 
+use fredkit_core::IntoKeySpace;
 use std::{fmt, sync::Arc, time::Duration, time::Instant};
 
 use async_trait::async_trait;
@@ -152,7 +153,9 @@ impl fmt::Debug for Limiter {
 #[must_use]
 pub struct LimiterBuilder {
     redis: Redis,
-    prefix: String,
+    // A bad prefix is reported by build(); kept as its message so that the
+    // builder stays Clone.
+    prefix: std::result::Result<KeySpace, String>,
     limits: Vec<Limit>,
     fail_mode: Option<FailMode>,
     breaker: Option<CircuitBreaker>,
@@ -204,7 +207,7 @@ impl LimiterBuilder {
     /// [`ErrorKind::InvalidInput`] for an invalid prefix (see
     /// [`KeySpace::new`]).
     pub fn build(self) -> Result<Limiter> {
-        let keys = KeySpace::new(self.prefix)?;
+        let keys = self.prefix.map_err(Error::invalid_input)?;
         let Some(first) = self.limits.first() else {
             return Err(Error::config(
                 "a limiter needs at least one limit: add one with .limit(Limit::gcra(..)) or another Limit constructor",
@@ -328,10 +331,13 @@ impl Outcome {
 impl Limiter {
     /// A builder for a limiter whose keys live under `prefix` (validated by
     /// [`KeySpace::new`] in `build`).
-    pub fn builder(redis: &Redis, prefix: impl Into<String>) -> LimiterBuilder {
+    pub fn builder(redis: &Redis, prefix: impl IntoKeySpace) -> LimiterBuilder {
         LimiterBuilder {
             redis: redis.clone(),
-            prefix: prefix.into(),
+            prefix: prefix.into_key_space().map_err(|e| match e {
+                Error::InvalidInput(message) => message,
+                other => other.to_string(),
+            }),
             limits: Vec::new(),
             fail_mode: None,
             breaker: None,

@@ -1,5 +1,6 @@
 //! [`LoginThrottle`]: count failed logins, lock out after N, reset on success.
 
+use fredkit_core::IntoKeySpace;
 use std::{fmt, sync::Arc, time::Duration};
 
 use fred::interfaces::KeysInterface;
@@ -112,7 +113,9 @@ impl fmt::Debug for LoginThrottle {
 #[must_use]
 pub struct LoginThrottleBuilder {
     redis: Redis,
-    prefix: String,
+    // A bad prefix is reported by build(); kept as its message so that the
+    // builder stays Clone.
+    prefix: std::result::Result<KeySpace, String>,
     max_failures: u32,
     failure_window: Duration,
     lockout: Duration,
@@ -163,7 +166,7 @@ impl LoginThrottleBuilder {
     /// failures, a window or lockout under 1 ms, or no fail mode;
     /// `InvalidInput` for an invalid prefix.
     pub fn build(self) -> Result<LoginThrottle> {
-        let keys = KeySpace::new(self.prefix)?;
+        let keys = self.prefix.map_err(Error::invalid_input)?;
         if self.max_failures == 0 {
             return Err(Error::config("max_failures must be at least 1"));
         }
@@ -221,10 +224,13 @@ fn ms(d: Duration) -> i64 {
 
 impl LoginThrottle {
     /// A builder whose keys live under `prefix`.
-    pub fn builder(redis: &Redis, prefix: impl Into<String>) -> LoginThrottleBuilder {
+    pub fn builder(redis: &Redis, prefix: impl IntoKeySpace) -> LoginThrottleBuilder {
         LoginThrottleBuilder {
             redis: redis.clone(),
-            prefix: prefix.into(),
+            prefix: prefix.into_key_space().map_err(|e| match e {
+                Error::InvalidInput(message) => message,
+                other => other.to_string(),
+            }),
             max_failures: 5,
             failure_window: Duration::from_secs(15 * 60),
             lockout: Duration::from_secs(15 * 60),

@@ -1,5 +1,6 @@
 //! [`RevocationOptions`]: how a [`Revocations`](crate::Revocations) store behaves.
 
+use fredkit_core::IntoKeySpace;
 use std::time::Duration;
 
 use fredkit_core::{CircuitBreaker, Error, FailMode, KeySpace, Result};
@@ -41,7 +42,7 @@ impl RevocationOptions {
     pub fn builder(fail_mode: FailMode) -> RevocationOptionsBuilder {
         RevocationOptionsBuilder {
             fail_mode,
-            prefix: DEFAULT_PREFIX.to_string(),
+            prefix: KeySpace::new(DEFAULT_PREFIX).map_err(|e| e.to_string()),
             max_token_lifetime: Duration::from_secs(24 * 3600),
             expiry_leeway: Duration::ZERO,
             breaker: None,
@@ -90,7 +91,9 @@ impl RevocationOptions {
 #[derive(Debug, Clone)]
 pub struct RevocationOptionsBuilder {
     fail_mode: FailMode,
-    prefix: String,
+    // A bad prefix is reported by build(); kept as its message so that the
+    // builder stays Clone.
+    prefix: std::result::Result<KeySpace, String>,
     max_token_lifetime: Duration,
     expiry_leeway: Duration,
     breaker: Option<CircuitBreaker>,
@@ -104,8 +107,11 @@ impl RevocationOptionsBuilder {
     /// `prefix:org:<org>`, `prefix:active:<sub>`, and the local-cache event
     /// channel is `prefix:events`. Default `"fredkit:revocation"`. Must be a
     /// valid [`KeySpace`] prefix.
-    pub fn prefix(mut self, prefix: impl Into<String>) -> Self {
-        self.prefix = prefix.into();
+    pub fn prefix(mut self, prefix: impl IntoKeySpace) -> Self {
+        self.prefix = prefix.into_key_space().map_err(|e| match e {
+            Error::InvalidInput(message) => message,
+            other => other.to_string(),
+        });
         self
     }
 
@@ -178,7 +184,7 @@ impl RevocationOptionsBuilder {
     /// for a max token lifetime under 1 s, a leeway over 1 hour, or invalid
     /// local cache settings.
     pub fn build(self) -> Result<RevocationOptions> {
-        let keys = KeySpace::new(self.prefix)?;
+        let keys = self.prefix.map_err(Error::invalid_input)?;
         if self.max_token_lifetime < Duration::from_secs(1) {
             return Err(Error::config(format!(
                 "revocation: max_token_lifetime must be at least 1 s (JWT times are whole seconds), got {:?}",

@@ -1,5 +1,6 @@
 //! Where a stream lives: [`StreamKeys`], and stream entry ids: [`StreamId`].
 
+use fredkit_core::IntoKeySpace;
 use std::fmt;
 
 use fredkit_core::{KeySpace, Result};
@@ -37,19 +38,21 @@ pub struct StreamKeys {
 }
 
 impl StreamKeys {
-    /// The keys of the stream called `name` under `space`. `name` is escaped
-    /// like every [`KeySpace`] part, so any text is safe.
+    /// The keys of the stream called `name` under `space` (a `&KeySpace`,
+    /// `KeySpace`, `&str` or `String` prefix). `name` is escaped like every
+    /// [`KeySpace`] part, so any text is safe.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
-    /// when `name` is empty.
-    pub fn new(space: &KeySpace, name: &str) -> Result<StreamKeys> {
+    /// when `name` is empty or `space` is not a valid prefix.
+    pub fn new(space: impl IntoKeySpace, name: &str) -> Result<StreamKeys> {
+        let space = space.into_key_space()?;
         Ok(StreamKeys {
-            space: space.clone(),
             name: name.to_string(),
             stream: space.tagged(name, ["stream"])?,
             dead: space.tagged(name, ["dead"])?,
+            space,
         })
     }
 
