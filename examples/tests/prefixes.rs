@@ -98,3 +98,31 @@ async fn every_primitive_takes_every_prefix_form() {
     revocations.close().await;
     redis.shutdown().await.unwrap();
 }
+
+/// `Error`, `ErrorKind`, `Result`, `FailMode`, `KeySpace` and `IntoKeySpace`
+/// are reachable the same way from every crate, and are the core's types.
+#[test]
+fn every_crate_exports_the_shared_core_types() {
+    fn same<T>(_: T, _: T) {}
+    macro_rules! check {
+        ($($krate:ident),*) => {$(
+            same(fredkit::$krate::FailMode::Open, fredkit::core::FailMode::Open);
+            same(fredkit::$krate::ErrorKind::Timeout, fredkit::core::ErrorKind::Timeout);
+            let r: fredkit::$krate::Result<fredkit::$krate::KeySpace> =
+                fredkit::$krate::IntoKeySpace::into_key_space("app:x");
+            let e: fredkit::$krate::Error = fredkit::core::Error::timeout("t");
+            same(r.unwrap(), fredkit::core::KeySpace::new("app:x").unwrap());
+            same(e.kind(), fredkit::core::ErrorKind::Timeout);
+        )*};
+    }
+    check!(
+        conn,
+        cache,
+        lock,
+        ratelimit,
+        streams,
+        revocation,
+        pubsub,
+        collections
+    );
+}

@@ -90,7 +90,7 @@
 //! # Keys and round trips
 //!
 //! Entry `k` lives at `prefix:{k}` (each key its own hash tag, escaped by
-//! [`KeySpace`](fredkit_core::KeySpace)), its fill lock at
+//! [`KeySpace`]), its fill lock at
 //! `prefix:lock:{k}` (same slot), invalidations on the channel
 //! `prefix:invalidations` (sharded pub/sub on a cluster).
 //!
@@ -121,6 +121,10 @@ mod options;
 mod store;
 
 pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use metrics::CacheMetrics;
 pub use options::{CacheOptions, CacheOptionsBuilder, L1Options};
 pub use store::RedisCacheStore;

@@ -10,7 +10,7 @@
 //! - [`Presence`]: who is online from heartbeats, a sorted set scored by
 //!   server time and trimmed on every call (no sweeper task).
 //!
-//! Every structure builds its keys from a [`KeySpace`](fredkit_core::KeySpace)
+//! Every structure builds its keys from a [`KeySpace`]
 //! with one hash tag per structure instance (one slot), sets a TTL on every
 //! write, and reports garbage under a key as a typed error naming the key.
 //!
@@ -42,6 +42,10 @@ mod presence;
 mod ttlmap;
 
 pub use feed::Feed;
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use presence::Presence;
 pub use ttlmap::{MergeOutcome, MergePlan, TtlMap};
 

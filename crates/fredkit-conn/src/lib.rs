@@ -21,7 +21,7 @@
 //! host list is accepted too. Options: `connect_timeout`, `command_timeout`
 //! (`500ms`, `2s`...), `pool_size`, `lazy`. An unknown option,
 //! a bad port, a bad database or an unknown scheme is an
-//! [`ErrorKind::Config`](fredkit_core::ErrorKind::Config) error naming the bad
+//! [`ErrorKind::Config`] error naming the bad
 //! part. `rediss://` needs the `tls` feature (rustls).
 //!
 //! ```
@@ -55,6 +55,10 @@ mod watchdog;
 pub use config::{Node, ReconnectConfig, RedisConfig, RedisConfigBuilder, Topology};
 pub use confirmed::Confirmed;
 pub use fred;
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use health::Health;
 pub use redis::{Dedicated, Redis};
 pub use secret::Secret;

@@ -107,7 +107,7 @@
 //! microseconds (about 1.8 x 10^15 today), below 2^53 — exact in Lua and in
 //! JSON numbers — until the year 2255. A counter that is not a decimal number
 //! below 2^53 (or not a string) makes `acquire` fail with
-//! [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) naming the key;
+//! [`ErrorKind::Protocol`] naming the key;
 //! nothing is written. Set it to the last token handed out, or delete it.
 //!
 //! Redis runs scripts one at a time and the grant validates every key before
@@ -137,6 +137,10 @@ mod semaphore;
 mod waiters;
 
 pub use fenced::{FencedCounter, FencedIncr, FencedStore, FencedWrite, Raw, MAX_FENCING_TOKEN};
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use guard::{LockGuard, LostSignal};
 pub use manager::{LockContext, LockManager};
 pub use metrics::LockMetrics;

@@ -50,6 +50,10 @@ mod publisher;
 mod subscriber;
 mod traits;
 
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use options::{Mode, PubSubOptions};
 pub use publisher::Publisher;

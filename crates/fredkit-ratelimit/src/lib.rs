@@ -11,7 +11,7 @@
 //! - Time is the Redis server's (`TIME` in the scripts, key expiry): the
 //!   callers' clocks never matter.
 //! - Every key expires at most one window after it was written.
-//! - A [`FailMode`](fredkit_core::FailMode) the caller chooses, and a
+//! - A [`FailMode`] the caller chooses, and a
 //!   [`CircuitBreaker`](fredkit_core::CircuitBreaker), so an outage does not
 //!   add a timeout to every request.
 //! - [`LoginThrottle`]: count failed logins, lock out after N, reset on
@@ -102,6 +102,10 @@ mod metrics;
 pub mod tower;
 
 pub use fredkit_core::traits::{Decision, RateLimiter};
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use limit::{Algorithm, Limit, MAX_QUOTA, MAX_SLIDING_LOG_QUOTA, MAX_WINDOW};
 pub use limiter::{Limiter, LimiterBuilder, Outcome};
 pub use login::{LoginStatus, LoginThrottle, LoginThrottleBuilder};

@@ -117,6 +117,10 @@ mod store;
 
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use layer::{RevocationLayer, RevocationService};
 #[cfg(feature = "local-cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
@@ -126,4 +130,3 @@ pub use options::{RevocationOptions, RevocationOptionsBuilder, DEFAULT_PREFIX};
 pub use store::{ActiveToken, Revocations, Revoked, Verdict};
 
 pub use fredkit_core::traits::{RevocationStore, TokenClaims};
-pub use fredkit_core::FailMode;

@@ -138,6 +138,10 @@ mod worker;
 pub use admin::{DeadLetter, GroupInfo, PendingSummary, ReplayReport, StartFrom, StreamAdmin};
 pub use config::{WorkerConfig, WorkerConfigBuilder};
 pub use fields::{PAYLOAD_FIELD, RESERVED_PREFIX, TRACE_ID_HEADER, TYPE_HEADER};
+/// The core types every fredkit crate shares, re-exported the same way from
+/// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
+/// IntoKeySpace}` are `fredkit_core`'s.
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use keys::{StreamId, StreamKeys};
 pub use message::Message;
 pub use metrics::{ProducerMetrics, ProducerSnapshot, WorkerMetrics, WorkerSnapshot};

@@ -311,7 +311,9 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ("redisrs".into(), Side::RedisRs(rs)),
     ];
     for f in env_list("FKB_CONN_FEEDS").unwrap_or_default() {
-        let n: u64 = f.parse().with_context(|| format!("FKB_CONN_FEEDS: `{f}`"))?;
+        let n: u64 = f
+            .parse()
+            .with_context(|| format!("FKB_CONN_FEEDS: `{f}`"))?;
         let c = Builder::from_config(Config::from_url(&url)?)
             .with_performance_config(|p| p.max_feed_count = n)
             .build()?;
