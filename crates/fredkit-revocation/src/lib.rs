@@ -115,12 +115,12 @@ mod metrics;
 mod options;
 mod store;
 
-#[cfg(feature = "tower")]
-#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
 /// IntoKeySpace}` are `fredkit_core`'s.
 pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
+#[cfg(feature = "tower")]
+#[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub use layer::{RevocationLayer, RevocationService};
 #[cfg(feature = "local-cache")]
 #[cfg_attr(docsrs, doc(cfg(feature = "local-cache")))]
