@@ -98,6 +98,14 @@ impl KeySpace {
     /// [`ErrorKind::InvalidInput`](crate::ErrorKind::InvalidInput) when `part`
     /// is empty or holds whitespace or control characters (a prefix may not).
     pub fn child(&self, part: &str) -> Result<KeySpace> {
+        if part.is_empty() {
+            // Checked here: `KeySpace::new` drops one trailing ':', so it
+            // would take `prefix:` for `prefix` itself.
+            return Err(Error::invalid_input(format!(
+                "the part of a nested key space under {:?} is empty; give it a name",
+                self.prefix
+            )));
+        }
         let mut prefix = String::with_capacity(self.prefix.len() + 1 + part.len());
         prefix.push_str(&self.prefix);
         prefix.push(SEPARATOR);
