@@ -33,6 +33,11 @@ pub enum ErrorKind {
     Busy,
     /// The operation was given an argument it cannot use (for example a key part that is not allowed).
     InvalidInput,
+    /// The server's ACL refused a command, key or channel to the connection's
+    /// user (`NOPERM`). Nothing was done. Grant the user the rule of the crate
+    /// in use (each crate's `acl_rule`, shown in its README's "Least
+    /// privilege (ACL)" section); retrying will not help.
+    Permission,
 }
 
 /// The error type of every fredkit crate.
@@ -107,6 +112,35 @@ pub enum Error {
     /// An argument cannot be used.
     #[error("invalid input: {0}")]
     InvalidInput(String),
+    /// The server's ACL refused a command, key or channel (`NOPERM`).
+    #[error("{}", permission_text(.command, .key, .message))]
+    Permission {
+        /// The refused command (`EVALSHA`, `SET`...), or for a script the
+        /// script and the commands it calls, when known.
+        command: Option<String>,
+        /// The key (or keys) the command touched, when known.
+        key: Option<String>,
+        /// What Redis said (`NOPERM this user has no permissions to ...`).
+        message: String,
+        /// The underlying client error, if any.
+        #[source]
+        source: Option<fred::error::Error>,
+    },
+}
+
+/// The `Display` text of [`Error::Permission`]: what was refused, on which
+/// key, Redis's own words, and what to do.
+fn permission_text(command: &Option<String>, key: &Option<String>, message: &str) -> String {
+    let command = command.as_deref().unwrap_or("a command");
+    let key = match key {
+        Some(key) => format!(" on key '{key}'"),
+        None => String::new(),
+    };
+    format!(
+        "Redis ACL refused {command}{key}: {message}; add the ACL rule of the fredkit crate in use \
+         for this key prefix to the connection's user (the crate's `acl_rule`, shown in its README \
+         under \"Least privilege (ACL)\"), e.g. ACL SETUSER <user> <rule>"
+    )
 }
 
 impl Error {
@@ -122,6 +156,7 @@ impl Error {
             Error::Protocol { .. } => ErrorKind::Protocol,
             Error::Busy(_) => ErrorKind::Busy,
             Error::InvalidInput(_) => ErrorKind::InvalidInput,
+            Error::Permission { .. } => ErrorKind::Permission,
         }
     }
 
@@ -162,6 +197,21 @@ impl Error {
         }
     }
 
+    /// A [`ErrorKind::Permission`] error: `command` (if known) on `key` (if
+    /// known) was refused with Redis's `message`.
+    pub fn permission(
+        command: Option<String>,
+        key: Option<String>,
+        message: impl Into<String>,
+    ) -> Self {
+        Error::Permission {
+            command,
+            key,
+            message: message.into(),
+            source: None,
+        }
+    }
+
     /// A [`ErrorKind::Connection`] error with a message.
     pub fn connection(message: impl Into<String>) -> Self {
         Error::Connection {
@@ -169,6 +219,23 @@ impl Error {
             source: None,
         }
     }
+}
+
+/// True when Redis refused a command, key or channel to the user by its ACL:
+/// `NOPERM ...` at top level (also wrapped by an older server as
+/// `... -NOPERM ...`), or from inside a script on Redis 7.0, which words it
+/// `ERR The user executing the script can't ...` without the code.
+pub(crate) fn is_noperm(details: &str) -> bool {
+    details.starts_with("NOPERM")
+        || details.contains("-NOPERM ")
+        || details.contains("The user executing the script can't")
+}
+
+/// The command a `NOPERM` text names (`... to run the 'del' command`), upper-cased.
+pub(crate) fn noperm_command(details: &str) -> Option<String> {
+    let rest = details.split("to run the '").nth(1)?;
+    let name = rest.split('\'').next()?;
+    (!name.is_empty()).then(|| name.to_ascii_uppercase())
 }
 
 /// Error codes of a server that is up but refuses writes for now.
@@ -198,6 +265,14 @@ impl From<fred::error::Error> for Error {
                 }
             }
             K::Timeout => Error::Timeout {
+                message: details,
+                source: Some(e),
+            },
+            // Before the script and auth arms: a NOPERM inside a script is an
+            // ACL problem, not a bug in the script.
+            _ if is_noperm(&details) => Error::Permission {
+                command: noperm_command(&details),
+                key: None,
                 message: details,
                 source: Some(e),
             },
@@ -294,6 +369,21 @@ mod tests {
     )]
     #[case(FredKind::Unknown, "NOSCRIPT No matching script", ErrorKind::Script)]
     #[case(
+        FredKind::Unknown,
+        "NOPERM this user has no permissions to run the 'del' command",
+        ErrorKind::Permission
+    )]
+    #[case(
+        FredKind::Auth,
+        "NOPERM this user has no permissions to access one of the keys used as arguments",
+        ErrorKind::Permission
+    )]
+    #[case(
+        FredKind::Unknown,
+        "ERR The user executing the script can't run this command or subcommand script: 6f6c, on @user_script:1.",
+        ErrorKind::Permission
+    )]
+    #[case(
         FredKind::InvalidArgument,
         "WRONGTYPE Operation against a key",
         ErrorKind::Protocol
@@ -305,6 +395,26 @@ mod tests {
     ) {
         let e: Error = FredError::new(kind, details.to_string()).into();
         assert_eq!(e.kind(), want, "{e}");
+    }
+
+    #[test]
+    fn noperm_names_the_command_and_says_what_to_do() {
+        let e: Error = FredError::new(
+            FredKind::Unknown,
+            "NOPERM this user has no permissions to run the 'del' command",
+        )
+        .into();
+        let text = e.to_string();
+        assert!(
+            matches!(&e, Error::Permission { command: Some(c), .. } if c == "DEL"),
+            "{e:?}"
+        );
+        assert!(text.contains("DEL") && text.contains("NOPERM"), "{text}");
+        assert!(
+            text.contains("acl_rule") && text.contains("ACL SETUSER"),
+            "{text}"
+        );
+        assert!(!e.is_unavailable());
     }
 
     #[test]

@@ -46,6 +46,9 @@ use crate::{Error, ErrorKind, Result};
 /// syntax error) become [`Error::Script`] carrying the script's name and
 /// Redis's message. Connection problems, timeouts and `BUSY` keep their kinds
 /// ([`ErrorKind::Connection`], [`ErrorKind::Timeout`], [`ErrorKind::Busy`]).
+/// An ACL refusal (`NOPERM`, of the `EVALSHA` itself or of a command or key
+/// inside the script) is [`ErrorKind::Permission`], naming the script, the
+/// commands it calls and the call's keys (Redis 7.0 names neither).
 /// A reply that does not convert into the requested type is
 /// [`ErrorKind::Protocol`].
 ///
@@ -151,13 +154,17 @@ impl Script {
                     tracing::debug!(script = self.name, "NOSCRIPT: sending the source with EVAL");
                     retried = true;
                     client
-                        .eval::<Value, _, _, _>(fred::util::static_str(self.source), keys, args)
+                        .eval::<Value, _, _, _>(
+                            fred::util::static_str(self.source),
+                            keys.clone(),
+                            args,
+                        )
                         .await
                 }
                 reply => reply,
             };
             let result = reply
-                .map_err(|e| self.error(e))
+                .map_err(|e| self.error_on(e, key_names(&keys)))
                 .and_then(|v| self.convert(v));
             let span = tracing::Span::current();
             match &result {
@@ -238,10 +245,10 @@ impl Script {
                 .into_iter()
                 .zip(replies)
                 .map(|(call, reply)| {
-                    call?;
+                    let call = call?;
                     match reply {
                         Some(Ok(value)) => self.convert(value),
-                        Some(Err(e)) => Err(self.error(e)),
+                        Some(Err(e)) => Err(self.error_on(e, call.key_names())),
                         None => Err(Error::protocol(format!(
                             "script '{}': no reply for a pipelined call",
                             self.name
@@ -395,7 +402,39 @@ impl Script {
 
     /// Maps a fred error from running this script.
     fn error(&self, e: fred::error::Error) -> Error {
+        self.error_on(e, None)
+    }
+
+    /// Maps a fred error from running this script on `keys` (their names,
+    /// joined, when known). An ACL refusal names the script, the commands it
+    /// calls and the keys: Redis 7.0 names neither the key nor, inside a
+    /// script, the command.
+    fn error_on(&self, e: fred::error::Error, keys: Option<String>) -> Error {
         let mapped = Error::from(e);
+        if let Error::Permission {
+            command,
+            key,
+            message,
+            source,
+        } = mapped
+        {
+            let calls = commands_called(self.source);
+            let command = match command {
+                Some(command) => format!("{command} (in script '{}')", self.name),
+                None if calls.is_empty() => format!("EVALSHA of script '{}'", self.name),
+                None => format!(
+                    "EVALSHA of script '{}' (which calls {})",
+                    self.name,
+                    calls.join(", ")
+                ),
+            };
+            return Error::Permission {
+                command: Some(command),
+                key: key.or(keys),
+                message,
+                source,
+            };
+        }
         match mapped.kind() {
             ErrorKind::Connection | ErrorKind::Timeout | ErrorKind::Busy | ErrorKind::Config => {
                 mapped
@@ -443,6 +482,56 @@ impl Clone for Script {
 struct Call {
     hasher: ClusterHash,
     body: Vec<Value>,
+}
+
+impl Call {
+    /// The call's keys, joined with `, `, for an error message.
+    fn key_names(&self) -> Option<String> {
+        let count = match self.body.first() {
+            Some(Value::Integer(n)) => usize::try_from(*n).unwrap_or(0),
+            _ => 0,
+        };
+        let names: Vec<String> = self
+            .body
+            .iter()
+            .skip(1)
+            .take(count)
+            .filter_map(|v| v.as_string())
+            .collect();
+        (!names.is_empty()).then(|| names.join(", "))
+    }
+}
+
+/// The keys of a call, joined with `, `, for an error message.
+fn key_names(keys: &MultipleKeys) -> Option<String> {
+    // Only on the error path: the clone costs nothing on success.
+    let names: Vec<String> = keys
+        .clone()
+        .inner()
+        .iter()
+        .map(|k| String::from_utf8_lossy(k.as_bytes()).into_owned())
+        .collect();
+    (!names.is_empty()).then(|| names.join(", "))
+}
+
+/// The Redis commands a Lua source calls (`redis.call('SET', ...)`,
+/// `redis.pcall("hget", ...)`), upper-cased, deduplicated, in order.
+fn commands_called(source: &str) -> Vec<String> {
+    let mut found: Vec<String> = Vec::new();
+    for marker in ["redis.call(", "redis.pcall("] {
+        for rest in source.split(marker).skip(1) {
+            let rest = rest.trim_start();
+            let Some(quote) = rest.chars().next().filter(|c| *c == '\'' || *c == '"') else {
+                continue;
+            };
+            let name: String = rest[1..].chars().take_while(|c| *c != quote).collect();
+            let name = name.to_ascii_uppercase();
+            if !name.is_empty() && !found.contains(&name) {
+                found.push(name);
+            }
+        }
+    }
+    found
 }
 
 /// The arguments as a flat list, as `EVALSHA` sends them.
@@ -518,6 +607,30 @@ mod tests {
             assert!(
                 matches!(&e, Error::Script { script: "echo", message, .. } if message == details)
             );
+        }
+    }
+
+    #[test]
+    fn noperm_inside_a_script_is_permission_naming_script_commands_and_keys() {
+        static SETTER: Script = Script::new(
+            "setter",
+            "redis.call('SET', KEYS[1], ARGV[1]) return redis.pcall(\"pexpire\", KEYS[1], 5)",
+        );
+        assert_eq!(commands_called(SETTER.source()), vec!["SET", "PEXPIRE"]);
+        for details in [
+            "NOPERM this user has no permissions to access one of the keys used as arguments",
+            "ERR The user executing the script can't access at least one of the keys mentioned \
+             in the command arguments script: bffd, on @user_script:1.",
+        ] {
+            let e = SETTER.error_on(
+                fred::error::Error::new(fred::error::ErrorKind::Unknown, details.to_string()),
+                Some("app:{x}:k".into()),
+            );
+            assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+            let text = e.to_string();
+            for part in ["setter", "SET", "PEXPIRE", "app:{x}:k", "acl_rule"] {
+                assert!(text.contains(part), "{part} missing from: {text}");
+            }
         }
     }
 
