@@ -4,9 +4,15 @@
 -- KEYS[1]  the target map  <prefix>:{to}:map
 -- ARGV[1]  the merge id (from step 1)
 -- ARGV[2]  TTL in ms (> 0)
--- ARGV[3], ARGV[4], …  the snapshot: field, value pairs ('n:<f>' quantities
---          are summed into the target; 'v:<f>' values are written only where
---          the target has none: the target's own value wins)
+-- ARGV[3]  the merge rule:
+--          'sum':   'n:<f>' quantities are summed into the target; 'v:<f>'
+--                   values are written only where the target has none (the
+--                   target's own value wins); 't:<f>' times are ignored
+--          'newer': per user field f, the entry (quantity and value) whose
+--                   last add/set ('t:<f>', server ms; missing = 0) is later
+--                   wins whole; on a tie, or when neither has a time, the
+--                   target's; a field only the source has is copied
+-- ARGV[4], ARGV[5], …  the snapshot: field, value pairs ('n:', 'v:', 't:')
 --
 -- The applied merge id is remembered in the target as the field '~m:<id>'
 -- (it lives and expires with the target), so a retried step 2 adds nothing.
@@ -21,6 +27,8 @@ if t ~= 'hash' and t ~= 'none' then
   return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. t ..
     ', not a hash; delete it (nothing was written)')
 end
+local rule = ARGV[3]
+local first = 4
 local applied = '~m:' .. ARGV[1]
 if redis.call('HEXISTS', key, applied) == 1 then
   redis.call('PEXPIRE', key, ARGV[2])
@@ -39,7 +47,7 @@ local function int(s)
 end
 local limit = 9223372036854775807
 -- Validate everything before the first write.
-for i = 3, #ARGV, 2 do
+for i = first, #ARGV, 2 do
   local f = ARGV[i]
   if string.sub(f, 1, 2) == 'n:' then
     if not int(ARGV[i + 1]) then
@@ -47,6 +55,7 @@ for i = 3, #ARGV, 2 do
         ' for ' .. key .. ' is not a decimal integer (nothing was written)')
     end
     local cur = redis.call('HGET', key, f)
+    if rule == 'newer' then cur = nil end
     if cur and not int(cur) then
       return redis.error_reply('CORRUPT ' .. key .. ' field ' .. string.format('%q', f) ..
         ' holds ' .. string.format('%q', string.sub(cur, 1, 24)) ..
@@ -59,13 +68,41 @@ for i = 3, #ARGV, 2 do
     end
   end
 end
-for i = 3, #ARGV, 2 do
-  local f = ARGV[i]
-  local p = string.sub(f, 1, 2)
-  if p == 'n:' then
-    redis.call('HINCRBY', key, f, ARGV[i + 1])
-  elseif p == 'v:' then
-    redis.call('HSETNX', key, f, ARGV[i + 1])
+if rule == 'newer' then
+  -- Group the snapshot by user field: src[f] = {n = …, v = …, t = …}.
+  local src, order = {}, {}
+  for i = first, #ARGV, 2 do
+    local p, f = string.sub(ARGV[i], 1, 1), string.sub(ARGV[i], 3)
+    if not src[f] then
+      src[f] = {}
+      order[#order + 1] = f
+    end
+    src[f][p] = ARGV[i + 1]
+  end
+  for _, f in ipairs(order) do
+    local e = src[f]
+    if e.n or e.v then
+      local has = redis.call('HEXISTS', key, 'n:' .. f) == 1 or
+        redis.call('HEXISTS', key, 'v:' .. f) == 1
+      local mine = tonumber(redis.call('HGET', key, 't:' .. f) or '0') or 0
+      local theirs = tonumber(e.t or '0') or 0
+      if not has or theirs > mine then
+        redis.call('HDEL', key, 'n:' .. f, 'v:' .. f, 't:' .. f)
+        if e.n then redis.call('HSET', key, 'n:' .. f, e.n) end
+        if e.v then redis.call('HSET', key, 'v:' .. f, e.v) end
+        if e.t then redis.call('HSET', key, 't:' .. f, e.t) end
+      end
+    end
+  end
+else
+  for i = first, #ARGV, 2 do
+    local f = ARGV[i]
+    local p = string.sub(f, 1, 2)
+    if p == 'n:' then
+      redis.call('HINCRBY', key, f, ARGV[i + 1])
+    elseif p == 'v:' then
+      redis.call('HSETNX', key, f, ARGV[i + 1])
+    end
   end
 end
 redis.call('HSET', key, applied, '1')

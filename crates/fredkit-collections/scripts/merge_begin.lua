@@ -12,7 +12,7 @@
 --
 -- Returns: {} when the source does not exist (nothing to merge);
 --          else {merge id, field1, value1, field2, value2, …} with the
---          source's 'n:'/'v:' fields (the id is the stored one on a retry).
+--          source's 'n:'/'v:'/'t:' fields (the id is the stored one on a retry).
 -- Errors: 'CORRUPT <key> …' when the source is not a hash;
 --         'MERGING <key> …' when it is already being merged into another map.
 local key = KEYS[1]
@@ -44,7 +44,7 @@ local out = {id}
 local all = redis.call('HGETALL', key)
 for i = 1, #all, 2 do
   local p = string.sub(all[i], 1, 2)
-  if p == 'n:' or p == 'v:' then
+  if p == 'n:' or p == 'v:' or p == 't:' then
     out[#out + 1] = all[i]
     out[#out + 1] = all[i + 1]
   end

@@ -1,11 +1,14 @@
 -- fredkit-collections TtlMap: one write to a map hash, then its TTL refreshed.
 --
 -- KEYS[1]  the map   <prefix>:{id}:map  (a hash; fields 'n:<f>' hold decimal
---          quantities, 'v:<f>' codec bytes, '~…' merge bookkeeping)
+--          quantities, 'v:<f>' codec bytes, 't:<f>' the server time in ms of
+--          the field's last add/set (only kept for the 'keep newer' merge
+--          rule), '~…' merge bookkeeping)
 -- ARGV[1]  the operation: 'add' | 'set' | 'remove' | 'remove_if_zero'
 -- ARGV[2]  the user field name f (without its 'n:'/'v:' namespace)
 -- ARGV[3]  add: the amount (decimal i64); set: the encoded value
 -- ARGV[4]  TTL in ms (> 0)
+-- ARGV[5]  '1' to record the write time 't:<f>' on add/set, '0' not to
 --
 -- Returns: add: the new quantity as a decimal string (exact for every i64);
 --          set: 1; remove / remove_if_zero: 1 when a field was removed, else 0.
@@ -31,6 +34,14 @@ if merging then
     '; call merge_into with the same two maps again to finish (nothing was written)')
 end
 
+local function stamp()
+  if ARGV[5] == '1' then
+    local time = redis.call('TIME')
+    redis.call('HSET', key, 't:' .. f,
+      string.format('%d', tonumber(time[1]) * 1000 + math.floor(tonumber(time[2]) / 1000)))
+  end
+end
+
 local function quantity(field)
   local raw = redis.call('HGET', key, field)
   if not raw then return nil end
@@ -54,14 +65,17 @@ if op == 'add' then
     return redis.error_reply('quantity ' .. string.format('%q', f) .. ' of ' .. key ..
       ': ' .. r['err'] .. ' (nothing was written)')
   end
+  stamp()
   redis.call('PEXPIRE', key, ttl)
   return redis.call('HGET', key, field)
 elseif op == 'set' then
   redis.call('HSET', key, 'v:' .. f, ARGV[3])
+  stamp()
   redis.call('PEXPIRE', key, ttl)
   return 1
 elseif op == 'remove' then
   local n = redis.call('HDEL', key, 'n:' .. f, 'v:' .. f)
+  redis.call('HDEL', key, 't:' .. f)
   if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end
   if n > 0 then return 1 end
   return 0
@@ -71,7 +85,7 @@ elseif op == 'remove_if_zero' then
   if q == false then return corrupt_quantity(field) end
   local removed = 0
   if q ~= nil and tonumber(q) <= 0 then
-    redis.call('HDEL', key, field, 'v:' .. f)
+    redis.call('HDEL', key, field, 'v:' .. f, 't:' .. f)
     removed = 1
   end
   if redis.call('EXISTS', key) == 1 then redis.call('PEXPIRE', key, ttl) end

@@ -16,10 +16,12 @@ use serde::{de::DeserializeOwned, Serialize};
 use crate::common::{decode_error, read_error, script_error, ttl_ms, OpMetrics};
 
 static PUSH: Script = Script::new("feed_push", include_str!("../scripts/feed_push.lua"));
+static AGED: Script = Script::new("feed_aged", include_str!("../scripts/feed_aged.lua"));
 
 /// A family of capped feeds (activity feeds, recent events): one Redis list
 /// per name holding the newest `cap` items, newest first, expiring `ttl`
-/// after the last push.
+/// after the last push; optionally each item only for a maximum age
+/// ([`with_max_age`](Self::with_max_age)).
 ///
 /// # Keys
 ///
@@ -32,11 +34,16 @@ static PUSH: Script = Script::new("feed_push", include_str!("../scripts/feed_pus
 ///   and no crash leaves a feed uncapped or without its TTL (the seed's
 ///   separate `LPUSH` then `LTRIM` could).
 /// - The newest `cap` pushes (in the server's order) are kept.
+/// - With a maximum age, an item older than it by the Redis server's clock
+///   is never returned, and every call (reads too) trims such items from the
+///   oldest end; items are then stored as `<server ms>:<item>`.
 /// - Garbage: a key that is not a list is an
 ///   [`ErrorKind::Protocol`](fredkit_core::ErrorKind::Protocol) error naming
 ///   it (nothing written); an item the codec cannot decode is an
 ///   [`ErrorKind::Codec`](fredkit_core::ErrorKind::Codec) error naming the key
-///   and index. Never a panic.
+///   and index. With a maximum age, an item without a valid time prefix
+///   (pushed without the age limit, or garbage) counts as expired: skipped
+///   and trimmed (repaired). Never a panic.
 ///
 /// # Round trips
 ///
@@ -45,11 +52,16 @@ static PUSH: Script = Script::new("feed_push", include_str!("../scripts/feed_pus
 /// | [`push`](Self::push) | 1 | `EVALSHA` (`TYPE`, `LPUSH`, `LTRIM`, `PEXPIRE`, `LLEN`) |
 /// | [`latest`](Self::latest) | 1 | `LRANGE` |
 /// | [`len`](Self::len) | 1 | `LLEN` |
+///
+/// With a maximum age every operation is one `EVALSHA` (`TIME`, trimming
+/// `LINDEX`/`RPOP`, then `LPUSH`+`LTRIM`+`PEXPIRE`, `LRANGE` or `LLEN`): the
+/// reads need a primary.
 pub struct Feed<T, C = MsgPack> {
     redis: Redis,
     space: KeySpace,
     cap: u32,
     ttl_ms: u64,
+    max_age_ms: u64,
     codec: C,
     metrics: Arc<OpMetrics>,
     _item: PhantomData<fn() -> T>,
@@ -62,6 +74,7 @@ impl<T, C: Clone> Clone for Feed<T, C> {
             space: self.space.clone(),
             cap: self.cap,
             ttl_ms: self.ttl_ms,
+            max_age_ms: self.max_age_ms,
             codec: self.codec.clone(),
             metrics: Arc::clone(&self.metrics),
             _item: PhantomData,
@@ -75,6 +88,7 @@ impl<T, C: fmt::Debug> fmt::Debug for Feed<T, C> {
             .field("space", &self.space)
             .field("cap", &self.cap)
             .field("ttl_ms", &self.ttl_ms)
+            .field("max_age_ms", &self.max_age_ms)
             .field("codec", &self.codec)
             .finish()
     }
@@ -120,10 +134,42 @@ impl<T, C: Codec + Clone> Feed<T, C> {
             space,
             cap,
             ttl_ms,
+            max_age_ms: 0,
             codec,
             metrics,
             _item: PhantomData,
         })
+    }
+
+    /// Limits every item's age to `max_age` (by the Redis server's clock):
+    /// older items are not returned by [`latest`](Self::latest) nor counted
+    /// by [`len`](Self::len), and every call trims them. Default: none.
+    ///
+    /// Items pushed without an age limit have no time and count as expired
+    /// under one; so do not switch a live feed's name to it.
+    ///
+    /// # Errors
+    ///
+    /// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
+    /// for an age under 1 ms.
+    pub fn with_max_age(mut self, max_age: Duration) -> Result<Self> {
+        self.max_age_ms = ttl_ms(&format!("Feed {} max age", self.space), max_age)?;
+        Ok(self)
+    }
+
+    /// The maximum age of an item, if limited.
+    pub fn max_age(&self) -> Option<Duration> {
+        (self.max_age_ms > 0).then(|| Duration::from_millis(self.max_age_ms))
+    }
+
+    fn ms(n: u64) -> Value {
+        Value::Integer(i64::try_from(n).unwrap_or(i64::MAX))
+    }
+
+    async fn aged(&self, key: &str, args: Vec<Value>) -> Result<Value> {
+        AGED.exec::<_, Value, _, _>(self.redis.client(), key, args)
+            .await
+            .map_err(script_error)
     }
 
     /// The Redis key of feed `name`: `<prefix>:{<name>}:feed`.
@@ -164,6 +210,19 @@ impl<T, C: Codec + Clone> Feed<T, C> {
         let r = async {
             let key = self.key(name)?;
             let bytes = self.codec.encode(item)?;
+            if self.max_age_ms > 0 {
+                let args: Vec<Value> = vec![
+                    "push".into(),
+                    Self::ms(self.max_age_ms),
+                    Value::Bytes(bytes),
+                    Value::Integer(i64::from(self.cap)),
+                    Self::ms(self.ttl_ms),
+                ];
+                let v = self.aged(&key, args).await?;
+                return v.as_u64().ok_or_else(|| {
+                    Error::protocol(format!("script feed_aged answered {v:?} to push"))
+                });
+            }
             let args: Vec<Value> = vec![
                 Value::Bytes(bytes),
                 Value::Integer(i64::from(self.cap)),
@@ -195,12 +254,20 @@ impl<T, C: Codec + Clone> Feed<T, C> {
             return Ok(Vec::new());
         }
         let key = self.key(name)?;
-        let v: Value = self
-            .redis
-            .client()
-            .lrange(key.as_str(), 0, i64::from(n) - 1)
-            .await
-            .map_err(|e| read_error(&key, "list", e))?;
+        let v: Value = if self.max_age_ms > 0 {
+            let args: Vec<Value> = vec![
+                "latest".into(),
+                Self::ms(self.max_age_ms),
+                Value::Integer(i64::from(n)),
+            ];
+            self.aged(&key, args).await?
+        } else {
+            self.redis
+                .client()
+                .lrange(key.as_str(), 0, i64::from(n) - 1)
+                .await
+                .map_err(|e| read_error(&key, "list", e))?
+        };
         let items = match v {
             Value::Null => Vec::new(),
             Value::Array(items) => items,
@@ -229,6 +296,13 @@ impl<T, C: Codec + Clone> Feed<T, C> {
     /// key when it is not a list.
     pub async fn len(&self, name: &str) -> Result<u64> {
         let key = self.key(name)?;
+        if self.max_age_ms > 0 {
+            let args: Vec<Value> = vec!["len".into(), Self::ms(self.max_age_ms)];
+            let v = self.aged(&key, args).await?;
+            return v
+                .as_u64()
+                .ok_or_else(|| Error::protocol(format!("script feed_aged answered {v:?} to len")));
+        }
         self.redis
             .client()
             .llen(key.as_str())

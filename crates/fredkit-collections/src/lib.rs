@@ -7,8 +7,15 @@
 //!   or doubles an item when interrupted and retried.
 //! - [`Feed`]: a capped list of the newest N items, pushed and trimmed in one
 //!   step.
+//!   Optionally with a maximum age per item (server clock).
 //! - [`Presence`]: who is online from heartbeats, a sorted set scored by
 //!   server time and trimmed on every call (no sweeper task).
+//! - [`Leaderboard`]: scores submitted as best / latest / increment, top N,
+//!   rank and neighbours with documented ties, optional daily / weekly
+//!   boards that expire.
+//! - [`BloomFilter`]: "surely absent or probably present" on
+//!   `SETBIT`/`GETBIT` in one script (no module), sized from the expected
+//!   items and false-positive rate, bulk calls in one round trip.
 //!
 //! Every structure builds its keys from a [`KeySpace`]
 //! with one hash tag per structure instance (one slot), sets a TTL on every
@@ -36,18 +43,22 @@
 //! # Ok(()) }
 //! ```
 
+mod bloom;
 mod common;
 mod feed;
+mod leaderboard;
 mod presence;
 mod ttlmap;
 
+pub use bloom::{BloomFilter, BloomFilterBuilder};
 pub use feed::Feed;
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
 /// IntoKeySpace}` are `fredkit_core`'s.
 pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
+pub use leaderboard::{Leaderboard, LeaderboardBuilder, Order, Period, Ranked, Submit};
 pub use presence::Presence;
-pub use ttlmap::{MergeOutcome, MergePlan, TtlMap};
+pub use ttlmap::{MergeOutcome, MergePlan, MergeRule, TtlMap};
 
 /// The README's example, compiled as a doctest.
 #[cfg(doctest)]

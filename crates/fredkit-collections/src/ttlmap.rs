@@ -34,6 +34,25 @@ static MERGE_FINISH: Script = Script::new(
 const QTY: &str = "n:";
 const VAL: &str = "v:";
 
+/// How [`TtlMap::merge_into`] combines a field present in both maps.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+#[non_exhaustive]
+pub enum MergeRule {
+    /// Quantities are summed; a value is copied only where the target has
+    /// none (the target's own value wins). The default: a cart's items
+    /// add up.
+    #[default]
+    Sum,
+    /// Per field, the entry (quantity and value together) written last
+    /// wins whole. "Written" is the last [`add`](TtlMap::add) or
+    /// [`set`](TtlMap::set) of that field, timed by the Redis server's clock
+    /// (ms) and recorded in the map by every write of a map with this rule
+    /// (field `t:<field>`). On a tie, or when neither side has a time
+    /// (written under [`MergeRule::Sum`]), the target's entry stays. A field
+    /// only the source has is copied.
+    KeepNewer,
+}
+
 /// A family of maps — one Redis hash per id, e.g. one shopping cart per
 /// user or anonymous session — each expiring `ttl` after its last write.
 ///
@@ -78,6 +97,7 @@ pub struct TtlMap<V, C = MsgPack> {
     redis: Redis,
     space: KeySpace,
     ttl_ms: u64,
+    rule: MergeRule,
     codec: C,
     metrics: Arc<OpMetrics>,
     _value: PhantomData<fn() -> V>,
@@ -89,6 +109,7 @@ impl<V, C: Clone> Clone for TtlMap<V, C> {
             redis: self.redis.clone(),
             space: self.space.clone(),
             ttl_ms: self.ttl_ms,
+            rule: self.rule,
             codec: self.codec.clone(),
             metrics: Arc::clone(&self.metrics),
             _value: PhantomData,
@@ -101,6 +122,7 @@ impl<V, C: fmt::Debug> fmt::Debug for TtlMap<V, C> {
         f.debug_struct("TtlMap")
             .field("space", &self.space)
             .field("ttl_ms", &self.ttl_ms)
+            .field("rule", &self.rule)
             .field("codec", &self.codec)
             .finish()
     }
@@ -152,9 +174,13 @@ impl MergePlan {
         &self.to
     }
 
-    /// Quantity and value entries of the source's snapshot.
+    /// Quantity and value entries of the source's snapshot (a field with
+    /// both counts twice; write times are not counted).
     pub fn entries(&self) -> usize {
-        self.snapshot.len()
+        self.snapshot
+            .iter()
+            .filter(|(f, _)| f.starts_with(QTY.as_bytes()) || f.starts_with(VAL.as_bytes()))
+            .count()
     }
 }
 
@@ -191,10 +217,25 @@ impl<V, C: Codec + Clone> TtlMap<V, C> {
             redis: redis.clone(),
             space,
             ttl_ms,
+            rule: MergeRule::Sum,
             codec,
             metrics,
             _value: PhantomData,
         })
+    }
+
+    /// Sets the rule [`merge_into`](Self::merge_into) applies. Default
+    /// [`MergeRule::Sum`]. With [`MergeRule::KeepNewer`], every `add` and
+    /// `set` also records the field's write time (server clock) in the map,
+    /// in the same script. Use the same rule on every handle of a prefix.
+    pub fn with_merge_rule(mut self, rule: MergeRule) -> Self {
+        self.rule = rule;
+        self
+    }
+
+    /// The merge rule.
+    pub fn merge_rule(&self) -> MergeRule {
+        self.rule
     }
 
     /// The Redis key of map `id`: `<prefix>:{<id>}:map`.
@@ -221,6 +262,12 @@ impl<V, C: Codec + Clone> TtlMap<V, C> {
                 field.into(),
                 arg,
                 Value::Integer(i64::try_from(self.ttl_ms).unwrap_or(i64::MAX)),
+                if self.rule == MergeRule::KeepNewer {
+                    "1"
+                } else {
+                    "0"
+                }
+                .into(),
             ];
             WRITE
                 .exec::<_, Value, _, _>(self.redis.client(), key, args)
@@ -422,8 +469,9 @@ impl<V, C: Codec + Clone> TtlMap<V, C> {
     }
 
     /// Merges map `from` into map `to` (e.g. an anonymous cart into the
-    /// user's at login): quantities are summed, a value is copied only where
-    /// `to` has none (the target's own value wins), then `from` is deleted.
+    /// user's at login) under the map's [`MergeRule`] — by default
+    /// quantities are summed and a value is copied only where `to` has none
+    /// (the target's own value wins) — then deletes `from`.
     ///
     /// The two maps are usually on different cluster slots, so no single
     /// script can do it; it runs three idempotent steps:
@@ -454,10 +502,26 @@ impl<V, C: Codec + Clone> TtlMap<V, C> {
     /// naming the key for garbage in either map (nothing written to `to`).
     /// After an error in step 2 or 3, `from` stays marked: retry.
     pub async fn merge_into(&self, from: &str, to: &str) -> Result<MergeOutcome> {
+        self.merge_into_observed(from, to, |_| {}).await
+    }
+
+    /// [`merge_into`](Self::merge_into), calling `after_step` with
+    /// `"begin"` and then `"apply"` once each step has returned. For fault
+    /// tests, which block (and kill the process) there; not part of the
+    /// API.
+    #[doc(hidden)]
+    pub async fn merge_into_observed(
+        &self,
+        from: &str,
+        to: &str,
+        mut after_step: impl FnMut(&'static str),
+    ) -> Result<MergeOutcome> {
         let Some(plan) = self.begin_merge(from, to).await? else {
             return Ok(MergeOutcome::NothingToMerge);
         };
+        after_step("begin");
         let applied_now = self.apply_merge(&plan).await?;
+        after_step("apply");
         self.finish_merge(&plan).await?;
         Ok(MergeOutcome::Merged {
             entries: plan.entries(),
@@ -547,11 +611,18 @@ impl<V, C: Codec + Clone> TtlMap<V, C> {
         let started = Instant::now();
         let r = async {
             let key = self.key(&plan.to)?;
-            let mut args: Vec<Value> = Vec::with_capacity(2 + plan.snapshot.len() * 2);
+            let mut args: Vec<Value> = Vec::with_capacity(3 + plan.snapshot.len() * 2);
             args.push(plan.id.as_str().into());
             args.push(Value::Integer(
                 i64::try_from(self.ttl_ms).unwrap_or(i64::MAX),
             ));
+            args.push(
+                match self.rule {
+                    MergeRule::Sum => "sum",
+                    MergeRule::KeepNewer => "newer",
+                }
+                .into(),
+            );
             for (f, v) in &plan.snapshot {
                 args.push(Value::Bytes(f.clone()));
                 args.push(Value::Bytes(v.clone()));
