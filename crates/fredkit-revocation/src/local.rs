@@ -27,8 +27,7 @@ use std::time::{Duration, Instant};
 
 use fredkit_core::traits::TokenClaims;
 use fredkit_core::{Error, Result};
-use moka::ops::compute::Op;
-use moka::sync::Cache;
+use quick_cache::sync::{Cache, EntryAction, EntryResult};
 
 pub(crate) use crate::event::Event;
 use crate::metrics::Counters;
@@ -81,8 +80,9 @@ use crate::metrics::Counters;
 /// [`FailMode`](fredkit_core::FailMode) decides only the reads it cannot
 /// answer. The subscriber reconnects by itself; its gap flushes the cache.
 ///
-/// Cost: three bounded moka maps and one subscriber connection per store;
-/// a local answer is two or three map lookups (about a microsecond).
+/// Cost: three bounded maps (`quick_cache`, the in-process cache crate
+/// fredkit-cache's L1 uses too) and one subscriber connection per store; a
+/// local answer is two or three map lookups (well under a microsecond).
 #[must_use]
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct LocalCacheOptions {
@@ -102,9 +102,9 @@ impl Default for LocalCacheOptions {
 
 impl LocalCacheOptions {
     /// How many entries each of the three maps (token ids, subjects,
-    /// organisations) holds at most; least-recently-used entries are evicted
-    /// beyond it (an evicted entry costs one read on its next check). Default
-    /// 100 000; must be at least 1.
+    /// organisations) holds at most; the entries least likely to be read
+    /// again are evicted beyond it (an evicted entry costs one read on its
+    /// next check). Default 100 000; must be at least 1.
     pub fn capacity(mut self, entries: u64) -> Self {
         self.capacity = entries;
         self
@@ -112,7 +112,9 @@ impl LocalCacheOptions {
 
     /// How long an answer read from Redis may be reused locally, and so the
     /// longest an instance can miss a revocation whose event it never
-    /// received. Default 10 s; must be between 10 ms and 1 hour.
+    /// received. Also the life of an entry: one not written (by a read or
+    /// an event) for this long is forgotten, and its next check reads Redis.
+    /// Default 10 s; must be between 10 ms and 1 hour.
     pub fn ttl(mut self, ttl: Duration) -> Self {
         self.ttl = ttl;
         self
@@ -155,12 +157,19 @@ struct Known {
     epoch: u64,
     /// When that read started.
     read_at: Instant,
+    /// When the entry was last written: it is forgotten `ttl` after.
+    written: Instant,
 }
 
+/// One of the three maps: bounded by entries (`quick_cache`: sharded,
+/// a hit takes a shard's read lock), entries expire `ttl` after their last
+/// write.
+type Map = Cache<String, Known>;
+
 pub(crate) struct LocalCache {
-    jtis: Cache<String, Known>,
-    subs: Cache<String, Known>,
-    orgs: Cache<String, Known>,
+    jtis: Map,
+    subs: Map,
+    orgs: Map,
     /// 0 = not in sync (not subscribed yet, or the subscription ended).
     epoch: AtomicU64,
     /// Events applied so far. A read that started before an event and finds
@@ -182,12 +191,8 @@ pub(crate) struct ReadStart {
 
 impl LocalCache {
     pub(crate) fn new(options: &LocalCacheOptions, counters: Arc<Counters>) -> LocalCache {
-        let build = || {
-            Cache::builder()
-                .max_capacity(options.capacity)
-                .time_to_live(options.ttl)
-                .build()
-        };
+        let capacity = usize::try_from(options.capacity).unwrap_or(usize::MAX);
+        let build = || Map::new(capacity);
         LocalCache {
             jtis: build(),
             subs: build(),
@@ -223,9 +228,19 @@ impl LocalCache {
     }
 
     fn invalidate(&self) {
-        self.jtis.invalidate_all();
-        self.subs.invalidate_all();
-        self.orgs.invalidate_all();
+        self.jtis.clear();
+        self.subs.clear();
+        self.orgs.clear();
+    }
+
+    /// Whether `k` is still within its life (`ttl` since its last write).
+    fn alive(&self, k: &Known, now: Instant) -> bool {
+        now.saturating_duration_since(k.written) < self.ttl
+    }
+
+    /// The entry of `id` in `map`, unless it outlived `ttl`.
+    fn get(&self, map: &Map, id: &str, now: Instant) -> Option<Known> {
+        map.get(id).filter(|k| self.alive(k, now))
     }
 
     pub(crate) fn read_start(&self) -> ReadStart {
@@ -244,23 +259,18 @@ impl LocalCache {
 
     /// `Some(answer)` when the cache can answer whether `jti` is revoked.
     pub(crate) fn is_revoked(&self, jti: &str) -> Option<bool> {
-        let k = self.jtis.get(jti)?;
+        let now = Instant::now();
+        let k = self.get(&self.jtis, jti, now)?;
         if k.value >= 1 {
             return Some(true);
         }
-        self.exact(&k, Instant::now()).then_some(false)
+        self.exact(&k, now).then_some(false)
     }
 
     /// `Some(answer)` when the cache can answer whether a token issued at
     /// `iat` is covered by the cut-off of `id` in `map`.
-    fn covered(
-        &self,
-        map: &Cache<String, Known>,
-        id: &str,
-        iat: i64,
-        now: Instant,
-    ) -> Option<bool> {
-        let k = map.get(id)?;
+    fn covered(&self, map: &Map, id: &str, iat: i64, now: Instant) -> Option<bool> {
+        let k = self.get(map, id, now)?;
         if iat <= k.value {
             return Some(true);
         }
@@ -270,7 +280,7 @@ impl LocalCache {
     /// `Some(answer)` when the cache can answer [`check`](crate::Revocations::check).
     pub(crate) fn check(&self, claims: &TokenClaims, iat: i64) -> Option<bool> {
         let now = Instant::now();
-        let jti = self.jtis.get(claims.jti.as_str());
+        let jti = self.get(&self.jtis, claims.jti.as_str(), now);
         if matches!(jti, Some(k) if k.value >= 1) {
             return Some(true);
         }
@@ -289,29 +299,53 @@ impl LocalCache {
         (jti_exact && sub == Some(false) && org == Some(false)).then_some(false)
     }
 
-    fn merge(&self, map: &Cache<String, Known>, id: &str, value: i64, exact: Option<ReadStart>) {
-        let _ = map.entry_by_ref(id).and_compute_with(|old| {
-            // With no entry, an event applied since the read started may
-            // have been evicted: the read's answer could predate it.
-            let trusted = old.is_some()
-                || exact.is_some_and(|start| start.events == self.events.load(Ordering::SeqCst));
-            let mut k = match old {
-                Some(e) => *e.value(),
-                None => Known {
-                    value,
-                    epoch: 0,
-                    read_at: Instant::now(),
-                },
-            };
-            k.value = k.value.max(value);
-            if let Some(start) = exact.filter(|_| trusted) {
-                if start.epoch != 0 && start.epoch >= k.epoch {
-                    k.epoch = start.epoch;
-                    k.read_at = start.at;
-                }
-            }
-            Op::Put(k)
+    /// Merges `value` (and, for a read, the exact knowledge it gives) into
+    /// the entry of `id`, atomically: a concurrent merge of the same id waits
+    /// (under the shard's write lock when the entry exists, on the map's
+    /// placeholder for `id` when it does not).
+    fn merge(&self, map: &Map, id: &str, value: i64, exact: Option<ReadStart>) {
+        let result = map.entry(id, None, |_, k| {
+            let now = Instant::now();
+            let old = self.alive(k, now).then_some(*k);
+            *k = self.merged(old, value, exact, now);
+            EntryAction::Retain(())
         });
+        match result {
+            EntryResult::Vacant(slot) | EntryResult::Replaced(slot, _) => {
+                // Only this caller fills the slot; merges of the same id wait.
+                let _ = slot.insert(self.merged(None, value, exact, Instant::now()));
+            }
+            EntryResult::Retained(()) | EntryResult::Removed(..) | EntryResult::Timeout => {}
+        }
+    }
+
+    /// The entry after merging into `old` (`None`: absent or expired).
+    fn merged(
+        &self,
+        old: Option<Known>,
+        value: i64,
+        exact: Option<ReadStart>,
+        now: Instant,
+    ) -> Known {
+        // With no entry, an event applied since the read started may
+        // have been evicted: the read's answer could predate it.
+        let trusted = old.is_some()
+            || exact.is_some_and(|start| start.events == self.events.load(Ordering::SeqCst));
+        let mut k = old.unwrap_or(Known {
+            value,
+            epoch: 0,
+            read_at: now,
+            written: now,
+        });
+        k.value = k.value.max(value);
+        k.written = now;
+        if let Some(start) = exact.filter(|_| trusted) {
+            if start.epoch != 0 && start.epoch >= k.epoch {
+                k.epoch = start.epoch;
+                k.read_at = start.at;
+            }
+        }
+        k
     }
 
     /// Stores what a read of Redis that started at `start` found.
@@ -475,7 +509,7 @@ mod tests {
             id: "j1".into(),
             value: 1,
         }));
-        c.jtis.invalidate("j1");
+        c.jtis.remove("j1");
         c.record_jti("j1", false, start);
         assert_ne!(c.is_revoked("j1"), Some(false), "stale read undid an event");
         c.apply(&Event {
@@ -483,7 +517,7 @@ mod tests {
             id: "s1".into(),
             value: 150,
         });
-        c.subs.invalidate("s1");
+        c.subs.remove("s1");
         c.record_check(&claims(None), false, None, None, start);
         assert_ne!(
             c.check(&claims(None), 150),
@@ -493,6 +527,91 @@ mod tests {
         // A read started after the events is trusted again.
         c.record_check(&claims(None), false, None, None, c.read_start());
         assert_eq!(c.check(&claims(None), 100), Some(false));
+    }
+
+    #[test]
+    fn entries_are_forgotten_ttl_after_their_last_write() {
+        let c = cache(50);
+        c.start();
+        let revoked = Event {
+            kind: "jti".into(),
+            id: "j1".into(),
+            value: 1,
+        };
+        assert!(c.apply(&revoked));
+        assert_eq!(c.is_revoked("j1"), Some(true));
+        std::thread::sleep(Duration::from_millis(60));
+        // Past its life the entry is gone: the next check reads Redis.
+        assert_eq!(c.is_revoked("j1"), None);
+        assert_eq!(c.check(&claims(None), 100), None);
+        // Written again, it lives again.
+        assert!(c.apply(&revoked));
+        assert_eq!(c.is_revoked("j1"), Some(true));
+    }
+
+    #[test]
+    fn each_map_holds_at_most_capacity_entries() {
+        let c = LocalCache::new(
+            &LocalCacheOptions::default().capacity(128),
+            Arc::new(Counters::default()),
+        );
+        c.start();
+        for i in 0..10_000 {
+            for kind in ["jti", "sub", "org"] {
+                assert!(c.apply(&Event {
+                    kind: kind.into(),
+                    id: format!("id{i}"),
+                    value: 1,
+                }));
+            }
+        }
+        for map in [&c.jtis, &c.subs, &c.orgs] {
+            assert!(
+                map.len() <= 128,
+                "{} entries over a capacity of 128",
+                map.len()
+            );
+            assert!(!map.is_empty());
+        }
+    }
+
+    #[test]
+    fn concurrent_merges_of_one_id_keep_the_highest_value() {
+        // Each round, the threads merge their value into one fresh id at
+        // once: a read-then-write merge loses the highest value in some.
+        let c = Arc::new(cache(10_000));
+        c.start();
+        const THREADS: i64 = 4;
+        const ROUNDS: usize = 10_000;
+        let barrier = Arc::new(std::sync::Barrier::new(THREADS as usize));
+        let threads: Vec<_> = (0..THREADS)
+            .map(|t| {
+                let (c, barrier) = (Arc::clone(&c), Arc::clone(&barrier));
+                std::thread::spawn(move || {
+                    for round in 0..ROUNDS {
+                        barrier.wait();
+                        c.apply(&Event {
+                            kind: "sub".into(),
+                            id: format!("s{round}"),
+                            value: t,
+                        });
+                    }
+                })
+            })
+            .collect();
+        for t in threads {
+            t.join().unwrap();
+        }
+        let lost = (0..ROUNDS)
+            .filter(|round| {
+                let k = c.get(&c.subs, &format!("s{round}"), Instant::now());
+                k.map(|k| k.value) != Some(THREADS - 1)
+            })
+            .count();
+        assert_eq!(
+            lost, 0,
+            "a lower cut-off overwrote the highest in {lost} rounds"
+        );
     }
 
     #[test]
