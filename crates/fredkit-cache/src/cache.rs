@@ -600,19 +600,12 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     /// # Errors
     ///
     /// A codec error (nothing written); `InvalidInput` for an empty key or a
-    /// TTL under 1 ms or over 100 years; Redis errors (unavailable included: the L1 copy is
+    /// TTL under 1 ms or over 100 years (naming the key); Redis errors (unavailable included: the L1 copy is
     /// still updated, so a caller that treats the cache as optional may
     /// ignore the error).
     pub async fn set_with_ttl(&self, key: &str, value: &V, ttl: Duration) -> Result<()> {
-        if ttl < Duration::from_millis(1) {
-            return Err(Error::invalid_input("cache TTL must be at least 1 ms"));
-        }
         // Redis rejects expiry times that overflow; 100 years is "forever".
-        if ttl > Duration::from_secs(100 * 365 * 24 * 60 * 60) {
-            return Err(Error::invalid_input(
-                "cache TTL must be at most 100 years (Redis rejects larger expiry times)",
-            ));
-        }
+        crate::store::ttl_px(key, ttl)?;
         let data_key = self.inner.data_key(key)?;
         self.inner
             .store(key, &data_key, None, Some(value), ttl)

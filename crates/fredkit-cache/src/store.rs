@@ -25,6 +25,10 @@ use std::time::Duration;
 /// | `set_bytes` | 1 (`SET … PX`) |
 /// | `remove` | 1 (`UNLINK`) |
 ///
+/// A TTL under 1 ms or over 100 years is refused before any round trip with
+/// [`ErrorKind::InvalidInput`](fredkit_core::ErrorKind::InvalidInput)
+/// naming the key (Redis would reject the larger ones).
+///
 /// ```no_run
 /// use std::{sync::Arc, time::Duration};
 /// use fredkit_cache::RedisCacheStore;
@@ -67,6 +71,31 @@ fn non_empty(key: &str) -> Result<()> {
     Ok(())
 }
 
+/// The longest TTL a cache entry may have: Redis rejects expiry times that
+/// overflow its clock, and 100 years is "forever".
+pub(crate) const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+
+/// `ttl` in milliseconds for `SET … PX`, or `InvalidInput` naming `key`
+/// when it is under 1 ms or over [`MAX_TTL`] (a TTL Redis would refuse, or
+/// one no whole millisecond represents).
+pub(crate) fn ttl_px(key: &str, ttl: Duration) -> Result<i64> {
+    if ttl < Duration::from_millis(1) {
+        return Err(Error::invalid_input(format!(
+            "cache TTL for key {key:?} must be at least 1 ms, got {ttl:?}: pass how long the entry may be served"
+        )));
+    }
+    if ttl > MAX_TTL {
+        return Err(Error::invalid_input(format!(
+            "cache TTL for key {key:?} must be at most 100 years, got {ttl:?}: Redis rejects larger expiry times (use 100 years for \"forever\")"
+        )));
+    }
+    i64::try_from(ttl.as_millis()).map_err(|_| {
+        Error::invalid_input(format!(
+            "cache TTL for key {key:?} does not fit in Redis's milliseconds: {ttl:?}"
+        ))
+    })
+}
+
 #[async_trait]
 impl CacheStore for RedisCacheStore {
     async fn get_bytes(&self, key: &str) -> Result<Option<Bytes>> {
@@ -84,10 +113,7 @@ impl CacheStore for RedisCacheStore {
 
     async fn set_bytes(&self, key: &str, value: Bytes, ttl: Duration) -> Result<()> {
         non_empty(key)?;
-        let px = i64::try_from(ttl.as_millis()).unwrap_or(i64::MAX);
-        if px < 1 {
-            return Err(Error::invalid_input("cache TTL must be at least 1 ms"));
-        }
+        let px = ttl_px(key, ttl)?;
         self.breaker
             .call(async {
                 self.redis

@@ -1681,6 +1681,56 @@ async fn an_empty_key_is_refused_by_every_entry_point_saying_so() {
     empty("store remove", store.remove("").await.unwrap_err());
 }
 
+/// A TTL the cache cannot store (under 1 ms, over 100 years, up to
+/// `Duration::MAX`) is refused before any round trip by the raw store and by
+/// `Cache::set_with_ttl` alike, with `InvalidInput` naming the key and the
+/// bound (the store sent the larger ones to Redis, which answered a bare
+/// "invalid expire time"; the smaller ones did not name the key).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_bad_ttl_is_refused_naming_the_key() {
+    use fredkit_cache::RedisCacheStore;
+    use fredkit_core::traits::CacheStore;
+    let redis = connect(&shared_url(Topology::Standalone).unwrap()).await;
+    let p = prefix("bad_ttl");
+    let c = cache(&redis, opts(&p)).await;
+    let store = RedisCacheStore::new(&redis);
+    let key = format!("{p}:store");
+    let century = Duration::from_secs(100 * 365 * 24 * 60 * 60);
+    let bad = [
+        (Duration::ZERO, "at least 1 ms"),
+        (Duration::from_micros(999), "at least 1 ms"),
+        (century + Duration::from_millis(1), "at most 100 years"),
+        (Duration::MAX, "at most 100 years"),
+    ];
+    let named = |what: &str, key: &str, bound: &str, e: fredkit_core::Error| {
+        assert_eq!(
+            e.kind(),
+            fredkit_core::ErrorKind::InvalidInput,
+            "{what}: {e}"
+        );
+        let m = e.to_string();
+        assert!(m.contains(&format!("{key:?}")), "{what}: no key in {m}");
+        assert!(m.contains(bound), "{what}: {m}");
+    };
+    for (ttl, bound) in bad {
+        let e = store.set_bytes(&key, "x".into(), ttl).await.unwrap_err();
+        named(&format!("store {ttl:?}"), &key, bound, e);
+        let e = c.set_with_ttl("item", &item(1), ttl).await.unwrap_err();
+        named(&format!("cache {ttl:?}"), "item", bound, e);
+    }
+    assert_eq!(store.get_bytes(&key).await.unwrap(), None);
+    assert_eq!(c.get("item").await.unwrap(), None);
+    // The bounds themselves are accepted.
+    store
+        .set_bytes(&key, "x".into(), Duration::from_millis(1))
+        .await
+        .unwrap();
+    store.set_bytes(&key, "x".into(), century).await.unwrap();
+    c.set_with_ttl("item", &item(1), century).await.unwrap();
+    assert!(store.remove(&key).await.unwrap());
+    c.remove("item").await.unwrap();
+}
+
 // ------------------------------------------------ issue #15: proven claims
 
 /// A cached absence lives `negative_ttl` — not `ttl`, and with neither
