@@ -171,6 +171,7 @@ impl Default for ReconnectConfig {
 pub struct RedisConfig {
     pub(crate) topology: Topology,
     pub(crate) tls: bool,
+    pub(crate) tls_options: crate::tls::TlsOptions,
     pub(crate) username: Option<String>,
     pub(crate) password: Option<Secret>,
     pub(crate) database: Option<u8>,
@@ -190,6 +191,7 @@ impl Default for RedisConfig {
                 port: 6379,
             }),
             tls: false,
+            tls_options: crate::tls::TlsOptions::default(),
             username: None,
             password: None,
             database: None,
@@ -207,6 +209,7 @@ impl fmt::Debug for RedisConfig {
         f.debug_struct("RedisConfig")
             .field("topology", &self.topology)
             .field("tls", &self.tls)
+            .field("tls_options", &self.tls_options)
             .field("username", &self.username)
             .field("password", &self.password)
             .field("database", &self.database)
@@ -306,6 +309,11 @@ impl RedisConfig {
     pub fn tls(&self) -> bool {
         self.tls
     }
+    /// The TLS settings (roots, client certificate, server name); used only when
+    /// [`tls`](Self::tls) is on.
+    pub fn tls_options(&self) -> &crate::tls::TlsOptions {
+        &self.tls_options
+    }
     /// The ACL user name, if any.
     pub fn username(&self) -> Option<&str> {
         self.username.as_deref()
@@ -357,6 +365,7 @@ impl RedisConfig {
             MIN_DURATION,
             MAX_TIMEOUT,
         )?;
+        self.tls_options.validate(self.tls)?;
         if self.pool_size == 0 || self.pool_size > 256 {
             return Err(Error::config("pool_size must be between 1 and 256"));
         }
@@ -448,6 +457,7 @@ pub struct RedisConfigBuilder {
     reconnect: Option<ReconnectConfig>,
     lazy: Option<bool>,
     pool_size: Option<usize>,
+    tls: Option<crate::tls::TlsOptions>,
 }
 
 impl fmt::Debug for RedisConfigBuilder {
@@ -556,6 +566,14 @@ impl RedisConfigBuilder {
         self.pool_size = Some(n);
         self
     }
+    /// Turns TLS on (as `rediss://` does) with these settings: the CA to trust, a client
+    /// certificate, a server-name override (see [`TlsOptions`](crate::TlsOptions)). They
+    /// replace the TLS options of the URL. Default: off unless the URL is `rediss://`, then
+    /// native roots, no client certificate.
+    pub fn tls(mut self, options: crate::tls::TlsOptions) -> Self {
+        self.tls = Some(options);
+        self
+    }
 
     /// Validates and returns the configuration.
     ///
@@ -597,6 +615,10 @@ impl RedisConfigBuilder {
         if let Some(n) = self.pool_size {
             c.pool_size = n;
         }
+        if let Some(t) = self.tls {
+            c.tls = true;
+            c.tls_options = t;
+        }
         c.validate()?;
         Ok(c)
     }
@@ -629,6 +651,9 @@ struct ConfigFile {
     lazy: Option<bool>,
     #[serde(default)]
     pool_size: Option<usize>,
+    /// TLS settings; a `tls` section turns TLS on (as `rediss://` does).
+    #[serde(default)]
+    tls: Option<crate::tls::TlsFile>,
 }
 
 impl TryFrom<ConfigFile> for RedisConfig {
@@ -668,6 +693,10 @@ impl TryFrom<ConfigFile> for RedisConfig {
         }
         if let Some(n) = f.pool_size {
             c.pool_size = n;
+        }
+        if let Some(t) = f.tls {
+            c.tls = true;
+            c.tls_options = t.apply(c.tls_options)?;
         }
         c.validate().map_err(|e| e.to_string())?;
         Ok(c)

@@ -169,6 +169,11 @@ fn explain(failure: &Failure, config: &RedisConfig) -> Error {
             failure.details
         ));
     }
+    // A certificate the client rejected or a client certificate the server wanted
+    // (fredkit-conn's tls.rs names them): a config error, retrying does not help.
+    if let Some(tls) = crate::tls::explain(&failure.details, config) {
+        return tls;
+    }
     let cause = os_cause(&failure.details);
     let lower = cause.to_ascii_lowercase();
     if lower.contains("refused") {
@@ -285,6 +290,12 @@ pub(crate) async fn wait_connected(
         }
         if let Some(failure) = errors.auth_failure() {
             return Err(explain(&failure, config));
+        }
+        if let Some(tls) = errors
+            .last()
+            .and_then(|f| crate::tls::explain(&f.details, config))
+        {
+            return Err(tls);
         }
         let remaining = limit.saturating_sub(start.elapsed());
         if remaining.is_zero() {

@@ -70,8 +70,33 @@ pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder>
     if config.tls {
         #[cfg(feature = "tls")]
         {
-            let connector = fred::types::config::TlsConnector::default_rustls()?;
-            fc.tls = Some(connector.into());
+            let opts = config.tls_options();
+            let cluster = matches!(config.topology, Topology::Cluster(_));
+            fc.tls = Some(crate::tls::fred_tls(opts, cluster)?);
+            if let Some(name) = crate::tls::server_name_for(opts) {
+                match &mut fc.server {
+                    ServerConfig::Centralized { server } => {
+                        server.tls_server_name = Some(name);
+                    }
+                    ServerConfig::Clustered { hosts, .. }
+                    | ServerConfig::Sentinel { hosts, .. } => {
+                        for server in hosts {
+                            server.tls_server_name = Some(name.clone());
+                        }
+                    }
+                    // fred's unix-socket variant, when that feature is on: no TLS name.
+                    #[allow(unreachable_patterns)]
+                    _ => {}
+                }
+            }
+            if opts.accepts_invalid_certs() && purpose == Purpose::Shared {
+                tracing::error!(
+                    url = %config,
+                    "fredkit: TLS certificate verification is OFF (danger_accept_invalid_certs): \
+                     anyone between this process and Redis can read and change the traffic; \
+                     for local development only"
+                );
+            }
         }
         #[cfg(not(feature = "tls"))]
         return Err(fredkit_core::Error::config(

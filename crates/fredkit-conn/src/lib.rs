@@ -19,7 +19,8 @@
 //! fred's own URL syntax (`?node=` for more nodes, `sentinelServiceName`,
 //! `sentinelUsername`, `sentinelPassword`) is accepted as is; a comma-separated
 //! host list is accepted too. Options: `connect_timeout`, `command_timeout`
-//! (`500ms`, `2s`...), `pool_size`, `lazy`. An unknown option,
+//! (`500ms`, `2s`...), `pool_size`, `lazy`, and for TLS `ca_file`,
+//! `client_cert_file`, `client_key_file`, `tls_server_name` (see [`TlsOptions`]). An unknown option,
 //! a bad port, a bad database or an unknown scheme is an
 //! [`ErrorKind::Config`] error naming the bad
 //! part. `rediss://` needs the `tls` feature (rustls).
@@ -49,6 +50,7 @@ pub mod liveness;
 mod redis;
 mod secret;
 mod sentinel_follow;
+mod tls;
 mod url;
 mod watchdog;
 
@@ -62,3 +64,4 @@ pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Resul
 pub use health::Health;
 pub use redis::{Dedicated, Redis};
 pub use secret::Secret;
+pub use tls::TlsOptions;

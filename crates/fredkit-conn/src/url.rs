@@ -277,11 +277,14 @@ pub(crate) fn parse(url: &str) -> Result<RedisConfig> {
                         _ => return Err(bad(url, format!("lazy '{v}' must be true or false"))),
                     }
                 }
+                // ca_file, client_cert_file, client_key_file, tls_server_name
+                other if config.tls_options.set_url_option(other, v.clone()) => {}
                 other => {
                     return Err(bad(
                         url,
                         format!(
-                            "unknown option '{other}' (known: node, sentinelServiceName, sentinelUsername, sentinelPassword, connect_timeout, command_timeout, pool_size, lazy)"
+                            "unknown option '{other}' (known: node, sentinelServiceName, sentinelUsername, sentinelPassword, connect_timeout, command_timeout, pool_size, lazy, {})",
+                            crate::tls::TlsOptions::URL_OPTIONS
                         ),
                     ))
                 }

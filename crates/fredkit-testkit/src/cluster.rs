@@ -115,6 +115,11 @@ impl RedisCluster {
         if let Some(pw) = opts.server.password_ref() {
             node_opts = node_opts.arg("masterauth", pw);
         }
+        if opts.server.tls_ref().is_some() {
+            // Every node serves TLS only; the bus runs over TLS too, and CLUSTER SLOTS
+            // then announces the TLS ports.
+            node_opts = node_opts.arg("tls-cluster", "yes");
+        }
         let cluster = RedisCluster {
             nodes: start_many(total, &node_opts)?,
             masters: opts.masters,
@@ -197,7 +202,9 @@ impl RedisCluster {
     }
 
     /// `"redis-cluster://127.0.0.1:P1?node=127.0.0.1:P2&node=127.0.0.1:P3"`: every master
-    /// (as started), the fred URL format. With a password: `redis-cluster://:PW@...`.
+    /// (as started), the fred URL format. With a password: `redis-cluster://:PW@...`. With
+    /// [`ServerOptions::tls`]: `rediss-cluster://...&ca_file=...` (the CA and the client
+    /// certificate, [`crate::TlsCerts::url_options`]).
     pub fn url(&self) -> String {
         let masters = self.masters();
         let auth = masters
@@ -205,14 +212,20 @@ impl RedisCluster {
             .and_then(|m| m.password())
             .map(|pw| format!(":{}@", percent_encode(pw)))
             .unwrap_or_default();
+        let tls = masters.first().and_then(RedisServer::tls_certs);
+        let s = if tls.is_some() { "s" } else { "" };
         let mut url = format!(
-            "redis-cluster://{auth}{}",
+            "redis{s}-cluster://{auth}{}",
             masters.first().map(RedisServer::addr).unwrap_or_default()
         );
         for (i, m) in masters.iter().enumerate().skip(1) {
             url.push(if i == 1 { '?' } else { '&' });
             url.push_str("node=");
             url.push_str(&m.addr());
+        }
+        if let Some(certs) = tls {
+            url.push(if masters.len() > 1 { '&' } else { '?' });
+            url.push_str(&certs.url_options());
         }
         url
     }

@@ -75,6 +75,7 @@ mod resp;
 mod sentinel;
 mod server;
 mod shared;
+mod tls;
 mod wait;
 
 pub use cluster::{key_slot, ClusterOptions, RedisCluster, SLOT_COUNT};
@@ -84,4 +85,8 @@ pub use lost_reply::with_lost_reply;
 pub use resp::Reply;
 pub use sentinel::{SentinelGroup, SERVICE_NAME};
 pub use server::{RedisServer, ServerOptions, REDIS_SERVER_ENV};
-pub use shared::{connect, shared_redis, shared_url, unique_prefix, Topology};
+pub use shared::{
+    connect, shared_redis, shared_tls_certs, shared_tls_redis, shared_tls_url, shared_url,
+    unique_prefix, Topology,
+};
+pub use tls::{CertOptions, TlsCerts};

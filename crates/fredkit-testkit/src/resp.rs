@@ -173,15 +173,24 @@ pub(crate) fn read_reply<R: BufRead>(r: &mut R) -> Result<Reply, ReadError> {
     }
 }
 
+/// A plain or TLS byte stream.
+pub(crate) trait Stream: io::Read + io::Write + Send {}
+impl<T: io::Read + io::Write + Send> Stream for T {}
+
 /// A blocking connection to one loopback server, with socket timeouts on every operation.
 pub(crate) struct Connection {
     addr: String,
-    stream: BufReader<TcpStream>,
+    stream: BufReader<Box<dyn Stream>>,
 }
 
 impl Connection {
-    /// Connects to `127.0.0.1:port`; `timeout` bounds the connect and every later read and write.
-    pub(crate) fn open(port: u16, timeout: Duration) -> Result<Connection> {
+    /// Connects to `127.0.0.1:port` (over TLS with `tls`'s client certificate when given);
+    /// `timeout` bounds the connect and every later read and write.
+    pub(crate) fn open(
+        port: u16,
+        timeout: Duration,
+        tls: Option<&crate::tls::TlsCerts>,
+    ) -> Result<Connection> {
         let addr = format!("127.0.0.1:{port}");
         let fail = |source| TestkitError::Command {
             addr: addr.clone(),
@@ -194,6 +203,10 @@ impl Connection {
         stream.set_write_timeout(Some(timeout)).map_err(fail)?;
         // Commands are tiny and we always wait for the answer: do not let Nagle delay them.
         stream.set_nodelay(true).map_err(fail)?;
+        let stream: Box<dyn Stream> = match tls {
+            Some(certs) => Box::new(crate::tls::wrap(certs, stream).map_err(fail)?),
+            None => Box::new(stream),
+        };
         Ok(Connection {
             addr,
             stream: BufReader::new(stream),

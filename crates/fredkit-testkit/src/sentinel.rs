@@ -52,7 +52,24 @@ impl SentinelGroup {
     /// Any start error of [`RedisServer::start_with`]; [`TestkitError::Timeout`] (with the
     /// last observation) when the group does not settle.
     pub fn start() -> Result<SentinelGroup> {
-        let data = start_each(vec![(Kind::Data, ServerOptions::default()); 2])?;
+        Self::start_with(ServerOptions::default())
+    }
+
+    /// Like [`SentinelGroup::start`], the data nodes started with `opts`. With
+    /// [`ServerOptions::tls`] every process serves TLS only: master, replica (replicating
+    /// over TLS, `tls-replication yes`) and the sentinels (same certificates and
+    /// `tls-auth-clients` setting), and [`SentinelGroup::url`] is a `rediss-sentinel://` URL.
+    ///
+    /// # Errors
+    /// As [`SentinelGroup::start`].
+    pub fn start_with(opts: ServerOptions) -> Result<SentinelGroup> {
+        let sentinel_opts = match opts.tls_ref() {
+            Some(tls) => ServerOptions::default()
+                .tls(tls.certs.clone())
+                .tls_auth_clients(tls.auth_clients),
+            None => ServerOptions::default(),
+        };
+        let data = start_each(vec![(Kind::Data, opts); 2])?;
         let master_port = data[0].port().to_string();
         data[1]
             .connect(PROBE_TIMEOUT)?
@@ -68,7 +85,7 @@ impl SentinelGroup {
              sentinel failover-timeout {SERVICE_NAME} {FAILOVER_TIMEOUT_MS}\n\
              sentinel parallel-syncs {SERVICE_NAME} 1\n"
         );
-        let sentinel = (Kind::Sentinel { conf_body }, ServerOptions::default());
+        let sentinel = (Kind::Sentinel { conf_body }, sentinel_opts);
         let sentinels = start_each(vec![sentinel; 3])?;
         let group = SentinelGroup { data, sentinels };
         group.wait_healthy(FORM_TIMEOUT)?;
@@ -76,9 +93,15 @@ impl SentinelGroup {
     }
 
     /// `"redis-sentinel://127.0.0.1:S1?node=127.0.0.1:S2&node=127.0.0.1:S3&sentinelServiceName=mymaster"`,
-    /// the fred URL format.
+    /// the fred URL format. For a TLS group: `rediss-sentinel://...&ca_file=...` (the CA and
+    /// the client certificate, [`crate::TlsCerts::url_options`]).
     pub fn url(&self) -> String {
-        let mut url = String::from("redis-sentinel://");
+        let tls = self.sentinels.first().and_then(RedisServer::tls_certs);
+        let mut url = String::from(if tls.is_some() {
+            "rediss-sentinel://"
+        } else {
+            "redis-sentinel://"
+        });
         for (i, s) in self.sentinels.iter().enumerate() {
             match i {
                 0 => {}
@@ -90,6 +113,10 @@ impl SentinelGroup {
         url.push(if self.sentinels.len() > 1 { '&' } else { '?' });
         url.push_str("sentinelServiceName=");
         url.push_str(SERVICE_NAME);
+        if let Some(certs) = tls {
+            url.push('&');
+            url.push_str(&certs.url_options());
+        }
         url
     }
 

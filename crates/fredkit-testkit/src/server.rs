@@ -18,6 +18,8 @@ use rand::Rng;
 use crate::error::{Result, TestkitError};
 use crate::guardian;
 use crate::resp::{Connection, Reply};
+use crate::tls::{ServerTls, TlsCerts};
+use std::sync::Arc;
 
 /// Environment variable naming the `redis-server` binary (a path, or a name looked up on `PATH`).
 pub const REDIS_SERVER_ENV: &str = "FREDKIT_REDIS_SERVER";
@@ -43,6 +45,7 @@ pub struct ServerOptions {
     args: Vec<(String, String)>,
     binary: Option<PathBuf>,
     ready_timeout: Option<Duration>,
+    tls: Option<ServerTls>,
 }
 
 impl ServerOptions {
@@ -83,8 +86,38 @@ impl ServerOptions {
         self
     }
 
+    /// Serves TLS only, with these certificates: `--port 0 --tls-port PORT`, the server
+    /// certificate, the CA for client certificates, and TLS on replication links
+    /// (`tls-replication yes`); a cluster built from these options also runs its bus over
+    /// TLS (`tls-cluster yes`), and a [`SentinelGroup`](crate::SentinelGroup) its sentinels.
+    /// Client certificates are not required unless [`ServerOptions::tls_auth_clients`] says
+    /// so. [`RedisServer::url`] becomes a `rediss://` URL carrying the CA and the client
+    /// certificate (see [`TlsCerts::url_options`]).
+    pub fn tls(mut self, certs: Arc<TlsCerts>) -> Self {
+        let auth_clients = self.tls.as_ref().is_some_and(|t| t.auth_clients);
+        self.tls = Some(ServerTls {
+            certs,
+            auth_clients,
+        });
+        self
+    }
+
+    /// With [`ServerOptions::tls`]: whether clients must present a certificate signed by the
+    /// CA (`tls-auth-clients yes`) or not (`no`, the default here). The testkit's own
+    /// connections always present one.
+    pub fn tls_auth_clients(mut self, required: bool) -> Self {
+        if let Some(tls) = self.tls.as_mut() {
+            tls.auth_clients = required;
+        }
+        self
+    }
+
     pub(crate) fn password_ref(&self) -> Option<&str> {
         self.password.as_deref()
+    }
+
+    pub(crate) fn tls_ref(&self) -> Option<&ServerTls> {
+        self.tls.as_ref()
     }
 }
 
@@ -201,12 +234,24 @@ impl RedisServer {
     }
 
     /// `"redis://127.0.0.1:PORT"`, or `"redis://:PASSWORD@127.0.0.1:PORT"` with a password
-    /// (percent-encoded).
+    /// (percent-encoded). A TLS server's is `"rediss://127.0.0.1:PORT?ca_file=...&..."`,
+    /// trusting the testkit's CA and presenting its client certificate
+    /// ([`TlsCerts::url_options`]).
     pub fn url(&self) -> String {
-        match &self.opts.password {
-            Some(pw) => format!("redis://:{}@127.0.0.1:{}", percent_encode(pw), self.port),
-            None => format!("redis://127.0.0.1:{}", self.port),
+        let s = if self.opts.tls.is_some() { "s" } else { "" };
+        let url = match &self.opts.password {
+            Some(pw) => format!("redis{s}://:{}@127.0.0.1:{}", percent_encode(pw), self.port),
+            None => format!("redis{s}://127.0.0.1:{}", self.port),
+        };
+        match &self.opts.tls {
+            Some(tls) => format!("{url}?{}", tls.certs.url_options()),
+            None => url,
         }
+    }
+
+    /// The certificates of a TLS server ([`ServerOptions::tls`]), `None` for a plain one.
+    pub fn tls_certs(&self) -> Option<&Arc<TlsCerts>> {
+        self.opts.tls.as_ref().map(|t| &t.certs)
     }
 
     /// The password the server requires, if any.
@@ -351,7 +396,7 @@ impl RedisServer {
         if !self.is_running() {
             return Err(TestkitError::NotRunning { port: self.port });
         }
-        let mut conn = Connection::open(self.port, timeout)?;
+        let mut conn = Connection::open(self.port, timeout, self.tls_certs().map(Arc::as_ref))?;
         if let Some(pw) = &self.opts.password {
             conn.auth(pw)?;
         }
@@ -385,9 +430,24 @@ impl RedisServer {
         if let Kind::Sentinel { .. } = self.kind {
             return vec![self.sentinel_conf().into_os_string(), "--sentinel".into()];
         }
-        let mut args: Vec<OsString> = vec![
-            "--port".into(),
-            self.port.to_string().into(),
+        let mut args: Vec<OsString> = match &self.opts.tls {
+            // TLS only: no plain port at all.
+            Some(tls) => {
+                let mut a: Vec<OsString> = vec![
+                    "--port".into(),
+                    "0".into(),
+                    "--tls-port".into(),
+                    self.port.to_string().into(),
+                ];
+                for (name, value) in tls.args() {
+                    a.push(format!("--{name}").into());
+                    a.push(value.into());
+                }
+                a
+            }
+            None => vec!["--port".into(), self.port.to_string().into()],
+        };
+        args.extend([
             "--bind".into(),
             "127.0.0.1".into(),
             "--save".into(),
@@ -410,7 +470,7 @@ impl RedisServer {
             "--rename-command".into(),
             "KEYS".into(),
             "".into(),
-        ];
+        ]);
         if let Some(pw) = &self.opts.password {
             args.push("--requirepass".into());
             args.push(pw.into());
@@ -427,9 +487,18 @@ impl RedisServer {
     }
 
     fn write_sentinel_conf(&self, body: &str) -> Result<()> {
+        let ports = match &self.opts.tls {
+            Some(tls) => {
+                let mut lines = format!("port 0\ntls-port {}\n", self.port);
+                for (name, value) in tls.args() {
+                    lines.push_str(&format!("{name} \"{value}\"\n"));
+                }
+                lines
+            }
+            None => format!("port {}\n", self.port),
+        };
         let conf = format!(
-            "port {}\nbind 127.0.0.1\ndaemonize no\nprotected-mode no\ndir \"{}\"\n{body}",
-            self.port,
+            "{ports}bind 127.0.0.1\ndaemonize no\nprotected-mode no\ndir \"{}\"\n{body}",
             self.dir.path().display()
         );
         fs::write(self.sentinel_conf(), conf)
@@ -532,7 +601,11 @@ impl RedisServer {
     /// One readiness check: `PING` must answer `PONG` (not `LOADING`), and `INFO server` must
     /// name our pid, so that a stranger on the port is not mistaken for our server.
     fn probe(&self, pid: u32) -> Result<Probe> {
-        let mut conn = Connection::open(self.port, Duration::from_millis(500))?;
+        let mut conn = Connection::open(
+            self.port,
+            Duration::from_millis(500),
+            self.tls_certs().map(Arc::as_ref),
+        )?;
         if let Some(pw) = &self.opts.password {
             conn.auth(pw)?;
         }

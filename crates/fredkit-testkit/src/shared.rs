@@ -6,7 +6,9 @@ use std::sync::{Mutex, MutexGuard};
 use crate::cluster::{ClusterOptions, RedisCluster};
 use crate::error::Result;
 use crate::sentinel::SentinelGroup;
-use crate::server::RedisServer;
+use crate::server::{RedisServer, ServerOptions};
+use crate::tls::TlsCerts;
+use std::sync::Arc;
 
 /// The deployment shapes a test can run against.
 #[derive(Clone, Copy, Debug, PartialEq, Eq, Hash)]
@@ -71,6 +73,74 @@ pub fn shared_url(topology: Topology) -> Result<String> {
         ),
         Topology::Sentinel => url_of(&SENTINEL, SentinelGroup::start, SentinelGroup::url),
     }
+}
+
+static TLS_CERTS: Mutex<Option<Arc<TlsCerts>>> = Mutex::new(None);
+static TLS_STANDALONE: Mutex<Option<RedisServer>> = Mutex::new(None);
+static TLS_CLUSTER: Mutex<Option<RedisCluster>> = Mutex::new(None);
+static TLS_SENTINEL: Mutex<Option<SentinelGroup>> = Mutex::new(None);
+
+/// The certificates of this test process's shared TLS deployments (one throwaway CA, made
+/// on first use): point a client at [`TlsCerts::ca_path`], [`TlsCerts::client_cert_path`]
+/// and [`TlsCerts::client_key_path`].
+///
+/// # Errors
+/// [`crate::TestkitError::Io`] if they cannot be made; the next call tries again.
+pub fn shared_tls_certs() -> Result<Arc<TlsCerts>> {
+    let mut slot = lock(&TLS_CERTS);
+    if let Some(certs) = slot.as_ref() {
+        return Ok(certs.clone());
+    }
+    let certs = TlsCerts::generate()?;
+    *slot = Some(certs.clone());
+    Ok(certs)
+}
+
+/// The options of every shared TLS server: TLS only, client certificates required.
+fn shared_tls_options() -> Result<ServerOptions> {
+    Ok(ServerOptions::default()
+        .tls(shared_tls_certs()?)
+        .tls_auth_clients(true))
+}
+
+/// Like [`shared_url`], for this test process's shared **TLS** deployment of `topology`:
+/// every process serves TLS only (`--port 0 --tls-port`), requires client certificates
+/// (`tls-auth-clients yes`), and replicates (`tls-replication`), gossips (`tls-cluster`) and
+/// runs its sentinels over TLS, with the certificates of [`shared_tls_certs`]. The URL is a
+/// `rediss://`, `rediss-cluster://` or `rediss-sentinel://` URL whose options carry the CA
+/// and the client certificate (`ca_file`, `client_cert_file`, `client_key_file`), so
+/// [`connect`] takes it as is. The same rules as for [`shared_url`] apply.
+///
+/// # Errors
+/// As [`shared_url`], and the errors of [`shared_tls_certs`].
+pub fn shared_tls_url(topology: Topology) -> Result<String> {
+    match topology {
+        Topology::Standalone => url_of(
+            &TLS_STANDALONE,
+            || RedisServer::start_with(shared_tls_options()?),
+            RedisServer::url,
+        ),
+        Topology::Cluster => url_of(
+            &TLS_CLUSTER,
+            || RedisCluster::start(ClusterOptions::default().server_options(shared_tls_options()?)),
+            RedisCluster::url,
+        ),
+        Topology::Sentinel => url_of(
+            &TLS_SENTINEL,
+            || SentinelGroup::start_with(shared_tls_options()?),
+            SentinelGroup::url,
+        ),
+    }
+}
+
+/// [`connect`] to the shared TLS deployment of `topology` (see [`shared_tls_url`]).
+///
+/// # Errors
+/// A connection error if the deployment could not be started or reached.
+pub async fn shared_tls_redis(topology: Topology) -> fredkit_core::Result<fredkit_conn::Redis> {
+    let url =
+        shared_tls_url(topology).map_err(|e| fredkit_core::Error::connection(e.to_string()))?;
+    connect(&url).await
 }
 
 static ISSUED: Mutex<Option<HashSet<u32>>> = Mutex::new(None);

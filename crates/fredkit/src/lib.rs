@@ -27,7 +27,9 @@
 //! - `revocation-local-cache`, `revocation-tower`: the revocation store's
 //!   pub/sub-fed local cache and its tower layer.
 //! - `full`: all of the above.
-//! - `tls`: `rediss://` URLs through rustls.
+//! - `tls`: `rediss://` URLs through rustls (ring): certificates verified
+//!   against the native roots or a given CA, client certificates (mTLS), a
+//!   server-name override (`fredkit::conn::TlsOptions`).
 //! - `json`: the JSON codec next to the default MessagePack one.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]

@@ -17,6 +17,7 @@ mod ratelimit;
 mod raw;
 mod revocation;
 mod streams;
+mod tls;
 
 use crate::harness::Report;
 use crate::Ctx;
@@ -44,5 +45,6 @@ pub(crate) fn all() -> Vec<Box<dyn Suite>> {
         Box::new(ratelimit::Ratelimit),
         Box::new(streams::Streams),
         Box::new(revocation::Revocation),
+        Box::new(tls::Tls),
     ]
 }
