@@ -615,6 +615,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             ))
             .await
             .map(|_| ())
+            .map_err(|e| e.naming("SET", &data_key))
     }
 
     /// Deletes `key` (`UNLINK`) from Redis and this instance's L1, and

@@ -112,6 +112,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod cache;
 mod envelope;
 mod invalidation;
@@ -120,6 +121,7 @@ mod metrics;
 mod options;
 mod store;
 
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,

@@ -43,6 +43,7 @@
 //! # Ok(()) }
 //! ```
 
+mod acl;
 mod bloom;
 mod common;
 mod feed;
@@ -50,6 +51,7 @@ mod leaderboard;
 mod presence;
 mod ttlmap;
 
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use bloom::{BloomFilter, BloomFilterBuilder};
 pub use feed::Feed;
 /// The core types every fredkit crate shares, re-exported the same way from

@@ -212,6 +212,29 @@ impl Error {
         }
     }
 
+    /// Names `command` and `key` in an [`ErrorKind::Permission`] error that
+    /// does not name them yet (Redis 7.0's `NOPERM` names no key, and only
+    /// sometimes the command); any other error is returned unchanged. A
+    /// primitive calls it where it knows what it sent:
+    /// `.map_err(|e| Error::from(e).naming("XADD", &key))`.
+    #[must_use]
+    pub fn naming(self, command: &str, key: &str) -> Error {
+        match self {
+            Error::Permission {
+                command: found,
+                key: found_key,
+                message,
+                source,
+            } => Error::Permission {
+                command: found.or_else(|| Some(command.to_owned())),
+                key: found_key.or_else(|| Some(key.to_owned())),
+                message,
+                source,
+            },
+            other => other,
+        }
+    }
+
     /// A [`ErrorKind::Connection`] error with a message.
     pub fn connection(message: impl Into<String>) -> Self {
         Error::Connection {
@@ -415,6 +438,18 @@ mod tests {
             "{text}"
         );
         assert!(!e.is_unavailable());
+
+        let keyed: Error = FredError::new(
+            FredKind::Unknown,
+            "NOPERM this user has no permissions to access one of the keys used as arguments",
+        )
+        .into();
+        let text = keyed.naming("XADD", "app:{s}:stream").to_string();
+        assert!(text.contains("XADD on key 'app:{s}:stream'"), "{text}");
+        assert!(!Error::timeout("t")
+            .naming("X", "k")
+            .to_string()
+            .contains("'k'"));
     }
 
     #[test]

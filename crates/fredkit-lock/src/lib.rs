@@ -124,6 +124,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod fenced;
 mod grant;
 mod guard;
@@ -136,6 +137,7 @@ mod reply;
 mod semaphore;
 mod waiters;
 
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use fenced::{FencedCounter, FencedIncr, FencedStore, FencedWrite, Raw, MAX_FENCING_TOKEN};
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,

@@ -43,6 +43,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod glob;
 mod metrics;
 mod options;
@@ -53,6 +54,7 @@ mod traits;
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
 /// IntoKeySpace}` are `fredkit_core`'s.
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use metrics::{Metrics, MetricsSnapshot};
 pub use options::{Mode, PubSubOptions};

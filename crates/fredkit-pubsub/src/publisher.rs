@@ -129,7 +129,8 @@ impl<C: Codec + Clone> Publisher<C> {
             }
             Err(e) => {
                 span.record("outcome", "error");
-                Err(e.into())
+                let command = if self.sharded { "SPUBLISH" } else { "PUBLISH" };
+                Err(fredkit_core::Error::from(e).naming(command, channel))
             }
         }
     }

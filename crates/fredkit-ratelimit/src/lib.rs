@@ -91,6 +91,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 #[cfg(feature = "tower")]
 mod client_ip;
 mod limit;
@@ -101,6 +102,7 @@ mod metrics;
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]
 pub mod tower;
 
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use fredkit_core::traits::{Decision, RateLimiter};
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,

@@ -106,6 +106,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod event;
 #[cfg(feature = "tower")]
 mod layer;
@@ -118,6 +119,7 @@ mod store;
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,
 /// IntoKeySpace}` are `fredkit_core`'s.
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 #[cfg(feature = "tower")]
 #[cfg_attr(docsrs, doc(cfg(feature = "tower")))]

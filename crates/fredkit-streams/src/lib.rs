@@ -125,6 +125,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod admin;
 mod config;
 mod fields;
@@ -135,6 +136,7 @@ mod producer;
 mod reply;
 mod worker;
 
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use admin::{DeadLetter, GroupInfo, PendingSummary, ReplayReport, StartFrom, StreamAdmin};
 pub use config::{WorkerConfig, WorkerConfigBuilder};
 pub use fields::{PAYLOAD_FIELD, RESERVED_PREFIX, TRACE_ID_HEADER, TYPE_HEADER};

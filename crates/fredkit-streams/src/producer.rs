@@ -409,7 +409,7 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
                     .client()
                     .xadd::<Value, _, _, _, _>(key, false, cap, "*", fields)
                     .await
-                    .map_err(Error::from);
+                    .map_err(|e| Error::from(e).naming("XADD", self.inner.keys.stream()));
                 self.id_of(reply)
             }
             .await;

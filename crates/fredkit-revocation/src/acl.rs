@@ -1,0 +1,55 @@
+//! The least-privilege ACL rule of this crate.
+
+use fredkit_core::KeySpace;
+
+/// The commands this crate sends, as ACL tokens: the revocation scripts (`EVALSHA`/`EVAL`/`SCRIPT LOAD` and the commands they call), the checks (`GET`/`MGET`/`EXISTS`), and `PUBLISH`/`SUBSCRIBE` on `prefix:events` for the local cache. The complete
+/// rule is [`acl_rule`].
+pub const ACL_COMMANDS: &str = "+evalsha +eval +script|load +get +mget +exists +set +time +pexpireat +pexpiretime +zadd +zcard +zrange +zremrangebyscore";
+
+/// The complete ACL rule a service needs to use this crate under `keys`
+/// and nothing else: `-@all`, the connection's commands
+/// ([`fredkit_conn::ACL_COMMANDS`]) and [`fredkit_pubsub::ACL_COMMANDS`] (its pub/sub), [`ACL_COMMANDS`], and
+/// `~prefix:*` (its keys) and `&prefix:*` (its channels), with the glob characters of the prefix escaped.
+///
+/// `keys` is the store's prefix ([`RevocationOptionsBuilder::prefix`](crate::RevocationOptionsBuilder::prefix), `fredkit:revocation` by default).
+///
+/// Give it to `ACL SETUSER <user> on ><password> <rule>` (on every node of a
+/// cluster). Anything outside it fails with
+/// [`ErrorKind::Permission`](crate::ErrorKind::Permission), naming the command
+/// and, for a script, the keys.
+///
+/// ```
+/// use fredkit_core::KeySpace;
+/// let rule = fredkit_revocation::acl_rule(&KeySpace::new("auth:revocation")?);
+/// assert!(rule.starts_with("-@all ") && rule.ends_with("auth:revocation:*"));
+/// # Ok::<(), fredkit_core::Error>(())
+/// ```
+pub fn acl_rule(keys: &KeySpace) -> String {
+    let pattern = keys.scan_pattern();
+    format!(
+        "-@all {} {} {ACL_COMMANDS} ~{pattern} &{pattern}",
+        fredkit_conn::ACL_COMMANDS,
+        fredkit_pubsub::ACL_COMMANDS
+    )
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn readme_shows_the_rule() -> fredkit_core::Result<()> {
+        let rule = acl_rule(&KeySpace::new("auth:revocation")?);
+        assert!(
+            include_str!("../README.md").contains(&rule),
+            "README.md's 'Least privilege (ACL)' section must show: {rule}"
+        );
+        Ok(())
+    }
+
+    #[test]
+    fn glob_characters_of_the_prefix_are_escaped() -> fredkit_core::Result<()> {
+        assert!(acl_rule(&KeySpace::new("a*b")?).ends_with("a\\*b:*"));
+        Ok(())
+    }
+}
