@@ -22,9 +22,10 @@
 --
 -- Returns: submit: the member's internal score after it, as a string;
 --          rank: {} when absent, else {rank, internal score};
---          around, top: {rank of the first, m1, s1, m2, s2, …} ({} when the
---          member is absent or the board empty), in ascending internal order;
---          rank = 1 + the number of members with a strictly better score;
+--          around, top: {rank of the first, position of the first (0-based),
+--          m1, s1, m2, s2, …} ({} when the member is absent or the board
+--          empty), in ascending internal order; rank = 1 + the number of
+--          members with a strictly better score;
 --          size: the number of members; remove: 1 when removed, 0 when absent.
 -- Errors (nothing written): 'CORRUPT <key> …' when the key is not a sorted set.
 local op = ARGV[1]
@@ -59,7 +60,7 @@ local function window(from, to)
   local items = redis.call('ZRANGE', key, from, to, 'WITHSCORES')
   if #items == 0 then return {} end
   local better = redis.call('ZCOUNT', key, '-inf', '(' .. items[2])
-  local out = {better + 1}
+  local out = {better + 1, from}
   for i = 1, #items do out[#out + 1] = items[i] end
   return out
 end

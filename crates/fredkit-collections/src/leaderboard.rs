@@ -355,13 +355,7 @@ impl Leaderboard {
             }
             if self.periodic() {
                 let v = self
-                    .run(
-                        board,
-                        "top",
-                        Value::Integer(i64::from(n)),
-                        Value::Null,
-                        false,
-                    )
+                    .run(board, "top", Value::Integer(i64::from(n)), "".into(), false)
                     .await?;
                 return self.ranked_window(board, v);
             }
@@ -372,8 +366,7 @@ impl Leaderboard {
                 .zrange(key.as_str(), 0, i64::from(n) - 1, None, false, None, true)
                 .await
                 .map_err(|e| read_error(&key, "sorted set", e))?;
-            let items = flatten(v);
-            self.ranked(&key, 1, items)
+            self.ranked(board, 1, 0, flatten(v))
         })
         .await
     }
@@ -398,13 +391,7 @@ impl Leaderboard {
                 return Ok(Vec::new());
             }
             let v = self
-                .run(
-                    board,
-                    "top",
-                    Value::Integer(i64::from(n)),
-                    Value::Null,
-                    true,
-                )
+                .run(board, "top", Value::Integer(i64::from(n)), "".into(), true)
                 .await?;
             self.ranked_window(board, v)
         })
@@ -420,7 +407,7 @@ impl Leaderboard {
     pub async fn rank(&self, board: &str, member: &str) -> Result<Option<Ranked>> {
         self.timed(async {
             let v = self
-                .run(board, "rank", member.into(), Value::Null, false)
+                .run(board, "rank", member.into(), "".into(), false)
                 .await?;
             let items = flatten(v);
             if items.is_empty() {
@@ -470,9 +457,7 @@ impl Leaderboard {
     pub async fn size(&self, board: &str) -> Result<u64> {
         self.timed(async {
             if self.periodic() {
-                let v = self
-                    .run(board, "size", Value::Null, Value::Null, false)
-                    .await?;
+                let v = self.run(board, "size", "".into(), "".into(), false).await?;
                 return v.as_u64().ok_or_else(|| {
                     Error::protocol(format!("script leaderboard answered {v:?} to size"))
                 });
@@ -497,7 +482,7 @@ impl Leaderboard {
         self.timed(async {
             if self.periodic() {
                 let v = self
-                    .run(board, "remove", member.into(), Value::Null, false)
+                    .run(board, "remove", member.into(), "".into(), false)
                     .await?;
                 return Ok(v.as_i64() == Some(1));
             }
@@ -513,29 +498,43 @@ impl Leaderboard {
         .await
     }
 
-    /// `{rank of the first, m1, s1, …}` from the script.
+    /// `{rank of the first, position of the first, m1, s1, …}` from the
+    /// script.
     fn ranked_window(&self, board: &str, v: Value) -> Result<Vec<Ranked>> {
-        let mut items = flatten(v);
-        if items.is_empty() {
+        let items = flatten(v);
+        let mut it = items.into_iter();
+        let (Some(rank), Some(pos)) = (it.next(), it.next()) else {
             return Ok(Vec::new());
+        };
+        match (rank.as_u64(), pos.as_u64()) {
+            (Some(rank), Some(pos)) => self.ranked(board, rank, pos, it.collect()),
+            _ => Err(Error::protocol(format!(
+                "script leaderboard answered rank {rank:?} at position {pos:?} for board {board:?}"
+            ))),
         }
-        let first = items.remove(0);
-        let first = first.as_u64().ok_or_else(|| {
-            Error::protocol(format!("script leaderboard answered rank {first:?}"))
-        })?;
-        self.ranked(board, first, items)
     }
 
-    /// Ranks `m1, s1, m2, s2, …` in ascending internal order, the first
-    /// having rank `first`: a member with the same score as the previous one
-    /// shares its rank, any other has rank `first + its index` (everyone
-    /// before it in the window is strictly better).
-    fn ranked(&self, key: &str, first: u64, items: Vec<Value>) -> Result<Vec<Ranked>> {
-        let bad = || Error::protocol(format!("a sorted-set reply for {key} is malformed"));
+    /// Ranks `m1, s1, m2, s2, …` in ascending internal order; the first has
+    /// rank `first_rank` and sits at 0-based position `first_pos` of the
+    /// whole board. A member with the same score as the one before it shares
+    /// its rank; any other has rank = its position + 1 (everyone before it is
+    /// strictly better).
+    fn ranked(
+        &self,
+        board: &str,
+        first_rank: u64,
+        first_pos: u64,
+        items: Vec<Value>,
+    ) -> Result<Vec<Ranked>> {
+        let bad = || {
+            Error::protocol(format!(
+                "a sorted-set reply for board {board:?} is malformed"
+            ))
+        };
         let mut out: Vec<Ranked> = Vec::with_capacity(items.len() / 2);
         let mut it = items.into_iter();
         let mut prev: Option<f64> = None;
-        let mut index: u64 = 0;
+        let mut pos = first_pos;
         while let Some(m) = it.next() {
             let s = it.next().ok_or_else(bad)?;
             let member = m
@@ -545,7 +544,8 @@ impl Leaderboard {
             let internal = parse_score(&s).ok_or_else(bad)?;
             let rank = match (prev, out.last()) {
                 (Some(p), Some(last)) if p == internal => last.rank,
-                _ => first.saturating_add(index),
+                (None, _) => first_rank,
+                _ => pos.saturating_add(1),
             };
             out.push(Ranked {
                 member,
@@ -553,7 +553,7 @@ impl Leaderboard {
                 rank,
             });
             prev = Some(internal);
-            index = index.saturating_add(1);
+            pos = pos.saturating_add(1);
         }
         Ok(out)
     }

@@ -136,3 +136,62 @@ async fn push_refreshes_the_ttl_and_garbage_is_a_typed_error(
     );
     assert!(Feed::<String>::new(&r, "p", 0, Duration::from_secs(1)).is_err());
 }
+
+/// With a maximum age, items older than it (server clock) are not returned
+/// and are trimmed by the next call, reads included; an item without a
+/// time prefix (garbage, or pushed without the limit) counts as expired:
+/// skipped, and trimmed once it is the oldest. The cap still holds.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn items_older_than_the_max_age_are_not_returned_and_are_trimmed(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = connect(&shared_url(topology).unwrap()).await.unwrap();
+    let f: Feed<String> = Feed::new(&r, unique_prefix("feed_age"), 3, Duration::from_secs(60))
+        .unwrap()
+        .with_max_age(Duration::from_millis(1500))
+        .unwrap();
+    assert_eq!(f.max_age(), Some(Duration::from_millis(1500)));
+    let key = f.key("x").unwrap();
+    let s = |v: &str| v.to_string();
+    f.push("x", &s("a")).await.unwrap();
+    f.push("x", &s("b")).await.unwrap();
+    assert_eq!(f.latest("x", 10).await.unwrap(), vec![s("b"), s("a")]);
+    // Garbage at the oldest end.
+    let _: i64 = r.client().rpush(&key, "junk-tail").await.unwrap();
+    assert_eq!(f.latest("x", 10).await.unwrap(), vec![s("b"), s("a")]);
+    let raw: i64 = r.client().llen(&key).await.unwrap();
+    assert_eq!(raw, 2, "the undated tail item was trimmed by a read");
+
+    // More than the max age later (by any clock: the sleep is longer).
+    tokio::time::sleep(Duration::from_millis(1700)).await;
+    assert!(f.latest("x", 10).await.unwrap().is_empty());
+    let raw: i64 = r.client().llen(&key).await.unwrap();
+    assert_eq!(raw, 0, "expired items were not trimmed by the read");
+
+    f.push("x", &s("c")).await.unwrap();
+    // Garbage in the middle is skipped (and dropped by the cap later).
+    let _: i64 = r.client().lpush(&key, "junk-middle").await.unwrap();
+    for v in ["d", "e"] {
+        f.push("x", &s(v)).await.unwrap();
+    }
+    assert_eq!(f.latest("x", 10).await.unwrap(), vec![s("e"), s("d")]);
+    // Capped at 3 on the push of "e" ([e, d, junk-middle]), then the junk,
+    // now the oldest, trimmed.
+    assert_eq!(f.len("x").await.unwrap(), 2);
+    f.push("x", &s("f")).await.unwrap();
+    assert_eq!(
+        f.latest("x", 10).await.unwrap(),
+        vec![s("f"), s("e"), s("d")]
+    );
+    let left: i64 = r.client().pttl(&key).await.unwrap();
+    assert!(left > 30_000 && left <= 60_000, "PTTL {left}");
+
+    // Garbage under the key is still a typed error.
+    let g = f.key("garbage").unwrap();
+    let _: () = r.client().set(&g, "junk", None, None, false).await.unwrap();
+    let e = f.latest("garbage", 3).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Protocol, "{e}");
+    assert!(e.to_string().contains(&g), "{e}");
+    assert!(f.clone().with_max_age(Duration::ZERO).is_err());
+}

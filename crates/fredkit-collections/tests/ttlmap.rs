@@ -7,7 +7,7 @@
 use std::{sync::Arc, time::Duration};
 
 use fred::prelude::*;
-use fredkit_collections::{MergeOutcome, TtlMap};
+use fredkit_collections::{MergeOutcome, MergeRule, TtlMap};
 use fredkit_conn::Redis;
 use fredkit_core::ErrorKind;
 use fredkit_testkit::{connect, key_slot, shared_url, unique_prefix, Topology};
@@ -391,5 +391,169 @@ async fn concurrent_merges_apply_once(
     for t in tasks {
         t.await.unwrap();
     }
+    assert_merged(&r, &m, &from, &to).await;
+}
+
+/// MergeRule::KeepNewer, across slots: per field, the entry written last
+/// (server clock) wins whole; a field only one side has is kept; a
+/// re-applied plan changes nothing.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn keep_newer_merge_keeps_each_fields_last_write(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let m: TtlMap<String> = TtlMap::new(&r, unique_prefix("ttlmap_newer"), LONG)
+        .unwrap()
+        .with_merge_rule(MergeRule::KeepNewer);
+    assert_eq!(m.merge_rule(), MergeRule::KeepNewer);
+    let (from, to) = ids_on_two_slots(&m);
+    // Server-ms timestamps: leave a few ms between writes that must order.
+    let tick = || tokio::time::sleep(Duration::from_millis(15));
+    m.add(&to, "sku-1", 5).await.unwrap();
+    m.set(&to, "sku-1", &"old line".to_string()).await.unwrap();
+    m.set(&from, "sku-2", &"anon's older note".to_string())
+        .await
+        .unwrap();
+    m.add(&to, "sku-9", 4).await.unwrap();
+    tick().await;
+    m.add(&from, "sku-1", 2).await.unwrap();
+    m.add(&from, "sku-3", 7).await.unwrap();
+    tick().await;
+    m.set(&to, "sku-2", &"user's newer note".to_string())
+        .await
+        .unwrap();
+
+    let plan = m.begin_merge(&from, &to).await.unwrap().unwrap();
+    assert_eq!(plan.entries(), 3);
+    assert!(m.apply_merge(&plan).await.unwrap());
+    assert!(!m.apply_merge(&plan).await.unwrap());
+    let out = m.merge_into(&from, &to).await.unwrap();
+    assert_eq!(
+        out,
+        MergeOutcome::Merged {
+            entries: 3,
+            applied_now: false
+        }
+    );
+    let q = m.quantities(&to).await.unwrap();
+    assert_eq!(
+        q.into_iter().collect::<Vec<_>>(),
+        vec![
+            ("sku-1".to_string(), 2), // the source's add was later: its entry, whole
+            ("sku-3".to_string(), 7), // only in the source
+            ("sku-9".to_string(), 4), // only in the target
+        ]
+    );
+    let v = m.all(&to).await.unwrap();
+    // sku-1's entry came whole from the source, which had no value.
+    assert_eq!(v.get("sku-1"), None);
+    assert_eq!(
+        v.get("sku-2").map(String::as_str),
+        Some("user's newer note")
+    );
+    let exists: i64 = r.client().exists(m.key(&from).unwrap()).await.unwrap();
+    assert_eq!(exists, 0);
+}
+
+/// Run by the fault test below as a child process (the test binary
+/// re-executed with FKC_CHILD_URL set): starts merge_into and blocks after
+/// the step named by FKC_CHILD_STOP_AFTER, printing "PAUSED", until killed.
+/// Run normally (without the variable) it does nothing.
+#[test]
+fn child_process_of_fault_merge_test() {
+    let Ok(url) = std::env::var("FKC_CHILD_URL") else {
+        return;
+    };
+    let prefix = std::env::var("FKC_CHILD_PREFIX").unwrap();
+    let stop_after = std::env::var("FKC_CHILD_STOP_AFTER").unwrap();
+    let from = std::env::var("FKC_CHILD_FROM").unwrap();
+    let to = std::env::var("FKC_CHILD_TO").unwrap();
+    let rt = tokio::runtime::Runtime::new().unwrap();
+    rt.block_on(async {
+        let r = connect(&url).await.unwrap();
+        let m: TtlMap<String> = TtlMap::new(&r, prefix.as_str(), LONG).unwrap();
+        m.merge_into_observed(&from, &to, |step| {
+            if step == stop_after {
+                use std::io::Write;
+                // On a line of its own: libtest has printed "test <name> ... ".
+                println!("\nPAUSED after {step}");
+                std::io::stdout().flush().unwrap();
+                loop {
+                    std::thread::sleep(Duration::from_secs(1));
+                }
+            }
+        })
+        .await
+        .unwrap();
+    });
+    panic!("the child finished its merge without pausing");
+}
+
+/// A merge whose PROCESS is SIGKILLed between its steps (after the mark,
+/// after the apply), then retried by another process with merge_into:
+/// nothing lost, nothing doubled; meanwhile the source refuses writes.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_merge_process_killed_between_steps_then_retried_is_exact(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+    #[values("begin", "apply")] stop_after: &str,
+) {
+    use tokio::io::AsyncBufReadExt;
+
+    let url = shared_url(topology).unwrap();
+    let r = connect(&url).await.unwrap();
+    let prefix = unique_prefix("ttlmap_merge_kill");
+    let m: TtlMap<String> = TtlMap::new(&r, &prefix, LONG).unwrap();
+    let (from, to) = ids_on_two_slots(&m);
+    fill(&m, &from, &to).await;
+
+    let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_process_of_fault_merge_test",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env("FKC_CHILD_URL", &url)
+        .env("FKC_CHILD_PREFIX", &prefix)
+        .env("FKC_CHILD_STOP_AFTER", stop_after)
+        .env("FKC_CHILD_FROM", &from)
+        .env("FKC_CHILD_TO", &to)
+        .stdout(std::process::Stdio::piped())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap();
+    let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+    let paused = tokio::time::timeout(Duration::from_secs(60), async {
+        while let Some(line) = lines.next_line().await.unwrap() {
+            if let Some(i) = line.find("PAUSED after ") {
+                return line[i..].to_string();
+            }
+        }
+        panic!("the child exited without pausing: {:?}", child.try_wait());
+    })
+    .await
+    .expect("the child did not pause within 60 s");
+    assert_eq!(paused, format!("PAUSED after {stop_after}"));
+    child.start_kill().unwrap(); // SIGKILL
+    let status = child.wait().await.unwrap();
+    assert!(!status.success(), "{status:?}");
+
+    // The killed process left the source marked: writes are refused.
+    let e = m.add(&from, "sku-1", 1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Busy, "{e}");
+    // After the apply, the target already holds the sum; not before.
+    let want_sku1 = if stop_after == "apply" { 3 } else { 1 };
+    assert_eq!(m.quantity(&to, "sku-1").await.unwrap(), want_sku1);
+
+    let out = m.merge_into(&from, &to).await.unwrap();
+    assert_eq!(
+        out,
+        MergeOutcome::Merged {
+            entries: 4,
+            applied_now: stop_after == "begin"
+        }
+    );
     assert_merged(&r, &m, &from, &to).await;
 }
