@@ -180,6 +180,7 @@ pub struct RedisConfig {
     pub(crate) reconnect: ReconnectConfig,
     pub(crate) lazy: bool,
     pub(crate) pool_size: usize,
+    pub(crate) credentials: crate::credentials::ProviderSlot,
 }
 
 impl Default for RedisConfig {
@@ -200,6 +201,7 @@ impl Default for RedisConfig {
             reconnect: ReconnectConfig::default(),
             lazy: true,
             pool_size: 1,
+            credentials: crate::credentials::ProviderSlot::default(),
         }
     }
 }
@@ -218,6 +220,7 @@ impl fmt::Debug for RedisConfig {
             .field("reconnect", &self.reconnect)
             .field("lazy", &self.lazy)
             .field("pool_size", &self.pool_size)
+            .field("credentials", &self.credentials)
             .finish()
     }
 }
@@ -458,6 +461,7 @@ pub struct RedisConfigBuilder {
     lazy: Option<bool>,
     pool_size: Option<usize>,
     tls: Option<crate::tls::TlsOptions>,
+    credentials: crate::credentials::ProviderSlot,
 }
 
 impl fmt::Debug for RedisConfigBuilder {
@@ -575,6 +579,16 @@ impl RedisConfigBuilder {
         self
     }
 
+    /// Asks `provider` for the user and password (or token) at every
+    /// connect and reconnect instead of using fixed ones (see
+    /// [`CredentialProvider`](crate::CredentialProvider)); it wins over a
+    /// user and password in the URL or set here. No secret is then stored in
+    /// fred's configuration.
+    pub fn credentials(mut self, provider: impl crate::CredentialProvider) -> Self {
+        self.credentials = crate::credentials::ProviderSlot(Some(std::sync::Arc::new(provider)));
+        self
+    }
+
     /// Validates and returns the configuration.
     ///
     /// # Errors
@@ -618,6 +632,9 @@ impl RedisConfigBuilder {
         if let Some(t) = self.tls {
             c.tls = true;
             c.tls_options = t;
+        }
+        if self.credentials.0.is_some() {
+            c.credentials = self.credentials;
         }
         c.validate()?;
         Ok(c)

@@ -90,7 +90,7 @@ pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder>
                 }
             }
             if opts.accepts_invalid_certs() && purpose == Purpose::Shared {
-                tracing::error!(
+                tracing::debug!(
                     url = %config,
                     "fredkit: TLS certificate verification is OFF (danger_accept_invalid_certs): \
                      anyone between this process and Redis can read and change the traffic; \
@@ -104,6 +104,7 @@ pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder>
         ));
     }
 
+    crate::credentials::install(config, &mut fc);
     let mut b = Builder::from_config(fc);
     let command_timeout = config.command_timeout;
     let connect_timeout = config.connect_timeout;

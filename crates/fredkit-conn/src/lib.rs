@@ -40,9 +40,11 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod config;
 mod confirmed;
 mod conn_error;
+mod credentials;
 mod duration;
 mod fred_config;
 mod health;
@@ -54,8 +56,12 @@ mod tls;
 mod url;
 mod watchdog;
 
+pub use acl::{acl_rule, ACL_COMMANDS};
 pub use config::{Node, ReconnectConfig, RedisConfig, RedisConfigBuilder, Topology};
 pub use confirmed::Confirmed;
+pub use credentials::{
+    credentials_fn, CredentialProvider, Credentials, CredentialsFuture, FnCredentials,
+};
 pub use fred;
 /// The core types every fredkit crate shares, re-exported the same way from
 /// each: `fredkit_<crate>::{Error, ErrorKind, Result, FailMode, KeySpace,

@@ -260,3 +260,104 @@ async fn refused_connections_name_the_url_and_say_connection_refused() {
     );
     assert_no_password(&health.to_string());
 }
+
+/// Rotation without a restart (#24): the password of the ACL user changes on
+/// the server and in the credential provider, then the server kills the
+/// user's connections. The client reconnects with what the provider says
+/// now; meanwhile no command fails with anything but a timeout or a
+/// connection error, and commands succeed again after the reconnect.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rotated_password_is_used_after_client_kill() {
+    use fred::interfaces::ClientLike;
+    use fredkit_conn::{credentials_fn, Credentials};
+    use std::sync::atomic::{AtomicU64, Ordering};
+    use std::sync::{Arc, Mutex};
+
+    let server = protected_server();
+    let set_password = |password: &str| {
+        server
+            .command(&[
+                "ACL",
+                "SETUSER",
+                "rotor",
+                "on",
+                "resetpass",
+                &format!(">{password}"),
+                "~*",
+                "+@all",
+            ])
+            .unwrap();
+    };
+    set_password("rotor-pass-1");
+    let current = Arc::new(Mutex::new("rotor-pass-1".to_string()));
+    let asked = Arc::new(AtomicU64::new(0));
+    let provider = {
+        let (current, asked) = (current.clone(), asked.clone());
+        credentials_fn(move || {
+            asked.fetch_add(1, Ordering::SeqCst);
+            let password = current.lock().unwrap().clone();
+            async move { Ok(Credentials::new("rotor", password)) }
+        })
+    };
+    let config = RedisConfig::builder()
+        .url(plain_url(&server))
+        .credentials(provider)
+        .lazy(false)
+        .build()
+        .unwrap();
+    let redis = Redis::connect(config).await.unwrap();
+    let _: () = redis
+        .client()
+        .set("k", "v", None, None, false)
+        .await
+        .unwrap();
+    let asked_before = asked.load(Ordering::SeqCst);
+    assert!(asked_before >= 1);
+    // No secret in fred's configuration: its Debug has none to print.
+    let fred_config = format!("{:?}", redis.client().client_config());
+    assert!(!fred_config.contains("rotor-pass"), "{fred_config}");
+
+    // Rotate: the old password stops working on the server.
+    set_password("rotor-pass-2");
+    *current.lock().unwrap() = "rotor-pass-2".to_string();
+    server
+        .command(&["CLIENT", "KILL", "USER", "rotor"])
+        .unwrap();
+
+    let (mut ok, mut unavailable, mut other) = (0u32, 0u32, Vec::new());
+    for _ in 0..200 {
+        let r: Result<Option<String>, _> = redis.client().get("k").await;
+        match r.map_err(fredkit_core::Error::from) {
+            Ok(v) => {
+                assert_eq!(v.as_deref(), Some("v"));
+                ok += 1;
+            }
+            Err(e) if matches!(e.kind(), ErrorKind::Timeout | ErrorKind::Connection) => {
+                unavailable += 1
+            }
+            Err(e) => other.push(e.to_string()),
+        }
+        if ok >= 20 {
+            break;
+        }
+    }
+    assert!(
+        other.is_empty(),
+        "only timeouts or connection errors: {other:?}"
+    );
+    assert_eq!(
+        ok, 20,
+        "commands succeed again ({unavailable} were unavailable)"
+    );
+    assert!(
+        asked.load(Ordering::SeqCst) > asked_before,
+        "the provider was asked again on reconnect"
+    );
+    // The connection is really the rotated user's.
+    let list = server.command(&["CLIENT", "LIST"]).unwrap();
+    assert!(
+        list.as_str().is_some_and(|l| l.contains("user=rotor")),
+        "{list:?}"
+    );
+    redis.shutdown().await.unwrap();
+}
