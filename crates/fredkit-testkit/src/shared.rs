@@ -60,10 +60,19 @@ fn url_of<T>(
 /// sentinel group takes 2-3 s), also inside an async test. Statics are never dropped: the
 /// orphan guardian kills these servers when the test process exits.
 ///
+/// When the test runner hands down a deployment through [`SHARED_URL_ENV`] (`cargo xtask
+/// test` does), that one is used instead and is shared by every test process of the run:
+/// nothing a test does on it may depend on being alone on the server (counting clients,
+/// `INFO commandstats`, `DBSIZE`, `SCRIPT FLUSH`, `CLIENT KILL TYPE ...`). Such a test starts
+/// its own server.
+///
 /// # Errors
 /// The start error of the topology (e.g. [`crate::TestkitError::ServerNotFound`]); the next
 /// call tries again.
 pub fn shared_url(topology: Topology) -> Result<String> {
+    if let Some(url) = handed_down_url(topology) {
+        return Ok(url);
+    }
     match topology {
         Topology::Standalone => url_of(&STANDALONE, RedisServer::start, RedisServer::url),
         Topology::Cluster => url_of(
@@ -73,6 +82,23 @@ pub fn shared_url(topology: Topology) -> Result<String> {
         ),
         Topology::Sentinel => url_of(&SENTINEL, SentinelGroup::start, SentinelGroup::url),
     }
+}
+
+/// The environment variables through which a test runner hands every test process one
+/// already running shared deployment per topology (`cargo xtask test` starts them once for
+/// the whole run: nextest runs each test in its own process, and a cluster per process
+/// costs seconds). When the variable of a topology is set and not empty, [`shared_url`]
+/// returns its value instead of starting a deployment; the rules for shared deployments
+/// apply across processes then (unique prefixes, no faults, nothing server-wide).
+pub const SHARED_URL_ENV: [(Topology, &str); 3] = [
+    (Topology::Standalone, "FREDKIT_TESTKIT_STANDALONE_URL"),
+    (Topology::Cluster, "FREDKIT_TESTKIT_CLUSTER_URL"),
+    (Topology::Sentinel, "FREDKIT_TESTKIT_SENTINEL_URL"),
+];
+
+fn handed_down_url(topology: Topology) -> Option<String> {
+    let (_, var) = SHARED_URL_ENV.iter().find(|(t, _)| *t == topology)?;
+    std::env::var(var).ok().filter(|url| !url.trim().is_empty())
 }
 
 static TLS_CERTS: Mutex<Option<Arc<TlsCerts>>> = Mutex::new(None);
