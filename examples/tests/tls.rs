@@ -294,6 +294,20 @@ fn server_with(opts: CertOptions) -> RedisServer {
     RedisServer::start_with(ServerOptions::default().tls(certs)).unwrap()
 }
 
+/// Log lines written by a `tracing_subscriber::fmt` subscriber.
+#[derive(Clone, Default)]
+struct Captured(Arc<std::sync::Mutex<Vec<u8>>>);
+
+impl std::io::Write for Captured {
+    fn write(&mut self, buf: &[u8]) -> std::io::Result<usize> {
+        self.0.lock().unwrap().extend_from_slice(buf);
+        Ok(buf.len())
+    }
+    fn flush(&mut self) -> std::io::Result<()> {
+        Ok(())
+    }
+}
+
 fn assert_config_error(err: &fredkit::Error, port: u16, cause: &str) {
     assert_eq!(err.kind(), ErrorKind::Config, "{err}");
     let text = err.to_string();
@@ -356,13 +370,34 @@ async fn tls_expired_certificate_is_a_config_error_and_only_the_danger_flag_acce
         server.port(),
         "certificate expired: the certificate of 127.0.0.1 expired",
     );
-    // Local development only: verification off, and the handshake goes through.
+    // Local development only: verification off, and the handshake goes through, with an
+    // ERROR in the log at connect (captured on this thread, where `connect` builds fred's
+    // configuration).
+    let logs = Captured::default();
+    let writer = logs.clone();
+    let subscriber = tracing_subscriber::fmt()
+        .with_writer(move || writer.clone())
+        .with_ansi(false)
+        .finish();
+    let guard = tracing_subscriber::util::SubscriberInitExt::set_default(subscriber);
     let redis = connect_tls(
         server.port(),
         TlsOptions::new().danger_accept_invalid_certs(true),
     )
     .await
     .unwrap();
+    drop(guard);
+    let logged = String::from_utf8(logs.0.lock().unwrap().clone()).unwrap();
+    let warnings: Vec<&str> = logged
+        .lines()
+        .filter(|l| l.contains("verification is OFF"))
+        .collect();
+    assert_eq!(warnings.len(), 1, "one warning per connect: {logged}");
+    assert!(warnings[0].contains("ERROR"), "{logged}");
+    assert!(
+        warnings[0].contains(&format!("rediss://127.0.0.1:{}", server.port())),
+        "{logged}"
+    );
     let pong: String = redis.client().ping(None).await.unwrap();
     assert_eq!(pong, "PONG");
     redis.shutdown().await.unwrap();

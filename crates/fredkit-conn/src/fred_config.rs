@@ -90,7 +90,7 @@ pub(crate) fn builder(config: &RedisConfig, purpose: Purpose) -> Result<Builder>
                 }
             }
             if opts.accepts_invalid_certs() && purpose == Purpose::Shared {
-                tracing::debug!(
+                tracing::error!(
                     url = %config,
                     "fredkit: TLS certificate verification is OFF (danger_accept_invalid_certs): \
                      anyone between this process and Redis can read and change the traffic; \
