@@ -45,6 +45,47 @@ async fn passwords_never_appear_in_logs_at_trace_level() {
         .await
         .unwrap();
     tracing::info!(?redis, config = %redis.config(), "handle");
+    // fred's own types, reachable through the raw handle: its Config's Debug
+    // prints `password` — fredkit hands fred the secret through a
+    // credential provider instead, so the field is empty (#24).
+    let dedicated = redis.dedicated().unwrap();
+    let subscriber = redis.subscriber().unwrap();
+    let provider = fredkit_conn::credentials_fn(|| async {
+        Ok(fredkit_conn::Credentials::new(
+            "app",
+            "token-s3cret-rotated",
+        ))
+    });
+    let with_provider = Redis::connect(
+        RedisConfig::builder()
+            .url(server.url())
+            .credentials(provider)
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    let fred_debug = [
+        format!("{:?}", redis.client().client_config()),
+        format!("{:?}", redis.client().connection_config()),
+        format!("{:?}", dedicated.client().client_config()),
+        format!("{:?}", subscriber.client().client_config()),
+        format!("{:?}", with_provider.client().client_config()),
+        format!("{:?}", with_provider.config()),
+        format!("{with_provider:?}"),
+        format!(
+            "{:?}",
+            fredkit_conn::Credentials::new("app", "token-s3cret-rotated")
+        ),
+    ];
+    for text in &fred_debug {
+        tracing::info!(%text, "fred config");
+    }
+    assert!(
+        fred_debug[0].contains("password: None") && fred_debug[0].contains("credential_provider"),
+        "the check reads fred's Config Debug: {}",
+        fred_debug[0]
+    );
     let _ = redis.health().await;
     // Force a reconnect, with its AUTH.
     server
@@ -69,7 +110,11 @@ async fn passwords_never_appear_in_logs_at_trace_level() {
         logs.len() > 200,
         "the subscriber captured fred's and our logs: {logs}"
     );
-    for secret in ["hunter2-secret", "wrong-s3cret-pass"] {
+    for secret in [
+        "hunter2-secret",
+        "wrong-s3cret-pass",
+        "token-s3cret-rotated",
+    ] {
         assert!(!logs.contains(secret), "{secret} leaked into logs:\n{logs}");
     }
 }
