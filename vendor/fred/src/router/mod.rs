@@ -38,6 +38,36 @@ pub mod transactions;
 #[cfg(feature = "replicas")]
 use replicas::Replicas;
 
+/// fredkit patch: the most reply frames the router takes from one connection per wake-up.
+pub const READ_BATCH: usize = 64;
+/// fredkit patch: the most queued router commands written per turn of the router's loop.
+pub const WRITE_BATCH: usize = 64;
+
+/// fredkit patch: `FREDKIT_FRED_BATCH=0` in the environment turns the batching off (one reply or one command per
+/// turn, as in stock fred). Read once per process; for measuring the patch against stock behaviour.
+fn batching_on() -> bool {
+  static ON: std::sync::OnceLock<bool> = std::sync::OnceLock::new();
+  *ON.get_or_init(|| std::env::var("FREDKIT_FRED_BATCH").map_or(true, |v| v.trim() != "0"))
+}
+
+/// fredkit patch: see [`READ_BATCH`].
+pub fn read_batch() -> usize {
+  if batching_on() {
+    READ_BATCH
+  } else {
+    1
+  }
+}
+
+/// fredkit patch: see [`WRITE_BATCH`].
+pub fn write_batch() -> usize {
+  if batching_on() {
+    WRITE_BATCH
+  } else {
+    1
+  }
+}
+
 #[derive(Debug, Clone, Eq, PartialEq)]
 pub enum ReconnectServer {
   All,

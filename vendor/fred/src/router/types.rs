@@ -38,30 +38,44 @@ fn poll_connection(
   conn: &mut Connection,
   cx: &mut Context<'_>,
   buf: &mut Vec<(Server, Option<Result<Resp3Frame, Error>>)>,
-  now: &Instant,
 ) {
-  match Pin::new(&mut conn.transport).poll_next(cx) {
-    Poll::Ready(Some(frame)) => {
-      conn.last_write = None;
-      buf.push((conn.server.clone(), Some(frame.map(|f| f.into_resp3()))));
-    },
-    Poll::Ready(None) => {
-      conn.last_write = None;
-      buf.push((conn.server.clone(), None));
-    },
-    Poll::Pending => {
-      if let Some(duration) = inner.connection.unresponsive.max_timeout {
-        if let Some(last_write) = conn.last_write {
-          if now.saturating_duration_since(last_write) > duration && !conn.blocked {
-            buf.push((
-              conn.server.clone(),
-              Some(Err(Error::new(ErrorKind::IO, "Unresponsive connection."))),
-            ));
-          }
+  // fredkit patch: take up to `read_batch()` frames that are already readable (decoded from the read buffer or
+  // from one more non-blocking read) instead of one per turn of the router's loop. A closed connection or a read
+  // error ends the batch and is always the last entry for this connection.
+  let mut read = 0;
+  let batch = super::read_batch();
+  while read < batch {
+    match Pin::new(&mut conn.transport).poll_next(cx) {
+      Poll::Ready(Some(frame)) => {
+        conn.last_write = None;
+        let is_err = frame.is_err();
+        buf.push((conn.server.clone(), Some(frame.map(|f| f.into_resp3()))));
+        if is_err {
+          return;
+        }
+        read += 1;
+      },
+      Poll::Ready(None) => {
+        conn.last_write = None;
+        buf.push((conn.server.clone(), None));
+        return;
+      },
+      Poll::Pending => break,
+    }
+  }
+  if read == 0 {
+    if let Some(duration) = inner.connection.unresponsive.max_timeout {
+      if let Some(last_write) = conn.last_write {
+        // fredkit patch: the clock is read only when the unresponsive check is on (it was read on every poll).
+        if Instant::now().saturating_duration_since(last_write) > duration && !conn.blocked {
+          buf.push((
+            conn.server.clone(),
+            Some(Err(Error::new(ErrorKind::IO, "Unresponsive connection."))),
+          ));
         }
       }
-    },
-  };
+    }
+  }
 }
 
 /// A future that reads from all connections and performs unresponsive checks.
@@ -107,14 +121,13 @@ impl Future for ReadAllFuture<'_, '_> {
     }
 
     let _self = self.get_mut();
-    let now = Instant::now();
     let mut out = Vec::new();
     for (_, conn) in _self.connections.iter_mut() {
-      poll_connection(_self.inner, conn, cx, &mut out, &now);
+      poll_connection(_self.inner, conn, cx, &mut out);
     }
     #[cfg(feature = "replicas")]
     for (_, conn) in _self.replicas.iter_mut() {
-      poll_connection(_self.inner, conn, cx, &mut out, &now);
+      poll_connection(_self.inner, conn, cx, &mut out);
     }
 
     if out.is_empty() {
@@ -158,13 +171,12 @@ impl Future for ReadFuture<'_, '_> {
 
   fn poll(self: Pin<&mut Self>, cx: &mut Context<'_>) -> Poll<Self::Output> {
     let mut out = Vec::new();
-    let now = Instant::now();
     let _self = self.get_mut();
 
-    poll_connection(_self.inner, _self.connection, cx, &mut out, &now);
+    poll_connection(_self.inner, _self.connection, cx, &mut out);
     #[cfg(feature = "replicas")]
     for (_, conn) in _self.replicas.iter_mut() {
-      poll_connection(_self.inner, conn, cx, &mut out, &now);
+      poll_connection(_self.inner, conn, cx, &mut out);
     }
 
     if out.is_empty() {

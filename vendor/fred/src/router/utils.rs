@@ -14,10 +14,9 @@ use crate::{
   utils as client_utils,
 };
 use bytes::Bytes;
-use std::{
-  collections::VecDeque,
-  time::{Duration, Instant},
-};
+#[cfg(feature = "metrics")]
+use std::time::Instant;
+use std::{collections::VecDeque, time::Duration};
 use tokio::pin;
 
 static OK_FRAME: Resp3Frame = Resp3Frame::SimpleString {
@@ -54,7 +53,12 @@ pub fn prepare_command(
   // * the command goes to multiple sockets at once
   // * the command blocks the router command loop
   let should_flush = counters.should_send(inner) || command.kind.should_flush() || command.is_all_cluster_nodes();
-  command.network_start = Some(Instant::now());
+  // fredkit patch: the clock is read only when something reads `network_start` (the `metrics` feature's latency
+  // samples); it was read for every command written.
+  #[cfg(feature = "metrics")]
+  {
+    command.network_start = Some(Instant::now());
+  }
   set_command_trace(inner, command);
 
   Ok((frame, should_flush))
