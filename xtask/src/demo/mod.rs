@@ -8,6 +8,7 @@
 //! a [`Demo`] with a connected [`Redis`] handle and prints what it does.
 
 mod cache;
+mod collections;
 mod conn;
 mod core;
 mod lock;
@@ -53,6 +54,7 @@ const SECTIONS: &[Section] = &[
     ratelimit::SECTION,
     streams::SECTION,
     revocation::SECTION,
+    collections::SECTION,
 ];
 
 /// Prints a section heading.
