@@ -19,8 +19,8 @@ use fredkit::ratelimit::{Limit, Limiter};
 use fredkit::revocation::{RevocationOptions, Revocations};
 use fredkit::streams::{Message, Producer, StreamAdmin, StreamKeys, Worker, WorkerConfig};
 use fredkit_testkit::{
-    shared_tls_certs, shared_tls_url, unique_prefix, CertOptions, RedisServer, ServerOptions,
-    TlsCerts, Topology,
+    key_slot, shared_tls_certs, shared_tls_url, unique_prefix, CertOptions, ClusterOptions,
+    RedisCluster, RedisServer, ServerOptions, TlsCerts, Topology,
 };
 use futures::StreamExt;
 use rstest::rstest;
@@ -414,5 +414,59 @@ async fn tls_missing_client_certificate_is_a_config_error_saying_so() {
     let redis = connect_tls(port, with_client_cert(&certs)).await.unwrap();
     let pong: String = redis.client().ping(None).await.unwrap();
     assert_eq!(pong, "PONG");
+    redis.shutdown().await.unwrap();
+}
+
+/// The server-name override reaches every node of a cluster, also those fred discovers from
+/// `CLUSTER SLOTS` (announced by IP address): against nodes whose certificates name only
+/// `redis.test`, the seed alone would not do; writes to every master's slots succeed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tls_server_name_applies_to_every_cluster_node() {
+    let certs =
+        TlsCerts::generate_with(CertOptions::default().server_names(["redis.test"])).unwrap();
+    let cluster = tokio::task::spawn_blocking(move || {
+        RedisCluster::start(
+            ClusterOptions::default().server_options(ServerOptions::default().tls(certs)),
+        )
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    let ca = cluster.masters()[0].tls_certs().unwrap().ca_path();
+    let connect = |tls: TlsOptions| {
+        let config = RedisConfig::builder()
+            .cluster(cluster.masters().iter().map(|m| ("127.0.0.1", m.port())))
+            .tls(tls)
+            .build()
+            .unwrap();
+        async move {
+            let redis = Redis::connect(config).await?;
+            redis.wait_connected().await.map(|()| redis)
+        }
+    };
+    let err = connect(TlsOptions::new().ca_file(&ca))
+        .await
+        .expect_err("a certificate for redis.test accepted for 127.0.0.1");
+    assert_eq!(err.kind(), ErrorKind::Config, "{err}");
+    assert!(
+        err.to_string().contains("certificate is for redis.test"),
+        "{err}"
+    );
+
+    let redis = connect(TlsOptions::new().ca_file(&ca).server_name("redis.test"))
+        .await
+        .unwrap();
+    // Keys on every master's share of the slots (3 masters: 0-5460, 5461-10922, 10923-).
+    let mut masters_hit = std::collections::BTreeSet::new();
+    for i in 0..30 {
+        let key = format!("sni:{i}");
+        let _: () = redis
+            .client()
+            .set(&key, i, None, None, false)
+            .await
+            .unwrap_or_else(|e| panic!("SET {key}: {e}"));
+        masters_hit.insert(usize::from(key_slot(key.as_bytes())) * 3 / 16384);
+    }
+    assert_eq!(masters_hit.len(), 3, "keys on every master");
     redis.shutdown().await.unwrap();
 }
