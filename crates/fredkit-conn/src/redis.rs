@@ -240,8 +240,9 @@ impl Redis {
     /// watchdog, since long silences are normal for blocking commands (a probe
     /// would queue behind them). If a blocking command times out well past its
     /// own block time, the connection is silent: call fred's
-    /// `force_reconnection()` on it. It starts connecting at once (lazily); it
-    /// closes when dropped.
+    /// `force_reconnection()` on it. It starts connecting at once (lazily);
+    /// close it with [`Dedicated::close`] (or it closes in the background
+    /// when dropped).
     ///
     /// # Errors
     /// A config error if fred rejects the configuration.
@@ -250,16 +251,13 @@ impl Redis {
         let client = b.build()?;
         let handle = client.connect();
         let follower = self.inner.follower(&client);
-        Ok(Dedicated {
-            client,
-            handle: Some(handle),
-            follower,
-        })
+        Ok(Dedicated::new(client, handle, follower, &self.inner.config))
     }
 
     /// A new subscriber connection (for pub/sub). fredkit-pubsub builds on it;
     /// call `manage_subscriptions()` on it yourself if you use it raw, so it
-    /// resubscribes after a reconnect. It closes when dropped.
+    /// resubscribes after a reconnect. Close it with [`Dedicated::close`] (or
+    /// it closes in the background when dropped).
     ///
     /// # Errors
     /// A config error if fred rejects the configuration.
@@ -268,11 +266,7 @@ impl Redis {
         let client = b.build_subscriber_client()?;
         let handle = client.connect();
         let follower = self.inner.follower(&client);
-        Ok(Dedicated {
-            client,
-            handle: Some(handle),
-            follower,
-        })
+        Ok(Dedicated::new(client, handle, follower, &self.inner.config))
     }
 
     /// Reachability, latency, topology and server version. Costs one PING and
@@ -293,9 +287,14 @@ impl Redis {
     ///   listener with its connection to the sentinels.
     ///
     /// It does not close connections made by [`Redis::dedicated`] and
-    /// [`Redis::subscriber`], nor what fredkit primitives built on this
-    /// handle own (their subscribers, tasks): each closes when dropped, or
-    /// with the primitive's own `close()`. Close those first.
+    /// [`Redis::subscriber`] (close each with [`Dedicated::close`]), nor what
+    /// fredkit primitives built on this handle own (their subscribers,
+    /// dedicated connections, tasks): close those with the primitive's own
+    /// `close()` (fredkit-pubsub's `Subscriber::close`, `Cache::close`,
+    /// `LockManager::close`, `Revocations::close`, `Worker::close`...) first,
+    /// then this handle. Each also closes when dropped, but in the
+    /// background: a process that exits or a server that goes away right
+    /// after may then log fred's "Connection reset by peer" warnings.
     ///
     /// Commands sent afterwards fail at once (fred: the client is closed);
     /// none waits for a reconnection. Calling it again is harmless.
@@ -337,16 +336,102 @@ impl Redis {
 }
 
 /// A connection of its own (from [`Redis::dedicated`] or [`Redis::subscriber`]).
-/// Derefs to the fred client; when dropped it sends `QUIT` in the background
-/// and stops reconnecting.
+/// Derefs to the fred client. [`close`](Self::close) sends `QUIT` and waits
+/// for the connection's task to end; when dropped unclosed it sends `QUIT`
+/// in the background and stops reconnecting.
 pub struct Dedicated<C: ClientLike + 'static> {
     client: C,
-    handle: Option<ConnectHandle>,
+    /// fred's connection task; `None` once closed (or being closed).
+    handle: tokio::sync::Mutex<Option<ConnectHandle>>,
     /// On a Sentinel topology: moves this connection to a newly announced primary.
-    follower: Option<tokio::task::AbortHandle>,
+    follower: Mutex<Option<tokio::task::AbortHandle>>,
+    /// How long `close` waits for `QUIT` (twice the command timeout, at
+    /// least 2 s).
+    close_limit: Duration,
 }
 
 impl<C: ClientLike + 'static> Dedicated<C> {
+    fn new(
+        client: C,
+        handle: ConnectHandle,
+        follower: Option<tokio::task::AbortHandle>,
+        config: &RedisConfig,
+    ) -> Self {
+        Dedicated {
+            client,
+            handle: tokio::sync::Mutex::new(Some(handle)),
+            follower: Mutex::new(follower),
+            close_limit: config
+                .command_timeout
+                .saturating_mul(2)
+                .max(Duration::from_secs(2)),
+        }
+    }
+
+    /// Closes this connection: stops following sentinels (if it did), sends
+    /// `QUIT` once the commands written before it are answered (a blocking
+    /// command in flight is waited for; at most twice the command timeout,
+    /// at least 2 s), then waits for fred's connection task to end (at most
+    /// 1 s more, aborted after). No reconnection follows, nothing is left
+    /// running, and a server that goes away afterwards makes fred log
+    /// nothing. Commands sent afterwards fail at once.
+    ///
+    /// Idempotent: a later call returns `Ok(())` at once; a concurrent one
+    /// waits for the first. Dropping the future halfway lets the close finish
+    /// in the background. After `close`, dropping the connection sends
+    /// nothing more.
+    ///
+    /// ```no_run
+    /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+    /// let conn = redis.dedicated()?;
+    /// // ... blocking commands on `conn` ...
+    /// conn.close().await?;
+    /// redis.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// # Errors
+    /// [`ErrorKind::Timeout`](fredkit_core::ErrorKind::Timeout) when `QUIT`
+    /// was not answered in time, or fred's error when the connection could
+    /// not be closed cleanly (e.g. the server was unreachable); it is closed
+    /// anyway.
+    pub async fn close(&self) -> Result<()> {
+        let mut slot = self.handle.lock().await;
+        let Some(handle) = slot.take() else {
+            return Ok(());
+        };
+        if let Some(f) = take_follower(&self.follower) {
+            f.abort();
+        }
+        let client = self.client.clone();
+        let limit = self.close_limit;
+        // In a task of its own, so a dropped `close` future still finishes.
+        let closing = tokio::spawn(async move {
+            let quit = tokio::time::timeout(limit, client.quit()).await;
+            let abort = handle.abort_handle();
+            if tokio::time::timeout(Duration::from_secs(1), handle)
+                .await
+                .is_err()
+            {
+                abort.abort();
+            }
+            match quit {
+                Ok(r) => r.map_err(Error::from),
+                Err(_) => Err(Error::timeout(format!(
+                    "QUIT on a dedicated connection was not answered within {limit:?}; closed anyway"
+                ))),
+            }
+        });
+        let result = closing.await;
+        drop(slot);
+        match result {
+            Ok(r) => r,
+            Err(e) => Err(Error::connection(format!(
+                "closing a dedicated connection did not finish: {e}"
+            ))),
+        }
+    }
+
     /// Waits until this connection is up, at most `timeout`.
     ///
     /// # Errors
@@ -390,22 +475,33 @@ impl<C: ClientLike + 'static> fmt::Debug for Dedicated<C> {
     }
 }
 
+fn take_follower(
+    follower: &Mutex<Option<tokio::task::AbortHandle>>,
+) -> Option<tokio::task::AbortHandle> {
+    match follower.lock() {
+        Ok(mut f) => f.take(),
+        Err(poisoned) => poisoned.into_inner().take(),
+    }
+}
+
 impl<C: ClientLike + 'static> Drop for Dedicated<C> {
     fn drop(&mut self) {
-        if let Some(f) = self.follower.take() {
+        if let Some(f) = take_follower(&self.follower) {
             f.abort();
         }
+        // Closed already (or a close is finishing in the background): a
+        // second QUIT would only make fred warn.
+        let Some(handle) = self.handle.get_mut().take() else {
+            return;
+        };
         let client = self.client.clone();
-        let handle = self.handle.take();
         if let Ok(rt) = tokio::runtime::Handle::try_current() {
             rt.spawn(async move {
                 let _ = tokio::time::timeout(Duration::from_secs(2), client.quit()).await;
-                if let Some(h) = handle {
-                    h.abort();
-                }
+                handle.abort();
             });
-        } else if let Some(h) = handle {
-            h.abort();
+        } else {
+            handle.abort();
         }
     }
 }

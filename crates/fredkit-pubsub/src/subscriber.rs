@@ -92,6 +92,8 @@ struct Shared {
     capacity: usize,
     command_timeout: Duration,
     tasks: Mutex<Vec<JoinHandle<()>>>,
+    /// Set by `Subscriber::close`: nothing is subscribed any more.
+    closed: std::sync::atomic::AtomicBool,
 }
 
 impl Drop for Shared {
@@ -135,6 +137,11 @@ fn lock<T>(m: &Mutex<T>) -> MutexGuard<'_, T> {
 ///   cluster has failed the silent node over, not before.
 ///
 /// Pub/sub is **at-most-once**; for durable delivery use Redis Streams.
+///
+/// It owns its subscriber connection and three tasks (dispatch, resubscribe,
+/// liveness probe); [`close`](Self::close) ends them all and `QUIT`s the
+/// connection, waiting until it is gone. Dropping the last clone closes
+/// the same things in the background.
 ///
 /// ```no_run
 /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
@@ -209,6 +216,7 @@ impl<C: Codec + Clone> Subscriber<C> {
             capacity: options.receiver_capacity,
             command_timeout: redis.config().command_timeout(),
             tasks: Mutex::new(Vec::new()),
+            closed: std::sync::atomic::AtomicBool::new(false),
         });
         let sharded = sharded(redis, options.mode);
         let dispatcher = tokio::spawn(dispatch(Arc::downgrade(&shared), messages));
@@ -295,6 +303,63 @@ impl<C: Codec + Clone> Subscriber<C> {
         self.attach(key, Arc::new(|b: &Bytes| Ok(b.clone()))).await
     }
 
+    /// Closes what this subscriber owns, for it and every clone: its three
+    /// tasks are stopped and waited for, then its connection gets `QUIT`
+    /// (once the commands written before it are answered: at most twice the
+    /// command timeout, at least 2 s) and fred's connection task is waited
+    /// for (see [`Dedicated::close`]). Every [`Subscription`] it handed out
+    /// then ends (its stream yields `None`). Nothing is left running and no
+    /// reconnection follows, so a server that goes away afterwards makes
+    /// nothing log a warning. The [`Redis`] handle it was made from is not
+    /// closed: close it ([`Redis::shutdown`]) after its subscribers.
+    ///
+    /// A (un)subscribe in flight is waited for first (at most the command
+    /// timeout). Afterwards, [`subscribe`](Self::subscribe) and
+    /// [`psubscribe`](Self::psubscribe) fail with
+    /// [`ErrorKind::Connection`](fredkit_core::ErrorKind::Connection).
+    /// Idempotent: later calls return at once; concurrent ones wait for the
+    /// first. Cancellation: dropping the future halfway leaves the
+    /// subscriber closed for new subscriptions; a `QUIT` already started
+    /// finishes in the background, the rest closes when the last clone is
+    /// dropped. Failures to `QUIT` (the server unreachable) are logged at
+    /// debug level: the connection is closed anyway.
+    ///
+    /// ```no_run
+    /// # async fn run(redis: fredkit_conn::Redis) -> fredkit_core::Result<()> {
+    /// use fredkit_pubsub::Subscriber;
+    ///
+    /// let subscriber = Subscriber::new(&redis).await?;
+    /// let orders = subscriber.subscribe::<u64>("orders").await?;
+    /// // ... at exit:
+    /// subscriber.close().await;
+    /// redis.shutdown().await?;
+    /// # Ok(()) }
+    /// ```
+    pub async fn close(&self) {
+        let shared = &self.shared;
+        shared
+            .closed
+            .store(true, std::sync::atomic::Ordering::SeqCst);
+        // No SUBSCRIBE/UNSUBSCRIBE or resubscription in flight from here on
+        // (each takes this lock and is bounded by the command timeout).
+        let ops = shared.ops.lock().await;
+        let tasks: Vec<JoinHandle<()>> = lock(&shared.tasks).drain(..).collect();
+        for task in &tasks {
+            task.abort();
+        }
+        for task in tasks {
+            let _ = task.await;
+        }
+        if let Err(e) = shared.conn.close().await {
+            tracing::debug!(error = %e, "fredkit.pubsub: close: QUIT failed; the connection is closed anyway");
+        }
+        // Ends every Subscription's stream (their senders go).
+        let entries: Vec<Entry> = lock(&shared.registry).drain().map(|(_, e)| e).collect();
+        lock(&shared.server_patterns).clear();
+        drop(ops);
+        drop(entries);
+    }
+
     /// A watch on the number of gaps so far (reconnects after which
     /// everything was resubscribed, and messages lost inside the client).
     /// `changed().await` wakes on the next gap.
@@ -332,6 +397,12 @@ impl<C: Codec + Clone> Subscriber<C> {
             outcome = tracing::field::Empty
         );
         let ops = self.shared.ops.lock().await;
+        if self.shared.closed.load(std::sync::atomic::Ordering::SeqCst) {
+            span.record("outcome", "closed");
+            return Err(Error::connection(
+                "this Subscriber was closed: make a new one (Subscriber::new) to subscribe again",
+            ));
+        }
         let joined = {
             let mut reg = lock(&self.shared.registry);
             match reg.get_mut(&key) {
