@@ -64,6 +64,7 @@
 #[doc = include_str!("../README.md")]
 pub struct ReadmeDoctests;
 
+mod acl;
 mod cluster;
 pub mod contract;
 mod error;
@@ -78,6 +79,7 @@ mod shared;
 mod tls;
 mod wait;
 
+pub use acl::{acl_denials, delete_acl_user, set_acl_user, url_as};
 pub use cluster::{key_slot, ClusterOptions, RedisCluster, SLOT_COUNT};
 pub use error::{Result, TestkitError};
 pub use independent::IndependentServers;
@@ -87,6 +89,6 @@ pub use sentinel::{SentinelGroup, SERVICE_NAME};
 pub use server::{RedisServer, ServerOptions, REDIS_SERVER_ENV};
 pub use shared::{
     connect, shared_redis, shared_tls_certs, shared_tls_redis, shared_tls_url, shared_url,
-    unique_prefix, Topology,
+    unique_prefix, Topology, SHARED_URL_ENV,
 };
 pub use tls::{CertOptions, TlsCerts};
