@@ -169,6 +169,18 @@ impl Confirmed {
         }
     }
 
+    /// Closes this handle's connection, for it and every clone
+    /// ([`Dedicated::close`]: `QUIT` after the writes and `WAIT` in flight,
+    /// then fred's connection task is waited for). Writes afterwards fail
+    /// at once. Idempotent. Without it the connection closes in the
+    /// background when the last clone is dropped.
+    ///
+    /// # Errors
+    /// As [`Dedicated::close`]; the connection is closed anyway.
+    pub async fn close(&self) -> Result<()> {
+        self.inner.conn.close().await
+    }
+
     /// A command on this connection timed out: it may be silent (a paused
     /// primary, a failover without RST). Reconnect it, which also re-reads
     /// the Sentinel or cluster topology.

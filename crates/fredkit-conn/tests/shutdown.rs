@@ -123,9 +123,10 @@ async fn shutdown_closes_the_pool_and_every_task_of_the_handle_but_not_dedicated
     drop(redis);
 }
 
-/// A dedicated connection with a blocking command in flight and a raw
-/// subscriber connection with a subscription are closed (the dedicated one
-/// twice at once, then again). `close` waits for the blocking command
+/// A dedicated connection with a blocking command in flight, a raw
+/// subscriber connection with a subscription and a replica-confirmed
+/// writer's connection are closed (the dedicated one twice at once, then
+/// again; the writer from a clone, then again). `close` waits for the blocking command
 /// (answered, not cut off), then nothing of them is left running while
 /// they are still held; a command on the closed connection fails at once;
 /// and when the server then goes away, nothing is logged at WARN or above
@@ -160,6 +161,8 @@ fn dedicated_close_leaves_no_task_and_logs_no_warning() {
             .unwrap();
         let mut messages = subscriber.message_rx();
         subscriber.subscribe("close-test").await.unwrap();
+        // A replica-confirmed writer owns a dedicated connection too.
+        let confirmed = redis.confirmed(1, Duration::from_millis(100)).unwrap();
         assert!(
             settled_tasks().await > baseline,
             "the connections run tasks"
@@ -190,6 +193,8 @@ fn dedicated_close_leaves_no_task_and_logs_no_warning() {
         b.unwrap();
         dedicated.close().await.unwrap(); // idempotent
         subscriber.close().await.unwrap();
+        confirmed.clone().close().await.unwrap();
+        confirmed.close().await.unwrap();
         let answered = blocked.await.unwrap().unwrap();
         assert_eq!(
             answered,
@@ -211,6 +216,15 @@ fn dedicated_close_leaves_no_task_and_logs_no_warning() {
         .await
         .expect("a command after close hung");
         assert!(r.is_err(), "{r:?}");
+        let w = tokio::time::timeout(
+            Duration::from_secs(20),
+            confirmed.write("k", |c| async move {
+                c.set::<(), _, _>("k", "v", None, None, false).await
+            }),
+        )
+        .await
+        .expect("a confirmed write after close hung");
+        assert!(w.is_err(), "{w:?}");
         // The subscriber's message stream has ended.
         let ended = tokio::time::timeout(Duration::from_secs(5), async {
             while !matches!(
@@ -225,7 +239,7 @@ fn dedicated_close_leaves_no_task_and_logs_no_warning() {
         // Redis goes away while the closed connections are still held.
         drop(server.take());
         tokio::time::sleep(Duration::from_millis(500)).await;
-        drop((dedicated, subscriber));
+        drop((dedicated, subscriber, confirmed));
         from
     });
     drop(rt);
