@@ -2,9 +2,9 @@
 
 use fredkit_core::KeySpace;
 
-/// The commands this crate sends, as ACL tokens: the collection scripts (`EVALSHA`/`EVAL`/`SCRIPT LOAD` and the commands they call) and the plain reads of maps, feeds, leaderboards, presence and Bloom filters. The complete
+/// The commands this crate sends, as ACL tokens: the collection scripts (`EVALSHA`, `EVAL` after `NOSCRIPT`, and every command they call, whichever branch runs) and the plain reads of maps, feeds, leaderboards, presence and Bloom filters. The complete
 /// rule is [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +script|load +time +type +exists +unlink +pexpire +pexpireat +pttl +get +getbit +setbit +getrange +setrange +hget +hgetall +hset +hsetnx +hdel +hexists +hincrby +lpush +rpop +lrange +lindex +llen +ltrim +zadd +zrem +zscore +zincrby +zcard +zcount +zrank +zrange +zrevrange +zremrangebyscore";
+pub const ACL_COMMANDS: &str = "+evalsha +eval +time +type +exists +unlink +pexpire +pexpireat +getbit +setbit +getrange +setrange +hget +hgetall +hset +hsetnx +hdel +hexists +hincrby +lpush +rpop +lrange +lindex +llen +ltrim +zadd +zrem +zscore +zincrby +zcard +zcount +zrank +zrange +zrevrange +zremrangebyscore";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands

@@ -1,7 +1,7 @@
 //! The least-privilege ACL rule of a fredkit connection.
 
 /// The commands every fredkit connection sends by itself, as ACL tokens: the
-/// handshake of each new connection (`AUTH`/`HELLO`, `SELECT`, `CLIENT ID`,
+/// handshake of each new connection (`AUTH`, `SELECT`, `CLIENT ID`,
 /// `INFO server`), the cluster topology reads (`CLUSTER SLOTS`, `CLUSTER
 /// INFO`), the shared pool's watchdog and [`Redis::health`](crate::Redis::health)
 /// (`PING`, `INFO`), and, behind Sentinel, the primary check (`ROLE`). Every
@@ -11,7 +11,7 @@
 /// fredkit client asks them `SENTINEL get-master-addr-by-name`,
 /// `SENTINEL sentinels` and subscribes to `+switch-master`.
 pub const ACL_COMMANDS: &str =
-    "+ping +auth +hello +select +client|id +client|setname +info +role +cluster|slots +cluster|info";
+    "+ping +auth +select +client|id +info +role +cluster|slots +cluster|info";
 
 /// The complete ACL rule a service needs to connect with fredkit-conn and do
 /// nothing else: `-@all` and [`ACL_COMMANDS`], no keys, no channels.

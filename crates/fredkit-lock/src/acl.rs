@@ -2,9 +2,9 @@
 
 use fredkit_core::KeySpace;
 
-/// The commands this crate sends, as ACL tokens: the lock, semaphore and fencing scripts (`EVALSHA`/`EVAL`/`SCRIPT LOAD` and the commands they call), and `PUBLISH`/`SUBSCRIBE` on `prefix:wake` for waiters. The complete
+/// The commands this crate sends, as ACL tokens: the lock, semaphore and fencing scripts (`EVALSHA`, `EVAL` after `NOSCRIPT`, and every command they call, whichever branch runs), and `PUBLISH`/`SUBSCRIBE` on `prefix:wake` for waiters. The complete
 /// rule is [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +script|load +get +set +del +exists +pttl +pexpire +persist +incrby +append +type +time +zadd +zrem +zcard +zcount +zrange +zscore +zremrangebyscore";
+pub const ACL_COMMANDS: &str = "+evalsha +eval +get +set +del +exists +pttl +pexpire +persist +incrby +append +type +time +zadd +zrem +zcard +zcount +zrange +zscore +zremrangebyscore";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands

@@ -2,9 +2,9 @@
 
 use fredkit_core::KeySpace;
 
-/// The commands this crate sends, as ACL tokens: the limiter scripts (`EVALSHA`/`EVAL`/`SCRIPT LOAD` and the commands they call) and `UNLINK` for resets. The complete
+/// The commands this crate sends, as ACL tokens: the limiter scripts (`EVALSHA`, `EVAL` after `NOSCRIPT`, and every command they call, whichever branch runs) and `UNLINK` for resets. The complete
 /// rule is [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +script|load +get +set +del +unlink +incr +incrby +pexpire +pttl +time +hset +hmget +zadd +zcard +zrange +zremrangebyscore";
+pub const ACL_COMMANDS: &str = "+evalsha +eval +get +set +del +unlink +incr +incrby +pexpire +pttl +time +hset +hmget +zadd +zcard +zrange +zremrangebyscore";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands

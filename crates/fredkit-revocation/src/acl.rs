@@ -2,9 +2,9 @@
 
 use fredkit_core::KeySpace;
 
-/// The commands this crate sends, as ACL tokens: the revocation scripts (`EVALSHA`/`EVAL`/`SCRIPT LOAD` and the commands they call), the checks (`GET`/`MGET`/`EXISTS`), and `PUBLISH`/`SUBSCRIBE` on `prefix:events` for the local cache. The complete
+/// The commands this crate sends, as ACL tokens: the revocation scripts (`EVALSHA`, `EVAL` after `NOSCRIPT`, and every command they call, whichever branch runs), the checks (`GET`, `EXISTS`), and `PUBLISH`/`SUBSCRIBE` on `prefix:events` for the local cache. The complete
 /// rule is [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +script|load +get +mget +exists +set +time +pexpireat +pexpiretime +zadd +zcard +zrange +zremrangebyscore";
+pub const ACL_COMMANDS: &str = "+evalsha +eval +get +exists +set +time +pexpireat +pexpiretime +zadd +zcard +zrange +zremrangebyscore";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands

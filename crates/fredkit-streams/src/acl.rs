@@ -4,7 +4,7 @@ use fredkit_core::KeySpace;
 
 /// The commands this crate sends, as ACL tokens: producers (`XADD`), workers (`XGROUP`, `XREADGROUP`, `XACK`, `XAUTOCLAIM`, `XPENDING`) with their claim and dead-letter scripts, and the admin reads (`XINFO`, `XLEN`, `XRANGE`). The complete
 /// rule is [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +script|load +time +xadd +xreadgroup +xack +xautoclaim +xclaim +xpending +xrange +xrevrange +xdel +xtrim +xlen +xgroup +xinfo";
+pub const ACL_COMMANDS: &str = "+evalsha +eval +time +xadd +xreadgroup +xack +xautoclaim +xpending +xrange +xrevrange +xdel +xtrim +xlen +xgroup +xinfo";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands
