@@ -167,7 +167,12 @@ pub async fn run(redis: &Redis, prefix: &str) -> anyhow::Result<Report> {
     while handled.load(Ordering::SeqCst) < 3 && tokio::time::Instant::now() < deadline {
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    // Stop cleanly: everything that owns connections or tasks (the caller
+    // shuts the `Redis` handle down after).
     worker.shutdown().await;
+    products.close().await;
+    locks.close().await;
+    revocations.close().await;
 
     Ok(Report {
         loader_runs: loader_runs.load(Ordering::SeqCst),
