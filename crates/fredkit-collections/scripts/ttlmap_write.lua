@@ -21,12 +21,13 @@ local op = ARGV[1]
 local f = ARGV[2]
 local ttl = ARGV[4]
 
-local t = redis.call('TYPE', key)['ok']
-if t ~= 'hash' and t ~= 'none' then
-  return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. t ..
+-- Reading the merge mark also checks the type: HGET fails on anything
+-- but a hash (or no key).
+local merging = redis.pcall('HGET', key, '~merging')
+if type(merging) == 'table' and merging['err'] then
+  return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. redis.call('TYPE', key)['ok'] ..
     ', not a hash; delete it (nothing was written)')
 end
-local merging = redis.call('HGET', key, '~merging')
 if merging then
   local sp = string.find(merging, ' ', 1, true) or 0
   return redis.error_reply('MERGING ' .. key .. ' is being merged into map ' ..
@@ -59,14 +60,19 @@ end
 
 if op == 'add' then
   local field = 'n:' .. f
-  if quantity(field) == false then return corrupt_quantity(field) end
+  -- HINCRBY itself refuses a field that is not a decimal i64, and an
+  -- overflow, writing nothing.
   local r = redis.pcall('HINCRBY', key, field, ARGV[3])
   if type(r) == 'table' and r['err'] then
+    if string.find(r['err'], 'not an integer', 1, true) then
+      return corrupt_quantity(field)
+    end
     return redis.error_reply('quantity ' .. string.format('%q', f) .. ' of ' .. key ..
       ': ' .. r['err'] .. ' (nothing was written)')
   end
   stamp()
   redis.call('PEXPIRE', key, ttl)
+  -- Re-read as a string: Lua numbers are doubles, exact only to 2^53.
   return redis.call('HGET', key, field)
 elseif op == 'set' then
   redis.call('HSET', key, 'v:' .. f, ARGV[3])
