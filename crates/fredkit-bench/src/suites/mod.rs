@@ -10,6 +10,7 @@
 //! implementing [`Suite`], add `mod <name>;` below and push it in [`all`].
 
 mod cache;
+mod collections;
 mod conn;
 mod lock;
 mod pubsub;
@@ -46,5 +47,6 @@ pub(crate) fn all() -> Vec<Box<dyn Suite>> {
         Box::new(streams::Streams),
         Box::new(revocation::Revocation),
         Box::new(tls::Tls),
+        Box::new(collections::Collections),
     ]
 }
