@@ -173,6 +173,7 @@ async fn lock_rule_suffices_and_another_prefix_is_refused(#[case] topology: Topo
         .unwrap();
     assert!(matches!(written, FencedWrite::Written), "{written:?}");
     assert!(guard.release().await.unwrap());
+    locks.close().await;
     u.assert_no_denials();
 
     let theirs = LockManager::new(&u.other, u.target.clone()).unwrap();
@@ -401,7 +402,8 @@ async fn pubsub_rule_suffices_and_another_prefix_is_refused(#[case] topology: To
         Ok(Some(Delivery::Message(m))) => assert_eq!(m.payload.unwrap(), "hello"),
         other => panic!("{other:?}"),
     }
-    drop((events, subscriber));
+    drop(events);
+    subscriber.close().await;
     u.assert_no_denials();
 
     let theirs = Publisher::new(&u.other)
