@@ -11,7 +11,7 @@ use crate::{Codec, Result};
 /// A key–value store with expiry: the storage a cache reads and writes.
 ///
 /// The trait exists so that code which caches does not care where entries
-/// live: Redis (fredkit-cache), a two-level moka + Redis store, or a map in a
+/// live: Redis (fredkit-cache), a two-level in-process + Redis store, or a map in a
 /// unit test. It speaks bytes and is object-safe; [`CacheStoreExt`] adds typed
 /// `get`/`set` through a [`Codec`] to every implementation.
 ///
