@@ -411,3 +411,36 @@ async fn pubsub_rule_suffices_and_another_prefix_is_refused(#[case] topology: To
         .await;
     u.assert_refused(theirs, "PUBLISH").await;
 }
+
+/// A rule missing a command that a script calls: Redis refuses it from
+/// inside the script (7.0 words it "The user executing the script can't run
+/// this command", without the NOPERM code). That is `Permission` too, naming
+/// the script, the commands it calls and its keys — never a generic script
+/// error.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_command_refused_inside_a_script_is_permission(#[case] topology: Topology) {
+    use fredkit_ratelimit::{Limit, Limiter};
+    let without_time = |keys: &KeySpace| fredkit_ratelimit::acl_rule(keys).replace(" +time", "");
+    let u = users(topology, "acl_in_script", without_time).await;
+    let limiter = Limiter::builder(&u.own, u.keys.clone())
+        .limit(Limit::gcra(2, Duration::from_secs(60)))
+        .fail_mode(FailMode::Closed)
+        .build()
+        .unwrap();
+    let e = limiter.check("user", 1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+    let text = e.to_string();
+    for part in [
+        "script",
+        "TIME",
+        "can't run this command",
+        u.keys.prefix(),
+        "acl_rule",
+    ] {
+        assert!(text.contains(part), "{part} missing from: {text}");
+    }
+    let _ = &u.other;
+}
