@@ -397,7 +397,11 @@ async fn pubsub_rule_suffices_and_another_prefix_is_refused(#[case] topology: To
         .publish(&channel, "hello")
         .await
         .unwrap();
-    assert_eq!(receivers, 1);
+    // PUBLISH counts the receivers of the node that ran it: exact on a
+    // standalone only; the message arriving below is the proof on a cluster.
+    if topology == Topology::Standalone {
+        assert_eq!(receivers, 1);
+    }
     match tokio::time::timeout(Duration::from_secs(10), events.next()).await {
         Ok(Some(Delivery::Message(m))) => assert_eq!(m.payload.unwrap(), "hello"),
         other => panic!("{other:?}"),
