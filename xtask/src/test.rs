@@ -59,6 +59,8 @@ enum Action {
     /// `cargo xtask readme`: the README examples built in a scratch crate
     /// outside the workspace (generated when the step runs).
     Readme,
+    /// The test runner, given shared servers for the whole run (see [`SharedServers`]).
+    Tests(Command),
     Cargo(Command),
 }
 
@@ -126,7 +128,7 @@ fn plan(options: &Options) -> Vec<Step> {
     };
     steps.push(Step {
         name: "tests",
-        action: Action::Cargo(tests),
+        action: Action::Tests(tests),
     });
     steps.push(Step {
         name: "doctests",
@@ -151,10 +153,14 @@ fn plan(options: &Options) -> Vec<Step> {
     });
 
     for step in &mut steps {
-        if let Action::Cargo(command) = &mut step.action {
-            if matches!(step.name, "tests" | "doctests") {
+        match &mut step.action {
+            Action::Tests(command) => {
                 command.args(&options.runner_args);
             }
+            Action::Cargo(command) if step.name == "doctests" => {
+                command.args(&options.runner_args);
+            }
+            _ => {}
         }
     }
     steps
@@ -190,7 +196,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             Action::Readme => "every README example in a scratch crate outside the workspace \
                  (cargo xtask readme)"
                 .to_string(),
-            Action::Cargo(command) => cmd::display(command),
+            Action::Cargo(command) | Action::Tests(command) => cmd::display(command),
         };
         println!("\n=== [{number}/{total}] {name}: {shown}");
         let t = Instant::now();
@@ -201,6 +207,15 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     .stdin(Stdio::null())
                     .stderr(Stdio::from(std::io::stdout()));
                 cmd::run(&mut command)
+            }),
+            Action::Tests(mut command) => SharedServers::start().and_then(|shared| {
+                command
+                    .envs(shared.env())
+                    .stdin(Stdio::null())
+                    .stderr(Stdio::from(std::io::stdout()));
+                let result = cmd::run(&mut command);
+                drop(shared);
+                result
             }),
             Action::Cargo(mut command) => {
                 command
@@ -248,4 +263,63 @@ fn summary(done: &[(&'static str, Outcome, Duration)], total: Duration) {
         println!("    {name:<9} {status:<7} {:>8}", cmd::human(*elapsed));
     }
     println!("    {:<9} {:<7} {:>8}", "total", "", cmd::human(total));
+}
+
+/// One standalone server, one cluster and one sentinel group started for the whole test
+/// run and handed to every test process through the environment
+/// ([`fredkit_testkit::SHARED_URL_ENV`]), so that `fredkit_testkit::shared_url` reuses them
+/// instead of starting its own: nextest runs each test in its own process, and a cluster
+/// start per cluster test cost ~2 s of the run's ~1,240 s of test time 190 times over.
+/// Tests isolate themselves on these with unique key prefixes and never fault them (the
+/// rule of `shared_url`); fault tests start their own servers. Dropped (killed) when the
+/// tests step ends. Set `FREDKIT_TESTKIT_PER_PROCESS=1` to give every test process its own
+/// servers again.
+struct SharedServers {
+    running: Option<(
+        fredkit_testkit::RedisServer,
+        fredkit_testkit::RedisCluster,
+        fredkit_testkit::SentinelGroup,
+    )>,
+}
+
+impl SharedServers {
+    fn start() -> Result<SharedServers> {
+        if cmd::env_flag("FREDKIT_TESTKIT_PER_PROCESS") {
+            println!(
+                "==> FREDKIT_TESTKIT_PER_PROCESS is set: each test process starts its own servers"
+            );
+            return Ok(SharedServers { running: None });
+        }
+        let t = Instant::now();
+        let standalone = fredkit_testkit::RedisServer::start()?;
+        let cluster =
+            fredkit_testkit::RedisCluster::start(fredkit_testkit::ClusterOptions::default())?;
+        let sentinel = fredkit_testkit::SentinelGroup::start()?;
+        println!(
+            "==> shared servers for every test process, started in {}: standalone {}, cluster {}, sentinel {}",
+            cmd::human(t.elapsed()),
+            standalone.url(),
+            cluster.url(),
+            sentinel.url()
+        );
+        Ok(SharedServers {
+            running: Some((standalone, cluster, sentinel)),
+        })
+    }
+
+    fn env(&self) -> Vec<(&'static str, String)> {
+        use fredkit_testkit::{Topology, SHARED_URL_ENV};
+        let Some((standalone, cluster, sentinel)) = &self.running else {
+            return Vec::new();
+        };
+        let url = |t: Topology| match t {
+            Topology::Standalone => standalone.url(),
+            Topology::Cluster => cluster.url(),
+            Topology::Sentinel => sentinel.url(),
+        };
+        SHARED_URL_ENV
+            .iter()
+            .map(|(t, var)| (*var, url(*t)))
+            .collect()
+    }
 }

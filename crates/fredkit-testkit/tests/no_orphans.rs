@@ -90,8 +90,14 @@ impl Drop for ChildTest {
 }
 
 fn spawn_child(mode: &str) -> (ChildTest, BufReader<ChildStdout>, Reported) {
+    let mut command = Command::new(std::env::current_exe().unwrap());
+    // The child must start (and orphan) its own shared servers, not reuse the ones a test
+    // runner hands down to the whole run.
+    for (_, var) in fredkit_testkit::SHARED_URL_ENV {
+        command.env_remove(var);
+    }
     let mut child = ChildTest(
-        Command::new(std::env::current_exe().unwrap())
+        command
             .args([CHILD_TEST, "--exact", "--nocapture", "--test-threads=1"])
             .env(MODE_ENV, mode)
             .stdin(Stdio::piped())
