@@ -6,7 +6,7 @@ use crate::{
   utils,
 };
 use socket2::TcpKeepalive;
-use std::{cmp, fmt::Debug, time::Duration};
+use std::{cmp, fmt, fmt::Debug, time::Duration};
 use url::Url;
 
 #[cfg(feature = "mocks")]
@@ -573,7 +573,8 @@ pub trait CredentialProvider: Debug + 'static {
 }
 
 /// Configuration options for a `Client`.
-#[derive(Clone, Debug)]
+// fredkit patch 4: `Debug` is written by hand so that passwords print as `***`.
+#[derive(Clone)]
 pub struct Config {
   /// Whether the client should return an error if it cannot connect to the server the first time when being
   /// initialized. If `false` the client will run the reconnect logic if it cannot connect to the server the first
@@ -663,6 +664,37 @@ pub struct Config {
   #[cfg(feature = "credential-provider")]
   #[cfg_attr(docsrs, doc(cfg(feature = "credential-provider")))]
   pub credential_provider: Option<Arc<dyn CredentialProvider>>,
+}
+
+/// `***` in place of a secret that is set, for the hand-written `Debug` impls (fredkit patch 4).
+fn redacted(secret: &Option<String>) -> Option<&'static str> {
+  secret.as_ref().map(|_| "***")
+}
+
+impl fmt::Debug for Config {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    let mut d = f.debug_struct("Config");
+    d.field("fail_fast", &self.fail_fast)
+      .field("blocking", &self.blocking)
+      .field("username", &self.username)
+      .field("password", &redacted(&self.password))
+      .field("server", &self.server)
+      .field("version", &self.version)
+      .field("database", &self.database);
+    #[cfg(any(
+      feature = "enable-native-tls",
+      feature = "enable-rustls",
+      feature = "enable-rustls-ring"
+    ))]
+    d.field("tls", &self.tls);
+    #[cfg(feature = "partial-tracing")]
+    d.field("tracing", &self.tracing);
+    #[cfg(feature = "mocks")]
+    d.field("mocks", &self.mocks);
+    #[cfg(feature = "credential-provider")]
+    d.field("credential_provider", &self.credential_provider);
+    d.finish()
+  }
 }
 
 impl PartialEq for Config {
@@ -1019,7 +1051,8 @@ impl Config {
 }
 
 /// Connection configuration for the server.
-#[derive(Clone, Debug, Eq, PartialEq)]
+// fredkit patch 4: `Debug` is written by hand so that the sentinels' password prints as `***`.
+#[derive(Clone, Eq, PartialEq)]
 pub enum ServerConfig {
   Centralized {
     /// The `Server` identifier.
@@ -1057,6 +1090,40 @@ pub enum ServerConfig {
     #[cfg_attr(docsrs, doc(cfg(feature = "sentinel-auth")))]
     password: Option<String>,
   },
+}
+
+impl fmt::Debug for ServerConfig {
+  fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+    match self {
+      ServerConfig::Centralized { server } => f.debug_struct("Centralized").field("server", server).finish(),
+      ServerConfig::Clustered { hosts, policy } => f
+        .debug_struct("Clustered")
+        .field("hosts", hosts)
+        .field("policy", policy)
+        .finish(),
+      #[cfg(feature = "unix-sockets")]
+      ServerConfig::Unix { path } => f.debug_struct("Unix").field("path", path).finish(),
+      #[cfg(feature = "sentinel-auth")]
+      ServerConfig::Sentinel {
+        hosts,
+        service_name,
+        username,
+        password,
+      } => f
+        .debug_struct("Sentinel")
+        .field("hosts", hosts)
+        .field("service_name", service_name)
+        .field("username", username)
+        .field("password", &redacted(password))
+        .finish(),
+      #[cfg(not(feature = "sentinel-auth"))]
+      ServerConfig::Sentinel { hosts, service_name } => f
+        .debug_struct("Sentinel")
+        .field("hosts", hosts)
+        .field("service_name", service_name)
+        .finish(),
+    }
+  }
 }
 
 impl Default for ServerConfig {
