@@ -41,19 +41,37 @@ if period > 0 then
   key = key .. ':' .. string.format('%d', idx)
   expire_at = (idx + 1) * period - offset + tonumber(ARGV[4])
 end
-local t = redis.call('TYPE', key)['ok']
-if t ~= 'zset' and t ~= 'none' then
-  return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. t ..
+local function corrupt()
+  return redis.error_reply('CORRUPT ' .. key .. ' is a ' .. redis.call('TYPE', key)['ok'] ..
     ', not a sorted set; delete it (nothing was written)')
 end
 
-local function touch()
+-- Submits: the write itself refuses a key that is not a sorted set
+-- (WRONGTYPE), which saves a TYPE on the hot path.
+if op == 'best' or op == 'latest' or op == 'incr' then
+  local r
+  if op == 'best' then
+    r = redis.pcall('ZADD', key, 'LT', ARGV[7], ARGV[6])
+  elseif op == 'latest' then
+    r = redis.pcall('ZADD', key, ARGV[7], ARGV[6])
+  else
+    r = redis.pcall('ZINCRBY', key, ARGV[7], ARGV[6])
+  end
+  if type(r) == 'table' and r['err'] then
+    if string.find(r['err'], 'WRONGTYPE', 1, true) then return corrupt() end
+    return r
+  end
   if expire_at then
     redis.call('PEXPIREAT', key, string.format('%d', expire_at))
-  elseif tonumber(ARGV[4]) > 0 then
+  elseif ARGV[4] ~= '0' then
     redis.call('PEXPIRE', key, ARGV[4])
   end
+  if op == 'incr' then return r end
+  return redis.call('ZSCORE', key, ARGV[6])
 end
+
+local t = redis.call('TYPE', key)['ok']
+if t ~= 'zset' and t ~= 'none' then return corrupt() end
 
 -- Members from ascending position `from` to `to` with the rank of the first.
 local function window(from, to)
@@ -65,19 +83,7 @@ local function window(from, to)
   return out
 end
 
-if op == 'best' then
-  redis.call('ZADD', key, 'LT', ARGV[7], ARGV[6])
-  touch()
-  return redis.call('ZSCORE', key, ARGV[6])
-elseif op == 'latest' then
-  redis.call('ZADD', key, ARGV[7], ARGV[6])
-  touch()
-  return redis.call('ZSCORE', key, ARGV[6])
-elseif op == 'incr' then
-  local s = redis.call('ZINCRBY', key, ARGV[7], ARGV[6])
-  touch()
-  return s
-elseif op == 'rank' then
+if op == 'rank' then
   local s = redis.call('ZSCORE', key, ARGV[6])
   if not s then return {} end
   return {redis.call('ZCOUNT', key, '-inf', '(' .. s) + 1, s}
