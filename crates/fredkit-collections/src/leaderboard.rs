@@ -205,7 +205,7 @@ impl LeaderboardBuilder {
 ///
 /// | operation | round trips | Redis commands |
 /// |---|---|---|
-/// | [`submit`](Self::submit) | 1 | `EVALSHA` (`TYPE`, `ZADD [LT]`/`ZINCRBY`, `PEXPIRE`, `ZSCORE`) |
+/// | [`submit`](Self::submit) | 1 | `EVALSHA` (`ZADD [LT]`/`ZINCRBY`, `PEXPIRE`/`PEXPIREAT` when a TTL applies, `ZSCORE`; a wrong type is told by the `WRONGTYPE` of the write) |
 /// | [`top`](Self::top) | 1 | `ZRANGE … WITHSCORES` (periodic: `EVALSHA`) |
 /// | [`rank`](Self::rank), [`around`](Self::around) | 1 | `EVALSHA` (`ZSCORE`/`ZRANK`, `ZRANGE`, `ZCOUNT`) |
 /// | [`size`](Self::size), [`remove`](Self::remove) | 1 | `ZCARD`, `ZREM` (periodic: `EVALSHA`) |

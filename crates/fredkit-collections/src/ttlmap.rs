@@ -89,7 +89,7 @@ pub enum MergeRule {
 /// |---|---|---|
 /// | [`get`](Self::get), [`quantity`](Self::quantity) | 1 | `HGET` |
 /// | [`all`](Self::all), [`quantities`](Self::quantities) | 1 | `HGETALL` |
-/// | [`set`](Self::set), [`add`](Self::add), [`remove`](Self::remove), [`remove_if_zero`](Self::remove_if_zero) | 1 | `EVALSHA` (`TYPE`, `HGET`, `HSET`/`HINCRBY`/`HDEL`, `PEXPIRE`) |
+/// | [`set`](Self::set), [`add`](Self::add), [`remove`](Self::remove), [`remove_if_zero`](Self::remove_if_zero) | 1 | `EVALSHA` (`HGET` of the merge mark, which also refuses a non-hash, then `HINCRBY`+`HGET`, `HSET` or `HDEL`, and `PEXPIRE`) |
 /// | [`merge_into`](Self::merge_into) | 3 (one per step; 1 when the source is empty) | `EVALSHA` ×3 |
 ///
 /// (Plus one `EVAL` per script and node after a restart or `SCRIPT FLUSH`.)
