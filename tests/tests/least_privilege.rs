@@ -216,8 +216,18 @@ async fn cache_rule_suffices_and_another_prefix_is_refused(#[case] topology: Top
     cache.close().await;
     u.assert_no_denials();
 
-    // Without invalidation: a refused subscription makes `Cache::new` wait
-    // for it (about 6 s) before starting without it.
+    // With invalidation: the ACL refuses the invalidation channel, and
+    // `Cache::new` says so at once (Permission naming SUBSCRIBE and the
+    // channel) instead of starting after its start-up budget without it.
+    let refused = Cache::<String>::new(
+        &u.other,
+        CacheOptions::builder(u.target.clone()).build().unwrap(),
+    )
+    .await
+    .map(|_| ());
+    u.assert_refused(refused, "SUBSCRIBE").await;
+
+    // Without invalidation: the data commands are refused the same way.
     let plain = CacheOptions::builder(u.target.clone())
         .invalidation(false)
         .build()
@@ -414,6 +424,13 @@ async fn pubsub_rule_suffices_and_another_prefix_is_refused(#[case] topology: To
         .publish(&u.target.key(["events"]), "x")
         .await;
     u.assert_refused(theirs, "PUBLISH").await;
+    let their_subscriber = Subscriber::new(&u.other).await.unwrap();
+    let refused = their_subscriber
+        .subscribe::<String>(&u.target.key(["events"]))
+        .await
+        .map(|_| ());
+    u.assert_refused(refused, "SUBSCRIBE").await;
+    their_subscriber.close().await;
 }
 
 /// A rule missing a command that a script calls: Redis refuses it from

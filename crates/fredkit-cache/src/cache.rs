@@ -284,8 +284,10 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     ///
     /// # Errors
     ///
-    /// A config error from the breaker options. Never an error because Redis
-    /// is unreachable.
+    /// A config error from the breaker options; [`ErrorKind::Permission`](fredkit_core::ErrorKind::Permission)
+    /// when the server's ACL refuses the invalidation subscription (add the
+    /// rule of [`acl_rule`](crate::acl_rule), or turn invalidation off). Never an
+    /// error because Redis is unreachable.
     pub async fn with_codec(
         redis: &Redis,
         codec: C,
@@ -317,10 +319,12 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     Err(_) => invalidation::Source::Own(redis.clone()),
                 },
             };
+            let (refused_tx, mut refused) = tokio::sync::oneshot::channel();
             let listener = tokio::spawn(invalidation::subscribe_and_listen(
                 Arc::clone(&local),
                 source,
                 channel.clone(),
+                Some(refused_tx),
             ));
             let (tx, rx) = mpsc::unbounded_channel();
             let outbox = Arc::new(invalidation::Outbox {
@@ -343,9 +347,22 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     .connect_timeout()
                     .saturating_add(redis.config().command_timeout());
                 let mut ready = local.ready_rx();
-                let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r))
-                    .await
-                    .map(|r| r.map(|_| ()));
+                let refusal = tokio::time::timeout(limit, async {
+                    tokio::select! {
+                        _ = ready.wait_for(|r| *r) => None,
+                        e = &mut refused => e.ok(),
+                    }
+                })
+                .await
+                .ok()
+                .flatten();
+                if let Some(e) = refusal {
+                    // The ACL refuses the subscription: a configuration error that waiting
+                    // will not fix. Stop what was started and say so now.
+                    listener.abort();
+                    publisher.abort();
+                    return Err(e);
+                }
             }
             (
                 Some(tx),

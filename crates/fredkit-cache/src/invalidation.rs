@@ -140,10 +140,15 @@ pub(crate) enum Source {
 /// (Redis down at start-up, subscribe not confirmed) — then lets L1 serve
 /// and listens. Until the subscription is confirmed L1 serves nothing, so no
 /// copy can outlive an invalidation this instance could not hear.
+///
+/// A refusal by the server's ACL (`ErrorKind::Permission`) goes to `refused`
+/// (once), so that `Cache::new` can fail at once with it instead of waiting
+/// out its start-up budget; the task keeps retrying (the rule may be fixed).
 pub(crate) async fn subscribe_and_listen<V: Clone + Send + Sync + 'static>(
     local: Arc<Local<V>>,
     source: Source,
     channel: String,
+    mut refused: Option<tokio::sync::oneshot::Sender<fredkit_core::Error>>,
 ) {
     let mut delays = Backoff::builder()
         .initial(std::time::Duration::from_millis(50))
@@ -173,6 +178,15 @@ pub(crate) async fn subscribe_and_listen<V: Clone + Send + Sync + 'static>(
             Ok(s) => break s,
             Err(e) => {
                 attempt += 1;
+                if e.kind() == fredkit_core::ErrorKind::Permission {
+                    if let Some(tx) = refused.take() {
+                        tracing::error!(error = %e, channel, "fredkit-cache: the server's ACL refuses the invalidation subscription; add the cache's rule (fredkit_cache::acl_rule) or turn invalidation off");
+                        let _ = tx.send(e);
+                        let pause = delays.next().unwrap_or(std::time::Duration::from_secs(1));
+                        tokio::time::sleep(pause).await;
+                        continue;
+                    }
+                }
                 if attempt == 1 {
                     tracing::warn!(error = %e, channel, "fredkit-cache: invalidation subscription not confirmed; L1 stays off until it is, retrying in the background");
                 } else {

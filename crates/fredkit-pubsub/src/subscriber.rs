@@ -450,7 +450,11 @@ impl<C: Codec + Clone> Subscriber<C> {
         };
         let result = match tokio::time::timeout(self.shared.command_timeout, confirmed).await {
             Ok(Ok(())) => Ok(()),
-            Ok(Err(e)) => Err(Error::from(e)),
+            Ok(Err(e)) => Err(match &key {
+                SubKey::Channel(c) => Error::from(e).naming("SUBSCRIBE", c),
+                SubKey::Pattern(p) => Error::from(e).naming("PSUBSCRIBE", p),
+                SubKey::Shard(c) => Error::from(e).naming("SSUBSCRIBE", c),
+            }),
             Err(_) => Err(Error::timeout(format!(
                 "subscription not confirmed within {:?}",
                 self.shared.command_timeout
