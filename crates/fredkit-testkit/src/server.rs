@@ -140,7 +140,8 @@ pub(crate) enum Kind {
 pub struct RedisServer {
     port: u16,
     kind: Kind,
-    opts: ServerOptions,
+    // Boxed: the options (TLS paths among them) would make every enum holding a server large.
+    opts: Box<ServerOptions>,
     binary: PathBuf,
     log: PathBuf,
     child: Mutex<Option<Child>>,
@@ -192,7 +193,7 @@ impl RedisServer {
         let mut server = RedisServer {
             port: reserve_port()?,
             kind,
-            opts,
+            opts: Box::new(opts),
             binary,
             log,
             child: Mutex::new(None),
