@@ -94,16 +94,26 @@ fn field(text: &str, key: &str, sep: char) -> Option<String> {
 }
 
 /// The version of package `name` in a Cargo.lock.
+/// The version of `name` in Cargo.lock; with several (fred 10 for us, fred 9 under some
+/// peers), the one built from a path (no `source` line: our vendored fred), else the last.
 fn lock_version(lock: &str, name: &str) -> Option<String> {
     let wanted = format!("name = \"{name}\"");
-    let mut lines = lock.lines();
-    while let Some(line) = lines.next() {
-        if line.trim() == wanted {
-            let version = lines.next()?.trim().strip_prefix("version = ")?;
-            return Some(version.trim_matches('"').to_string());
+    let mut found = None;
+    for block in lock.split("[[package]]") {
+        let mut lines = block.lines().map(str::trim).filter(|l| !l.is_empty());
+        if lines.next() != Some(wanted.as_str()) {
+            continue;
         }
+        let Some(version) = lines.next().and_then(|l| l.strip_prefix("version = ")) else {
+            continue;
+        };
+        let version = version.trim_matches('"').to_string();
+        if !block.contains("\nsource = ") {
+            return Some(version);
+        }
+        found = Some(version);
     }
-    None
+    found
 }
 
 #[cfg(test)]
@@ -123,5 +133,8 @@ mod tests {
         assert_eq!(m.redis_version_num(), Some(70015.0));
         let lock = "[[package]]\nname = \"fred\"\nversion = \"10.1.0\"\n";
         assert_eq!(lock_version(lock, "fred").as_deref(), Some("10.1.0"));
+        let two = "[[package]]\nname = \"fred\"\nversion = \"9.4.0\"\nsource = \"registry+x\"\n\n\
+                   [[package]]\nname = \"fred\"\nversion = \"10.1.0\"\n";
+        assert_eq!(lock_version(two, "fred").as_deref(), Some("10.1.0"));
     }
 }
