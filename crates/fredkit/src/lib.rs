@@ -14,6 +14,10 @@
 //! | `ratelimit` (feature `ratelimit`) | `fredkit-ratelimit` | fixed window, sliding log, sliding counter, GCRA in one round trip; tower layer |
 //! | `streams` (feature `streams`) | `fredkit-streams` | at-least-once consumer-group workers, retries, dead letters, admin tools |
 //! | `revocation` (feature `revocation`) | `fredkit-revocation` | JWT revocation by id, subject and organisation; fail modes; local cache |
+//! | `collections` (feature `collections`) | `fredkit-collections` | TTL maps (carts), feeds, presence, leaderboards, Bloom filters |
+//! | `jobs` (feature `jobs`) | `fredkit-jobs` | background jobs: delayed, prioritised, recurring, retried, leased |
+//! | `session` (feature `session`) | `fredkit-session` | web sessions with per-field atomic writes; tower-sessions store |
+//! | `flags` (feature `flags`) | `fredkit-flags` | feature flags evaluated locally from a synced snapshot |
 //!
 //! ## Features
 //! - `pubsub`: [`fredkit-pubsub`](https://docs.rs/fredkit-pubsub) as `fredkit::pubsub`.
@@ -22,6 +26,7 @@
 //! - `ratelimit`: [`fredkit-ratelimit`](https://docs.rs/fredkit-ratelimit) as `fredkit::ratelimit`.
 //! - `streams`: [`fredkit-streams`](https://docs.rs/fredkit-streams) as `fredkit::streams`.
 //! - `revocation`: [`fredkit-revocation`](https://docs.rs/fredkit-revocation) as `fredkit::revocation`.
+//! - `collections`, `jobs`, `session`, `flags`: the crates of the same names.
 //! - `ratelimit-tower`, `ratelimit-axum`: the rate limiter's tower layer (and
 //!   the client IP from axum's `ConnectInfo`).
 //! - `revocation-local-cache`, `revocation-tower`: the revocation store's
@@ -48,6 +53,12 @@ pub use fredkit_cache as cache;
 pub use fredkit_collections as collections;
 pub use fredkit_conn as conn;
 pub use fredkit_core as core;
+#[cfg(feature = "flags")]
+#[cfg_attr(docsrs, doc(cfg(feature = "flags")))]
+pub use fredkit_flags as flags;
+#[cfg(feature = "jobs")]
+#[cfg_attr(docsrs, doc(cfg(feature = "jobs")))]
+pub use fredkit_jobs as jobs;
 #[cfg(feature = "lock")]
 #[cfg_attr(docsrs, doc(cfg(feature = "lock")))]
 pub use fredkit_lock as lock;
@@ -60,6 +71,9 @@ pub use fredkit_ratelimit as ratelimit;
 #[cfg(feature = "revocation")]
 #[cfg_attr(docsrs, doc(cfg(feature = "revocation")))]
 pub use fredkit_revocation as revocation;
+#[cfg(feature = "session")]
+#[cfg_attr(docsrs, doc(cfg(feature = "session")))]
+pub use fredkit_session as session;
 #[cfg(feature = "streams")]
 #[cfg_attr(docsrs, doc(cfg(feature = "streams")))]
 pub use fredkit_streams as streams;

@@ -11,10 +11,13 @@ mod cache;
 mod collections;
 mod conn;
 mod core;
+mod flags;
+mod jobs;
 mod lock;
 mod pubsub;
 mod ratelimit;
 mod revocation;
+mod session;
 mod streams;
 
 use crate::redis_setup;
@@ -55,6 +58,9 @@ const SECTIONS: &[Section] = &[
     streams::SECTION,
     revocation::SECTION,
     collections::SECTION,
+    jobs::SECTION,
+    session::SECTION,
+    flags::SECTION,
 ];
 
 /// Prints a section heading.

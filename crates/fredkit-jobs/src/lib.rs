@@ -1,0 +1,7 @@
+//! # fredkit-jobs
+//!
+//! Background jobs on Redis (work in progress).
+#![forbid(unsafe_code)]
+#![cfg_attr(docsrs, feature(doc_cfg))]
+
+pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
