@@ -113,12 +113,17 @@
 pub struct ReadmeDoctests;
 
 mod acl;
+mod bulk;
 mod cache;
 mod envelope;
+mod fill;
+mod flight;
 mod invalidation;
 mod l1;
+mod l2;
 mod metrics;
 mod options;
+mod refresh;
 mod store;
 
 pub use acl::{acl_rule, ACL_COMMANDS};
