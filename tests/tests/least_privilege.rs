@@ -27,6 +27,8 @@ const PASSWORD: &str = "acl-test-pw";
 struct Users {
     topology: Topology,
     keys: KeySpace,
+    /// The prefix `other` may use.
+    elsewhere: KeySpace,
     target: KeySpace,
     own_name: String,
     own: Redis,
@@ -54,6 +56,7 @@ async fn users(topology: Topology, name: &str, rule: impl Fn(&KeySpace) -> Strin
     Users {
         topology,
         keys,
+        elsewhere,
         target: KeySpace::new(unique_prefix(&format!("{name}_target"))).unwrap(),
         own: login(own_name.clone()).await,
         other: login(other_name).await,
@@ -418,21 +421,19 @@ async fn pubsub_rule_suffices_and_another_prefix_is_refused(#[case] topology: To
 
 /// A subscription the ACL refuses is `Permission` naming SUBSCRIBE and the
 /// channel, from `Subscriber::subscribe` and from `Cache::new` (its
-/// invalidation channel).
+/// invalidation channel), every time; the refused subscriber's connection
+/// stays aligned (its next subscription is confirmed and delivers).
 ///
-/// Ignored: a known defect, not yet fixed. fred 10.1 answers a (P)SUBSCRIBE
-/// as soon as it is written (its replies are out of band) and gives an error
-/// reply to the oldest command waiting on the connection; subscribe's barrier
-/// PING is queued only after that answer, so a `NOPERM` that arrives first finds
-/// nothing waiting and is dropped, and the PING confirms a subscription the
-/// server never made. Measured here: about 1 in 3 refused `subscribe` calls and
-/// 1 in 20 `Cache::new` looked confirmed (sending SUBSCRIBE and PING together
-/// did not help: fred may queue the PING first). The fix belongs in the
-/// vendored fred (keep a (P)SUBSCRIBE waiting for its confirmation or error).
+/// fred 10.1 answers a (P)SUBSCRIBE as soon as it is written (its replies are
+/// out of band) and dropped an error that arrived with no command waiting, so
+/// a `NOPERM` that came back before subscribe's barrier PING was queued
+/// vanished and the PING confirmed a subscription the server never made
+/// (measured: ~1 in 3 refused `subscribe` calls on a standalone). Vendored
+/// fred patch 5 keeps that error for the next command (the barrier PING);
+/// with it disabled this test fails on the standalone case.
 #[rstest]
 #[case::standalone(Topology::Standalone)]
 #[case::cluster(Topology::Cluster)]
-#[ignore = "known defect: fred drops a NOPERM reply to SUBSCRIBE that arrives before the barrier PING is queued"]
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn a_refused_subscription_is_permission_naming_the_channel(#[case] topology: Topology) {
     use fredkit_cache::{Cache, CacheOptions};
@@ -445,6 +446,24 @@ async fn a_refused_subscription_is_permission_naming_the_channel(#[case] topolog
             .await
             .map(|_| ());
         u.assert_refused(refused, "SUBSCRIBE").await;
+        // Replies stay aligned: the next subscription on the same
+        // connection is confirmed and delivers.
+        let channel = u.elsewhere.key(["events"]);
+        let mut allowed = their_subscriber
+            .subscribe::<String>(&channel)
+            .await
+            .unwrap();
+        fredkit_pubsub::Publisher::new(&u.other)
+            .publish(&channel, "after")
+            .await
+            .unwrap();
+        match tokio::time::timeout(Duration::from_secs(10), allowed.next()).await {
+            Ok(Some(fredkit_pubsub::Delivery::Message(m))) => {
+                assert_eq!(m.payload.unwrap(), "after")
+            }
+            other => panic!("the connection is out of step after a refusal: {other:?}"),
+        }
+        drop(allowed);
         their_subscriber.close().await;
         let refused = Cache::<String>::new(
             &u.other,

@@ -81,8 +81,11 @@ struct Shared {
     /// runs of pattern frames. Lock order: registry, then this.
     server_patterns: Mutex<std::collections::BTreeSet<String>>,
     /// Serialises SUBSCRIBE/UNSUBSCRIBE so an unsubscribe of a dropped
-    /// subscription cannot undo a new subscribe to the same channel.
-    ops: tokio::sync::Mutex<()>,
+    /// subscription cannot undo a new subscribe to the same channel. The
+    /// liveness probe holds it too while its `PING` is out, so a refused
+    /// `SUBSCRIBE`'s error can only answer that subscribe's barrier `PING`
+    /// (fred hands an error to the next command waiting on the connection).
+    ops: Arc<tokio::sync::Mutex<()>>,
     metrics: Arc<Metrics>,
     gaps: watch::Sender<u64>,
     /// `true` once the watcher has taken in the first connection (its
@@ -209,7 +212,7 @@ impl<C: Codec + Clone> Subscriber<C> {
             conn,
             registry: Mutex::new(HashMap::new()),
             server_patterns: Mutex::new(std::collections::BTreeSet::new()),
-            ops: tokio::sync::Mutex::new(()),
+            ops: Arc::new(tokio::sync::Mutex::new(())),
             metrics: Arc::new(Metrics::default()),
             gaps,
             ready,
@@ -548,15 +551,22 @@ async fn probe_liveness(shared: Weak<Shared>, sharded: bool, reconnect_wait: Dur
         tick.tick().await;
         // Upgraded per tick and released before the awaits below, so a
         // dropped Subscriber is freed and this task ends (it is also aborted).
-        let (conn, metrics, max) = {
+        let (conn, metrics, max, ops) = {
             let Some(s) = shared.upgrade() else { return };
             (
                 s.conn.client().clone(),
                 s.metrics.clone(),
                 liveness::unresponsive_after(s.command_timeout),
+                s.ops.clone(),
             )
         };
-        let Some(server) = silent_node(&conn, sharded, max).await else {
+        // A (un)subscribe in progress: its barrier PING is a probe too.
+        let Ok(probing) = ops.try_lock_owned() else {
+            continue;
+        };
+        let silent = silent_node(&conn, sharded, max).await;
+        drop(probing);
+        let Some(server) = silent else {
             continue;
         };
         Metrics::add(&metrics.silent_reconnects, 1);

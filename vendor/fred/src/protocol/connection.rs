@@ -4,6 +4,7 @@ use crate::{
   protocol::{
     codec::Codec,
     command::{Command, CommandKind},
+    responders::ResponseKind,
     types::{ProtocolFrame, Server},
     utils as protocol_utils,
   },
@@ -721,6 +722,8 @@ impl ExclusiveConnection {
       blocked: false,
       #[cfg(feature = "replicas")]
       replica: _replica,
+      wrote_subscription: false,
+      orphan_error: None,
     }
   }
 }
@@ -743,6 +746,12 @@ pub struct Connection {
   pub blocked:      bool,
   #[cfg(feature = "replicas")]
   pub replica:      bool,
+  /// fredkit patch 5: a subscription command was written on this connection.
+  pub wrote_subscription: bool,
+  /// fredkit patch 5: an error frame that arrived when no command was waiting
+  /// (a refused `SUBSCRIBE`/`PSUBSCRIBE`), kept for the next command that
+  /// waits for one reply.
+  pub orphan_error: Option<Resp3Frame>,
 }
 
 impl fmt::Debug for Connection {
@@ -815,12 +824,46 @@ impl Connection {
   /// Put a command at the back of the in-flight command buffer.
   pub fn push_command(&mut self, mut cmd: Command) {
     if cmd.has_no_responses() {
+      // fredkit patch 5: remember that an error frame may now arrive for a
+      // command that is not in `buffer` (a refused SUBSCRIBE).
+      self.wrote_subscription = true;
       cmd.respond_to_caller(Ok(Resp3Frame::Null));
     } else {
       if cmd.blocks_connection() {
         self.blocked = true;
       }
+      // fredkit patch 5: a refused subscription's error that arrived before
+      // this command was queued answers this command, exactly as it would have
+      // had it arrived after (the frame then pops the front of `buffer`); this
+      // command's own reply is then read and dropped, keeping replies aligned.
+      if let Some(frame) = self.orphan_error.take() {
+        match cmd.response {
+          ResponseKind::Respond(ref mut tx @ Some(_)) => {
+            if let Some(tx) = tx.take() {
+              let _ = tx.send(Ok(frame));
+            }
+          },
+          _ => self.orphan_error = Some(frame),
+        }
+      }
       self.buffer.push_back(cmd);
+    }
+  }
+
+  /// fredkit patch 5: keeps an error frame that arrived with no command
+  /// waiting on a connection that wrote a subscription command (the refusal
+  /// of that command: fred answers subscription commands when they are
+  /// written). Returns whether the frame was kept.
+  pub fn keep_orphan_error(&mut self, frame: &Resp3Frame) -> bool {
+    let is_error = matches!(
+      frame.kind(),
+      redis_protocol::resp3::types::FrameKind::SimpleError | redis_protocol::resp3::types::FrameKind::BlobError
+    );
+    if is_error && self.wrote_subscription {
+      self.orphan_error = Some(frame.clone());
+      true
+    } else {
+      false
     }
   }
 

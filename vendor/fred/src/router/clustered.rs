@@ -299,6 +299,12 @@ pub fn process_response_frame(
   let mut command = match conn.buffer.pop_front() {
     Some(command) => command,
     None => {
+      // fredkit patch 5: a refused SUBSCRIBE answers the next command instead
+      // of vanishing.
+      if conn.keep_orphan_error(&frame) {
+        _debug!(inner, "Keeping an unanswered error from {} for the next command.", conn.server);
+        return Ok(());
+      }
       _debug!(
         inner,
         "Missing last command from {}. Dropping {:?}.",
