@@ -117,6 +117,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) clustered: bool,
     pub(crate) local: Arc<Local<V>>,
     pub(crate) flights: Mutex<HashMap<String, FlightRx<V>>>,
+    /// Eager refreshes held by another process (see `refresh.rs`).
+    pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
     pub(crate) inv_tx: Option<mpsc::UnboundedSender<Inv>>,
     pub(crate) outbox: Option<Arc<invalidation::Outbox>>,
     /// The invalidation listener and publisher tasks, taken by `close`.
@@ -305,6 +307,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 clustered,
                 local,
                 flights: Mutex::new(HashMap::new()),
+                refresh_backoff: Default::default(),
                 inv_tx,
                 outbox,
                 tasks: Mutex::new(tasks),

@@ -106,14 +106,16 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         })
     }
 
-    /// `SET NX PX` the lock and `GET` the entry, in one script.
+    /// `SET NX PX` the lock and `GET` the entry, in one script. Also
+    /// returns how long the lock has left (another filler's, when not
+    /// acquired).
     pub(crate) async fn acquire(
         &self,
         key: &str,
         data_key: &str,
         lock_key: &str,
         token: &str,
-    ) -> Result<(bool, Option<Stored<V>>)> {
+    ) -> Result<Acquired<V>> {
         let lock_ms = i64::try_from(self.opts.lock_ttl.as_millis()).unwrap_or(i64::MAX);
         let reply: Value = self
             .redis_call(FILL_ACQUIRE.exec(
@@ -122,16 +124,26 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                 vec![Value::from(token), Value::Integer(lock_ms)],
             ))
             .await?;
-        let Value::Array(mut parts) = reply else {
-            return Err(Error::protocol("fill_acquire: expected a 2-element array"));
+        let Value::Array(parts) = reply else {
+            return Err(Error::protocol("fill_acquire: expected a 3-element array"));
         };
-        if parts.len() != 2 {
-            return Err(Error::protocol("fill_acquire: expected a 2-element array"));
-        }
-        let data = parts.pop().and_then(Value::into_bytes);
-        let acquired = matches!(parts.pop(), Some(Value::Integer(1)));
-        let stored = data.and_then(|b| self.decode_or_unlink(key, || Key::from(data_key), &b));
-        Ok((acquired, stored))
+        let [acquired, data, left]: [Value; 3] = parts
+            .try_into()
+            .map_err(|_| Error::protocol("fill_acquire: expected a 3-element array"))?;
+        let acquired = matches!(acquired, Value::Integer(1));
+        let stored = data
+            .into_bytes()
+            .and_then(|b| self.decode_or_unlink(key, || Key::from(data_key), &b));
+        let lock_left = match left {
+            Value::Integer(ms) if ms > 0 => Duration::from_millis(ms.unsigned_abs()),
+            // No TTL on the lock (-1, not ours) or gone (-2): assume a full one.
+            _ => self.opts.lock_ttl,
+        };
+        Ok(Acquired {
+            acquired,
+            stored,
+            lock_left,
+        })
     }
 
     /// A fill (or eager refresh), run in its own task by the flight leader.
@@ -159,7 +171,11 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         let mut locked = false;
         if redis_up {
             match self.acquire(key, &data_key, &lock_key, &token).await {
-                Ok((acquired, stored)) => {
+                Ok(Acquired {
+                    acquired,
+                    stored,
+                    lock_left,
+                }) => {
                     locked = acquired;
                     let now_ms = envelope::now_ms();
                     if let Some(s) = stored {
@@ -182,8 +198,12 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                         }
                     }
                     if !acquired {
-                        if let Mode::Refresh { .. } = mode {
-                            // Someone else is refreshing it.
+                        if let Mode::Refresh { created_ms } = mode {
+                            // Another process is refreshing it: back off
+                            // until the entry changes or its lock expires,
+                            // instead of retrying on every hit.
+                            incr(&self.local.metrics.eager_refresh_skips);
+                            self.refresh_backoff(key, created_ms, lock_left);
                             return Err(FillError::Panicked);
                         }
                         incr(&self.local.metrics.fill_lock_waits);
@@ -237,8 +257,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                 }
             }
         }
-        if let Mode::Fill = mode {
-            incr(&self.local.metrics.loads);
+        match mode {
+            Mode::Fill => incr(&self.local.metrics.loads),
+            Mode::Refresh { .. } => incr(&self.local.metrics.eager_refreshes),
         }
         self.run_factory(
             key,
@@ -292,7 +313,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             }
             backoff = (backoff * 2).min(Duration::from_millis(200));
             match self.acquire(key, data_key, lock_key, token).await {
-                Ok((acquired, stored)) => {
+                Ok(Acquired {
+                    acquired, stored, ..
+                }) => {
                     let now_ms = envelope::now_ms();
                     if let Some(s) = stored {
                         if s.is_fresh(now_ms) && (accept_none || s.value.is_some()) {
@@ -463,6 +486,14 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             Some(Produced::Panicked) | None => serve_stale(self, stale, FillError::Panicked),
         }
     }
+}
+
+/// What `fill_acquire` answered.
+pub(crate) struct Acquired<V> {
+    pub(crate) acquired: bool,
+    pub(crate) stored: Option<Stored<V>>,
+    /// The lock's remaining life (another filler's, when not acquired).
+    pub(crate) lock_left: Duration,
 }
 
 pub(crate) enum Waited<V> {

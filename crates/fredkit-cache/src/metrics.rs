@@ -47,6 +47,7 @@ pub(crate) struct Metrics {
     pub(crate) fill_lock_waits: AtomicU64,
     pub(crate) fill_wait_timeouts: AtomicU64,
     pub(crate) eager_refreshes: AtomicU64,
+    pub(crate) eager_refresh_skips: AtomicU64,
     pub(crate) decode_failures: AtomicU64,
     pub(crate) redis_errors: AtomicU64,
     pub(crate) invalidations_published: AtomicU64,
@@ -75,6 +76,7 @@ impl Metrics {
             fill_lock_waits: g(&self.fill_lock_waits),
             fill_wait_timeouts: g(&self.fill_wait_timeouts),
             eager_refreshes: g(&self.eager_refreshes),
+            eager_refresh_skips: g(&self.eager_refresh_skips),
             decode_failures: g(&self.decode_failures),
             redis_errors: g(&self.redis_errors),
             invalidations_published: g(&self.invalidations_published),
@@ -145,9 +147,17 @@ pub struct CacheMetrics {
     /// Waits for another process's fill that ran out of time, after which this
     /// instance called the factory itself.
     pub fill_wait_timeouts: u64,
-    /// Background refreshes started because an entry passed the eager-refresh
-    /// point.
+    /// Eager refreshes started: an entry passed its eager-refresh point and
+    /// this instance took the key's fill lock (or could not reach Redis) and
+    /// ran the factory in the background. One per refresh point across all
+    /// instances.
     pub eager_refreshes: u64,
+    /// Eager refreshes not started because another process held the key's
+    /// fill lock (it is refreshing the entry): each cost one `fill_acquire`
+    /// script, after which this instance backs off — no further attempt for
+    /// that entry until it changes (the refreshed value arrives) or the
+    /// other process's lock expires.
+    pub eager_refresh_skips: u64,
     /// Entries that did not decode (wrong type, truncated, foreign writer):
     /// each was deleted and treated as a miss.
     pub decode_failures: u64,
@@ -207,6 +217,7 @@ impl CacheMetrics {
             fill_lock_waits: d(self.fill_lock_waits, earlier.fill_lock_waits),
             fill_wait_timeouts: d(self.fill_wait_timeouts, earlier.fill_wait_timeouts),
             eager_refreshes: d(self.eager_refreshes, earlier.eager_refreshes),
+            eager_refresh_skips: d(self.eager_refresh_skips, earlier.eager_refresh_skips),
             decode_failures: d(self.decode_failures, earlier.decode_failures),
             redis_errors: d(self.redis_errors, earlier.redis_errors),
             invalidations_published: d(

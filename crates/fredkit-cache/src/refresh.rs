@@ -1,13 +1,23 @@
 //! Eager refresh: a hit past the refresh point refreshes the entry in the
-//! background, once.
+//! background, once across all processes.
+//!
+//! The refresh takes the key's fill lock (`fill_acquire`, one script). A
+//! process that finds the lock held by another one (it is refreshing) backs
+//! off: it records the entry generation (`created_ms`) it tried to refresh
+//! and the other filler's remaining lock time, and sends no further script
+//! for that entry until the entry changes (the refreshed value arrives: its
+//! invalidation drops the L1 copy and the next read brings a newer
+//! `created_ms`) or that lock expires (the other filler died).
 
+use crate::cache::Inner;
 use crate::cache::{Cache, CacheValue};
 use crate::fill::Mode;
 use crate::flight::{Join, Shared};
-use crate::metrics::incr;
 use fredkit_core::Codec;
+use std::collections::HashMap;
 use std::future::Future;
 use std::sync::Arc;
+use std::time::{Duration, Instant};
 use tracing::Instrument;
 
 impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
@@ -23,13 +33,15 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         E: Send + 'static,
     {
         let inner = &self.inner;
+        if inner.refresh_backed_off(key, created_ms) {
+            return; // another process is refreshing this entry
+        }
         let Join::Lead(flight) = inner.join(key) else {
             return; // a fill or refresh of this key is already running here
         };
         let Ok(data_key) = inner.data_key(key) else {
             return;
         };
-        incr(&inner.local.metrics.eager_refreshes);
         let task_inner = Arc::clone(inner);
         let task_key = key.to_string();
         tokio::spawn(
@@ -56,5 +68,52 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 primitive = "cache"
             )),
         );
+    }
+}
+
+/// Entries whose refresh another process holds: key -> (the entry's
+/// `created_ms`, until when not to try again).
+#[derive(Default)]
+pub(crate) struct RefreshBackoff(std::sync::Mutex<HashMap<String, (u64, Instant)>>);
+
+/// Above this many recorded back-offs, expired ones are dropped on insert.
+const BACKOFF_PRUNE: usize = 4096;
+
+impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
+    /// Another process holds `key`'s fill lock for `lock_left`: do not try
+    /// to refresh the entry created at `created_ms` again before then.
+    pub(crate) fn refresh_backoff(&self, key: &str, created_ms: u64, lock_left: Duration) {
+        let now = Instant::now();
+        let until = now.checked_add(lock_left).unwrap_or(now);
+        let mut map = self
+            .refresh_backoff
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        if map.len() >= BACKOFF_PRUNE {
+            map.retain(|_, (_, u)| *u > now);
+            if map.len() >= BACKOFF_PRUNE * 16 {
+                map.clear();
+            }
+        }
+        map.insert(key.to_string(), (created_ms, until));
+    }
+
+    /// Whether a refresh of `key`'s entry created at `created_ms` is backed
+    /// off; forgets a back-off that ended or was for another entry.
+    pub(crate) fn refresh_backed_off(&self, key: &str, created_ms: u64) -> bool {
+        let mut map = self
+            .refresh_backoff
+            .0
+            .lock()
+            .unwrap_or_else(|p| p.into_inner());
+        match map.get(key) {
+            None => false,
+            Some(&(c, until)) if c == created_ms && Instant::now() < until => true,
+            Some(_) => {
+                map.remove(key);
+                false
+            }
+        }
     }
 }

@@ -1,7 +1,7 @@
 //! fredkit-cache against real servers, standalone and cluster.
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
-use fred::interfaces::{HashesInterface, KeysInterface};
+use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
 use fred::types::Expiration;
 use fredkit_cache::{Cache, CacheOptions, CacheOptionsBuilder, FillError, L1Options, Origin};
 use fredkit_conn::Redis;
@@ -2151,4 +2151,286 @@ async fn loads_count_factory_runs_for_misses_apart_from_callers_and_refreshes(
     );
     assert_eq!(d.hit_ratio(), Some(1.0));
     assert_eq!(c.metrics().loads, 1);
+}
+
+// ------------------------------------------------- eager refresh, 4 processes
+
+/// The storm test's shape, scaled down from the issue's (TTL 2 s, refresh at
+/// 0.5, 900 ms factory, 8 s) to keep CI short with the same margins: the
+/// factory takes 30 % of the TTL and ends 40 % of the TTL before expiry.
+const STORM_TTL_MS: u64 = 1000;
+const STORM_EAGER: f64 = 0.3;
+const STORM_FACTORY_MS: u64 = 300;
+const STORM_RUN_MS: u64 = 3000;
+const STORM_KEYS: usize = 10;
+const STORM_TASKS: usize = 16;
+const STORM_PROCESSES: usize = 4;
+
+fn storm_opts(p: &str) -> CacheOptionsBuilder {
+    opts(p)
+        .ttl(Duration::from_millis(STORM_TTL_MS))
+        .max_stale(Duration::from_secs(10))
+        .eager_refresh(STORM_EAGER)
+        .l1(L1Options::new())
+}
+
+fn wall_ms() -> u64 {
+    std::time::SystemTime::now()
+        .duration_since(std::time::UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as u64
+}
+
+/// Run by the storm test below as one of its processes (the test binary
+/// re-executed with FKC_STORM_URL set). Prints READY, waits for a line on
+/// stdin, reads 10 hot keys from 16 tasks for STORM_RUN_MS, then prints one
+/// `RUN key start end` line per factory run it completed and a `DONE` line.
+/// Run normally (without the variable) it does nothing.
+#[test]
+fn child_process_of_eager_refresh_storm_test() {
+    use std::io::{BufRead, Write};
+    let Ok(url) = std::env::var("FKC_STORM_URL") else {
+        return;
+    };
+    let p = std::env::var("FKC_STORM_PREFIX").unwrap();
+    let rt = tokio::runtime::Builder::new_multi_thread()
+        .worker_threads(2)
+        .enable_all()
+        .build()
+        .unwrap();
+    rt.block_on(async {
+        let redis = connect(&url).await;
+        let c = cache(&redis, storm_opts(&p)).await;
+        c.wait_ready(DEADLINE).await.unwrap();
+        println!("\nREADY");
+        std::io::stdout().flush().unwrap();
+        let mut go = String::new();
+        std::io::stdin().lock().read_line(&mut go).unwrap();
+        let runs = Arc::new(std::sync::Mutex::new(Vec::<(usize, u64, u64)>::new()));
+        let started = Arc::new(AtomicUsize::new(0));
+        let too_old = Arc::new(AtomicUsize::new(0));
+        let stale = Arc::new(AtomicUsize::new(0));
+        let end = tokio::time::Instant::now() + Duration::from_millis(STORM_RUN_MS);
+        let mut tasks = Vec::new();
+        for t in 0..STORM_TASKS {
+            let (c, runs, started, too_old, stale) = (
+                c.clone(),
+                Arc::clone(&runs),
+                Arc::clone(&started),
+                Arc::clone(&too_old),
+                Arc::clone(&stale),
+            );
+            tasks.push(tokio::spawn(async move {
+                let mut i = t;
+                while tokio::time::Instant::now() < end {
+                    i = (i + 1) % STORM_KEYS;
+                    let (runs, started) = (Arc::clone(&runs), Arc::clone(&started));
+                    let f = c
+                        .fetch(&format!("hot{i}"), move || async move {
+                            let start = wall_ms();
+                            started.fetch_add(1, Ordering::SeqCst);
+                            tokio::time::sleep(Duration::from_millis(STORM_FACTORY_MS)).await;
+                            let done = wall_ms();
+                            runs.lock().unwrap().push((i, start, done));
+                            Ok::<_, std::convert::Infallible>(Some(item(done)))
+                        })
+                        .await
+                        .unwrap();
+                    if f.stale {
+                        stale.fetch_add(1, Ordering::SeqCst);
+                    }
+                    // The value carries when its factory ended; the entry was
+                    // created just after: served past its TTL, it is too old.
+                    let age = wall_ms().saturating_sub(f.value.unwrap().id);
+                    if age > STORM_TTL_MS + 200 {
+                        too_old.fetch_add(1, Ordering::SeqCst);
+                    }
+                    tokio::time::sleep(Duration::from_millis(1)).await;
+                }
+            }));
+        }
+        for t in tasks {
+            t.await.unwrap();
+        }
+        let runs = runs.lock().unwrap().clone();
+        for (k, s, e) in &runs {
+            println!("RUN {k} {s} {e}");
+        }
+        let m = c.metrics();
+        println!(
+            "DONE started={} too_old={} stale={} refreshes={} skips={} l1_hits={} misses={}",
+            started.load(Ordering::SeqCst),
+            too_old.load(Ordering::SeqCst),
+            stale.load(Ordering::SeqCst),
+            m.eager_refreshes,
+            m.eager_refresh_skips,
+            m.l1_hits,
+            m.misses
+        );
+        std::io::stdout().flush().unwrap();
+    });
+}
+
+/// Sums `INFO commandstats` calls of EVALSHA + EVAL over every master.
+async fn scripts_sent(urls: &[String]) -> u64 {
+    let mut total = 0;
+    for url in urls {
+        let r = connect(url).await;
+        let info: String = r
+            .client()
+            .custom(fred::cmd!("INFO"), vec!["commandstats"])
+            .await
+            .unwrap();
+        for line in info.lines() {
+            if line.starts_with("cmdstat_evalsha:") || line.starts_with("cmdstat_eval:") {
+                let calls = line
+                    .split([':', ','])
+                    .find_map(|f| f.strip_prefix("calls="))
+                    .unwrap();
+                total += calls.parse::<u64>().unwrap();
+            }
+        }
+    }
+    total
+}
+
+/// Issue #22's storm: 4 processes × 16 tasks on 10 hot keys with eager
+/// refresh and L1. Per refresh point, one factory run in all (runs of a key
+/// never overlap), at most 3 scripts per process (the winner's lock + store,
+/// one lost `fill_acquire` per other process, which then backs off), and no
+/// value older than the TTL served. Before the fix, a process that lost the
+/// race sent `fill_acquire` on every hit for as long as the winner's
+/// factory ran.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn eager_refresh_across_4_processes_sends_at_most_3_scripts_per_refresh_point_per_process(
+    #[case] topology: Topology,
+) {
+    use tokio::io::{AsyncBufReadExt, AsyncWriteExt};
+    let private = Private::start(topology);
+    let url = private.url();
+    let master_urls: Vec<String> = match &private {
+        Private::Server(s) => vec![s.url()],
+        Private::Cluster(c) => c.masters().iter().map(|m| m.url()).collect(),
+    };
+    let p = prefix("storm");
+    let child_test = fredkit_testkit::test_name!(child_process_of_eager_refresh_storm_test);
+    let mut children = Vec::new();
+    for _ in 0..STORM_PROCESSES {
+        let mut child = tokio::process::Command::new(std::env::current_exe().unwrap())
+            .args(["--exact", &child_test, "--nocapture", "--test-threads=1"])
+            .env("FKC_STORM_URL", &url)
+            .env("FKC_STORM_PREFIX", &p)
+            .stdin(std::process::Stdio::piped())
+            .stdout(std::process::Stdio::piped())
+            .kill_on_drop(true)
+            .spawn()
+            .unwrap();
+        let mut lines = tokio::io::BufReader::new(child.stdout.take().unwrap()).lines();
+        tokio::time::timeout(Duration::from_secs(60), async {
+            while let Some(line) = lines.next_line().await.unwrap() {
+                if line == "READY" {
+                    return;
+                }
+            }
+            panic!("a storm child exited before READY");
+        })
+        .await
+        .expect("a storm child was not READY within 60 s");
+        children.push((child, lines));
+    }
+    // Warm the keys, forget the scripts sent so far, and start all at once.
+    let redis = connect(&url).await;
+    let warm = cache(&redis, storm_opts(&p)).await;
+    for i in 0..STORM_KEYS {
+        warm.set(&format!("hot{i}"), &item(wall_ms()))
+            .await
+            .unwrap();
+    }
+    for u in &master_urls {
+        let r = connect(u).await;
+        let _: String = r
+            .client()
+            .custom(fred::cmd!("CONFIG"), vec!["RESETSTAT"])
+            .await
+            .unwrap();
+    }
+    for (child, _) in children.iter_mut() {
+        let mut stdin = child.stdin.take().unwrap();
+        stdin.write_all(b"go\n").await.unwrap();
+        stdin.flush().await.unwrap();
+    }
+    let mut runs: Vec<(usize, u64, u64)> = Vec::new();
+    let (mut started, mut too_old, mut stale, mut refreshes, mut skips) = (0, 0, 0, 0, 0);
+    for (mut child, mut lines) in children {
+        let mut done = false;
+        while let Some(line) = lines.next_line().await.unwrap() {
+            let f: Vec<&str> = line.split_whitespace().collect();
+            match f.first() {
+                Some(&"RUN") => runs.push((
+                    f[1].parse().unwrap(),
+                    f[2].parse().unwrap(),
+                    f[3].parse().unwrap(),
+                )),
+                Some(&"DONE") => {
+                    done = true;
+                    let get = |name: &str| -> u64 {
+                        f.iter()
+                            .find_map(|kv| kv.strip_prefix(&format!("{name}=")))
+                            .unwrap()
+                            .parse()
+                            .unwrap()
+                    };
+                    started += get("started");
+                    too_old += get("too_old");
+                    stale += get("stale");
+                    refreshes += get("refreshes");
+                    skips += get("skips");
+                    eprintln!("child: {line}");
+                }
+                _ => {}
+            }
+        }
+        assert!(child.wait().await.unwrap().success());
+        assert!(done, "a storm child ended without its DONE line");
+    }
+    let scripts = scripts_sent(&master_urls).await;
+    let points = started;
+    eprintln!(
+        "storm {topology:?}: {points} refresh points ({refreshes} refreshes, {skips} skips), \
+         {scripts} scripts = {:.2} per refresh point per process",
+        scripts as f64 / points.max(1) as f64 / STORM_PROCESSES as f64
+    );
+    assert_eq!(too_old, 0, "values older than the TTL were served");
+    assert_eq!(stale, 0, "stale values were served");
+    // One factory run per refresh point: the runs of a key never overlap.
+    runs.sort();
+    for w in runs.windows(2) {
+        if w[0].0 == w[1].0 {
+            assert!(
+                w[1].1 >= w[0].2,
+                "two factory runs of key {} overlapped: {:?} and {:?}",
+                w[0].0,
+                w[0],
+                w[1]
+            );
+        }
+    }
+    // Each refresh point is at least STORM_EAGER × TTL after the previous.
+    let per_key_max = STORM_RUN_MS / (STORM_EAGER * STORM_TTL_MS as f64) as u64 + 2;
+    assert!(points >= STORM_KEYS as u64, "{points} refresh points");
+    assert!(
+        points <= per_key_max * STORM_KEYS as u64,
+        "{points} refresh points"
+    );
+    assert_eq!(
+        refreshes, points,
+        "eager_refreshes counts refreshes started"
+    );
+    assert!(
+        scripts <= 3 * points * STORM_PROCESSES as u64,
+        "{scripts} scripts for {points} refresh points on {STORM_PROCESSES} processes"
+    );
 }
