@@ -330,6 +330,8 @@ pub(crate) enum Unit {
     Count,
     /// A number printed as is (versions, timestamps).
     Plain,
+    /// A fractional amount, to the hundredth (commands per job).
+    Decimal,
 }
 
 /// One row of the results.
@@ -351,7 +353,7 @@ impl Figure {
         match self.unit {
             Unit::OpsPerSec | Unit::Count | Unit::Plain => self.value.round(),
             Unit::Micros => (self.value * 10.0).round() / 10.0,
-            Unit::Millis => (self.value * 100.0).round() / 100.0,
+            Unit::Millis | Unit::Decimal => (self.value * 100.0).round() / 100.0,
             Unit::Ratio => (self.value * 1000.0).round() / 1000.0,
         }
     }
@@ -367,6 +369,7 @@ impl Figure {
             Unit::Plain => format!("{}", self.value.round()),
             Unit::Micros => format!("{:.1} µs", self.value),
             Unit::Millis => format!("{:.2} ms", self.value),
+            Unit::Decimal => format!("{:.2}", self.value),
             Unit::Ratio => format!("{:.3}×", self.value),
         }
     }

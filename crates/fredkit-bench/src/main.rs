@@ -13,6 +13,9 @@
 //!
 //! Usually run through `cargo xtask bench`, which builds it in release mode.
 
+mod alloc_count;
+mod bullmq;
+mod commandstats;
 mod harness;
 mod machine;
 mod suites;

@@ -12,11 +12,14 @@
 mod cache;
 mod collections;
 mod conn;
+mod flags;
+mod jobs;
 mod lock;
 mod pubsub;
 mod ratelimit;
 mod raw;
 mod revocation;
+mod session;
 mod streams;
 mod tls;
 
@@ -48,5 +51,8 @@ pub(crate) fn all() -> Vec<Box<dyn Suite>> {
         Box::new(revocation::Revocation),
         Box::new(tls::Tls),
         Box::new(collections::Collections),
+        Box::new(jobs::Jobs),
+        Box::new(session::SessionSuite),
+        Box::new(flags::Flags),
     ]
 }

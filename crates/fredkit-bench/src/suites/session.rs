@@ -1,0 +1,253 @@
+//! `session`: one web request's session work, load a 1 KB session (16
+//! fields) and save it with one field changed, at concurrency 1 and 64 over
+//! 4096 sessions: fredkit-session against **tower-sessions-redis-store** 0.16
+//! (on fred, here our vendored fred 10.1; driven through tower-sessions'
+//! own `Session` the way its middleware does: load on first read, `insert`,
+//! `save` of the whole record) and against raw fred `HGETALL` + `HSET`,
+//! rounds interleaved.
+//!
+//! Then the lost-writes race: two requests of one session, started together
+//! (a barrier), each set a different field; after both, are both fields
+//! there? `lost_writes_peer` (tower-sessions' store, which rewrites the whole
+//! record) and `lost_writes` (fredkit-session, per-field writes; must be 0)
+//! count the rounds that lost one.
+
+use super::Suite;
+use crate::harness::{interleave, op, Contender, Report, Summary, Unit};
+use crate::Ctx;
+use anyhow::{anyhow, bail, Result};
+use fred::prelude::*;
+use futures::future::BoxFuture;
+use std::collections::HashMap;
+use std::sync::Arc;
+use tokio::sync::Barrier;
+use tower_sessions_core::session::{Id, Session};
+use tower_sessions_core::Expiry;
+use tower_sessions_redis_store::RedisStore;
+
+/// The `session` suite.
+pub(crate) struct SessionSuite;
+
+impl Suite for SessionSuite {
+    fn name(&self) -> &'static str {
+        "session"
+    }
+
+    fn about(&self) -> &'static str {
+        "load + save of a 1 KB session with one changed field: fredkit-session vs tower-sessions-redis-store vs raw HGETALL + HSET; lost writes of two concurrent requests"
+    }
+
+    fn run<'a>(&'a self, ctx: &'a Ctx, report: &'a mut Report) -> BoxFuture<'a, Result<()>> {
+        Box::pin(run(ctx, report))
+    }
+}
+
+const CONCURRENCIES: [usize; 2] = [1, 64];
+/// Sessions cycled through (each contender its own).
+const SESSIONS: u64 = 4096;
+/// Fields of a session; with [`VALUE_LEN`] about 1 KB of data.
+const FIELDS: usize = 16;
+/// Bytes of each field's value.
+const VALUE_LEN: usize = 56;
+
+fn field(i: usize) -> String {
+    format!("field{i:02}")
+}
+
+/// The i-th value of a field: `VALUE_LEN` bytes, different per `i`.
+fn value(i: u64) -> String {
+    let mut s = format!("v{i:016x}");
+    while s.len() < VALUE_LEN {
+        s.push('.');
+    }
+    s
+}
+
+fn peer_expiry() -> Option<Expiry> {
+    Some(Expiry::OnInactivity(time::Duration::minutes(30)))
+}
+
+/// Creates one session through tower-sessions with the 16 fields; its id.
+async fn peer_create(store: &Arc<RedisStore<Client>>, seed: u64) -> Result<Id> {
+    let s = Session::new(None, Arc::clone(store), peer_expiry());
+    for f in 0..FIELDS {
+        s.insert(&field(f), value(seed + f as u64)).await?;
+    }
+    s.save().await?;
+    s.id()
+        .ok_or_else(|| anyhow!("tower-sessions gave the saved session no id"))
+}
+
+/// The request: load (first read), change one field, save.
+async fn peer_request(
+    store: &Arc<RedisStore<Client>>,
+    id: Id,
+    field_name: &str,
+    v: String,
+) -> Result<()> {
+    let s = Session::new(Some(id), Arc::clone(store), peer_expiry());
+    let user: Option<String> = s.get(&field(0)).await?;
+    if user.is_none() {
+        bail!("tower-sessions: session lost its first field");
+    }
+    s.insert(field_name, v).await?;
+    s.save().await?;
+    Ok(())
+}
+
+fn raw_key(n: u64) -> String {
+    format!("bench:session:raw:{n}")
+}
+
+/// Counts the rounds in which one of two concurrent requests' writes is gone.
+/// `create` makes a session and returns its handle; `request(handle, field,
+/// value)` is one request; `read(handle, field)` the field's stored value.
+async fn race<H, C, CF, Q, QF, R, RF>(rounds: u64, create: C, request: Q, read: R) -> Result<u64>
+where
+    H: Clone + Send + Sync + 'static,
+    C: Fn(u64) -> CF,
+    CF: std::future::Future<Output = Result<H>>,
+    Q: Fn(H, &'static str, String) -> QF + Clone + Send + Sync + 'static,
+    QF: std::future::Future<Output = Result<()>> + Send + 'static,
+    R: Fn(H, &'static str) -> RF,
+    RF: std::future::Future<Output = Result<Option<String>>>,
+{
+    let mut lost = 0;
+    for r in 0..rounds {
+        let h = create(r).await?;
+        let barrier = Arc::new(Barrier::new(2));
+        let mut tasks = Vec::new();
+        for (name, v) in [("race_a", value(r)), ("race_b", value(r + 1))] {
+            let (h, barrier, request) = (h.clone(), Arc::clone(&barrier), request.clone());
+            tasks.push(tokio::spawn(async move {
+                barrier.wait().await;
+                request(h, name, v).await
+            }));
+        }
+        for t in tasks {
+            t.await??;
+        }
+        let a = read(h.clone(), "race_a").await?;
+        let b = read(h, "race_b").await?;
+        if a.as_deref() != Some(value(r).as_str()) || b.as_deref() != Some(value(r + 1).as_str()) {
+            lost += 1;
+        }
+    }
+    Ok(lost)
+}
+
+async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
+    let raw = ctx.fred_client().await?;
+    let peer_client = ctx.fred_client().await?;
+    let store = Arc::new(RedisStore::new(peer_client));
+
+    // Sessions of each side, the same data.
+    let mut peer_ids = Vec::with_capacity(SESSIONS as usize);
+    for n in 0..SESSIONS {
+        peer_ids.push(peer_create(&store, n).await?);
+        let fields: Vec<(String, String)> = (0..FIELDS)
+            .map(|f| (field(f), value(n + f as u64)))
+            .collect();
+        let _: () = raw.hset(raw_key(n), fields).await?;
+    }
+    let peer_ids = Arc::new(peer_ids);
+
+    for concurrency in CONCURRENCIES {
+        let raw_c = {
+            let c = raw.clone();
+            Contender::new(
+                "raw hgetall+hset",
+                concurrency,
+                op(move |i| {
+                    let c = c.clone();
+                    async move {
+                        let key = raw_key(i % SESSIONS);
+                        let data: HashMap<String, String> = c.hgetall(&key).await?;
+                        if data.len() != FIELDS {
+                            bail!("{key} has {} fields", data.len());
+                        }
+                        let _: i64 = c.hset(&key, (field(1), value(i))).await?;
+                        Ok(())
+                    }
+                }),
+            )
+        };
+        let peer = {
+            let (store, ids) = (Arc::clone(&store), Arc::clone(&peer_ids));
+            Contender::new(
+                "tower-sessions",
+                concurrency,
+                op(move |i| {
+                    let (store, ids) = (Arc::clone(&store), Arc::clone(&ids));
+                    async move {
+                        let id = ids[(i % SESSIONS) as usize];
+                        peer_request(&store, id, &field(1), value(i)).await
+                    }
+                }),
+            )
+        };
+        let contenders = vec![raw_c, peer];
+        let s = interleave(ctx.rounds() + 2, ctx.load(), &contenders).await?;
+        let find = |name: &str| -> Result<&Summary> {
+            s.iter()
+                .find(|x| x.name == name)
+                .ok_or_else(|| anyhow!("no summary for {name}"))
+        };
+        let (raw_s, peer_s) = (find("raw hgetall+hset")?, find("tower-sessions")?);
+        let c = format!("c{concurrency}");
+        report.summary(
+            &format!("raw_load_save.{c}"),
+            raw_s,
+            &format!(
+                "HGETALL (16 fields, 1 KB) + HSET of one field on raw fred, {concurrency} tasks"
+            ),
+        );
+        report.summary(
+            &format!("tower_sessions_redis_load_save.{c}"),
+            peer_s,
+            &format!("tower-sessions 0.14 Session over tower-sessions-redis-store 0.16: GET + msgpack decode, insert, msgpack encode + SET XX EXAT, {concurrency} tasks"),
+        );
+        report.ratio(
+            &format!("tower_sessions_redis_vs_raw.{c}"),
+            peer_s.ratio_to(raw_s),
+            "tower-sessions-redis-store / raw HGETALL + HSET",
+        );
+    }
+
+    // --- the lost-writes race.
+    let rounds = ctx.pick(1_000u64, 200);
+    let peer_lost = {
+        let store_c = Arc::clone(&store);
+        let store_q = Arc::clone(&store);
+        let store_r = Arc::clone(&store);
+        race(
+            rounds,
+            move |r| {
+                let store = Arc::clone(&store_c);
+                async move { peer_create(&store, r).await }
+            },
+            move |id, name, v| {
+                let store = Arc::clone(&store_q);
+                async move { peer_request(&store, id, name, v).await }
+            },
+            move |id, name| {
+                let store = Arc::clone(&store_r);
+                async move {
+                    let s = Session::new(Some(id), store, peer_expiry());
+                    Ok(s.get::<String>(name).await?)
+                }
+            },
+        )
+        .await?
+    };
+    report.add(
+        "lost_writes_peer",
+        peer_lost as f64,
+        Unit::Count,
+        format!("tower-sessions-redis-store: rounds of {rounds} in which one of two concurrent requests' field was lost"),
+    );
+    println!("   lost writes: tower-sessions-redis-store {peer_lost} of {rounds} rounds");
+
+    let _ = raw.quit().await;
+    Ok(())
+}
