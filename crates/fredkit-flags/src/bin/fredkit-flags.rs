@@ -206,6 +206,7 @@ fn print_json<T: serde::Serialize>(v: &T) -> Result<(), Failure> {
 
 async fn run(cli: Cli) -> Result<(), Failure> {
     let redis = fredkit_conn::Redis::from_env().await?;
+    redis.wait_connected().await?;
     let admin = FlagAdmin::new(&redis, cli.prefix.as_str())?;
     let by = cli
         .by

@@ -1,0 +1,219 @@
+//! Faults (serial: names start with `fault_`): Redis killed, an instance
+//! cut off from Redis while a change is made.
+
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
+use std::time::Duration;
+
+use fredkit_conn::Redis;
+use fredkit_flags::{Context, FlagAdmin, FlagDef, Flags, FlagsOptions, Source, Write};
+use fredkit_testkit::{connect, shared_url, unique_prefix, RedisServer, Topology};
+use tokio::net::{TcpListener, TcpStream};
+use tokio::task::JoinHandle;
+
+use crate::eventually;
+
+/// Redis killed: evaluations keep answering from the snapshot and the
+/// outage is counted; an instance started while it is down serves the
+/// snapshot file (or, without one, the defaults in code) and says so; once
+/// Redis is back it loads from Redis. Standalone only: the kill is of the
+/// test's own server.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_redis_killed_evaluations_keep_answering() {
+    let mut server = RedisServer::start().unwrap();
+    let url = server.url();
+    let redis = connect(&url).await.unwrap();
+    let dir = tempfile::tempdir().unwrap();
+    let file = dir.path().join("flags.json");
+    let options = || {
+        FlagsOptions::default()
+            .sync_interval(Duration::from_millis(100))
+            .default_enabled("beta", false)
+            .snapshot_file(&file)
+    };
+    let admin = FlagAdmin::new(&redis, "app:flags").unwrap();
+    let b = Flags::with_options(&redis, "app:flags", options())
+        .await
+        .unwrap();
+    let w = admin
+        .set("beta", &FlagDef::on().deny_user("9"), &Write::by("t"))
+        .await
+        .unwrap();
+    assert!(b.wait_for_version(w.version, Duration::from_secs(10)).await);
+    assert_eq!(b.metrics().outages, 0);
+
+    server.kill().unwrap();
+    eventually("the outage is counted", Duration::from_secs(10), || {
+        b.metrics().outages >= 1
+    })
+    .await;
+    for i in 0..10_000u32 {
+        let id = i.to_string();
+        assert_eq!(b.is_enabled("beta", &Context::user(&id)), i != 9);
+    }
+    let m = b.metrics();
+    assert_eq!(m.outages, 1, "{m:?}");
+    assert!(m.failed_syncs >= 1);
+
+    // A start while Redis is down: the snapshot file, counted.
+    let down = Redis::from_url(&url).await.unwrap();
+    let c = Flags::with_options(&down, "app:flags", options())
+        .await
+        .unwrap();
+    assert_eq!(c.source(), Source::File);
+    assert!(c.is_enabled("beta", &Context::user("1")));
+    assert!(!c.is_enabled("beta", &Context::user("9")));
+    assert_eq!((c.metrics().fallback_starts, c.metrics().outages), (1, 1));
+    // Without a file: the defaults in code.
+    let d = Flags::with_options(
+        &down,
+        "app:flags",
+        FlagsOptions::default().default_enabled("beta", true),
+    )
+    .await
+    .unwrap();
+    assert_eq!(d.source(), Source::Defaults);
+    assert!(d.is_enabled("beta", &Context::user("9")));
+    assert!(!d.is_enabled("other", &Context::user("9")));
+    assert_eq!(d.metrics().fallback_starts, 1);
+
+    // Redis back (empty: no persistence): c loads from Redis.
+    server.restart().unwrap();
+    let w = admin
+        .set("beta", &FlagDef::off(), &Write::by("t"))
+        .await
+        .unwrap();
+    assert_eq!(w.version, 1, "the restarted server is empty");
+    eventually("c loads from Redis again", Duration::from_secs(30), || {
+        c.source() == Source::Redis && !c.is_enabled("beta", &Context::user("1"))
+    })
+    .await;
+    eventually("b too", Duration::from_secs(30), || {
+        !b.is_enabled("beta", &Context::user("1"))
+    })
+    .await;
+}
+
+/// A TCP proxy that can cut every connection through it and refuse new
+/// ones until restored: a network cut of one client, the server running on.
+struct Proxy {
+    port: u16,
+    cut: Arc<AtomicBool>,
+    conns: Arc<Mutex<Vec<JoinHandle<()>>>>,
+    accept: JoinHandle<()>,
+}
+
+impl Proxy {
+    async fn start(upstream: String) -> Proxy {
+        let listener = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let port = listener.local_addr().unwrap().port();
+        let cut = Arc::new(AtomicBool::new(false));
+        let conns: Arc<Mutex<Vec<JoinHandle<()>>>> = Arc::default();
+        let (c, k) = (cut.clone(), conns.clone());
+        let accept = tokio::spawn(async move {
+            loop {
+                let Ok((mut client, _)) = listener.accept().await else {
+                    return;
+                };
+                if c.load(Ordering::SeqCst) {
+                    drop(client);
+                    continue;
+                }
+                let upstream = upstream.clone();
+                let task = tokio::spawn(async move {
+                    if let Ok(mut server) = TcpStream::connect(upstream).await {
+                        let _ = tokio::io::copy_bidirectional(&mut client, &mut server).await;
+                    }
+                });
+                k.lock().unwrap().push(task);
+            }
+        });
+        Proxy {
+            port,
+            cut,
+            conns,
+            accept,
+        }
+    }
+
+    async fn cut(&self) {
+        self.cut.store(true, Ordering::SeqCst);
+        let tasks: Vec<_> = self.conns.lock().unwrap().drain(..).collect();
+        for t in tasks {
+            t.abort();
+            let _ = t.await;
+        }
+    }
+
+    fn restore(&self) {
+        self.cut.store(false, Ordering::SeqCst);
+    }
+}
+
+impl Drop for Proxy {
+    fn drop(&mut self) {
+        self.accept.abort();
+        for t in self.conns.lock().unwrap().drain(..) {
+            t.abort();
+        }
+    }
+}
+
+/// An instance cut off from Redis (its connections through a proxy that
+/// drops them) keeps answering from its snapshot while a change is made;
+/// once the cut ends it resubscribes, gets a Gap, reloads, and applies the
+/// change — with the periodic check off (1 h), the Gap is the only way it
+/// can learn of it. Standalone (a proxy in front of a cluster would need
+/// its redirections rewritten).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_a_change_made_while_cut_off_is_applied_after_reconnect() {
+    let url = shared_url(Topology::Standalone).unwrap();
+    let upstream = url
+        .trim_start_matches("redis://")
+        .trim_end_matches('/')
+        .to_string();
+    let proxy = Proxy::start(upstream).await;
+    let prefix = unique_prefix("flags_cut");
+    let admin = FlagAdmin::new(&connect(&url).await.unwrap(), prefix.as_str()).unwrap();
+    admin
+        .set("f", &FlagDef::off(), &Write::by("t"))
+        .await
+        .unwrap();
+    let through = connect(&format!("redis://127.0.0.1:{}", proxy.port))
+        .await
+        .unwrap();
+    let b = Flags::with_options(
+        &through,
+        prefix.as_str(),
+        FlagsOptions::default().sync_interval(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    let ctx = Context::user("1");
+    assert!(!b.is_enabled("f", &ctx));
+    let gaps = b.metrics().gaps;
+
+    proxy.cut().await;
+    let w = admin
+        .set("f", &FlagDef::on(), &Write::by("t"))
+        .await
+        .unwrap();
+    // Cut off: the message cannot arrive; evaluations answer the snapshot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..1000 {
+        assert!(!b.is_enabled("f", &ctx));
+    }
+    assert!(b.version() < w.version);
+
+    proxy.restore();
+    eventually(
+        "the change is applied after the reconnect",
+        Duration::from_secs(30),
+        || b.is_enabled("f", &ctx),
+    )
+    .await;
+    assert_eq!(b.version(), w.version);
+    let m = b.metrics();
+    assert!(m.gaps > gaps, "applied without a gap: {m:?}");
+    assert!(m.reloads >= 2, "{m:?}");
+}
