@@ -1,5 +1,5 @@
 //! fredkit-jobs against real servers, standalone and a 3-master cluster.
-#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic, unused)]
+#![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use std::collections::HashSet;
 use std::sync::{Arc, Mutex};
@@ -87,4 +87,745 @@ async fn jobs_complete_with_their_result(
     assert_eq!(info.attempt_starts.len(), 1);
     assert_eq!(info.progress, Some(50));
     assert!(q.job::<u64>("no-such-job").await.unwrap().is_none());
+}
+
+fn raw(prefix: &str, q: &str, part: &str) -> String {
+    format!("{}:{{{q}}}:{part}", prefix.trim_end_matches(':'))
+}
+
+/// The same id twice is one job; 20 concurrent enqueues of one id add one
+/// job, and it runs once.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn same_id_is_one_job(#[values(Topology::Standalone, Topology::Cluster)] topology: Topology) {
+    let r = redis(topology).await;
+    let q: Queue<String> = Queue::new(&r, unique_prefix("jobs_same_id"), "q").unwrap();
+    let a = q
+        .enqueue_with(&"a".into(), JobOptions::new().id("invoice-1"))
+        .await
+        .unwrap();
+    let b = q
+        .enqueue_with(&"b".into(), JobOptions::new().id("invoice-1"))
+        .await
+        .unwrap();
+    assert!(a.added && !b.added);
+    assert_eq!(b.state, JobState::Waiting);
+    let mut tasks = Vec::new();
+    for i in 0..20 {
+        let q = q.clone();
+        tasks.push(tokio::spawn(async move {
+            q.enqueue_with(&format!("c{i}"), JobOptions::new().id("invoice-2"))
+                .await
+                .unwrap()
+                .added
+        }));
+    }
+    let mut added = 0;
+    for t in tasks {
+        added += usize::from(t.await.unwrap());
+    }
+    assert_eq!(added, 1);
+    assert_eq!(q.counts().await.unwrap().waiting, 2);
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let seen = Arc::clone(&runs);
+    let w = Worker::start(&q, fast(), move |job: Job<String>| {
+        seen.lock().unwrap().push(job.id.clone());
+        async { Ok::<_, String>(()) }
+    })
+    .unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 2 }).await);
+    // Enqueueing a completed id again does nothing either.
+    assert!(
+        !q.enqueue_with(&"d".into(), JobOptions::new().id("invoice-1"))
+            .await
+            .unwrap()
+            .added
+    );
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    w.shutdown().await;
+    let mut runs = runs.lock().unwrap().clone();
+    runs.sort();
+    assert_eq!(runs, vec!["invoice-1".to_string(), "invoice-2".to_string()]);
+}
+
+/// Delayed jobs never start before their due time by the server's clock;
+/// with one worker a higher priority starts first, equal ones in order.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn delayed_by_server_clock_and_priority_order(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let q: Queue<u32> = Queue::new(&r, unique_prefix("jobs_delay_prio"), "q").unwrap();
+    let starts = Arc::new(Mutex::new(Vec::<(u32, i64)>::new()));
+    let seen = Arc::clone(&starts);
+    let rr = r.clone();
+    let w = Worker::start(&q, fast().concurrency(1), move |job: Job<u32>| {
+        let seen = Arc::clone(&seen);
+        let rr = rr.clone();
+        async move {
+            let now = server_ms(&rr).await;
+            seen.lock().unwrap().push((job.payload, now));
+            Ok::<_, String>(())
+        }
+    })
+    .unwrap();
+    // Delayed: 300 and 600 ms.
+    let before = server_ms(&r).await;
+    q.enqueue_with(
+        &300,
+        JobOptions::new()
+            .id("d300")
+            .delay(Duration::from_millis(300)),
+    )
+    .await
+    .unwrap();
+    q.enqueue_with(
+        &600,
+        JobOptions::new()
+            .id("d600")
+            .delay(Duration::from_millis(600)),
+    )
+    .await
+    .unwrap();
+    assert_eq!(
+        q.job::<()>("d300").await.unwrap().unwrap().state,
+        JobState::Delayed
+    );
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 2 }).await);
+    for (payload, started) in starts.lock().unwrap().iter() {
+        assert!(
+            started - before >= i64::from(*payload),
+            "job delayed {payload} ms started {} ms after the enqueue",
+            started - before
+        );
+    }
+    for id in ["d300", "d600"] {
+        let info = q.job::<()>(id).await.unwrap().unwrap();
+        let due = info.due_at;
+        assert!(info.attempt_starts[0] >= due, "{id} started before due");
+        assert_eq!(
+            due.duration_since(info.created_at).unwrap().as_millis(),
+            if id == "d300" { 300 } else { 600 }
+        );
+    }
+    starts.lock().unwrap().clear();
+
+    // Priority: paused while they are enqueued, then one worker.
+    q.pause().await.unwrap();
+    for i in 0..5u32 {
+        q.enqueue_with(&i, JobOptions::new()).await.unwrap();
+    }
+    q.enqueue_with(&99, JobOptions::new().priority(10))
+        .await
+        .unwrap();
+    q.enqueue_with(&50, JobOptions::new().priority(5))
+        .await
+        .unwrap();
+    q.resume().await.unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 9 }).await);
+    w.shutdown().await;
+    let order: Vec<u32> = starts.lock().unwrap().iter().map(|(p, _)| *p).collect();
+    assert_eq!(order, vec![99, 50, 0, 1, 2, 3, 4]);
+}
+
+/// Retries follow the backoff (server-clock gaps at least the delay); after
+/// max attempts the job is dead with every attempt's error; retry brings it
+/// back once. An undecodable payload is dead at once.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn retries_backoff_dead_and_retry_once(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let prefix = unique_prefix("jobs_retry");
+    let q: Queue<u32> = Queue::new(&r, &prefix, "q").unwrap();
+    let calls = Arc::new(Mutex::new(0u32));
+    let succeed = Arc::new(Mutex::new(false));
+    let (c, s) = (Arc::clone(&calls), Arc::clone(&succeed));
+    let w = Worker::start(&q, fast(), move |job: Job<u32>| {
+        *c.lock().unwrap() += 1;
+        let ok = *s.lock().unwrap();
+        async move {
+            if ok {
+                Ok(job.payload)
+            } else {
+                Err(format!("boom {}", job.attempt))
+            }
+        }
+    })
+    .unwrap();
+    let delay = Duration::from_millis(250);
+    q.enqueue_with(
+        &7,
+        JobOptions::new()
+            .id("r")
+            .max_attempts(3)
+            .backoff(JobBackoff::Fixed(delay)),
+    )
+    .await
+    .unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().dead == 1 }).await);
+    let info = q.job::<u32>("r").await.unwrap().unwrap();
+    assert_eq!(info.state, JobState::Dead);
+    assert_eq!(info.attempts, 3);
+    let errors: Vec<&str> = info.errors.iter().map(|e| e.message.as_str()).collect();
+    assert_eq!(errors, vec!["boom 1", "boom 2", "boom 3"]);
+    assert_eq!(info.attempt_starts.len(), 3);
+    for pair in info.attempt_starts.windows(2) {
+        let gap = pair[1].duration_since(pair[0]).unwrap();
+        assert!(gap >= delay, "retry gap {gap:?} < {delay:?}");
+    }
+    assert_eq!(*calls.lock().unwrap(), 3);
+
+    *succeed.lock().unwrap() = true;
+    assert!(q.retry("r").await.unwrap());
+    assert!(!q.retry("r").await.unwrap());
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 1 }).await);
+    let info = q.job::<u32>("r").await.unwrap().unwrap();
+    assert_eq!(
+        (info.state, info.result, info.errors.len()),
+        (JobState::Completed, Some(7), 3)
+    );
+    assert_eq!(*calls.lock().unwrap(), 4);
+
+    // Undecodable: a String payload on a u32 queue.
+    let strings: Queue<String> = Queue::new(&r, &prefix, "q").unwrap();
+    strings
+        .enqueue_with(
+            &"not a number".into(),
+            JobOptions::new().id("bad").max_attempts(5),
+        )
+        .await
+        .unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().dead == 1 }).await);
+    let report = w.shutdown().await;
+    let info = strings.job::<()>("bad").await.unwrap().unwrap();
+    assert_eq!((info.state, info.attempts), (JobState::Dead, 1));
+    assert!(
+        info.errors[0].message.contains("cannot be decoded"),
+        "{:?}",
+        info.errors
+    );
+    assert_eq!(report.metrics.decode_errors, 1);
+    assert_eq!(*calls.lock().unwrap(), 4);
+}
+
+/// A recurring job with three schedulers: every tick enqueued exactly once,
+/// no tick skipped; an invalid cron expression is a config error naming it.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn recurring_three_schedulers_each_tick_once(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let prefix = unique_prefix("jobs_recurring");
+    let q: Queue<String> = Queue::new(&r, &prefix, "q").unwrap();
+    let e = Scheduler::new(&q)
+        .cron("bad", "61 * * * *", &"x".into())
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Config);
+    assert!(e.to_string().contains("61 * * * *"), "{e}");
+    assert!(Scheduler::new(&q)
+        .cron("ok", "*/5 * * * *", &"x".into())
+        .is_ok());
+
+    let interval = Duration::from_millis(100);
+    let mut handles = Vec::new();
+    for _ in 0..3 {
+        let other = redis(topology).await;
+        let q2: Queue<String> = Queue::new(&other, &prefix, "q").unwrap();
+        handles.push(
+            Scheduler::new(&q2)
+                .every("tick", interval, &"t".into())
+                .unwrap()
+                .start(),
+        );
+    }
+    assert!(
+        eventually(20, || async {
+            let c = q.counts().await.unwrap();
+            c.waiting + c.delayed >= 20
+        })
+        .await
+    );
+    let mut total = 0;
+    for h in handles {
+        total += h.shutdown().await;
+    }
+    let mut ticks: Vec<i64> = Vec::new();
+    for set in ["wait", "delayed"] {
+        let members: Vec<String> = r
+            .client()
+            .zrange(raw(&prefix, "q", set), 0, -1, None, false, None, false)
+            .await
+            .unwrap();
+        for m in members {
+            ticks.push(m.strip_prefix("tick%3A").unwrap().parse().unwrap());
+        }
+    }
+    ticks.sort_unstable();
+    assert!(ticks.len() >= 20);
+    assert_eq!(
+        total,
+        ticks.len() as u64,
+        "enqueues reported by the schedulers vs jobs"
+    );
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 100, "ticks {ticks:?}");
+    }
+    assert!(ticks.iter().all(|t| t % 100 == 0));
+}
+
+/// Pause stops new starts at once and loses nothing; resume continues.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn pause_stops_starts_and_resume_continues(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let q: Queue<u32> = Queue::new(&r, unique_prefix("jobs_pause"), "q").unwrap();
+    let ran = Arc::new(Mutex::new(0u32));
+    let c = Arc::clone(&ran);
+    let w = Worker::start(
+        &q,
+        WorkerConfig::new().block(Duration::from_millis(200)),
+        move |_job: Job<u32>| {
+            *c.lock().unwrap() += 1;
+            async { Ok::<_, String>(()) }
+        },
+    )
+    .unwrap();
+    q.enqueue(&1).await.unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 1 }).await);
+    q.pause().await.unwrap();
+    assert!(q.counts().await.unwrap().paused);
+    for i in 0..20 {
+        q.enqueue(&i).await.unwrap();
+    }
+    q.enqueue_with(&99, JobOptions::new().delay(Duration::from_millis(100)))
+        .await
+        .unwrap();
+    // Several block cycles: nothing starts.
+    tokio::time::sleep(Duration::from_millis(800)).await;
+    assert_eq!(*ran.lock().unwrap(), 1);
+    let c = q.counts().await.unwrap();
+    assert_eq!((c.waiting, c.active, c.completed), (21, 0, 1));
+    q.resume().await.unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 22 }).await);
+    w.shutdown().await;
+    assert_eq!(*ran.lock().unwrap(), 22);
+}
+
+/// Admin: remove, drain, clean; a graceful shutdown finishes in-flight
+/// handlers and reports them.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn admin_and_graceful_shutdown(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let q: Queue<u32> = Queue::new(&r, unique_prefix("jobs_admin"), "q").unwrap();
+    for i in 0..10u32 {
+        q.enqueue_with(&i, JobOptions::new().id(format!("w{i}")))
+            .await
+            .unwrap();
+    }
+    q.enqueue_with(
+        &0,
+        JobOptions::new().id("later").delay(Duration::from_secs(60)),
+    )
+    .await
+    .unwrap();
+    assert!(q.remove("w0").await.unwrap());
+    assert!(!q.remove("w0").await.unwrap());
+    assert_eq!(q.drain().await.unwrap(), 10);
+    let c = q.counts().await.unwrap();
+    assert_eq!((c.waiting, c.delayed), (0, 0));
+    assert!(q.job::<()>("w1").await.unwrap().is_none());
+
+    let w = Worker::start(
+        &q,
+        fast()
+            .concurrency(4)
+            .shutdown_timeout(Duration::from_secs(10)),
+        |job: Job<u32>| async move {
+            tokio::time::sleep(Duration::from_millis(300)).await;
+            Ok::<_, String>(job.payload)
+        },
+    )
+    .unwrap();
+    for i in 0..4u32 {
+        q.enqueue(&i).await.unwrap();
+    }
+    assert!(eventually(20, || async { q.counts().await.unwrap().active == 4 }).await);
+    let report = w.shutdown().await;
+    assert_eq!((report.in_flight_at_stop, report.abandoned), (4, 0));
+    assert_eq!(report.metrics.completed, 4);
+    assert_eq!(q.counts().await.unwrap().completed, 4);
+    assert_eq!(q.clean(false, Duration::ZERO).await.unwrap(), 4);
+    assert_eq!(q.counts().await.unwrap().completed, 0);
+}
+
+/// Garbage under the queue's keys: typed errors or dead jobs, never a panic.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn garbage_under_keys_gives_typed_errors(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let prefix = unique_prefix("jobs_garbage");
+    let q: Queue<u32> = Queue::new(&r, &prefix, "q").unwrap();
+    let c = r.client();
+    // A string where the wait set should be.
+    let _: () = c
+        .set(raw(&prefix, "q", "wait"), "garbage", None, None, false)
+        .await
+        .unwrap();
+    let e = q.enqueue(&1).await.unwrap_err();
+    assert!(
+        matches!(e.kind(), ErrorKind::Script | ErrorKind::Protocol),
+        "{e}"
+    );
+    assert!(q.counts().await.is_err());
+    let w = Worker::start(&q, fast(), |_job: Job<u32>| async { Ok::<_, String>(()) }).unwrap();
+    assert!(eventually(10, || async { w.metrics().claim_errors > 0 }).await);
+    assert!(w.is_running());
+    let _: () = c.del(raw(&prefix, "q", "wait")).await.unwrap();
+    // A job key holding a string; a job hash with garbage fields.
+    let _: () = c
+        .set(raw(&prefix, "q", "job:s"), "garbage", None, None, false)
+        .await
+        .unwrap();
+    assert!(q.job::<()>("s").await.is_err());
+    let _: () = c
+        .hset(raw(&prefix, "q", "job:h"), [("st", "weird"), ("data", "x")])
+        .await
+        .unwrap();
+    assert_eq!(
+        q.job::<()>("h").await.unwrap_err().kind(),
+        ErrorKind::Protocol
+    );
+    // Members without a job, and a job with garbage fields but valid state.
+    let _: () = c
+        .zadd(
+            raw(&prefix, "q", "wait"),
+            None,
+            None,
+            false,
+            false,
+            (1.0, "ghost"),
+        )
+        .await
+        .unwrap();
+    let _: () = c
+        .hset(
+            raw(&prefix, "q", "job:g"),
+            [
+                ("id", "g"),
+                ("data", "\u{c1}"),
+                ("att", "x"),
+                ("max", "y"),
+                ("bd", "z"),
+            ],
+        )
+        .await
+        .unwrap();
+    let _: () = c
+        .zadd(
+            raw(&prefix, "q", "wait"),
+            None,
+            None,
+            false,
+            false,
+            (2.0, "g"),
+        )
+        .await
+        .unwrap();
+    assert!(
+        eventually(10, || async {
+            q.counts()
+                .await
+                .map(|c| c.dead == 1 && c.waiting == 0)
+                .unwrap_or(false)
+        })
+        .await
+    );
+    // The queue still works.
+    q.enqueue(&5).await.unwrap();
+    assert!(eventually(10, || async { q.counts().await.unwrap().completed == 1 }).await);
+    w.shutdown().await;
+    assert!(Queue::<u32>::new(&r, &prefix, "").is_err());
+    let e = q
+        .enqueue_with(
+            &1,
+            JobOptions::new().delay(Duration::from_secs(u64::MAX / 2)),
+        )
+        .await
+        .unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::InvalidInput);
+}
+
+/// The crate's ACL rule suffices for every operation; another prefix is
+/// refused with ErrorKind::Permission.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn least_privilege_rule_suffices(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    use fredkit_testkit::{acl_denials, set_acl_user, url_as};
+    let prefix = unique_prefix("jobs_acl");
+    let keys = fredkit_jobs::KeySpace::new(&prefix).unwrap();
+    let user = format!("jobs-{}", prefix.trim_end_matches(':').replace(':', "-"));
+    set_acl_user(topology, &user, "pw", &fredkit_jobs::acl_rule(&keys)).unwrap();
+    let limited = connect(&url_as(topology, &user, "pw").unwrap())
+        .await
+        .unwrap();
+    let q: Queue<u32> = Queue::new(&limited, &keys, "q").unwrap();
+    let w = Worker::start(&q, fast(), |job: Job<u32>| async move {
+        job.progress(1).await.map_err(|e| e.to_string())?;
+        Ok::<_, String>(job.payload)
+    })
+    .unwrap();
+    let sched = Scheduler::new(&q)
+        .every("s", Duration::from_millis(50), &0)
+        .unwrap()
+        .start();
+    q.enqueue_with(&1, JobOptions::new().id("a")).await.unwrap();
+    q.enqueue_bulk([(&2, JobOptions::new())])
+        .await
+        .into_iter()
+        .for_each(|r| drop(r.unwrap()));
+    q.enqueue_with(
+        &3,
+        JobOptions::new().id("f").delay(Duration::from_millis(10)),
+    )
+    .await
+    .unwrap();
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed >= 4 }).await);
+    assert!(sched.shutdown().await >= 1);
+    q.pause().await.unwrap();
+    q.resume().await.unwrap();
+    assert_eq!(q.job::<u32>("a").await.unwrap().unwrap().result, Some(1));
+    assert!(!q.retry("a").await.unwrap());
+    assert!(q.remove("a").await.unwrap());
+    q.drain().await.unwrap();
+    q.clean(true, Duration::ZERO).await.unwrap();
+    let report = w.shutdown().await;
+    assert_eq!(
+        report.metrics.claim_errors + report.metrics.finish_errors,
+        0
+    );
+    assert_eq!(acl_denials(topology, &user).unwrap(), Vec::<String>::new());
+    let other: Queue<u32> = Queue::new(&limited, unique_prefix("jobs_acl_other"), "q").unwrap();
+    let e = other.enqueue(&1).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+}
+
+const CHILD_URL: &str = "FKJ_CHILD_URL";
+const CHILD_PREFIX: &str = "FKJ_CHILD_PREFIX";
+
+/// Not a test on its own: the body of a worker process of
+/// `fault_four_worker_processes_sigkilled_twice` (this binary re-executed
+/// with FKJ_CHILD_URL set). Runs a worker until killed.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn child_worker_process() {
+    let Ok(url) = std::env::var(CHILD_URL) else {
+        return;
+    };
+    let prefix = std::env::var(CHILD_PREFIX).unwrap();
+    let r = connect(&url).await.unwrap();
+    let q: Queue<u32> = Queue::new(&r, &prefix, "q").unwrap();
+    let done = format!("{prefix}done");
+    let rr = r.clone();
+    let _w = Worker::start(
+        &q,
+        WorkerConfig::new()
+            .concurrency(16)
+            .lease(Duration::from_millis(1500))
+            .block(Duration::from_millis(500)),
+        move |job: Job<u32>| {
+            let rr = rr.clone();
+            let done = done.clone();
+            async move {
+                let _: i64 = rr
+                    .client()
+                    .sadd(&done, job.id.as_str())
+                    .await
+                    .map_err(|e| e.to_string())?;
+                tokio::time::sleep(Duration::from_millis(2)).await;
+                Ok::<_, String>(())
+            }
+        },
+    )
+    .unwrap();
+    println!("READY");
+    loop {
+        tokio::time::sleep(Duration::from_secs(3600)).await;
+    }
+}
+
+fn spawn_child(url: &str, prefix: &str) -> tokio::process::Child {
+    tokio::process::Command::new(std::env::current_exe().unwrap())
+        .args([
+            "--exact",
+            "child_worker_process",
+            "--nocapture",
+            "--test-threads=1",
+        ])
+        .env(CHILD_URL, url)
+        .env(CHILD_PREFIX, prefix)
+        .stdout(std::process::Stdio::null())
+        .stderr(std::process::Stdio::null())
+        .kill_on_drop(true)
+        .spawn()
+        .unwrap()
+}
+
+/// 10,000 jobs, 4 worker processes, one SIGKILLed twice mid-run and
+/// restarted: every job completes, each recorded (SADD) — all 10,000;
+/// nothing left waiting, active or delayed; stalled jobs are counted.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_four_worker_processes_sigkilled_twice(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    const N: u32 = 10_000;
+    let url = shared_url(topology).unwrap();
+    let r = redis(topology).await;
+    let prefix = unique_prefix("jobs_processes");
+    let q: Queue<u32> = Queue::new(&r, &prefix, "q").unwrap();
+    let opts = JobOptions::new().max_attempts(50).keep_completed(Keep::All);
+    let ids: Vec<u32> = (0..N).collect();
+    for chunk in ids.chunks(2000) {
+        for res in q
+            .enqueue_bulk(chunk.iter().map(|i| (i, opts.clone().id(format!("j{i}")))))
+            .await
+        {
+            assert!(res.unwrap().added);
+        }
+    }
+    let mut children: Vec<_> = (0..4).map(|_| spawn_child(&url, &prefix)).collect();
+    for threshold in [N / 10, N / 2] {
+        assert!(
+            eventually(60, || async {
+                q.counts().await.unwrap().completed >= u64::from(threshold)
+            })
+            .await
+        );
+        // Kill while it holds jobs.
+        let victim = &mut children[0];
+        nix::sys::signal::kill(
+            nix::unistd::Pid::from_raw(victim.id().unwrap() as i32),
+            nix::sys::signal::Signal::SIGKILL,
+        )
+        .unwrap();
+        victim.wait().await.unwrap();
+        children[0] = spawn_child(&url, &prefix);
+    }
+    assert!(
+        eventually(60, || async {
+            q.counts().await.unwrap().completed == u64::from(N)
+        })
+        .await,
+        "{:?}",
+        q.counts().await.unwrap()
+    );
+    let c = q.counts().await.unwrap();
+    assert_eq!(
+        (c.waiting, c.active, c.delayed, c.failed, c.dead),
+        (0, 0, 0, 0, 0),
+        "{c:?}"
+    );
+    assert!(
+        c.stalled >= 1,
+        "the killed worker's jobs were recovered as stalled: {c:?}"
+    );
+    let done: i64 = r.client().scard(format!("{prefix}done")).await.unwrap();
+    assert_eq!(done, i64::from(N));
+    for mut child in children {
+        child.kill().await.unwrap();
+    }
+}
+
+/// The server SIGSTOPped for 5 s, then SIGKILLed and restarted with AOF:
+/// no call hangs past the command timeout, no acknowledged enqueue is lost,
+/// the worker resumes without user action.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_server_paused_then_killed_and_restarted_with_aof() {
+    use fredkit_testkit::{RedisServer, ServerOptions};
+    let mut server = RedisServer::start_with(
+        ServerOptions::default()
+            .aof(true)
+            .arg("appendfsync", "always"),
+    )
+    .unwrap();
+    let r = connect(&server.url()).await.unwrap();
+    let cmd_timeout = r.config().command_timeout();
+    let q: Queue<u32> = Queue::new(&r, "jobs_fault", "q").unwrap();
+    let done = Arc::new(Mutex::new(HashSet::new()));
+    let d = Arc::clone(&done);
+    let w = Worker::start(
+        &q,
+        fast().lease(Duration::from_secs(2)),
+        move |job: Job<u32>| {
+            d.lock().unwrap().insert(job.payload);
+            async { Ok::<_, String>(()) }
+        },
+    )
+    .unwrap();
+    let acked = Arc::new(Mutex::new(Vec::new()));
+    let slowest = Arc::new(Mutex::new(Duration::ZERO));
+    let (a, s, q2) = (Arc::clone(&acked), Arc::clone(&slowest), q.clone());
+    let producer = tokio::spawn(async move {
+        for i in 0..100_000u32 {
+            let t = tokio::time::Instant::now();
+            let r = q2
+                .enqueue_with(&i, JobOptions::new().id(format!("p{i}")))
+                .await;
+            let took = t.elapsed();
+            {
+                let mut s = s.lock().unwrap();
+                *s = (*s).max(took);
+            }
+            if r.is_ok() {
+                a.lock().unwrap().push(i);
+            }
+            tokio::time::sleep(Duration::from_millis(20)).await;
+            if i % 10 == 0 && a.lock().unwrap().len() as u32 >= 400 {
+                break;
+            }
+        }
+    });
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.pause().unwrap();
+    tokio::time::sleep(Duration::from_secs(5)).await;
+    server.resume().unwrap();
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    server.kill().unwrap();
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    server.restart().unwrap();
+    producer.await.unwrap();
+    // Fred retries a command at most 3 times, each bounded by the command timeout.
+    let bound = cmd_timeout * 4 + Duration::from_secs(1);
+    assert!(
+        *slowest.lock().unwrap() <= bound,
+        "an enqueue took {:?}",
+        slowest.lock().unwrap()
+    );
+    let acked = acked.lock().unwrap().clone();
+    assert!(acked.len() >= 400);
+    assert!(
+        eventually(30, || async {
+            let done = done.lock().unwrap();
+            acked.iter().all(|i| done.contains(i))
+        })
+        .await,
+        "acknowledged jobs not run: {:?}",
+        acked
+            .iter()
+            .filter(|i| !done.lock().unwrap().contains(i))
+            .count()
+    );
+    w.shutdown().await;
 }
