@@ -905,16 +905,6 @@ impl Sessions {
         Ok(live)
     }
 
-    /// Loads every script of this crate on every node (optional: a script
-    /// not loaded is sent once with `EVAL`).
-    ///
-    /// # Errors
-    ///
-    /// Connection errors and `NOPERM` as they are.
-    pub async fn load_scripts(&self) -> Result<()> {
-        Script::load_all(self.client(), &[&LOAD, &SAVE, &CREATE, &REVOKE_ALL]).await
-    }
-
     /// Whether the client is connected now (no I/O).
     pub fn is_connected(&self) -> bool {
         self.client().is_connected()
