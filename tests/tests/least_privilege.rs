@@ -219,8 +219,8 @@ async fn cache_rule_suffices_and_another_prefix_is_refused(#[case] topology: Top
     cache.close().await;
     u.assert_no_denials();
 
-    // Without invalidation (a refused invalidation subscription is the ignored
-    // test `a_refused_subscription_is_permission_naming_the_channel`).
+    // Without invalidation (a refused invalidation subscription is
+    // `a_refused_subscription_is_permission_naming_the_channel`).
     let plain = CacheOptions::builder(u.target.clone())
         .invalidation(false)
         .build()

@@ -184,6 +184,41 @@ impl Gauge {
     }
 }
 
+/// A count a primitive keeps for its own snapshot (its `metrics()` method)
+/// and, with the feature on, also records as a [`Counter`] under the naming
+/// scheme: one call updates both, so the two never disagree.
+///
+/// `Tally::default()` keeps only the local count (nothing registered).
+#[derive(Debug, Default)]
+pub struct Tally {
+    value: std::sync::atomic::AtomicU64,
+    counter: Counter,
+}
+
+impl Tally {
+    /// A zero count recorded as `name` with `labels` (see [`Counter::new`]).
+    pub fn new(name: &'static str, labels: &Labels) -> Tally {
+        Tally {
+            value: std::sync::atomic::AtomicU64::new(0),
+            counter: Counter::new(name, labels),
+        }
+    }
+
+    /// Adds `n` (wrapping at `u64::MAX`, never panicking).
+    #[inline]
+    pub fn add(&self, n: u64) {
+        self.value
+            .fetch_add(n, std::sync::atomic::Ordering::Relaxed);
+        self.counter.increment(n);
+    }
+
+    /// The local count.
+    #[inline]
+    pub fn get(&self) -> u64 {
+        self.value.load(std::sync::atomic::Ordering::Relaxed)
+    }
+}
+
 /// Whether this build records metrics (the `metrics` feature).
 pub const ENABLED: bool = cfg!(feature = "metrics");
 

@@ -112,7 +112,7 @@ impl Shared {
     pub(crate) fn new(redis: &Redis, prefix: impl IntoKeySpace) -> Result<Shared> {
         let keys = prefix.into_key_space()?;
         let channel = keys.key(["wake"]);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(keys.prefix()));
         Ok(Shared {
             redis: redis.clone(),
             waiters: Arc::new(Waiters::new(

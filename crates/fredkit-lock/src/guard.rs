@@ -186,6 +186,8 @@ pub struct LockGuard {
     /// without one still releases there.
     runtime: Option<tokio::runtime::Handle>,
     done: bool,
+    /// When the grant was answered: the start of the hold time.
+    granted_at: std::time::Instant,
 }
 
 impl fmt::Debug for LockGuard {
@@ -238,6 +240,7 @@ impl LockGuard {
             watchdog,
             runtime: tokio::runtime::Handle::try_current().ok(),
             done: false,
+            granted_at: std::time::Instant::now(),
         }
     }
 
@@ -347,6 +350,7 @@ impl LockGuard {
         if let Some(w) = self.watchdog.take() {
             w.abort();
         }
+        self.shared.counters.hold.record_since(self.granted_at);
         let span = tracing::debug_span!(
             "fredkit.lock.release",
             primitive = "lock",
@@ -375,6 +379,7 @@ impl Drop for LockGuard {
         if self.done {
             return;
         }
+        self.shared.counters.hold.record_since(self.granted_at);
         let shared = self.shared.clone();
         let lock_key = self.lock_key.clone();
         let token = self.token.clone();

@@ -245,6 +245,7 @@ impl LockManager {
             .acquire_inner(resource, opts)
             .instrument(span.clone())
             .await;
+        self.shared.counters.acquire_wait.record_since(started);
         span.record("duration_us", started.elapsed().as_micros() as u64);
         span.record(
             "outcome",

@@ -1,36 +1,60 @@
 //! Counters a user can read: [`LockMetrics`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use fredkit_core::metrics::{Histogram, Labels, Tally};
 
 /// Counters of one [`LockManager`](crate::LockManager) (its locks, its
-/// semaphores). Read them with [`LockManager::metrics`](crate::LockManager::metrics).
+/// semaphores). Read them with [`LockManager::metrics`](crate::LockManager::metrics);
+/// with the `metrics` feature they are also recorded under
+/// `fredkit_lock_*` (docs/observability.md).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
-    pub(crate) acquired: AtomicU64,
-    pub(crate) contended: AtomicU64,
-    pub(crate) timed_out: AtomicU64,
-    pub(crate) lost: AtomicU64,
-    pub(crate) renewals: AtomicU64,
-    pub(crate) released: AtomicU64,
-    pub(crate) release_not_held: AtomicU64,
-    pub(crate) wakeups: AtomicU64,
+    pub(crate) acquired: Tally,
+    pub(crate) contended: Tally,
+    pub(crate) timed_out: Tally,
+    pub(crate) lost: Tally,
+    pub(crate) renewals: Tally,
+    pub(crate) released: Tally,
+    pub(crate) release_not_held: Tally,
+    pub(crate) wakeups: Tally,
+    /// From `acquire` called to its answer (granted, busy or error).
+    pub(crate) acquire_wait: Histogram,
+    /// From a grant to its guard's release (or drop).
+    pub(crate) hold: Histogram,
 }
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// The counters of a manager under `prefix`, registered once.
+    pub(crate) fn new(prefix: &str) -> Counters {
+        let labels = Labels::new().with("prefix", prefix);
+        let outcome = |o: &'static str| labels.clone().with("outcome", o);
+        Counters {
+            acquired: Tally::new("fredkit_lock_acquire_total", &outcome("granted")),
+            contended: Tally::new("fredkit_lock_acquire_total", &outcome("contended")),
+            timed_out: Tally::new("fredkit_lock_acquire_total", &outcome("timed_out")),
+            lost: Tally::new("fredkit_lock_lost_total", &labels),
+            renewals: Tally::new("fredkit_lock_renewals_total", &labels),
+            released: Tally::new("fredkit_lock_release_total", &outcome("released")),
+            release_not_held: Tally::new("fredkit_lock_release_total", &outcome("not_held")),
+            wakeups: Tally::new("fredkit_lock_wakeups_total", &labels),
+            acquire_wait: Histogram::new("fredkit_lock_acquire_wait_seconds", &labels),
+            hold: Histogram::new("fredkit_lock_hold_seconds", &labels),
+        }
+    }
+
+    pub(crate) fn add(counter: &Tally) {
+        counter.add(1);
     }
 
     pub(crate) fn snapshot(&self) -> LockMetrics {
         LockMetrics {
-            acquired: self.acquired.load(Ordering::Relaxed),
-            contended: self.contended.load(Ordering::Relaxed),
-            timed_out: self.timed_out.load(Ordering::Relaxed),
-            lost: self.lost.load(Ordering::Relaxed),
-            renewals: self.renewals.load(Ordering::Relaxed),
-            released: self.released.load(Ordering::Relaxed),
-            release_not_held: self.release_not_held.load(Ordering::Relaxed),
-            wakeups: self.wakeups.load(Ordering::Relaxed),
+            acquired: self.acquired.get(),
+            contended: self.contended.get(),
+            timed_out: self.timed_out.get(),
+            lost: self.lost.get(),
+            renewals: self.renewals.get(),
+            released: self.released.get(),
+            release_not_held: self.release_not_held.get(),
+            wakeups: self.wakeups.get(),
         }
     }
 }

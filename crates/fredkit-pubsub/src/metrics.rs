@@ -1,17 +1,20 @@
 //! Counters a user can read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use fredkit_core::metrics::{Labels, Tally};
 
-/// Counters of one [`Publisher`](crate::Publisher) or [`Subscriber`](crate::Subscriber).
+/// Counters of one [`Publisher`](crate::Publisher) or [`Subscriber`](crate::Subscriber);
+/// with the `metrics` feature each is also recorded as
+/// `fredkit_pubsub_<counter>_total{role}` (docs/observability.md; the
+/// instances of one role add up).
 #[derive(Debug, Default)]
 pub struct Metrics {
-    pub(crate) published: AtomicU64,
-    pub(crate) received: AtomicU64,
-    pub(crate) decode_errors: AtomicU64,
-    pub(crate) lagged: AtomicU64,
-    pub(crate) resubscribes: AtomicU64,
-    pub(crate) silent_reconnects: AtomicU64,
-    pub(crate) resubscribe_failures: AtomicU64,
+    pub(crate) published: Tally,
+    pub(crate) received: Tally,
+    pub(crate) decode_errors: Tally,
+    pub(crate) lagged: Tally,
+    pub(crate) resubscribes: Tally,
+    pub(crate) silent_reconnects: Tally,
+    pub(crate) resubscribe_failures: Tally,
 }
 
 /// A point-in-time copy of [`Metrics`].
@@ -45,17 +48,32 @@ impl Metrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> MetricsSnapshot {
         MetricsSnapshot {
-            published: self.published.load(Ordering::Relaxed),
-            received: self.received.load(Ordering::Relaxed),
-            decode_errors: self.decode_errors.load(Ordering::Relaxed),
-            lagged: self.lagged.load(Ordering::Relaxed),
-            resubscribes: self.resubscribes.load(Ordering::Relaxed),
-            silent_reconnects: self.silent_reconnects.load(Ordering::Relaxed),
-            resubscribe_failures: self.resubscribe_failures.load(Ordering::Relaxed),
+            published: self.published.get(),
+            received: self.received.get(),
+            decode_errors: self.decode_errors.get(),
+            lagged: self.lagged.get(),
+            resubscribes: self.resubscribes.get(),
+            silent_reconnects: self.silent_reconnects.get(),
+            resubscribe_failures: self.resubscribe_failures.get(),
         }
     }
 
-    pub(crate) fn add(counter: &AtomicU64, n: u64) {
-        counter.fetch_add(n, Ordering::Relaxed);
+    pub(crate) fn add(counter: &Tally, n: u64) {
+        counter.add(n);
+    }
+
+    /// The counters of a publisher or subscriber (`role`), registered once.
+    pub(crate) fn new(role: &'static str) -> Metrics {
+        let labels = Labels::new().with("role", role);
+        let tally = |name: &'static str| Tally::new(name, &labels);
+        Metrics {
+            published: tally("fredkit_pubsub_published_total"),
+            received: tally("fredkit_pubsub_received_total"),
+            decode_errors: tally("fredkit_pubsub_decode_errors_total"),
+            lagged: tally("fredkit_pubsub_lagged_total"),
+            resubscribes: tally("fredkit_pubsub_resubscribes_total"),
+            silent_reconnects: tally("fredkit_pubsub_silent_reconnects_total"),
+            resubscribe_failures: tally("fredkit_pubsub_resubscribe_failures_total"),
+        }
     }
 }

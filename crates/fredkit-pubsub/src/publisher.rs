@@ -64,7 +64,7 @@ impl<C: Codec + Clone> Publisher<C> {
             codec,
             sharded: sharded(redis, options.mode),
             clustered: matches!(redis.config().topology(), Topology::Cluster(_)),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::new("publisher")),
         }
     }
 

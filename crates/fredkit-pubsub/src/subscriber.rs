@@ -213,7 +213,7 @@ impl<C: Codec + Clone> Subscriber<C> {
             registry: Mutex::new(HashMap::new()),
             server_patterns: Mutex::new(std::collections::BTreeSet::new()),
             ops: Arc::new(tokio::sync::Mutex::new(())),
-            metrics: Arc::new(Metrics::default()),
+            metrics: Arc::new(Metrics::new("subscriber")),
             gaps,
             ready,
             capacity: options.receiver_capacity,

@@ -208,6 +208,7 @@ impl LimiterBuilder {
     /// [`KeySpace::new`]).
     pub fn build(self) -> Result<Limiter> {
         let keys = self.prefix.map_err(Error::invalid_input)?;
+        let prefix = keys.prefix().to_string();
         let Some(first) = self.limits.first() else {
             return Err(Error::config(
                 "a limiter needs at least one limit: add one with .limit(Limit::gcra(..)) or another Limit constructor",
@@ -268,7 +269,7 @@ impl LimiterBuilder {
                 fail_mode,
                 breaker,
                 timeout: self.timeout,
-                metrics: Metrics::default(),
+                metrics: Metrics::new("limiter", &prefix),
             }),
         })
     }
@@ -377,7 +378,7 @@ impl Limiter {
             elapsed_us = tracing::field::Empty,
         );
         // Timing only when someone listens: the hot path stays lean.
-        let started = (!span.is_disabled()).then(Instant::now);
+        let started = (fredkit_core::metrics::ENABLED || !span.is_disabled()).then(Instant::now);
         let result = self
             .check_inner(identity, cost)
             .instrument(span.clone())
@@ -394,6 +395,7 @@ impl Limiter {
         };
         Metrics::bump(counter);
         if let Some(started) = started {
+            m.latency.record_since(started);
             span.record("outcome", outcome);
             span.record(
                 "elapsed_us",

@@ -167,6 +167,7 @@ impl LoginThrottleBuilder {
     /// `InvalidInput` for an invalid prefix.
     pub fn build(self) -> Result<LoginThrottle> {
         let keys = self.prefix.map_err(Error::invalid_input)?;
+        let prefix = keys.prefix().to_string();
         if self.max_failures == 0 {
             return Err(Error::config("max_failures must be at least 1"));
         }
@@ -195,7 +196,7 @@ impl LoginThrottleBuilder {
                 lockout: self.lockout,
                 fail_mode,
                 breaker,
-                metrics: Metrics::default(),
+                metrics: Metrics::new("login", &prefix),
             }),
         })
     }
@@ -338,6 +339,7 @@ impl LoginThrottle {
 
     async fn run(&self, script: &Script, keys: Vec<String>, args: Vec<i64>) -> Result<LoginStatus> {
         let inner = &*self.inner;
+        let started = fredkit_core::metrics::ENABLED.then(std::time::Instant::now);
         let result = match inner.breaker.try_acquire() {
             Err(_) => Ok(self.fallback()),
             Ok(permit) => match script
@@ -368,6 +370,9 @@ impl LoginThrottle {
             Err(_) => ("error", &m.errors),
         };
         Metrics::bump(counter);
+        if let Some(started) = started {
+            m.latency.record_since(started);
+        }
         tracing::Span::current().record("outcome", outcome);
         result
     }

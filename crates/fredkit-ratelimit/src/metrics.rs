@@ -1,16 +1,20 @@
 //! Counters a user can read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use fredkit_core::metrics::{Histogram, Labels, Tally};
 
 /// Counters of one [`Limiter`](crate::Limiter) (shared by its clones) or
-/// one [`LoginThrottle`](crate::LoginThrottle).
+/// one [`LoginThrottle`](crate::LoginThrottle); with the `metrics` feature
+/// also recorded as `fredkit_ratelimit_check_total{outcome}` and
+/// `fredkit_ratelimit_check_seconds` (docs/observability.md).
 #[derive(Debug, Default)]
 pub(crate) struct Metrics {
-    pub(crate) allowed: AtomicU64,
-    pub(crate) denied: AtomicU64,
-    pub(crate) fail_open: AtomicU64,
-    pub(crate) fail_closed: AtomicU64,
-    pub(crate) errors: AtomicU64,
+    pub(crate) allowed: Tally,
+    pub(crate) denied: Tally,
+    pub(crate) fail_open: Tally,
+    pub(crate) fail_closed: Tally,
+    pub(crate) errors: Tally,
+    /// The time of one check, whatever its outcome.
+    pub(crate) latency: Histogram,
 }
 
 /// A point-in-time copy of a limiter's counters.
@@ -35,17 +39,33 @@ pub struct MetricsSnapshot {
 }
 
 impl Metrics {
-    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
-        MetricsSnapshot {
-            allowed: self.allowed.load(Ordering::Relaxed),
-            denied: self.denied.load(Ordering::Relaxed),
-            fail_open: self.fail_open.load(Ordering::Relaxed),
-            fail_closed: self.fail_closed.load(Ordering::Relaxed),
-            errors: self.errors.load(Ordering::Relaxed),
+    /// The metrics of a limiter (`kind` "limiter" or "login") under
+    /// `prefix`, registered once.
+    pub(crate) fn new(kind: &'static str, prefix: &str) -> Metrics {
+        let labels = Labels::new().with("prefix", prefix).with("kind", kind);
+        let outcome = |o: &'static str| labels.clone().with("outcome", o);
+        const CHECKS: &str = "fredkit_ratelimit_check_total";
+        Metrics {
+            allowed: Tally::new(CHECKS, &outcome("allowed")),
+            denied: Tally::new(CHECKS, &outcome("denied")),
+            fail_open: Tally::new(CHECKS, &outcome("fail_open")),
+            fail_closed: Tally::new(CHECKS, &outcome("fail_closed")),
+            errors: Tally::new(CHECKS, &outcome("error")),
+            latency: Histogram::new("fredkit_ratelimit_check_seconds", &labels),
         }
     }
 
-    pub(crate) fn bump(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    pub(crate) fn snapshot(&self) -> MetricsSnapshot {
+        MetricsSnapshot {
+            allowed: self.allowed.get(),
+            denied: self.denied.get(),
+            fail_open: self.fail_open.get(),
+            fail_closed: self.fail_closed.get(),
+            errors: self.errors.get(),
+        }
+    }
+
+    pub(crate) fn bump(counter: &Tally) {
+        counter.add(1);
     }
 }

@@ -1,6 +1,6 @@
 //! Counters a user can read: [`RevocationMetrics`].
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use fredkit_core::metrics::{Histogram, Labels, Tally};
 
 /// A snapshot of a [`Revocations`](crate::Revocations) store's counters,
 /// counted since it was created (clones share them).
@@ -41,17 +41,19 @@ pub struct RevocationMetrics {
 /// worker thread, and sharing a line would make each bump slower.
 #[derive(Debug, Default)]
 #[repr(align(128))]
-pub(crate) struct Padded(pub(crate) AtomicU64);
+pub(crate) struct Padded(pub(crate) Tally);
 
 impl std::ops::Deref for Padded {
-    type Target = AtomicU64;
-    fn deref(&self) -> &AtomicU64 {
+    type Target = Tally;
+    fn deref(&self) -> &Tally {
         &self.0
     }
 }
 
 /// The live counters. The read path bumps one counter per call (two for a
-/// revoked token): `checks` is derived when a snapshot is taken.
+/// revoked token): `checks` is derived when a snapshot is taken. With the
+/// `metrics` feature each is also recorded as `fredkit_revocation_*`
+/// (docs/observability.md).
 #[derive(Debug, Default)]
 pub(crate) struct Counters {
     pub(crate) redis_reads: Padded,
@@ -60,21 +62,42 @@ pub(crate) struct Counters {
     /// Reads sent to Redis that did not produce an answer from Redis (an
     /// error — if it was an outage, the fail-mode answer is counted there —
     /// or a read dropped by its caller before the reply).
-    pub(crate) read_failures: AtomicU64,
-    pub(crate) fail_open: AtomicU64,
-    pub(crate) fail_closed: AtomicU64,
-    pub(crate) cache_flushes: AtomicU64,
-    pub(crate) events_received: AtomicU64,
-    pub(crate) publish_failures: AtomicU64,
+    pub(crate) read_failures: Tally,
+    pub(crate) fail_open: Tally,
+    pub(crate) fail_closed: Tally,
+    pub(crate) cache_flushes: Tally,
+    pub(crate) events_received: Tally,
+    pub(crate) publish_failures: Tally,
+    /// The time of each read sent to Redis, answered or not.
+    pub(crate) read_latency: Histogram,
 }
 
 impl Counters {
-    pub(crate) fn add(counter: &AtomicU64) {
-        counter.fetch_add(1, Ordering::Relaxed);
+    /// The counters of a store under `prefix`, registered once.
+    pub(crate) fn new(prefix: &str) -> Counters {
+        let labels = Labels::new().with("prefix", prefix);
+        let fallback = |o: &'static str| labels.clone().with("outcome", o);
+        let tally = |name: &'static str| Tally::new(name, &labels);
+        Counters {
+            redis_reads: Padded(tally("fredkit_revocation_redis_reads_total")),
+            local_answers: Padded(tally("fredkit_revocation_local_answers_total")),
+            revoked_hits: Padded(tally("fredkit_revocation_revoked_total")),
+            read_failures: tally("fredkit_revocation_read_failures_total"),
+            fail_open: Tally::new("fredkit_revocation_fallback_total", &fallback("open")),
+            fail_closed: Tally::new("fredkit_revocation_fallback_total", &fallback("closed")),
+            cache_flushes: tally("fredkit_revocation_cache_flushes_total"),
+            events_received: tally("fredkit_revocation_events_received_total"),
+            publish_failures: tally("fredkit_revocation_publish_failures_total"),
+            read_latency: Histogram::new("fredkit_revocation_read_seconds", &labels),
+        }
+    }
+
+    pub(crate) fn add(counter: &Tally) {
+        counter.add(1);
     }
 
     pub(crate) fn snapshot(&self) -> RevocationMetrics {
-        let get = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let get = |c: &Tally| c.get();
         let fail_open = get(&self.fail_open);
         let fail_closed = get(&self.fail_closed);
         let redis_reads = get(&self.redis_reads);

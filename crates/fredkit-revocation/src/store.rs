@@ -193,6 +193,8 @@ impl fmt::Debug for Revocations {
 struct PendingRead<'a> {
     counters: &'a Counters,
     answered: bool,
+    /// Set when metrics are recorded (feature `metrics`).
+    sent_at: Option<std::time::Instant>,
 }
 
 impl PendingRead<'_> {
@@ -205,6 +207,9 @@ impl Drop for PendingRead<'_> {
     fn drop(&mut self) {
         if !self.answered {
             Counters::add(&self.counters.read_failures);
+        }
+        if let Some(sent_at) = self.sent_at {
+            self.counters.read_latency.record_since(sent_at);
         }
     }
 }
@@ -360,7 +365,7 @@ impl Revocations {
     ) -> Result<Revocations> {
         let leeway_ms = i64::try_from(options.expiry_leeway.as_millis()).unwrap_or(i64::MAX);
         let lifetime_ms = i64::try_from(options.max_token_lifetime.as_millis()).unwrap_or(i64::MAX);
-        let counters = Arc::new(Counters::default());
+        let counters = Arc::new(Counters::new(options.keys.prefix()));
         #[cfg(feature = "local-cache")]
         let local = match &options.local_cache {
             Some(cache_options) => Some(
@@ -646,6 +651,7 @@ impl Revocations {
         PendingRead {
             counters: &self.inner.counters,
             answered: false,
+            sent_at: fredkit_core::metrics::ENABLED.then(std::time::Instant::now),
         }
     }
 

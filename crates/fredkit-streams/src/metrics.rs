@@ -1,16 +1,18 @@
 //! Counters a user can read.
 
-use std::sync::atomic::{AtomicU64, Ordering};
+use fredkit_core::metrics::{Histogram, Labels, Tally};
 
-pub(crate) fn add(counter: &AtomicU64, n: u64) {
-    counter.fetch_add(n, Ordering::Relaxed);
+pub(crate) fn add(counter: &Tally, n: u64) {
+    counter.add(n);
 }
 
-/// Counters of one [`Producer`](crate::Producer) (shared by its clones).
+/// Counters of one [`Producer`](crate::Producer) (shared by its clones);
+/// with the `metrics` feature also recorded as
+/// `fredkit_streams_publish_total{stream,outcome}`.
 #[derive(Debug, Default)]
 pub struct ProducerMetrics {
-    pub(crate) published: AtomicU64,
-    pub(crate) publish_errors: AtomicU64,
+    pub(crate) published: Tally,
+    pub(crate) publish_errors: Tally,
 }
 
 /// A point-in-time copy of [`ProducerMetrics`].
@@ -27,34 +29,57 @@ impl ProducerMetrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> ProducerSnapshot {
         ProducerSnapshot {
-            published: self.published.load(Ordering::Relaxed),
-            publish_errors: self.publish_errors.load(Ordering::Relaxed),
+            published: self.published.get(),
+            publish_errors: self.publish_errors.get(),
+        }
+    }
+
+    /// The counters of a producer on `stream`, registered once.
+    pub(crate) fn new(stream: &str) -> ProducerMetrics {
+        let labels = Labels::new().with("stream", stream);
+        ProducerMetrics {
+            published: Tally::new(
+                "fredkit_streams_publish_total",
+                &labels.clone().with("outcome", "ok"),
+            ),
+            publish_errors: Tally::new(
+                "fredkit_streams_publish_total",
+                &labels.with("outcome", "error"),
+            ),
         }
     }
 }
 
-/// Counters of one [`Worker`](crate::Worker).
+/// Counters of one [`Worker`](crate::Worker); with the `metrics` feature
+/// each is also recorded as `fredkit_streams_<counter>_total{stream,group}`,
+/// with histograms `fredkit_streams_handler_seconds` and
+/// `fredkit_streams_wait_seconds` (docs/observability.md).
 #[derive(Debug, Default)]
 pub struct WorkerMetrics {
-    pub(crate) reads: AtomicU64,
-    pub(crate) ack_calls: AtomicU64,
-    pub(crate) delivered: AtomicU64,
-    pub(crate) handled: AtomicU64,
-    pub(crate) failed: AtomicU64,
-    pub(crate) retried: AtomicU64,
-    pub(crate) dead_lettered: AtomicU64,
-    pub(crate) decode_errors: AtomicU64,
-    pub(crate) reclaimed: AtomicU64,
-    pub(crate) deleted_while_pending: AtomicU64,
-    pub(crate) acked: AtomicU64,
-    pub(crate) ack_errors: AtomicU64,
-    pub(crate) read_errors: AtomicU64,
-    pub(crate) group_create_failures: AtomicU64,
-    pub(crate) abandoned: AtomicU64,
-    pub(crate) skipped_replays: AtomicU64,
-    pub(crate) dead_letter_errors: AtomicU64,
-    pub(crate) dead_letters_trimmed: AtomicU64,
-    pub(crate) consumers_removed: AtomicU64,
+    pub(crate) reads: Tally,
+    pub(crate) ack_calls: Tally,
+    pub(crate) delivered: Tally,
+    pub(crate) handled: Tally,
+    pub(crate) failed: Tally,
+    pub(crate) retried: Tally,
+    pub(crate) dead_lettered: Tally,
+    pub(crate) decode_errors: Tally,
+    pub(crate) reclaimed: Tally,
+    pub(crate) deleted_while_pending: Tally,
+    pub(crate) acked: Tally,
+    pub(crate) ack_errors: Tally,
+    pub(crate) read_errors: Tally,
+    pub(crate) group_create_failures: Tally,
+    pub(crate) abandoned: Tally,
+    pub(crate) skipped_replays: Tally,
+    pub(crate) dead_letter_errors: Tally,
+    pub(crate) dead_letters_trimmed: Tally,
+    pub(crate) consumers_removed: Tally,
+    /// Handler run time (each run, whatever its outcome).
+    pub(crate) handler_run: Histogram,
+    /// From an entry's id time (the server's clock when it was added) to
+    /// its handler's start (this host's clock): the queueing delay.
+    pub(crate) wait: Histogram,
 }
 
 /// A point-in-time copy of [`WorkerMetrics`].
@@ -130,7 +155,7 @@ pub struct WorkerSnapshot {
 impl WorkerMetrics {
     /// Reads every counter.
     pub fn snapshot(&self) -> WorkerSnapshot {
-        let r = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let r = |c: &Tally| c.get();
         WorkerSnapshot {
             reads: r(&self.reads),
             ack_calls: r(&self.ack_calls),
@@ -151,6 +176,37 @@ impl WorkerMetrics {
             dead_letter_errors: r(&self.dead_letter_errors),
             dead_letters_trimmed: r(&self.dead_letters_trimmed),
             consumers_removed: r(&self.consumers_removed),
+        }
+    }
+}
+
+impl WorkerMetrics {
+    /// The counters of a worker of `group` on `stream`, registered once.
+    pub(crate) fn new(stream: &str, group: &str) -> WorkerMetrics {
+        let labels = Labels::new().with("stream", stream).with("group", group);
+        let tally = |name: &'static str| Tally::new(name, &labels);
+        WorkerMetrics {
+            reads: tally("fredkit_streams_reads_total"),
+            ack_calls: tally("fredkit_streams_ack_calls_total"),
+            delivered: tally("fredkit_streams_delivered_total"),
+            handled: tally("fredkit_streams_handled_total"),
+            failed: tally("fredkit_streams_failed_total"),
+            retried: tally("fredkit_streams_retried_total"),
+            dead_lettered: tally("fredkit_streams_dead_lettered_total"),
+            decode_errors: tally("fredkit_streams_decode_errors_total"),
+            reclaimed: tally("fredkit_streams_reclaimed_total"),
+            deleted_while_pending: tally("fredkit_streams_deleted_while_pending_total"),
+            acked: tally("fredkit_streams_acked_total"),
+            ack_errors: tally("fredkit_streams_ack_errors_total"),
+            read_errors: tally("fredkit_streams_read_errors_total"),
+            group_create_failures: tally("fredkit_streams_group_create_failures_total"),
+            abandoned: tally("fredkit_streams_abandoned_total"),
+            skipped_replays: tally("fredkit_streams_skipped_replays_total"),
+            dead_letter_errors: tally("fredkit_streams_dead_letter_errors_total"),
+            dead_letters_trimmed: tally("fredkit_streams_dead_letters_trimmed_total"),
+            consumers_removed: tally("fredkit_streams_consumers_removed_total"),
+            handler_run: Histogram::new("fredkit_streams_handler_seconds", &labels),
+            wait: Histogram::new("fredkit_streams_wait_seconds", &labels),
         }
     }
 }

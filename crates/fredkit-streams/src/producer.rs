@@ -217,11 +217,11 @@ impl<T: Serialize, C: Codec> Producer<T, C> {
         Producer {
             inner: Arc::new(Shared {
                 redis: redis.clone(),
+                metrics: ProducerMetrics::new(keys.stream()),
                 keys,
                 codec,
                 config,
                 last_id: Mutex::new(None),
-                metrics: ProducerMetrics::default(),
             }),
             _t: PhantomData,
         }

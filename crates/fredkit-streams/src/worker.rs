@@ -274,7 +274,7 @@ where
         Fut: Future<Output = std::result::Result<(), E>> + Send + 'static,
         E: fmt::Display + Send + 'static,
     {
-        let metrics = Arc::new(WorkerMetrics::default());
+        let metrics = Arc::new(WorkerMetrics::new(keys.stream(), &config.group));
         // Start-up never needs Redis: when it is unreachable (down, late,
         // stalled: at most the command timeout is spent here), the read
         // loop creates the group once it is, retrying with backoff.
@@ -1050,9 +1050,26 @@ async fn run_batch<T, C>(
                     headers,
                 };
                 let handler = Arc::clone(&ctx.handler);
-                let run = AssertUnwindSafe(async move { handler(message).await })
-                    .catch_unwind()
-                    .instrument(span.clone());
+                let timing = fredkit_core::metrics::ENABLED.then(|| {
+                    if let Some(added) = message.id.millis() {
+                        let now = std::time::SystemTime::now()
+                            .duration_since(std::time::UNIX_EPOCH)
+                            .map_or(0, |d| u64::try_from(d.as_millis()).unwrap_or(u64::MAX));
+                        ctx.metrics
+                            .wait
+                            .record(Duration::from_millis(now.saturating_sub(added)));
+                    }
+                    (Arc::clone(&ctx.metrics), std::time::Instant::now())
+                });
+                let run = AssertUnwindSafe(async move {
+                    let outcome = handler(message).await;
+                    if let Some((metrics, started)) = timing {
+                        metrics.handler_run.record_since(started);
+                    }
+                    outcome
+                })
+                .catch_unwind()
+                .instrument(span.clone());
                 slots.push(Some(Slot {
                     id,
                     deliveries,
