@@ -4,7 +4,8 @@ use fredkit_core::KeySpace;
 
 /// The commands this crate sends, as ACL tokens: the fill-lock and garbage scripts (`EVALSHA`, `EVAL` after `NOSCRIPT`, and every command they call, whichever branch runs), reads and writes of entries, `SCAN` for `invalidate_prefix`, and `PUBLISH`/`SUBSCRIBE` on `prefix:invalidations` for the L1. The complete
 /// rule is [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +get +mget +set +del +unlink +pexpire +type +scan";
+pub const ACL_COMMANDS: &str =
+    "+evalsha +eval +get +mget +set +del +unlink +pexpire +pttl +incr +type +scan";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands

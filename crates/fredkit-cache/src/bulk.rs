@@ -1,7 +1,7 @@
 //! Bulk operations: `get_many`, `set_many`, `invalidate_prefix`.
 
 use crate::cache::{Cache, CacheValue, Inner};
-use crate::envelope::{self};
+use crate::envelope::{self, Stored};
 use crate::invalidation::Inv;
 use crate::l1::{now as l1_now, Ticket};
 use crate::metrics::incr;
@@ -10,7 +10,7 @@ use fred::types::scan::Scanner;
 use fred::types::{Expiration, Key, Value};
 use fredkit_core::{Codec, Error, Result};
 use futures::StreamExt;
-use std::collections::BTreeMap;
+use std::collections::{BTreeMap, HashMap};
 use tracing::Instrument;
 
 impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
@@ -42,7 +42,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         for (i, k) in keys.iter().enumerate() {
             let k = k.as_ref();
             if let Some(l1) = &inner.local.l1 {
-                if let Some(e) = l1.get(k, now) {
+                if let Some(e) = l1.get(k, now).filter(|e| inner.local.tags.copy_ok(e)) {
                     if now < e.fresh_until {
                         inner.local.metrics.l1_hits.incr();
                         out[i] = e.value;
@@ -91,14 +91,14 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             }
             Err(e) => return Err(e),
         };
-        let now_ms = envelope::now_ms();
+        let mut found: Vec<(usize, Option<Stored<V>>)> = Vec::with_capacity(todo.len());
         for (idx, reply) in groups.values().zip(replies) {
             let values = match reply {
                 Value::Array(v) => v,
                 other => vec![other],
             };
             for (&j, value) in idx.iter().zip(values) {
-                let (i, data_key, epoch) = &todo[j];
+                let (i, data_key, _) = &todo[j];
                 let user_key = keys[*i].as_ref();
                 let stored = match value.into_bytes() {
                     Some(b) => {
@@ -106,14 +106,42 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     }
                     None => None,
                 };
-                match stored {
-                    Some(s) if s.is_fresh(now_ms) => {
-                        inner.local.metrics.l2_hits.incr();
-                        inner.l1_insert_read(user_key, &s, *epoch, now_ms);
-                        out[*i] = s.value;
-                    }
-                    _ => incr(&inner.local.metrics.misses),
+                found.push((j, stored));
+            }
+        }
+        // Tagged entries: their tags' current versions, all in one pipeline.
+        let mut tag_names: Vec<&str> = found
+            .iter()
+            .filter_map(|(_, s)| s.as_ref()?.tags.as_deref())
+            .flat_map(|t| t.iter().map(|(name, _)| name.as_str()))
+            .collect();
+        tag_names.sort_unstable();
+        tag_names.dedup();
+        let current: Option<HashMap<String, u64>> = if tag_names.is_empty() {
+            Some(HashMap::new())
+        } else {
+            match inner.tag_versions(&tag_names).await {
+                Ok(v) => Some(tag_names.iter().map(|t| t.to_string()).zip(v).collect()),
+                Err(e) if e.is_unavailable() => None,
+                Err(e) => return Err(e),
+            }
+        };
+        let now_ms = envelope::now_ms();
+        for (j, stored) in found {
+            let (i, _, epoch) = &todo[j];
+            let user_key = keys[*i].as_ref();
+            let tags_ok = |s: &Stored<V>| match (&s.tags, &current) {
+                (None, _) => true,
+                (Some(t), Some(cur)) => t.iter().all(|(name, v)| cur.get(name) == Some(v)),
+                (Some(_), None) => false,
+            };
+            match stored {
+                Some(s) if s.is_fresh(now_ms) && tags_ok(&s) => {
+                    inner.local.metrics.l2_hits.incr();
+                    inner.l1_insert_read(user_key, &s, *epoch, now_ms);
+                    out[*i] = s.value;
                 }
+                _ => incr(&inner.local.metrics.misses),
             }
         }
         Ok(out)
@@ -134,7 +162,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         for (k, v) in items {
             let k = k.as_ref();
             let data_key = inner.data_key(k)?;
-            let (bytes, stored, px) = inner.envelope(Some(v), inner.opts.ttl)?;
+            let (bytes, stored, px) = inner.envelope(Some(v), inner.opts.ttl, &[])?;
             prepared.push((k, data_key, bytes, stored, px));
         }
         // Taken before the writes: a copy is not inserted if an invalidation

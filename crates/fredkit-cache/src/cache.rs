@@ -7,7 +7,13 @@ use crate::flight::{FlightRx, Join, Shared};
 use crate::invalidation::{self, Inv};
 use crate::l1::{now as l1_now, Local, L1};
 use crate::metrics::{incr, CacheMetrics};
-use crate::options::CacheOptions;
+use crate::options::{CacheOptions, EntryOptions};
+
+/// The options of calls that take none.
+static NO_ENTRY_OPTIONS: EntryOptions = EntryOptions {
+    ttl: None,
+    tags: Vec::new(),
+};
 use fred::interfaces::KeysInterface;
 use fredkit_conn::{Redis, Topology};
 use fredkit_core::{CircuitBreaker, Codec, Error, MsgPack, Result};
@@ -119,6 +125,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) flights: Mutex<HashMap<String, FlightRx<V>>>,
     /// Eager refreshes held by another process (see `refresh.rs`).
     pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
+    /// Removals and tag invalidations waiting for Redis (auto-recovery).
+    pub(crate) recovery: crate::recovery::Recovery,
     pub(crate) inv_tx: Option<mpsc::UnboundedSender<Inv>>,
     pub(crate) outbox: Option<Arc<invalidation::Outbox>>,
     /// The invalidation listener and publisher tasks, taken by `close`.
@@ -308,6 +316,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 local,
                 flights: Mutex::new(HashMap::new()),
                 refresh_backoff: Default::default(),
+                recovery: Default::default(),
                 inv_tx,
                 outbox,
                 tasks: Mutex::new(tasks),
@@ -466,7 +475,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let inner = &self.inner;
         if let Some(l1) = &inner.local.l1 {
             let now = l1_now();
-            if let Some(e) = l1.get(key, now) {
+            if let Some(e) = l1.get(key, now).filter(|e| inner.local.tags.copy_ok(e)) {
                 if now < e.fresh_until {
                     inner.local.metrics.l1_hits.incr();
                     return Ok(e.value);
@@ -547,7 +556,48 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         crate::store::ttl_px(key, ttl)?;
         let data_key = self.inner.data_key(key)?;
         self.inner
-            .store(key, &data_key, None, Some(value), ttl)
+            .store(key, &data_key, None, Some(value), ttl, &[])
+            .instrument(tracing::debug_span!(
+                "fredkit.cache.set",
+                primitive = "cache"
+            ))
+            .await
+            .map(|_| ())
+            .map_err(|e| e.naming("SET", &data_key))
+    }
+
+    /// Stores `value` under `key` with per-entry options: tags (see
+    /// [`invalidate_tag`](Self::invalidate_tag)) and a TTL of its own.
+    /// Otherwise as [`set_with_ttl`](Self::set_with_ttl).
+    ///
+    /// ```no_run
+    /// # async fn run(c: fredkit_cache::Cache<u64>) -> fredkit_core::Result<()> {
+    /// use fredkit_cache::EntryOptions;
+    /// c.set_with("p42", &4200, &EntryOptions::new().tags(["product:42", "category:7"])).await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Cost: as `set`, plus, with tags, one `MGET` of the tags' versions
+    /// (one per slot, pipelined) before the `SET`: the entry carries the
+    /// versions current then.
+    ///
+    /// # Errors
+    ///
+    /// As [`set_with_ttl`](Self::set_with_ttl); `InvalidInput` for an
+    /// empty or over-long tag, more than 64 tags, or a tagged entry's TTL
+    /// over the cache's.
+    pub async fn set_with(&self, key: &str, value: &V, options: &EntryOptions) -> Result<()> {
+        let inner = &self.inner;
+        let ttl = options.check(key, &inner.opts)?;
+        crate::store::ttl_px(key, ttl)?;
+        let data_key = inner.data_key(key)?;
+        let stamp = if options.tags.is_empty() {
+            Vec::new()
+        } else {
+            inner.tag_stamp(&options.tags).await?
+        };
+        inner
+            .store(key, &data_key, None, Some(value), ttl, &stamp)
             .instrument(tracing::debug_span!(
                 "fredkit.cache.set",
                 primitive = "cache"
@@ -583,6 +633,13 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             .await;
         inner.local.remove_l1(key);
         inner.publish(Inv::Key(key.to_string()));
+        match &r {
+            Ok(_) => inner.recovered_key(key),
+            Err(e) if e.is_unavailable() => {
+                inner.queue_for_recovery(crate::recovery::Op::Key(key.to_string()))
+            }
+            Err(_) => {}
+        }
         r.map(|_| ())
     }
 
@@ -618,6 +675,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let r = self
             .fetch_inner(
                 key,
+                &NO_ENTRY_OPTIONS,
                 move || factory().map(|v| Ok::<_, std::convert::Infallible>(Some(v))),
                 false,
                 true,
@@ -660,7 +718,13 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         E: Send + 'static,
     {
         let r = self
-            .fetch_inner(key, move || factory().map(|r| r.map(Some)), false, false)
+            .fetch_inner(
+                key,
+                &NO_ENTRY_OPTIONS,
+                move || factory().map(|r| r.map(Some)),
+                false,
+                false,
+            )
             .await?;
         r.value.ok_or(FillError::Panicked)
     }
@@ -693,7 +757,10 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Send + 'static,
     {
-        Ok(self.fetch_inner(key, factory, true, false).await?.value)
+        Ok(self
+            .fetch_inner(key, &NO_ENTRY_OPTIONS, factory, true, false)
+            .await?
+            .value)
     }
 
     /// The general form of the `get_or_*` methods: returns the value with its
@@ -756,7 +823,48 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
         E: Send + 'static,
     {
-        self.fetch_inner(key, factory, true, false).await
+        self.fetch_inner(key, &NO_ENTRY_OPTIONS, factory, true, false)
+            .await
+    }
+
+    /// [`fetch`](Self::fetch) with per-entry options for the value the
+    /// factory produces: tags (see [`invalidate_tag`](Self::invalidate_tag))
+    /// and a TTL of its own. An eager refresh started by this call writes
+    /// with the same options.
+    ///
+    /// ```no_run
+    /// # async fn price_from_db(sku: &str) -> Result<Option<u64>, std::io::Error> { Ok(None) }
+    /// # async fn run(prices: fredkit_cache::Cache<u64>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use fredkit_cache::EntryOptions;
+    /// let tagged = EntryOptions::new().tags(["category:7"]);
+    /// let f = prices.fetch_with("tea-42", &tagged, || price_from_db("tea-42")).await?;
+    /// prices.invalidate_tag("category:7").await?; // "tea-42" is a miss everywhere
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Cost: as `fetch`; a Redis read that finds a tagged entry adds one
+    /// `MGET` of its tags' versions; a fill of a tagged entry reads the tags'
+    /// versions concurrently with the fill lock (no extra latency).
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch`](Self::fetch); [`FillError::Cache`] with `InvalidInput`
+    /// for bad tags or a tagged entry's TTL over the cache's.
+    pub async fn fetch_with<F, Fut, E>(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        factory: F,
+    ) -> std::result::Result<Fetched<V>, FillError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        options
+            .check(key, &self.inner.opts)
+            .map_err(FillError::Cache)?;
+        self.fetch_inner(key, options, factory, true, false).await
     }
 
     /// `infallible`: the factory cannot fail (`get_or_set`), so a joined
@@ -765,6 +873,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     async fn fetch_inner<F, Fut, E>(
         &self,
         key: &str,
+        entry: &EntryOptions,
         factory: F,
         accept_none: bool,
         infallible: bool,
@@ -780,12 +889,12 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let mut stale: Option<(Option<V>, Origin)> = None;
         if let Some(l1) = &inner.local.l1 {
             let now = l1_now();
-            if let Some(e) = l1.get(key, now) {
+            if let Some(e) = l1.get(key, now).filter(|e| inner.local.tags.copy_ok(e)) {
                 if usable(&e.value) {
                     if now < e.fresh_until {
                         inner.local.metrics.l1_hits.incr();
                         if e.refresh_at.is_some_and(|at| now >= at) {
-                            self.start_refresh(key, factory, e.created_ms, accept_none);
+                            self.start_refresh(key, factory, e.created_ms, accept_none, entry);
                         }
                         return Ok(Fetched {
                             value: e.value,
@@ -797,12 +906,13 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }
             }
         }
-        Box::pin(self.fetch_l2(key, factory, accept_none, infallible, stale)).await
+        Box::pin(self.fetch_l2(key, entry, factory, accept_none, infallible, stale)).await
     }
 
     async fn fetch_l2<F, Fut, E>(
         &self,
         key: &str,
+        entry: &EntryOptions,
         factory: F,
         accept_none: bool,
         infallible: bool,
@@ -827,7 +937,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                     if let Some(f) = inner.opts.eager_refresh {
                         let life = stored.fresh_until_ms.saturating_sub(stored.created_ms) as f64;
                         if now_ms as f64 >= stored.created_ms as f64 + life * f {
-                            self.start_refresh(key, factory, stored.created_ms, accept_none);
+                            self.start_refresh(key, factory, stored.created_ms, accept_none, entry);
                         }
                     }
                     return Ok(Fetched {
@@ -892,6 +1002,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         return Err(FillError::Panicked);
                     };
                     let task_inner = Arc::clone(inner);
+                    let task_entry = entry.clone();
                     let task_key = key.to_string();
                     let span = tracing::debug_span!(
                         "fredkit.cache.fill",
@@ -910,6 +1021,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                                     epoch,
                                     accept_none,
                                     Mode::Fill,
+                                    task_entry,
                                 )
                                 .await;
                             let shared = match &r {

@@ -6,10 +6,14 @@
 //! 2      1     version (1)
 //! 3      1     flags: bit 0 = payload is LZ4 (block, u32 LE size first),
 //!                     bit 1 = negative entry (cached absence, no payload);
+//!                     bit 2 = tagged: a tag section follows the header;
 //!                     any other bit set = not ours (garbage)
 //! 4      8     created, ms since the Unix epoch (writer's clock), u64 LE
 //! 12     8     fresh until (logical expiry), ms since the Unix epoch, u64 LE
-//! 20     ..    codec payload (absent for a negative entry)
+//! 20     ..    tag section, when bit 2 is set: u16 LE count, then per tag
+//!              u16 LE length, the tag's UTF-8 bytes, u64 LE version (the
+//!              tag's version when the entry was written; see `tags.rs`)
+//! ..     ..    codec payload (absent for a negative entry)
 //! ```
 //!
 //! The physical TTL (`PX` of the `SET`) is the logical TTL plus the fail-safe
@@ -25,6 +29,7 @@ const MAGIC: [u8; 2] = *b"FK";
 const VERSION: u8 = 1;
 const FLAG_LZ4: u8 = 0b01;
 const FLAG_NONE: u8 = 0b10;
+const FLAG_TAGS: u8 = 0b100;
 pub(crate) const HEADER_LEN: usize = 20;
 
 /// An entry read back from Redis.
@@ -37,7 +42,14 @@ pub(crate) struct Stored<V> {
     /// The value's encoded size before compression (0 for an absence):
     /// the L1 weight when L1 is bounded by bytes.
     pub(crate) size: usize,
+    /// The tags the entry was written under, with each tag's version then
+    /// (empty for an untagged entry).
+    pub(crate) tags: Tags,
 }
+
+/// Tags with the versions an entry was written under; `None` = untagged
+/// (no allocation, nothing to check).
+pub(crate) type Tags = Option<std::sync::Arc<[(String, u64)]>>;
 
 impl<V> Stored<V> {
     pub(crate) fn is_fresh(&self, now_ms: u64) -> bool {
@@ -61,6 +73,13 @@ pub(crate) fn now_ms() -> u64 {
 /// The payload size before compression of an envelope made by [`encode`].
 pub(crate) fn plain_size(envelope: &[u8]) -> usize {
     let body = envelope.get(HEADER_LEN..).unwrap_or_default();
+    let body = match envelope.get(3) {
+        Some(flags) if flags & FLAG_TAGS != 0 => match read_tags(body) {
+            Ok((_, rest)) => rest,
+            Err(_) => body,
+        },
+        _ => body,
+    };
     match (envelope.get(3), body.get(0..4)) {
         (Some(flags), Some(s)) if flags & FLAG_LZ4 != 0 => {
             u32::from_le_bytes([s[0], s[1], s[2], s[3]]) as usize
@@ -75,6 +94,7 @@ pub(crate) fn encode<V: Serialize, C: Codec>(
     created_ms: u64,
     fresh_until_ms: u64,
     compress_above: Option<usize>,
+    tags: &[(String, u64)],
 ) -> fredkit_core::Result<Bytes> {
     let mut flags = 0u8;
     let payload = match value {
@@ -99,9 +119,30 @@ pub(crate) fn encode<V: Serialize, C: Codec>(
     if compressed.is_some() {
         flags |= FLAG_LZ4;
     }
+    if !tags.is_empty() {
+        flags |= FLAG_TAGS;
+    }
     out.push(flags);
     out.extend_from_slice(&created_ms.to_le_bytes());
     out.extend_from_slice(&fresh_until_ms.to_le_bytes());
+    if !tags.is_empty() {
+        let too_many = || {
+            fredkit_core::Error::invalid_input(
+                "cache entry tags: at most 65535 tags of at most 65535 bytes each",
+            )
+        };
+        out.extend_from_slice(
+            &u16::try_from(tags.len())
+                .map_err(|_| too_many())?
+                .to_le_bytes(),
+        );
+        for (tag, version) in tags {
+            let len = u16::try_from(tag.len()).map_err(|_| too_many())?;
+            out.extend_from_slice(&len.to_le_bytes());
+            out.extend_from_slice(tag.as_bytes());
+            out.extend_from_slice(&version.to_le_bytes());
+        }
+    }
     match compressed {
         Some(c) => {
             let size = u32::try_from(payload.len()).map_err(|_| {
@@ -136,12 +177,18 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
         return Err(Garbage(format!("unknown envelope version {}", bytes[2])));
     }
     let flags = bytes[3];
-    if flags & !(FLAG_LZ4 | FLAG_NONE) != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_NONE | FLAG_TAGS) != 0 {
         return Err(Garbage(format!("unknown envelope flags {flags:#04x}")));
     }
     let created_ms = read_u64(&bytes[4..12]);
     let fresh_until_ms = read_u64(&bytes[12..20]);
-    let body = &bytes[HEADER_LEN..];
+    let mut body = &bytes[HEADER_LEN..];
+    let mut tags: Tags = None;
+    if flags & FLAG_TAGS != 0 {
+        let (t, rest) = read_tags(body)?;
+        tags = Some(t.into());
+        body = rest;
+    }
     if flags & FLAG_NONE != 0 {
         if flags & FLAG_LZ4 != 0 || !body.is_empty() {
             return Err(Garbage("negative entry with a payload".into()));
@@ -151,6 +198,7 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
             created_ms,
             fresh_until_ms,
             size: 0,
+            tags,
         });
     }
     let mut plain_size = body.len();
@@ -194,7 +242,34 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
         created_ms,
         fresh_until_ms,
         size: plain_size,
+        tags,
     })
+}
+
+/// Tags with versions, and the bytes after them.
+type TagSection<'a> = (Vec<(String, u64)>, &'a [u8]);
+
+/// The tag section at the start of `body`, and what follows it.
+fn read_tags(body: &[u8]) -> Result<TagSection<'_>, Garbage> {
+    let cut = || Garbage("truncated tag section".into());
+    let (count, mut rest) = body.split_at_checked(2).ok_or_else(cut)?;
+    let count = u16::from_le_bytes([count[0], count[1]]);
+    if count == 0 {
+        return Err(Garbage("tag section with no tag".into()));
+    }
+    let mut tags = Vec::with_capacity(usize::from(count).min(64));
+    for _ in 0..count {
+        let (len, r) = rest.split_at_checked(2).ok_or_else(cut)?;
+        let len = usize::from(u16::from_le_bytes([len[0], len[1]]));
+        let (tag, r) = r.split_at_checked(len).ok_or_else(cut)?;
+        let (version, r) = r.split_at_checked(8).ok_or_else(cut)?;
+        let tag = std::str::from_utf8(tag)
+            .map_err(|_| Garbage("tag is not UTF-8".into()))?
+            .to_string();
+        tags.push((tag, read_u64(version)));
+        rest = r;
+    }
+    Ok((tags, rest))
 }
 
 fn read_u64(b: &[u8]) -> u64 {
@@ -214,17 +289,22 @@ mod tests {
         let v = "ab".repeat(5000);
         let plain = MsgPack.encode(&v).unwrap().len();
         for compress in [None, Some(64)] {
-            let b = encode(&MsgPack, Some(&v), 5, 10, compress).unwrap();
+            let b = encode(&MsgPack, Some(&v), 5, 10, compress, &[]).unwrap();
             assert_eq!(plain_size(&b), plain);
             let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
             assert_eq!(s.size, plain);
         }
-        assert!(encode(&MsgPack, Some(&v), 5, 10, Some(64)).unwrap().len() < plain);
+        assert!(
+            encode(&MsgPack, Some(&v), 5, 10, Some(64), &[])
+                .unwrap()
+                .len()
+                < plain
+        );
     }
 
     #[test]
     fn values_round_trip_with_their_times() {
-        let b = encode(&MsgPack, Some(&"hello".to_string()), 5, 10, None).unwrap();
+        let b = encode(&MsgPack, Some(&"hello".to_string()), 5, 10, None, &[]).unwrap();
         let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
         assert_eq!(s.value.as_deref(), Some("hello"));
         assert_eq!((s.created_ms, s.fresh_until_ms), (5, 10));
@@ -232,8 +312,31 @@ mod tests {
     }
 
     #[test]
+    fn tags_round_trip_with_their_versions_and_truncations_are_garbage() {
+        let tags = vec![("product:42".to_string(), 7), ("category:7".to_string(), 0)];
+        for (value, compress) in [(Some("v".repeat(3000)), Some(64)), (None, None)] {
+            let b = encode(&MsgPack, value.as_ref(), 5, 10, compress, &tags).unwrap();
+            let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
+            assert_eq!(s.value, value);
+            assert_eq!(s.tags.as_deref(), Some(&tags[..]));
+            if let Some(v) = &value {
+                assert_eq!(s.size, MsgPack.encode(v).unwrap().len());
+                assert_eq!(plain_size(&b), s.size);
+            }
+            for end in HEADER_LEN..b.len() {
+                assert!(decode::<String, _>(&MsgPack, &b[..end], 1 << 20).is_err());
+            }
+        }
+        let untagged = encode(&MsgPack, Some(&1u64), 5, 10, None, &[]).unwrap();
+        assert_eq!(
+            decode::<u64, _>(&MsgPack, &untagged, 1 << 20).unwrap().tags,
+            None
+        );
+    }
+
+    #[test]
     fn negative_entries_round_trip_as_none() {
-        let b = encode::<String, _>(&MsgPack, None, 1, 2, Some(0)).unwrap();
+        let b = encode::<String, _>(&MsgPack, None, 1, 2, Some(0), &[]).unwrap();
         assert_eq!(b.len(), HEADER_LEN);
         let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
         assert_eq!(s.value, None);
@@ -242,7 +345,7 @@ mod tests {
     #[test]
     fn large_values_are_compressed_and_round_trip() {
         let big = "x".repeat(10_000);
-        let b = encode(&MsgPack, Some(&big), 1, 2, Some(1024)).unwrap();
+        let b = encode(&MsgPack, Some(&big), 1, 2, Some(1024), &[]).unwrap();
         assert!(b.len() < 1_000, "compressed to {}", b.len());
         assert_eq!(b[3] & FLAG_LZ4, FLAG_LZ4);
         let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
@@ -253,7 +356,7 @@ mod tests {
 
     #[test]
     fn a_forged_decompressed_size_is_refused_before_allocating_it() {
-        let mut forged = encode(&MsgPack, Some(&"z".repeat(5_000)), 1, 2, Some(10))
+        let mut forged = encode(&MsgPack, Some(&"z".repeat(5_000)), 1, 2, Some(10), &[])
             .unwrap()
             .to_vec();
         assert_eq!(forged[3] & FLAG_LZ4, FLAG_LZ4);
@@ -263,7 +366,7 @@ mod tests {
         assert!(err.0.contains("cannot expand"), "{}", err.0);
         // The densest real payloads still decode.
         let zeros = vec![0u8; 8 << 20];
-        let b = encode(&MsgPack, Some(&zeros.clone()), 1, 2, Some(10)).unwrap();
+        let b = encode(&MsgPack, Some(&zeros.clone()), 1, 2, Some(10), &[]).unwrap();
         let s: Stored<Vec<u8>> = decode(&MsgPack, &b, 64 << 20).unwrap();
         assert_eq!(s.value.unwrap(), zeros);
     }
@@ -272,8 +375,8 @@ mod tests {
     fn every_truncation_and_foreign_bytes_are_garbage_not_panics() {
         let big = "y".repeat(5_000);
         for b in [
-            encode(&MsgPack, Some(&big), 1, 2, Some(100)).unwrap(),
-            encode(&MsgPack, Some(&big), 1, 2, None).unwrap(),
+            encode(&MsgPack, Some(&big), 1, 2, Some(100), &[]).unwrap(),
+            encode(&MsgPack, Some(&big), 1, 2, None, &[]).unwrap(),
         ] {
             for end in 0..b.len() {
                 assert!(decode::<String, _>(&MsgPack, &b[..end], 1 << 20).is_err());
@@ -287,7 +390,7 @@ mod tests {
             assert!(decode::<String, _>(&MsgPack, junk, 1 << 20).is_err());
         }
         // Right envelope, wrong type.
-        let b = encode(&MsgPack, Some(&"text".to_string()), 1, 2, None).unwrap();
+        let b = encode(&MsgPack, Some(&"text".to_string()), 1, 2, None, &[]).unwrap();
         assert!(decode::<u64, _>(&MsgPack, &b, 1 << 20).is_err());
     }
 }

@@ -5,6 +5,7 @@ use crate::cache::{CacheValue, Fetched, FillError, Inner, Origin};
 use crate::envelope::{self, Stored};
 use crate::l1::Ticket;
 use crate::metrics::incr;
+use crate::options::EntryOptions;
 use fred::types::{Key, Value};
 use fredkit_core::{Codec, Error, Result, Script};
 use futures::FutureExt;
@@ -131,9 +132,14 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             .try_into()
             .map_err(|_| Error::protocol("fill_acquire: expected a 3-element array"))?;
         let acquired = matches!(acquired, Value::Integer(1));
-        let stored = data
+        let mut stored = data
             .into_bytes()
             .and_then(|b| self.decode_or_unlink(key, || Key::from(data_key), &b));
+        if let Some(s) = &stored {
+            if !self.tags_current_in_redis(&s.tags).await? {
+                stored = None; // under a tag invalidated since: a miss
+            }
+        }
         let lock_left = match left {
             Value::Integer(ms) if ms > 0 => Duration::from_millis(ms.unsigned_abs()),
             // No TTL on the lock (-1, not ours) or gone (-2): assume a full one.
@@ -158,6 +164,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         epoch: Option<Ticket>,
         accept_none: bool,
         mode: Mode,
+        entry: EntryOptions,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -169,8 +176,30 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         let lock_key = self.lock_key(key).map_err(FillError::Cache)?;
         let token = format!("{:032x}", rand::random::<u128>());
         let mut locked = false;
+        let ttl = entry.ttl.unwrap_or(self.opts.ttl);
+        // The tags' versions are read before the factory runs (concurrently
+        // with the lock): an invalidate_tag after this point makes the
+        // value written a miss, never a stale hit.
+        let mut stamp = Vec::new();
+        if !redis_up && !entry.tags.is_empty() {
+            stamp = self.tag_stamp_local(&entry.tags);
+        }
         if redis_up {
-            match self.acquire(key, &data_key, &lock_key, &token).await {
+            let (acquired, versions) = if entry.tags.is_empty() {
+                (self.acquire(key, &data_key, &lock_key, &token).await, None)
+            } else {
+                let (a, v) = tokio::join!(
+                    self.acquire(key, &data_key, &lock_key, &token),
+                    self.tag_stamp(&entry.tags)
+                );
+                (a, Some(v))
+            };
+            stamp = match versions {
+                None => Vec::new(),
+                Some(Ok(s)) => s,
+                Some(Err(_)) => self.tag_stamp_local(&entry.tags),
+            };
+            match acquired {
                 Ok(Acquired {
                     acquired,
                     stored,
@@ -272,6 +301,8 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             factory,
             stale,
             redis_up,
+            ttl,
+            stamp,
         )
         .await
     }
@@ -348,6 +379,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
 
     /// Runs the factory in its own task (so it can outlive timeouts and a
     /// dropped caller), stores its result, and applies soft/hard timeouts.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn run_factory<F, Fut, E>(
         self: &Arc<Self>,
         key: &str,
@@ -356,6 +388,8 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         factory: F,
         stale: Option<(Option<V>, Origin)>,
         redis_up: bool,
+        value_ttl: Duration,
+        stamp: Vec<(String, u64)>,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -386,7 +420,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             let produced = match outcome {
                 Ok(Ok(value)) => {
                     let ttl = if value.is_some() {
-                        this.opts.ttl
+                        value_ttl
                     } else {
                         this.opts.negative_ttl
                     };
@@ -406,6 +440,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                                 // Not encoded (Redis is down): the in-memory
                                 // size stands in for the L1 weight.
                                 size: std::mem::size_of::<V>(),
+                                tags: (!stamp.is_empty()).then(|| stamp.as_slice().into()),
                             };
                             l1.insert_write(
                                 &task_key,
@@ -416,7 +451,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                             );
                         }
                     } else if let Err(e) = this
-                        .store(&task_key, &data_key, lock_ref, value.as_ref(), ttl)
+                        .store(&task_key, &data_key, lock_ref, value.as_ref(), ttl, &stamp)
                         .await
                     {
                         tracing::debug!(error = %e, "fredkit-cache: could not store the factory's value");

@@ -37,11 +37,17 @@ pub(crate) struct Invalidation {
     /// Drop everything (after `invalidate_prefix`).
     #[serde(rename = "a", default)]
     pub(crate) all: bool,
+    /// Tags moved to a new version by `invalidate_tag`: (tag, version).
+    /// Older receivers ignore the field (their L1 TTL bounds them).
+    #[serde(rename = "t", default, skip_serializing_if = "Vec::is_empty")]
+    pub(crate) tags: Vec<(String, u64)>,
 }
 
 pub(crate) enum Inv {
     Key(String),
     All,
+    /// `invalidate_tag`: the tag and its new version.
+    Tag(String, u64),
     /// `Cache::close`: publish what is queued, stop taking more, end.
     Close,
 }
@@ -67,6 +73,7 @@ impl Outbox {
         local: &Local<V>,
         keys: Vec<String>,
         all: bool,
+        tags: Vec<(String, u64)>,
     ) {
         let seq = self.seq.fetch_add(1, Ordering::Relaxed).wrapping_add(1);
         let msg = Invalidation {
@@ -74,6 +81,7 @@ impl Outbox {
             seq,
             keys,
             all,
+            tags,
         };
         let result = self
             .breaker
@@ -97,12 +105,14 @@ pub(crate) async fn publish_loop<V: Clone + Send + Sync + 'static>(
     let mut closing = false;
     while let Some(first) = rx.recv().await {
         let mut keys = Vec::new();
+        let mut tags = Vec::new();
         let mut all = false;
         let mut next = Some(first);
         while let Some(item) = next.take() {
             match item {
                 Inv::Key(k) => keys.push(k),
                 Inv::All => all = true,
+                Inv::Tag(t, v) => tags.push((t, v)),
                 Inv::Close => {
                     // Later sends fail (the cache then publishes each write
                     // itself); what is queued already is still published.
@@ -110,15 +120,15 @@ pub(crate) async fn publish_loop<V: Clone + Send + Sync + 'static>(
                     closing = true;
                 }
             }
-            if keys.len() < BATCH {
+            if keys.len() + tags.len() < BATCH {
                 next = rx.try_recv().ok();
             }
         }
         if all {
             keys.clear();
         }
-        if all || !keys.is_empty() {
-            outbox.send(&local, keys, all).await;
+        if all || !keys.is_empty() || !tags.is_empty() {
+            outbox.send(&local, keys, all, tags).await;
         }
         if closing && rx.is_empty() {
             return;
@@ -220,6 +230,11 @@ async fn listen<V: Clone + Send + Sync + 'static>(
                         continue;
                     }
                     incr(&local.metrics.invalidations_received);
+                    // Tags first: a copy checked after this sees the new
+                    // version, whatever the sequence says.
+                    for (t, v) in &msg.tags {
+                        local.tags.raise(t, *v);
+                    }
                     let expected = last.get(&msg.instance).map_or(1, |s| s.wrapping_add(1));
                     last.insert(msg.instance, msg.seq);
                     if msg.seq != expected {

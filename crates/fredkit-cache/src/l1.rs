@@ -56,6 +56,8 @@ pub(crate) struct L1Entry<V> {
     /// copy is not even a fail-safe fallback.
     pub(crate) expires: Tick,
     pub(crate) created_ms: u64,
+    /// The tags and versions the entry was written under (`None`: untagged).
+    pub(crate) tags: crate::envelope::Tags,
     /// Weight when L1 is bounded by bytes (1 when bounded by entries).
     weight: u32,
 }
@@ -189,6 +191,7 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
             // fallback at most `max_stale` past the entry's logical expiry.
             expires: later(fresh_until, self.max_stale),
             created_ms: stored.created_ms,
+            tags: stored.tags.clone(),
             weight: if self.by_bytes {
                 let bytes = key.len() + stored.size + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -260,6 +263,8 @@ pub(crate) struct Local<V> {
     pub(crate) instance: u64,
     pub(crate) l1: Option<L1<V>>,
     pub(crate) metrics: Metrics,
+    /// The tag versions this instance has seen (see `tags.rs`).
+    pub(crate) tags: crate::tags::TagBook,
     /// Fill waiters of this process: at most one per key (the single flight's
     /// leader), woken when the key is written.
     waiters: Mutex<HashMap<String, Arc<Notify>>>,
@@ -274,6 +279,7 @@ impl<V: Clone + Send + Sync + 'static> Local<V> {
             instance,
             l1,
             metrics: Metrics::default(),
+            tags: Default::default(),
             waiters: Mutex::new(HashMap::new()),
             ready: watch::channel(false).0,
         }
@@ -348,6 +354,7 @@ mod tests {
             created_ms: now,
             fresh_until_ms: now + fresh_ms,
             size: 1000,
+            tags: None,
         }
     }
 

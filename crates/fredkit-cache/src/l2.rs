@@ -60,14 +60,15 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     /// receivers treat as a gap (a flush): safe.
     pub(crate) fn publish_closed(&self, inv: Inv) {
         let Some(outbox) = &self.outbox else { return };
-        let (keys, all) = match inv {
-            Inv::Key(k) => (vec![k], false),
-            Inv::All => (Vec::new(), true),
+        let (keys, all, tags) = match inv {
+            Inv::Key(k) => (vec![k], false, Vec::new()),
+            Inv::All => (Vec::new(), true, Vec::new()),
+            Inv::Tag(t, v) => (Vec::new(), false, vec![(t, v)]),
             Inv::Close => return,
         };
         let outbox = Arc::clone(outbox);
         let local = Arc::clone(&self.local);
-        tokio::spawn(async move { outbox.send(&local, keys, all).await });
+        tokio::spawn(async move { outbox.send(&local, keys, all, tags).await });
     }
 
     /// Runs a Redis call through the breaker, counting unavailability.
@@ -101,7 +102,17 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         match reply {
             Ok(Some(bytes)) => {
                 permit.success();
-                Ok(self.decode_or_unlink(key, || data_key, &bytes))
+                match self.decode_or_unlink(key, || data_key, &bytes) {
+                    // A tagged entry: its tags' versions must still be current.
+                    Some(s) if s.tags.is_some() => {
+                        if self.tags_current_in_redis(&s.tags).await? {
+                            Ok(Some(s))
+                        } else {
+                            Ok(None)
+                        }
+                    }
+                    other => Ok(other),
+                }
             }
             Ok(None) => {
                 permit.success();
@@ -179,6 +190,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         &self,
         value: Option<&V>,
         ttl: Duration,
+        tags: &[(String, u64)],
     ) -> Result<(Bytes, Stored<V>, i64)> {
         let jitter = if self.opts.ttl_jitter.is_zero() || value.is_none() {
             0
@@ -202,12 +214,14 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             now,
             fresh_until,
             self.opts.compress_above,
+            tags,
         )?;
         let stored = Stored {
             value: value.cloned(),
             created_ms: now,
             fresh_until_ms: fresh_until,
             size: envelope::plain_size(&bytes),
+            tags: (!tags.is_empty()).then(|| tags.into()),
         };
         Ok((bytes, stored, px))
     }
@@ -216,14 +230,15 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     /// script if given), updates L1, queues the invalidation, wakes a local
     /// waiter. Returns the stored form.
     pub(crate) async fn store(
-        &self,
+        self: &Arc<Self>,
         key: &str,
         data_key: &str,
         lock: Option<(&str, &str)>,
         value: Option<&V>,
         ttl: Duration,
+        tags: &[(String, u64)],
     ) -> Result<Stored<V>> {
-        let (bytes, stored, px) = self.envelope(value, ttl)?;
+        let (bytes, stored, px) = self.envelope(value, ttl, tags)?;
         // Before the write: see `L1::insert_write`.
         let ticket = self.local.l1.as_ref().map(|l1| l1.ticket(key));
         let r = self
@@ -257,6 +272,14 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         }
         self.publish(Inv::Key(key.to_string()));
         self.local.wake(key);
+        match &r {
+            Ok(()) => self.recovered_key(key),
+            // Replayed as a removal when Redis is back (auto-recovery).
+            Err(e) if e.is_unavailable() => {
+                self.queue_for_recovery(crate::recovery::Op::Key(key.to_string()))
+            }
+            Err(_) => {}
+        }
         r.map(|_| stored)
     }
 }

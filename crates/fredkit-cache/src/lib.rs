@@ -123,8 +123,10 @@ mod l1;
 mod l2;
 mod metrics;
 mod options;
+mod recovery;
 mod refresh;
 mod store;
+mod tags;
 
 pub use acl::{acl_rule, ACL_COMMANDS};
 pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
@@ -133,5 +135,5 @@ pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
 /// IntoKeySpace}` are `fredkit_core`'s.
 pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use metrics::CacheMetrics;
-pub use options::{CacheOptions, CacheOptionsBuilder, L1Options};
+pub use options::{CacheOptions, CacheOptionsBuilder, EntryOptions, L1Options};
 pub use store::RedisCacheStore;

@@ -53,6 +53,9 @@ pub(crate) struct Metrics {
     pub(crate) invalidations_published: AtomicU64,
     pub(crate) invalidations_received: AtomicU64,
     pub(crate) l1_flushes: AtomicU64,
+    pub(crate) recovery_queued: AtomicU64,
+    pub(crate) recovery_replayed: AtomicU64,
+    pub(crate) recovery_dropped: AtomicU64,
 }
 
 #[inline]
@@ -82,6 +85,9 @@ impl Metrics {
             invalidations_published: g(&self.invalidations_published),
             invalidations_received: g(&self.invalidations_received),
             l1_flushes: g(&self.l1_flushes),
+            recovery_queued: g(&self.recovery_queued),
+            recovery_replayed: g(&self.recovery_replayed),
+            recovery_dropped: g(&self.recovery_dropped),
         }
     }
 }
@@ -174,6 +180,15 @@ pub struct CacheMetrics {
     /// pub/sub reconnect or lag, undecodable message) or `invalidate_prefix`
     /// ran somewhere.
     pub l1_flushes: u64,
+    /// Removals (of removed keys and of keys whose write failed) and tag
+    /// invalidations queued because Redis was unreachable (auto-recovery;
+    /// deduplicated: a key queued twice counts once).
+    pub recovery_queued: u64,
+    /// Queued operations replayed once Redis answered again.
+    pub recovery_replayed: u64,
+    /// Queued operations dropped because the queue was full (10,000); the
+    /// replay then flushes every instance's L1.
+    pub recovery_dropped: u64,
 }
 
 impl CacheMetrics {
@@ -226,6 +241,9 @@ impl CacheMetrics {
             ),
             invalidations_received: d(self.invalidations_received, earlier.invalidations_received),
             l1_flushes: d(self.l1_flushes, earlier.l1_flushes),
+            recovery_queued: d(self.recovery_queued, earlier.recovery_queued),
+            recovery_replayed: d(self.recovery_replayed, earlier.recovery_replayed),
+            recovery_dropped: d(self.recovery_dropped, earlier.recovery_dropped),
         }
     }
 }

@@ -81,6 +81,7 @@ impl L1Options {
 pub struct CacheOptions {
     pub(crate) keys: KeySpace,
     pub(crate) lock_keys: KeySpace,
+    pub(crate) tag_keys: KeySpace,
     pub(crate) ttl: Duration,
     pub(crate) ttl_jitter: Duration,
     pub(crate) max_stale: Duration,
@@ -327,6 +328,7 @@ impl CacheOptionsBuilder {
         const MAX_TTL: Duration = Duration::from_secs(100 * 365 * 24 * 60 * 60);
         let keys = self.prefix.map_err(Error::invalid_input)?;
         let lock_keys = keys.child("lock")?;
+        let tag_keys = keys.child("tag")?;
         let ms = Duration::from_millis(1);
         if self.ttl < ms || self.negative_ttl < ms || self.lock_ttl < ms {
             return Err(Error::config(
@@ -375,6 +377,7 @@ impl CacheOptionsBuilder {
         Ok(CacheOptions {
             keys,
             lock_keys,
+            tag_keys,
             ttl: self.ttl,
             ttl_jitter: self.ttl_jitter,
             max_stale: self.max_stale,
@@ -476,5 +479,79 @@ mod prefix_tests {
         let text = err.to_string();
         assert!(text.contains("bad{tag}"), "{text}");
         assert_eq!(text.matches("invalid input").count(), 1, "{text}");
+    }
+}
+
+/// Per-entry options of a write: [`Cache::set_with`](crate::Cache::set_with)
+/// and [`Cache::fetch_with`](crate::Cache::fetch_with).
+///
+/// ```
+/// use std::time::Duration;
+/// use fredkit_cache::EntryOptions;
+///
+/// let o = EntryOptions::new()
+///     .tags(["product:42", "category:7"])   // invalidate_tag("category:7") drops it
+///     .ttl(Duration::from_secs(60));        // default: the cache's ttl
+/// ```
+#[must_use]
+#[derive(Debug, Clone, Default, PartialEq, Eq)]
+pub struct EntryOptions {
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) tags: Vec<String>,
+}
+
+impl EntryOptions {
+    /// No tags, the cache's TTL.
+    pub fn new() -> Self {
+        Self::default()
+    }
+
+    /// The entry's tags: [`Cache::invalidate_tag`](crate::Cache::invalidate_tag)
+    /// of any of them makes it a miss on every instance (L1 and Redis). Each
+    /// tag is non-empty, at most 1024 bytes; at most 64 tags per entry.
+    /// Duplicates are ignored.
+    pub fn tags<I, T>(mut self, tags: I) -> Self
+    where
+        I: IntoIterator<Item = T>,
+        T: Into<String>,
+    {
+        for t in tags {
+            let t = t.into();
+            if !self.tags.contains(&t) {
+                self.tags.push(t);
+            }
+        }
+        self
+    }
+
+    /// The entry's logical TTL instead of the cache's (plus jitter, then
+    /// `max_stale`). A tagged entry's TTL may not exceed the cache's `ttl`
+    /// (a tag's version key lives as long as the cache's longest entry).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// Checks the tags and the TTL against `opts`; names `key`.
+    pub(crate) fn check(&self, key: &str, opts: &CacheOptions) -> Result<Duration> {
+        let ttl = self.ttl.unwrap_or(opts.ttl);
+        if self.tags.len() > 64 {
+            return Err(Error::invalid_input(format!(
+                "cache entry {key:?}: {} tags, at most 64 allowed",
+                self.tags.len()
+            )));
+        }
+        if let Some(t) = self.tags.iter().find(|t| t.is_empty() || t.len() > 1024) {
+            return Err(Error::invalid_input(format!(
+                "cache entry {key:?}: tag {t:?} must be 1 to 1024 bytes"
+            )));
+        }
+        if !self.tags.is_empty() && ttl > opts.ttl {
+            return Err(Error::invalid_input(format!(
+                "cache entry {key:?}: a tagged entry's ttl {ttl:?} may not exceed the cache's ttl {:?} (its tags' versions would expire first)",
+                opts.ttl
+            )));
+        }
+        Ok(ttl)
     }
 }

@@ -13,6 +13,7 @@ use crate::cache::Inner;
 use crate::cache::{Cache, CacheValue};
 use crate::fill::Mode;
 use crate::flight::{Join, Shared};
+use crate::options::EntryOptions;
 use fredkit_core::Codec;
 use std::collections::HashMap;
 use std::future::Future;
@@ -27,6 +28,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         factory: F,
         created_ms: u64,
         accept_none: bool,
+        entry: &EntryOptions,
     ) where
         F: FnOnce() -> Fut + Send + 'static,
         Fut: Future<Output = std::result::Result<Option<V>, E>> + Send + 'static,
@@ -44,6 +46,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         };
         let task_inner = Arc::clone(inner);
         let task_key = key.to_string();
+        let task_entry = entry.clone();
         tokio::spawn(
             async move {
                 let r = task_inner
@@ -56,6 +59,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         None,
                         accept_none,
                         Mode::Refresh { created_ms },
+                        task_entry,
                     )
                     .await;
                 flight.finish(match r {

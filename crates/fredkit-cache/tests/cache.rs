@@ -2434,3 +2434,188 @@ async fn eager_refresh_across_4_processes_sends_at_most_3_scripts_per_refresh_po
         "{scripts} scripts for {points} refresh points on {STORM_PROCESSES} processes"
     );
 }
+
+// ------------------------------------------------------------------- tags
+
+/// 10,000 entries, 9,000 of them under 100 tags (90 each), on 2 instances
+/// with L1 (and a third without, reading Redis only): `invalidate_tag` of 50
+/// tags makes each of their 4,500 entries a miss on every instance — from
+/// L1 on both (B hears it through the invalidation channel; its L1 TTL is
+/// far longer than the wait) and from Redis — while the 5,500 others (the
+/// other tags' and the 1,000 untagged) are untouched and still served from
+/// L1.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn invalidate_tag_makes_every_tagged_entry_a_miss_on_both_instances_l1_and_l2(
+    #[case] topology: Topology,
+) {
+    use fredkit_cache::EntryOptions;
+    use futures::StreamExt;
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("tags");
+    let with_l1 = || {
+        opts(&p).ttl(Duration::from_secs(120)).l1(L1Options::new()
+            .max_entries(20_000)
+            .ttl(Duration::from_secs(120)))
+    };
+    let a = cache(&redis, with_l1()).await;
+    let b = cache(&redis, with_l1()).await;
+    let c = cache(&redis, opts(&p).ttl(Duration::from_secs(120))).await;
+    const N: u64 = 10_000;
+    const TAGGED: u64 = 9_000;
+    let tag_of = |i: u64| (i < TAGGED).then(|| format!("t{}", i % 100));
+    futures::stream::iter(0..N)
+        .map(|i| {
+            let a = a.clone();
+            async move {
+                let o = match tag_of(i) {
+                    Some(t) => EntryOptions::new().tags([t, "all-tagged".to_string()]),
+                    None => EntryOptions::new(),
+                };
+                a.set_with(&format!("k{i}"), &item(i), &o).await.unwrap();
+            }
+        })
+        .buffer_unordered(64)
+        .collect::<Vec<()>>()
+        .await;
+    let keys: Vec<String> = (0..N).map(|i| format!("k{i}")).collect();
+    let all: Vec<Option<Item>> = (0..N).map(|i| Some(item(i))).collect();
+    // B's L1 takes a copy of each (from Redis, tags checked there), once
+    // the invalidations of A's writes stopped arriving (a copy read while
+    // one is in flight is not kept).
+    assert_eq!(a.get_many(&keys).await.unwrap(), all);
+    assert!(
+        eventually(DEADLINE, || async {
+            let before = b.metrics();
+            assert_eq!(b.get_many(&keys).await.unwrap(), all);
+            b.metrics().since(&before).l1_hits == N
+        })
+        .await,
+        "B holds every copy in L1"
+    );
+
+    for t in 0..50 {
+        a.invalidate_tag(&format!("t{t}")).await.unwrap();
+    }
+    let expected: Vec<Option<Item>> = (0..N)
+        .map(|i| match i < TAGGED && i % 100 < 50 {
+            true => None,
+            false => Some(item(i)),
+        })
+        .collect();
+    let gone = expected.iter().filter(|v| v.is_none()).count() as u64;
+    assert_eq!(gone, 4_500);
+    // Redis (an instance without L1) and A's L1: at once.
+    assert_eq!(c.get_many(&keys).await.unwrap(), expected);
+    let before_a = a.metrics();
+    assert_eq!(a.get_many(&keys).await.unwrap(), expected);
+    assert_eq!(a.metrics().since(&before_a).l1_hits, N - gone);
+    // B's L1: once the invalidation message arrived (its L1 TTL is 120 s).
+    assert!(
+        eventually(Duration::from_secs(2), || async {
+            b.get_many(&keys).await.unwrap() == expected
+        })
+        .await,
+        "B still serves entries under an invalidated tag"
+    );
+    let before_b = b.metrics();
+    assert_eq!(b.get_many(&keys).await.unwrap(), expected);
+    let d = b.metrics().since(&before_b);
+    assert_eq!(
+        d.l1_hits,
+        N - gone,
+        "untouched entries are still L1 hits on B"
+    );
+    assert_eq!(d.misses, gone);
+    // One at a time too, and a fill writes under the new version.
+    assert_eq!(b.get("k0").await.unwrap(), None);
+    let refilled = b
+        .fetch_with("k0", &EntryOptions::new().tags(["t0"]), || async {
+            Ok::<_, std::convert::Infallible>(Some(item(7)))
+        })
+        .await
+        .unwrap();
+    assert_eq!(refilled.origin, Origin::Factory);
+    assert_eq!(c.get("k0").await.unwrap(), Some(item(7)));
+    // A second tag of the same entries: all 9,000 tagged entries go.
+    a.invalidate_tag("all-tagged").await.unwrap();
+    assert_eq!(c.get("k1").await.unwrap(), None);
+    assert_eq!(
+        c.get("k0").await.unwrap(),
+        Some(item(7)),
+        "k0 has only t0 now"
+    );
+    assert_eq!(
+        c.get(&format!("k{TAGGED}")).await.unwrap(),
+        Some(item(TAGGED))
+    );
+}
+
+// ---------------------------------------------------------- auto-recovery
+
+/// Auto-recovery: Redis (the key's master) SIGSTOPped, instance A's breaker
+/// open, A removes a key: the removal cannot reach Redis and is queued.
+/// After SIGCONT, A replays it (UNLINK + invalidation message) and B, which
+/// held the old value in its L1 (TTL 60 s), stops serving it within 1 s.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_paused_redis_a_removal_is_queued_and_replayed_on_recovery(
+    #[case] topology: Topology,
+) {
+    let deployment = Private::start(topology);
+    let redis = connect(&deployment.url()).await;
+    let owner = deployment.owner("k");
+    let others = deployment.keys_on(owner, 2);
+    let p = prefix("recovery");
+    let l1 = || L1Options::new().ttl(Duration::from_secs(60));
+    let a = cache(
+        &redis,
+        opts(&p).l1(l1()).breaker(
+            fredkit_core::CircuitBreaker::builder()
+                .minimum_throughput(2)
+                .break_duration(Duration::from_secs(60))
+                .build()
+                .unwrap(),
+        ),
+    )
+    .await;
+    let b = cache(&redis, opts(&p).l1(l1())).await;
+    let seen = b.metrics().invalidations_received;
+    a.set("k", &item(1)).await.unwrap();
+    hold_l1_copy(&b, seen, "k", &item(1)).await;
+
+    deployment.pause(owner, true);
+    for k in &others {
+        assert_eq!(a.get(k).await.unwrap(), None); // times out: a breaker failure
+    }
+    assert_eq!(a.breaker().state(), fredkit_core::BreakerState::Open);
+    assert!(a.remove("k").await.is_err(), "Redis is paused");
+    assert_eq!(a.metrics().recovery_queued, 1);
+    assert_eq!(
+        b.get("k").await.unwrap(),
+        Some(item(1)),
+        "B's L1 still has it"
+    );
+
+    deployment.pause(owner, false);
+    let recovered = std::time::Instant::now();
+    let gone = eventually(Duration::from_secs(1), || async {
+        b.get("k").await.unwrap().is_none()
+    })
+    .await;
+    eprintln!(
+        "B stopped serving the old value {:?} after recovery",
+        recovered.elapsed()
+    );
+    assert!(
+        gone,
+        "B still serves the removed value 1 s after Redis came back"
+    );
+    assert_eq!(a.metrics().recovery_replayed, 1);
+    let exists: i64 = redis.client().exists(format!("{p}:{{k}}")).await.unwrap();
+    assert_eq!(exists, 0, "the queued UNLINK reached Redis");
+}
