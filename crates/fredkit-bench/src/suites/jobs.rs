@@ -12,10 +12,13 @@ use crate::bullmq::{BullMq, Shape};
 use crate::commandstats::{self, Delta};
 use crate::harness::{interleave_with, median, Measurement, Report, Runner, Unit};
 use crate::Ctx;
-use anyhow::Result;
+use anyhow::{bail, Result};
 use fred::prelude::*;
+use fredkit_jobs::{Job, JobOptions, Keep, Queue, Worker, WorkerConfig};
 use futures::future::BoxFuture;
+use std::convert::Infallible;
 use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
 
 /// The `jobs` suite.
 pub(crate) struct Jobs;
@@ -85,6 +88,56 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let id = run_id();
     let mut runners: Vec<(String, Runner<'_>)> = Vec::new();
 
+    // --- fredkit-jobs: each worker and the producer on a handle of its own
+    // (like each BullMQ Worker and the Queue on connections of their own).
+    let ours_counts: Counts = Arc::default();
+    let producer = ctx.redis().await?;
+    let queue: Queue<u64> = Queue::new(&producer, "bench:jobs", &format!("q{id:08x}"))?
+        .with_defaults(JobOptions::new().keep_completed(Keep::Last(KEEP_COMPLETED)));
+    let mut workers = Vec::new();
+    let mut handles = Vec::new();
+    for _ in 0..WORKERS {
+        let redis = ctx.redis().await?;
+        let q: Queue<u64> = Queue::new(&redis, "bench:jobs", queue.name())?;
+        let w = Worker::start(
+            &q,
+            WorkerConfig::new().concurrency(CONCURRENCY),
+            |_job: Job<u64>| async { Ok::<_, Infallible>(()) },
+        )?;
+        workers.push(w);
+        handles.push(redis);
+    }
+    let workers = Arc::new(workers);
+    {
+        let (queue, workers, probe, counts) = (
+            queue.clone(),
+            Arc::clone(&workers),
+            probe.clone(),
+            Arc::clone(&ours_counts),
+        );
+        runners.push((
+            "fredkit-jobs e2e".to_string(),
+            Box::new(move || {
+                let (queue, workers, probe, counts) = (
+                    queue.clone(),
+                    Arc::clone(&workers),
+                    probe.clone(),
+                    Arc::clone(&counts),
+                );
+                Box::pin(async move {
+                    let before = commandstats::snapshot(&probe).await?;
+                    let elapsed = ours_round(&queue, &workers, jobs).await?;
+                    let after = commandstats::snapshot(&probe).await?;
+                    counts
+                        .lock()
+                        .unwrap_or_else(|p| p.into_inner())
+                        .push((jobs, after.since(&before)));
+                    Ok(Measurement::new(jobs, elapsed, Vec::new()))
+                })
+            }),
+        ));
+    }
+
     // --- BullMQ (node), when it can run here.
     let bull_counts: Counts = Arc::default();
     let shape = Shape {
@@ -124,16 +177,36 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         ));
     }
 
-    if runners.is_empty() {
-        println!("   nothing to measure");
-        return Ok(());
-    }
     let s = interleave_with(ctx.rounds(), runners).await?;
 
     if let Some(b) = bull {
         if let Ok(b) = Arc::try_unwrap(b) {
             b.into_inner().stop().await;
         }
+    }
+    for w in workers.iter() {
+        w.shutdown().await;
+    }
+    let ours = s.iter().find(|x| x.name == "fredkit-jobs e2e");
+    let theirs = s.iter().find(|x| x.name == "bullmq e2e");
+    let (ours_cmds, ours_scripts, ours_breakdown) = per_job(&ours_counts);
+    if let Some(o) = ours {
+        report.ops(
+            "e2e_per_s",
+            o.ops_per_sec,
+            format!(
+                "fredkit-jobs: enqueue -> handled -> completed, {WORKERS} workers x concurrency {CONCURRENCY}, no-op handler, {IN_FLIGHT} enqueues in flight; median of {} rounds of {jobs} jobs, spread {:.0}%",
+                o.rounds.len(),
+                o.spread() * 100.0
+            ),
+        );
+        report.add(
+            "redis_cmds_per_job",
+            ours_cmds,
+            Unit::Decimal,
+            format!("fredkit-jobs: commands the server ran per job (INFO commandstats, script calls included); {ours_scripts:.2} of them script calls"),
+        );
+        println!("   fredkit-jobs commands per job: {ours_breakdown}");
     }
     for sum in &s {
         if sum.name == "bullmq e2e" {
@@ -154,8 +227,70 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 format!("BullMQ: commands the server ran per job (INFO commandstats, script calls included); {scripts:.2} of them script calls"),
             );
             println!("   BullMQ commands per job: {breakdown}");
+            if let Some(o) = ours {
+                report.ratio(
+                    "e2e_vs_bullmq",
+                    o.ratio_to(sum),
+                    "fredkit-jobs / BullMQ jobs per second, same shape, same server, interleaved (goal >= 1.5)",
+                );
+                report.ratio(
+                    "redis_cmds_vs_bullmq",
+                    ours_cmds / cmds,
+                    "fredkit-jobs / BullMQ commands per job (goal <= 1)",
+                );
+            }
         }
     }
+    if theirs.is_none() {
+        println!("   (no BullMQ figures: the contender was skipped)");
+    }
+    drop(handles);
     let _ = probe.quit().await;
     Ok(())
+}
+
+/// One round of fredkit-jobs: `jobs` enqueues, `IN_FLIGHT` at a time, until
+/// the workers have recorded as many completions. First enqueue to the last
+/// completion seen.
+async fn ours_round(queue: &Queue<u64>, workers: &[Worker<u64>], jobs: u64) -> Result<Duration> {
+    let completed = || workers.iter().map(|w| w.metrics().completed).sum::<u64>();
+    let target = completed() + jobs;
+    let started = Instant::now();
+    let next = Arc::new(std::sync::atomic::AtomicU64::new(0));
+    let mut tasks = Vec::new();
+    for _ in 0..IN_FLIGHT {
+        let (queue, next) = (queue.clone(), Arc::clone(&next));
+        tasks.push(tokio::spawn(async move {
+            loop {
+                let i = next.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+                if i >= jobs {
+                    return Ok::<_, anyhow::Error>(());
+                }
+                queue.enqueue(&i).await?;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await??;
+    }
+    let deadline = Instant::now() + Duration::from_secs(120);
+    loop {
+        let done = completed();
+        if done >= target {
+            break;
+        }
+        if Instant::now() > deadline {
+            let m: Vec<String> = workers
+                .iter()
+                .map(|w| format!("{:?}", w.metrics()))
+                .collect();
+            bail!(
+                "fredkit-jobs: {} of {jobs} jobs completed after 120 s ({})",
+                jobs - (target - done),
+                m.join("; ")
+            );
+        }
+        tokio::time::sleep(Duration::from_micros(500)).await;
+    }
+    Ok(started.elapsed())
 }

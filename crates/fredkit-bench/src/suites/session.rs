@@ -17,6 +17,7 @@ use crate::harness::{interleave, op, Contender, Report, Summary, Unit};
 use crate::Ctx;
 use anyhow::{anyhow, bail, Result};
 use fred::prelude::*;
+use fredkit_session::{Changes, SaveOutcome, SessionId, SessionOptions, Sessions};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -95,6 +96,39 @@ async fn peer_request(
     Ok(())
 }
 
+/// Creates one session through fredkit-session with the 16 fields; its id.
+async fn ours_create(sessions: &Sessions, seed: u64) -> Result<SessionId> {
+    let mut changes = Changes::new();
+    for f in 0..FIELDS {
+        changes.set(&field(f), &value(seed + f as u64))?;
+    }
+    let record = sessions.create(None, None, &changes).await?;
+    Ok(record.id().clone())
+}
+
+/// The request: load (one script, slides the expiry), read a field, save
+/// the one changed field (one script).
+async fn ours_request(
+    sessions: &Sessions,
+    id: &SessionId,
+    field_name: &str,
+    v: String,
+) -> Result<()> {
+    let Some(record) = sessions.load(id).await? else {
+        bail!("fredkit-session: session gone");
+    };
+    let user: Option<String> = record.get(&field(0))?;
+    if user.is_none() {
+        bail!("fredkit-session: session lost its first field");
+    }
+    let mut changes = Changes::new();
+    changes.set(field_name, &v)?;
+    match sessions.save(id, &changes).await? {
+        SaveOutcome::Saved { .. } => Ok(()),
+        other => bail!("fredkit-session: save answered {other:?}"),
+    }
+}
+
 fn raw_key(n: u64) -> String {
     format!("bench:session:raw:{n}")
 }
@@ -140,17 +174,26 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     let raw = ctx.fred_client().await?;
     let peer_client = ctx.fred_client().await?;
     let store = Arc::new(RedisStore::new(peer_client));
+    let ours_redis = ctx.redis().await?;
+    let sessions = Sessions::new(
+        &ours_redis,
+        format!("bench:session:{}", std::process::id()).as_str(),
+        SessionOptions::new(),
+    )?;
 
     // Sessions of each side, the same data.
     let mut peer_ids = Vec::with_capacity(SESSIONS as usize);
+    let mut our_ids = Vec::with_capacity(SESSIONS as usize);
     for n in 0..SESSIONS {
         peer_ids.push(peer_create(&store, n).await?);
+        our_ids.push(ours_create(&sessions, n).await?);
         let fields: Vec<(String, String)> = (0..FIELDS)
             .map(|f| (field(f), value(n + f as u64)))
             .collect();
         let _: () = raw.hset(raw_key(n), fields).await?;
     }
     let peer_ids = Arc::new(peer_ids);
+    let our_ids = Arc::new(our_ids);
 
     for concurrency in CONCURRENCIES {
         let raw_c = {
@@ -186,15 +229,60 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 }),
             )
         };
-        let contenders = vec![raw_c, peer];
+        let ours = {
+            let (sessions, ids) = (sessions.clone(), Arc::clone(&our_ids));
+            Contender::new(
+                "fredkit-session",
+                concurrency,
+                op(move |i| {
+                    let (sessions, ids) = (sessions.clone(), Arc::clone(&ids));
+                    async move {
+                        let id = &ids[(i % SESSIONS) as usize];
+                        ours_request(&sessions, id, &field(1), value(i)).await
+                    }
+                }),
+            )
+        };
+        let contenders = vec![ours, raw_c, peer];
         let s = interleave(ctx.rounds() + 2, ctx.load(), &contenders).await?;
         let find = |name: &str| -> Result<&Summary> {
             s.iter()
                 .find(|x| x.name == name)
                 .ok_or_else(|| anyhow!("no summary for {name}"))
         };
-        let (raw_s, peer_s) = (find("raw hgetall+hset")?, find("tower-sessions")?);
+        let (ours_s, raw_s, peer_s) = (
+            find("fredkit-session")?,
+            find("raw hgetall+hset")?,
+            find("tower-sessions")?,
+        );
         let c = format!("c{concurrency}");
+        report.summary(
+            &format!("load_save.{c}"),
+            ours_s,
+            &format!("fredkit-session: load (1 script: HGETALL + cut-off + PEXPIRE) + save of one changed field (1 script), {concurrency} tasks"),
+        );
+        report.ratio(
+            &format!("load_save_vs_tower_sessions_redis.{c}"),
+            ours_s.ratio_to(peer_s),
+            "fredkit-session / tower-sessions-redis-store (goal >= 1.3)",
+        );
+        report.ratio(
+            &format!("load_save_vs_raw.{c}"),
+            ours_s.ratio_to(raw_s),
+            "fredkit-session / raw HGETALL + HSET (goal >= 0.90)",
+        );
+        if concurrency == 64 {
+            report.ratio(
+                "load_save_vs_tower_sessions_redis",
+                ours_s.ratio_to(peer_s),
+                "= load_save_vs_tower_sessions_redis.c64 (goal >= 1.3)",
+            );
+            report.ratio(
+                "load_save_vs_raw",
+                ours_s.ratio_to(raw_s),
+                "= load_save_vs_raw.c64 (goal >= 0.90)",
+            );
+        }
         report.summary(
             &format!("raw_load_save.{c}"),
             raw_s,
@@ -246,7 +334,39 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         Unit::Count,
         format!("tower-sessions-redis-store: rounds of {rounds} in which one of two concurrent requests' field was lost"),
     );
-    println!("   lost writes: tower-sessions-redis-store {peer_lost} of {rounds} rounds");
+    let ours_lost = {
+        let (s_c, s_q, s_r) = (sessions.clone(), sessions.clone(), sessions.clone());
+        race(
+            rounds,
+            move |r| {
+                let sessions = s_c.clone();
+                async move { ours_create(&sessions, r).await }
+            },
+            move |id, name, v| {
+                let sessions = s_q.clone();
+                async move { ours_request(&sessions, &id, name, v).await }
+            },
+            move |id, name| {
+                let sessions = s_r.clone();
+                async move {
+                    let Some(record) = sessions.load(&id).await? else {
+                        return Ok(None);
+                    };
+                    Ok(record.get::<String>(name)?)
+                }
+            },
+        )
+        .await?
+    };
+    report.add(
+        "lost_writes",
+        ours_lost as f64,
+        Unit::Count,
+        format!("fredkit-session: rounds of {rounds} in which one of two concurrent requests' field was lost (must be 0)"),
+    );
+    println!(
+        "   lost writes: tower-sessions-redis-store {peer_lost}, fredkit-session {ours_lost} of {rounds} rounds"
+    );
 
     let _ = raw.quit().await;
     Ok(())
