@@ -326,6 +326,7 @@ impl<J, C: Codec> Queue<J, C> {
             Value::from(da),
             Value::from(rname.to_string()),
             Value::from(rtick),
+            Value::from(format!("{:016x}", rand::random::<u64>())),
         ];
         Ok((id, keys, args))
     }

@@ -114,7 +114,9 @@ impl WorkerConfig {
     /// Start at most what `limiter` allows across all workers of the queue
     /// (one `check(queue name, 1)` per job started; a refused check waits
     /// the limiter's `retry_after`). Build it with the limits you want, e.g.
-    /// `Limiter::builder(&redis, "jobs:rl").limit(Limit::fixed_window(100, 1 s))`.
+    /// `Limiter::builder(&redis, "jobs:rl").limit(Limit::fixed_window(100, 1 s))
+    /// .fail_mode(FailMode::Closed)`. A check that fails (Redis unreachable
+    /// under `FailMode::Closed`) waits and retries: no job starts unchecked.
     pub fn rate_limit(mut self, limiter: Limiter) -> Self {
         self.rate_limit = Some(limiter);
         self

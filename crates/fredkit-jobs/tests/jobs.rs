@@ -829,3 +829,220 @@ async fn fault_server_paused_then_killed_and_restarted_with_aof() {
     );
     w.shutdown().await;
 }
+
+/// A handler running longer than the lease keeps its job (the lease is
+/// renewed): two workers, each job runs once, nothing stalls. An attempt
+/// past its timeout fails.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn lease_renewed_while_handler_runs_and_timeout_fails(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let r = redis(topology).await;
+    let q: Queue<u64> = Queue::new(&r, unique_prefix("jobs_lease"), "q").unwrap();
+    let runs = Arc::new(Mutex::new(Vec::new()));
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let seen = Arc::clone(&runs);
+        workers.push(
+            Worker::start(
+                &q,
+                fast()
+                    .lease(Duration::from_millis(300))
+                    .block(Duration::from_millis(100)),
+                move |job: Job<u64>| {
+                    seen.lock().unwrap().push(job.id.clone());
+                    async move {
+                        tokio::time::sleep(Duration::from_millis(job.payload)).await;
+                        Ok::<_, String>(())
+                    }
+                },
+            )
+            .unwrap(),
+        );
+    }
+    for i in 0..3 {
+        q.enqueue_with(&1200, JobOptions::new().id(format!("long{i}")))
+            .await
+            .unwrap();
+    }
+    q.enqueue_with(
+        &5000,
+        JobOptions::new()
+            .id("slow")
+            .timeout(Duration::from_millis(100))
+            .max_attempts(1),
+    )
+    .await
+    .unwrap();
+    assert!(
+        eventually(20, || async {
+            let c = q.counts().await.unwrap();
+            c.completed == 3 && c.dead == 1
+        })
+        .await
+    );
+    let c = q.counts().await.unwrap();
+    assert_eq!(c.stalled, 0, "{c:?}");
+    let mut runs = runs.lock().unwrap().clone();
+    runs.sort();
+    assert_eq!(runs, vec!["long0", "long1", "long2", "slow"]);
+    let info = q.job::<()>("slow").await.unwrap().unwrap();
+    assert!(
+        info.errors[0].message.contains("timed out"),
+        "{:?}",
+        info.errors
+    );
+    for w in workers {
+        assert_eq!(w.shutdown().await.metrics.lease_lost, 0);
+    }
+}
+
+/// A per-queue rate limit across workers: 8 jobs at 2 per 500 ms take at
+/// least 3 windows from the first start to the last (server clock).
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn rate_limit_spreads_starts(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    use fredkit_ratelimit::{Limit, Limiter};
+    let r = redis(topology).await;
+    let prefix = unique_prefix("jobs_rate");
+    let q: Queue<u32> = Queue::new(&r, &prefix, "q").unwrap();
+    for i in 0..8u32 {
+        q.enqueue_with(&i, JobOptions::new().id(format!("r{i}")))
+            .await
+            .unwrap();
+    }
+    let mut workers = Vec::new();
+    for _ in 0..2 {
+        let limiter = Limiter::builder(&r, format!("{prefix}rl"))
+            .limit(Limit::fixed_window(2, Duration::from_millis(500)))
+            .fail_mode(fredkit_jobs::FailMode::Closed)
+            .build()
+            .unwrap();
+        workers.push(
+            Worker::start(&q, fast().rate_limit(limiter), |_job: Job<u32>| async {
+                Ok::<_, String>(())
+            })
+            .unwrap(),
+        );
+    }
+    assert!(eventually(20, || async { q.counts().await.unwrap().completed == 8 }).await);
+    let mut starts = Vec::new();
+    for i in 0..8 {
+        starts.push(
+            q.job::<()>(&format!("r{i}"))
+                .await
+                .unwrap()
+                .unwrap()
+                .attempt_starts[0],
+        );
+    }
+    starts.sort();
+    let span = starts[7].duration_since(starts[0]).unwrap();
+    assert!(
+        span >= Duration::from_millis(1000),
+        "8 starts at 2 per 500 ms within {span:?}"
+    );
+    let mut limited = 0;
+    for w in workers {
+        limited += w.shutdown().await.metrics.rate_limited;
+    }
+    assert!(limited > 0);
+}
+
+/// Cron schedules (6 fields, every second) from two schedulers: each tick once.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cron_schedule_two_schedulers_each_tick_once() {
+    let r = redis(Topology::Standalone).await;
+    let prefix = unique_prefix("jobs_cron");
+    let q: Queue<String> = Queue::new(&r, &prefix, "q").unwrap();
+    let a = Scheduler::new(&q)
+        .cron("sec", "* * * * * *", &"t".into())
+        .unwrap()
+        .start();
+    let b = Scheduler::new(&q)
+        .cron("sec", "* * * * * *", &"t".into())
+        .unwrap()
+        .start();
+    assert!(
+        eventually(10, || async {
+            let c = q.counts().await.unwrap();
+            c.waiting + c.delayed >= 2
+        })
+        .await
+    );
+    let total = a.shutdown().await + b.shutdown().await;
+    let members: Vec<String> = r
+        .client()
+        .zrange(raw(&prefix, "q", "wait"), 0, -1, None, false, None, false)
+        .await
+        .unwrap();
+    let mut ticks: Vec<i64> = members
+        .iter()
+        .map(|m| m.strip_prefix("sec%3A").unwrap().parse().unwrap())
+        .collect();
+    ticks.sort_unstable();
+    assert_eq!(total, ticks.len() as u64);
+    for pair in ticks.windows(2) {
+        assert_eq!(pair[1] - pair[0], 1000, "{ticks:?}");
+    }
+    assert!(ticks.iter().all(|t| t % 1000 == 0));
+}
+
+/// An enqueue whose reply is lost runs twice (fred resends it); the call
+/// still says it added the job, and there is one job.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_client_kill_lost_reply_enqueue_is_one_job() {
+    use fredkit_testkit::{with_lost_reply, RedisServer, Reply, ServerOptions};
+    let server = RedisServer::start_with(
+        ServerOptions::default()
+            .arg("slowlog-log-slower-than", "0")
+            .arg("slowlog-max-len", "10000"),
+    )
+    .unwrap();
+    let config = fredkit_conn::RedisConfig::builder()
+        .url(server.url())
+        .command_timeout(Duration::from_secs(10))
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let r = Redis::connect(config).await.unwrap();
+    r.wait_connected().await.unwrap();
+    let q: Queue<String> = Queue::new(&r, "jobs_lost", "q").unwrap();
+    q.enqueue_with(&"warm".into(), JobOptions::new().id("warm"))
+        .await
+        .unwrap();
+    let q2 = q.clone();
+    let e = with_lost_reply(&server, 300, async move {
+        q2.enqueue_with(&"x".into(), JobOptions::new().id("lost-reply"))
+            .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert!(e.added, "{e:?}");
+    let Reply::Array(Some(entries)) = server.command(&["SLOWLOG", "GET", "-1"]).unwrap() else {
+        panic!("SLOWLOG")
+    };
+    let runs = entries
+        .iter()
+        .filter(|e| {
+            let Reply::Array(Some(fields)) = e else {
+                return false;
+            };
+            let Some(Reply::Array(Some(args))) = fields.get(3) else {
+                return false;
+            };
+            args.iter()
+                .filter_map(Reply::as_str)
+                .any(|a| a == "lost-reply")
+        })
+        .count();
+    assert!(
+        runs >= 2,
+        "the enqueue script ran {runs} times, not twice or more"
+    );
+    assert_eq!(q.counts().await.unwrap().waiting, 2);
+}
