@@ -77,8 +77,9 @@ impl FlagsOptions {
 
     /// A file the instance writes its snapshot to after every change, and
     /// starts from when Redis is unreachable at start-up (written to a
-    /// temporary file beside it, then renamed). Default none: a start
-    /// without Redis serves the defaults from code.
+    /// temporary file beside it, then renamed, by the sync task: keep it
+    /// on a local disk). Default none: a start without Redis serves the
+    /// defaults from code.
     pub fn snapshot_file(mut self, path: impl Into<PathBuf>) -> Self {
         self.snapshot_file = Some(path.into());
         self
@@ -296,7 +297,9 @@ impl Flags {
         let weak = Arc::downgrade(&inner);
         let interval = inner.sync_interval;
         let channel = inner.keys.channel.clone();
-        let task = tokio::spawn(run(weak, subscriber, channel, first, interval));
+        // Started without Redis: load as soon as it answers.
+        let load = inner.source_now() != Source::Redis;
+        let task = tokio::spawn(run(weak, subscriber, channel, first, interval, load));
         *lock(&inner.task) = Some(task);
         Ok(Flags { inner })
     }
@@ -467,6 +470,10 @@ impl Flags {
 }
 
 impl Inner {
+    fn source_now(&self) -> Source {
+        *lock(&self.source)
+    }
+
     fn default_enabled(&self, flag: &str) -> bool {
         self.defaults.get(flag).is_some_and(|d| d.enabled)
     }
@@ -753,6 +760,7 @@ async fn run(
     channel: String,
     first: Option<Subscription<bytes::Bytes>>,
     interval: Duration,
+    load: bool,
 ) {
     let mut sub = first;
     let mut ticker = tokio::time::interval(interval);
@@ -760,7 +768,7 @@ async fn run(
     ticker.tick().await;
     let backoff = Backoff::default();
     let mut attempt = 0u32;
-    let mut needs_reload = false;
+    let mut needs_reload = load;
     loop {
         if sub.is_none() {
             match subscriber.subscribe_bytes(&channel).await {
