@@ -16,7 +16,7 @@ pub const ACL_COMMANDS: &str = "+evalsha +eval +time +exists +unlink +pexpire +p
 /// keys), with the glob characters of the prefix escaped.
 ///
 /// `keys` is the store's prefix (what [`Sessions::new`](crate::Sessions::new)
-/// or [`TowerSessionStore::new`](crate::Sessions) was given).
+/// or `TowerSessionStore::new` was given).
 ///
 /// Give it to `ACL SETUSER <user> on ><password> <rule>` (on every node of a
 /// cluster). Anything outside it fails with

@@ -512,7 +512,11 @@ where
             match finish(&layer, session.take()).await {
                 Ok(cookie) => {
                     let cookie = match cookie {
-                        CookieAction::Keep if had_cookie && !loaded => CookieAction::Remove,
+                        // A cookie naming no live session is removed (not
+                        // when Redis was down: it may name a live one).
+                        CookieAction::Keep if had_cookie && !loaded && !degraded => {
+                            CookieAction::Remove
+                        }
                         other => other,
                     };
                     let value = match cookie {

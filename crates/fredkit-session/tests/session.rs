@@ -709,5 +709,7 @@ mod faults {
             (served.status, served.body.as_str()),
             (StatusCode::OK, "open false")
         );
+        // The cookie may name a live session: it is kept, not removed.
+        assert_eq!(served.set_cookie, None);
     }
 }
