@@ -57,29 +57,39 @@ fn run_id() -> u32 {
             .unwrap_or(0)
 }
 
-/// Median commands per job over the rounds, median script calls per job, and
-/// the round with the median total as a per-command breakdown.
-fn per_job(counts: &Counts) -> (f64, f64, String) {
+/// Per job, over one contender's rounds: median commands, median script
+/// calls, median redis-server CPU µs, and the per-command breakdown of the
+/// round closest to the median.
+struct PerJob {
+    cmds: f64,
+    scripts: f64,
+    cpu_us: f64,
+    breakdown: String,
+}
+
+fn per_job(counts: &Counts) -> PerJob {
     let v = counts.lock().unwrap_or_else(|p| p.into_inner()).clone();
-    let totals: Vec<f64> = v
-        .iter()
-        .map(|(n, d)| d.total() as f64 / (*n).max(1) as f64)
-        .collect();
-    let scripts: Vec<f64> = v
-        .iter()
-        .map(|(n, d)| d.scripts() as f64 / (*n).max(1) as f64)
-        .collect();
-    let m = median(&totals);
+    let each = |f: &dyn Fn(&Delta) -> u64| -> Vec<f64> {
+        v.iter()
+            .map(|(n, d)| f(d) as f64 / (*n).max(1) as f64)
+            .collect()
+    };
+    let cmds = median(&each(&Delta::total));
     let breakdown = v
         .iter()
         .min_by(|a, b| {
-            let da = (a.1.total() as f64 / a.0.max(1) as f64 - m).abs();
-            let db = (b.1.total() as f64 / b.0.max(1) as f64 - m).abs();
+            let da = (a.1.total() as f64 / a.0.max(1) as f64 - cmds).abs();
+            let db = (b.1.total() as f64 / b.0.max(1) as f64 - cmds).abs();
             da.total_cmp(&db)
         })
         .map(|(n, d)| d.per(*n))
         .unwrap_or_default();
-    (m, median(&scripts), breakdown)
+    PerJob {
+        cmds,
+        scripts: median(&each(&Delta::scripts)),
+        cpu_us: median(&each(&Delta::server_cpu_us)),
+        breakdown,
+    }
 }
 
 async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
@@ -189,7 +199,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let ours = s.iter().find(|x| x.name == "fredkit-jobs e2e");
     let theirs = s.iter().find(|x| x.name == "bullmq e2e");
-    let (ours_cmds, ours_scripts, ours_breakdown) = per_job(&ours_counts);
+    let ours_job = per_job(&ours_counts);
     if let Some(o) = ours {
         report.ops(
             "e2e_per_s",
@@ -202,11 +212,20 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         );
         report.add(
             "redis_cmds_per_job",
-            ours_cmds,
+            ours_job.cmds,
             Unit::Decimal,
-            format!("fredkit-jobs: commands the server ran per job (INFO commandstats, script calls included); {ours_scripts:.2} of them script calls"),
+            format!(
+                "fredkit-jobs: commands the server ran per job (INFO commandstats, script calls included); {:.2} of them script calls",
+                ours_job.scripts
+            ),
         );
-        println!("   fredkit-jobs commands per job: {ours_breakdown}");
+        report.add(
+            "server_cpu_us_per_job",
+            ours_job.cpu_us,
+            Unit::Decimal,
+            "fredkit-jobs: redis-server CPU µs per job (INFO cpu, user + sys)",
+        );
+        println!("   fredkit-jobs commands per job: {}", ours_job.breakdown);
     }
     for sum in &s {
         if sum.name == "bullmq e2e" {
@@ -219,14 +238,23 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                     sum.spread() * 100.0
                 ),
             );
-            let (cmds, scripts, breakdown) = per_job(&bull_counts);
+            let bull_job = per_job(&bull_counts);
             report.add(
                 "bullmq_redis_cmds_per_job",
-                cmds,
+                bull_job.cmds,
                 Unit::Decimal,
-                format!("BullMQ: commands the server ran per job (INFO commandstats, script calls included); {scripts:.2} of them script calls"),
+                format!(
+                    "BullMQ: commands the server ran per job (INFO commandstats, script calls included); {:.2} of them script calls",
+                    bull_job.scripts
+                ),
             );
-            println!("   BullMQ commands per job: {breakdown}");
+            report.add(
+                "bullmq_server_cpu_us_per_job",
+                bull_job.cpu_us,
+                Unit::Decimal,
+                "BullMQ: redis-server CPU µs per job (INFO cpu, user + sys)",
+            );
+            println!("   BullMQ commands per job: {}", bull_job.breakdown);
             if let Some(o) = ours {
                 report.ratio(
                     "e2e_vs_bullmq",
@@ -235,8 +263,13 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 );
                 report.ratio(
                     "redis_cmds_vs_bullmq",
-                    ours_cmds / cmds,
+                    ours_job.cmds / bull_job.cmds,
                     "fredkit-jobs / BullMQ commands per job (goal <= 1)",
+                );
+                report.ratio(
+                    "server_cpu_vs_bullmq",
+                    ours_job.cpu_us / bull_job.cpu_us,
+                    "fredkit-jobs / BullMQ redis-server CPU per job",
                 );
             }
         }

@@ -13,7 +13,8 @@
 //! count the rounds that lost one.
 
 use super::Suite;
-use crate::harness::{interleave, op, Contender, Report, Summary, Unit};
+use crate::commandstats;
+use crate::harness::{interleave, measure, op, Contender, Load, Report, Summary, Unit};
 use crate::Ctx;
 use anyhow::{anyhow, bail, Result};
 use fred::prelude::*;
@@ -244,6 +245,48 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
             )
         };
         let contenders = vec![ours, raw_c, peer];
+        if concurrency == 64 {
+            // What one request costs the server: commands (INFO
+            // commandstats) and redis-server CPU (INFO cpu), 64 tasks.
+            let n = ctx.pick(20_000u64, 5_000);
+            for (c, name) in contenders
+                .iter()
+                .zip(["fredkit", "raw", "tower_sessions_redis"])
+            {
+                let before = commandstats::snapshot(&raw).await?;
+                let cpu0 = commandstats::process_cpu_us();
+                measure(c.concurrency, Load::Ops(n), std::sync::Arc::clone(&c.op)).await?;
+                let cpu1 = commandstats::process_cpu_us();
+                let d = commandstats::snapshot(&raw).await?.since(&before);
+                if let (Some(a), Some(b)) = (cpu0, cpu1) {
+                    report.add(
+                        &format!("client_cpu_us_per_request.{name}"),
+                        b.saturating_sub(a) as f64 / n as f64,
+                        Unit::Decimal,
+                        format!("{}: the bench process's CPU µs per load + save (/proc/self/stat, 10 ms resolution)", c.name),
+                    );
+                }
+                report.add(
+                    &format!("redis_cmds_per_request.{name}"),
+                    d.total() as f64 / n as f64,
+                    Unit::Decimal,
+                    format!(
+                        "{}: commands the server ran per load + save (script calls included)",
+                        c.name
+                    ),
+                );
+                report.add(
+                    &format!("server_cpu_us_per_request.{name}"),
+                    d.server_cpu_us() as f64 / n as f64,
+                    Unit::Decimal,
+                    format!(
+                        "{}: redis-server CPU µs per load + save (INFO cpu), {n} requests at c64",
+                        c.name
+                    ),
+                );
+                println!("   {} per request: {}", c.name, d.per(n));
+            }
+        }
         let s = interleave(ctx.rounds() + 2, ctx.load(), &contenders).await?;
         let find = |name: &str| -> Result<&Summary> {
             s.iter()
