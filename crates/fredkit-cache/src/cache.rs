@@ -127,6 +127,9 @@ pub(crate) struct Inner<V, C> {
     pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
     /// Removals and tag invalidations waiting for Redis (auto-recovery).
     pub(crate) recovery: crate::recovery::Recovery,
+    /// Keys whose factory failed recently: until when to reuse the stale
+    /// value served then (fail-safe throttle).
+    pub(crate) throttle: Mutex<HashMap<String, (std::time::Instant, Fetched<V>)>>,
     pub(crate) inv_tx: Option<mpsc::UnboundedSender<Inv>>,
     pub(crate) outbox: Option<Arc<invalidation::Outbox>>,
     /// The invalidation listener and publisher tasks, taken by `close`.
@@ -317,6 +320,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 flights: Mutex::new(HashMap::new()),
                 refresh_backoff: Default::default(),
                 recovery: Default::default(),
+                throttle: Mutex::new(HashMap::new()),
                 inv_tx,
                 outbox,
                 tasks: Mutex::new(tasks),
@@ -556,7 +560,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         crate::store::ttl_px(key, ttl)?;
         let data_key = self.inner.data_key(key)?;
         self.inner
-            .store(key, &data_key, None, Some(value), ttl, &[])
+            .store(key, &data_key, None, Some(value), ttl, &[], 0)
             .instrument(tracing::debug_span!(
                 "fredkit.cache.set",
                 primitive = "cache"
@@ -597,7 +601,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             inner.tag_stamp(&options.tags).await?
         };
         inner
-            .store(key, &data_key, None, Some(value), ttl, &stamp)
+            .store(key, &data_key, None, Some(value), ttl, &stamp, 0)
             .instrument(tracing::debug_span!(
                 "fredkit.cache.set",
                 primitive = "cache"
@@ -893,7 +897,12 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 if usable(&e.value) {
                     if now < e.fresh_until {
                         inner.local.metrics.l1_hits.incr();
-                        if e.refresh_at.is_some_and(|at| now >= at) {
+                        if e.refresh_at.is_some_and(|at| now >= at)
+                            || inner.opts.xfetch_beta.is_some_and(|beta| {
+                                let early = crate::refresh::xfetch_early(e.delta_ms, beta);
+                                crate::l1::later(now, early) >= e.logical_end
+                            })
+                        {
                             self.start_refresh(key, factory, e.created_ms, accept_none, entry);
                         }
                         return Ok(Fetched {
@@ -934,11 +943,17 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 if stored.is_fresh(now_ms) {
                     inner.local.metrics.l2_hits.incr();
                     inner.l1_insert_read(key, &stored, epoch, now_ms);
-                    if let Some(f) = inner.opts.eager_refresh {
+                    let fixed = inner.opts.eager_refresh.is_some_and(|f| {
                         let life = stored.fresh_until_ms.saturating_sub(stored.created_ms) as f64;
-                        if now_ms as f64 >= stored.created_ms as f64 + life * f {
-                            self.start_refresh(key, factory, stored.created_ms, accept_none, entry);
-                        }
+                        now_ms as f64 >= stored.created_ms as f64 + life * f
+                    });
+                    let xfetch = inner.opts.xfetch_beta.is_some_and(|beta| {
+                        let early = crate::refresh::xfetch_early(stored.delta_ms, beta);
+                        let early_ms = u64::try_from(early.as_millis()).unwrap_or(u64::MAX);
+                        now_ms.saturating_add(early_ms) >= stored.fresh_until_ms
+                    });
+                    if fixed || xfetch {
+                        self.start_refresh(key, factory, stored.created_ms, accept_none, entry);
                     }
                     return Ok(Fetched {
                         value: stored.value,
@@ -963,6 +978,13 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             }
         }
         incr(&inner.local.metrics.misses);
+        // Fail-safe throttle: the factory failed for this key a moment ago
+        // and its stale value was served; reuse it instead of calling the
+        // failing factory again.
+        if let Some(value) = inner.throttled(key, &stale) {
+            incr(&inner.local.metrics.stale_served);
+            return Ok(value);
+        }
 
         let mut factory = Some(factory);
         let mut joined = false;
@@ -1038,11 +1060,56 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                         .instrument(span),
                     );
                     return match task.await {
-                        Ok(r) => r,
+                        Ok(r) => {
+                            if let Ok(f) = &r {
+                                if f.stale {
+                                    inner.throttle(key, f);
+                                }
+                            }
+                            r
+                        }
                         Err(_) => Err(FillError::Panicked),
                     };
                 }
             }
         }
+    }
+}
+
+impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
+    /// Records that a fill of `key` served `served` stale (its factory
+    /// failed): reused for `fail_safe_throttle`.
+    fn throttle(&self, key: &str, served: &Fetched<V>) {
+        let Some(d) = self.opts.fail_safe_throttle else {
+            return;
+        };
+        let now = std::time::Instant::now();
+        let until = now.checked_add(d).unwrap_or(now);
+        let mut map = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        if map.len() >= 4096 {
+            map.retain(|_, (u, _)| *u > now);
+        }
+        map.insert(key.to_string(), (until, served.clone()));
+    }
+
+    /// The stale value to serve for `key` while its factory is throttled:
+    /// the one found by this call if any, else the one served when the
+    /// factory failed.
+    fn throttled(&self, key: &str, stale: &Option<(Option<V>, Origin)>) -> Option<Fetched<V>> {
+        self.opts.fail_safe_throttle?;
+        let mut map = self.throttle.lock().unwrap_or_else(|p| p.into_inner());
+        let (until, served) = map.get(key)?;
+        if std::time::Instant::now() >= *until {
+            map.remove(key);
+            return None;
+        }
+        Some(match stale {
+            Some((value, origin)) => Fetched {
+                value: value.clone(),
+                origin: *origin,
+                stale: true,
+            },
+            None => served.clone(),
+        })
     }
 }

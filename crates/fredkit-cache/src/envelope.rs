@@ -7,10 +7,13 @@
 //! 3      1     flags: bit 0 = payload is LZ4 (block, u32 LE size first),
 //!                     bit 1 = negative entry (cached absence, no payload);
 //!                     bit 2 = tagged: a tag section follows the header;
+//!                     bit 3 = the factory's duration follows the header;
 //!                     any other bit set = not ours (garbage)
 //! 4      8     created, ms since the Unix epoch (writer's clock), u64 LE
 //! 12     8     fresh until (logical expiry), ms since the Unix epoch, u64 LE
-//! 20     ..    tag section, when bit 2 is set: u16 LE count, then per tag
+//! 20     4     factory duration in ms, u32 LE, when bit 3 is set (what
+//!              the value took to compute: XFetch's delta)
+//! ..     ..    tag section, when bit 2 is set: u16 LE count, then per tag
 //!              u16 LE length, the tag's UTF-8 bytes, u64 LE version (the
 //!              tag's version when the entry was written; see `tags.rs`)
 //! ..     ..    codec payload (absent for a negative entry)
@@ -30,6 +33,7 @@ const VERSION: u8 = 1;
 const FLAG_LZ4: u8 = 0b01;
 const FLAG_NONE: u8 = 0b10;
 const FLAG_TAGS: u8 = 0b100;
+const FLAG_DELTA: u8 = 0b1000;
 pub(crate) const HEADER_LEN: usize = 20;
 
 /// An entry read back from Redis.
@@ -45,6 +49,9 @@ pub(crate) struct Stored<V> {
     /// The tags the entry was written under, with each tag's version then
     /// (empty for an untagged entry).
     pub(crate) tags: Tags,
+    /// How long the factory took to compute the value, in ms (0: unknown,
+    /// e.g. written by `set`). XFetch's delta.
+    pub(crate) delta_ms: u32,
 }
 
 /// Tags with the versions an entry was written under; `None` = untagged
@@ -72,7 +79,10 @@ pub(crate) fn now_ms() -> u64 {
 /// Encodes `value` (or a negative entry for `None`) into an envelope.
 /// The payload size before compression of an envelope made by [`encode`].
 pub(crate) fn plain_size(envelope: &[u8]) -> usize {
-    let body = envelope.get(HEADER_LEN..).unwrap_or_default();
+    let mut body = envelope.get(HEADER_LEN..).unwrap_or_default();
+    if envelope.get(3).is_some_and(|f| f & FLAG_DELTA != 0) {
+        body = body.get(4..).unwrap_or_default();
+    }
     let body = match envelope.get(3) {
         Some(flags) if flags & FLAG_TAGS != 0 => match read_tags(body) {
             Ok((_, rest)) => rest,
@@ -95,6 +105,7 @@ pub(crate) fn encode<V: Serialize, C: Codec>(
     fresh_until_ms: u64,
     compress_above: Option<usize>,
     tags: &[(String, u64)],
+    delta_ms: u32,
 ) -> fredkit_core::Result<Bytes> {
     let mut flags = 0u8;
     let payload = match value {
@@ -122,9 +133,15 @@ pub(crate) fn encode<V: Serialize, C: Codec>(
     if !tags.is_empty() {
         flags |= FLAG_TAGS;
     }
+    if delta_ms > 0 {
+        flags |= FLAG_DELTA;
+    }
     out.push(flags);
     out.extend_from_slice(&created_ms.to_le_bytes());
     out.extend_from_slice(&fresh_until_ms.to_le_bytes());
+    if delta_ms > 0 {
+        out.extend_from_slice(&delta_ms.to_le_bytes());
+    }
     if !tags.is_empty() {
         let too_many = || {
             fredkit_core::Error::invalid_input(
@@ -177,12 +194,20 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
         return Err(Garbage(format!("unknown envelope version {}", bytes[2])));
     }
     let flags = bytes[3];
-    if flags & !(FLAG_LZ4 | FLAG_NONE | FLAG_TAGS) != 0 {
+    if flags & !(FLAG_LZ4 | FLAG_NONE | FLAG_TAGS | FLAG_DELTA) != 0 {
         return Err(Garbage(format!("unknown envelope flags {flags:#04x}")));
     }
     let created_ms = read_u64(&bytes[4..12]);
     let fresh_until_ms = read_u64(&bytes[12..20]);
     let mut body = &bytes[HEADER_LEN..];
+    let mut delta_ms = 0;
+    if flags & FLAG_DELTA != 0 {
+        let (d, rest) = body
+            .split_at_checked(4)
+            .ok_or_else(|| Garbage("truncated factory duration".into()))?;
+        delta_ms = u32::from_le_bytes([d[0], d[1], d[2], d[3]]);
+        body = rest;
+    }
     let mut tags: Tags = None;
     if flags & FLAG_TAGS != 0 {
         let (t, rest) = read_tags(body)?;
@@ -199,6 +224,7 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
             fresh_until_ms,
             size: 0,
             tags,
+            delta_ms,
         });
     }
     let mut plain_size = body.len();
@@ -243,6 +269,7 @@ pub(crate) fn decode<V: DeserializeOwned, C: Codec>(
         fresh_until_ms,
         size: plain_size,
         tags,
+        delta_ms,
     })
 }
 
@@ -289,13 +316,13 @@ mod tests {
         let v = "ab".repeat(5000);
         let plain = MsgPack.encode(&v).unwrap().len();
         for compress in [None, Some(64)] {
-            let b = encode(&MsgPack, Some(&v), 5, 10, compress, &[]).unwrap();
+            let b = encode(&MsgPack, Some(&v), 5, 10, compress, &[], 0).unwrap();
             assert_eq!(plain_size(&b), plain);
             let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
             assert_eq!(s.size, plain);
         }
         assert!(
-            encode(&MsgPack, Some(&v), 5, 10, Some(64), &[])
+            encode(&MsgPack, Some(&v), 5, 10, Some(64), &[], 0)
                 .unwrap()
                 .len()
                 < plain
@@ -304,7 +331,7 @@ mod tests {
 
     #[test]
     fn values_round_trip_with_their_times() {
-        let b = encode(&MsgPack, Some(&"hello".to_string()), 5, 10, None, &[]).unwrap();
+        let b = encode(&MsgPack, Some(&"hello".to_string()), 5, 10, None, &[], 0).unwrap();
         let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
         assert_eq!(s.value.as_deref(), Some("hello"));
         assert_eq!((s.created_ms, s.fresh_until_ms), (5, 10));
@@ -315,7 +342,7 @@ mod tests {
     fn tags_round_trip_with_their_versions_and_truncations_are_garbage() {
         let tags = vec![("product:42".to_string(), 7), ("category:7".to_string(), 0)];
         for (value, compress) in [(Some("v".repeat(3000)), Some(64)), (None, None)] {
-            let b = encode(&MsgPack, value.as_ref(), 5, 10, compress, &tags).unwrap();
+            let b = encode(&MsgPack, value.as_ref(), 5, 10, compress, &tags, 0).unwrap();
             let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
             assert_eq!(s.value, value);
             assert_eq!(s.tags.as_deref(), Some(&tags[..]));
@@ -327,7 +354,15 @@ mod tests {
                 assert!(decode::<String, _>(&MsgPack, &b[..end], 1 << 20).is_err());
             }
         }
-        let untagged = encode(&MsgPack, Some(&1u64), 5, 10, None, &[]).unwrap();
+        let untagged = encode(&MsgPack, Some(&1u64), 5, 10, None, &[], 0).unwrap();
+        let timed = encode(&MsgPack, Some(&"x".repeat(100)), 5, 10, Some(8), &tags, 250).unwrap();
+        let t: Stored<String> = decode(&MsgPack, &timed, 1 << 20).unwrap();
+        assert_eq!((t.delta_ms, t.tags.as_deref()), (250, Some(&tags[..])));
+        assert_eq!(t.value.as_deref(), Some(&*"x".repeat(100)));
+        assert_eq!(plain_size(&timed), t.size);
+        for end in HEADER_LEN..timed.len() {
+            assert!(decode::<String, _>(&MsgPack, &timed[..end], 1 << 20).is_err());
+        }
         assert_eq!(
             decode::<u64, _>(&MsgPack, &untagged, 1 << 20).unwrap().tags,
             None
@@ -336,7 +371,7 @@ mod tests {
 
     #[test]
     fn negative_entries_round_trip_as_none() {
-        let b = encode::<String, _>(&MsgPack, None, 1, 2, Some(0), &[]).unwrap();
+        let b = encode::<String, _>(&MsgPack, None, 1, 2, Some(0), &[], 0).unwrap();
         assert_eq!(b.len(), HEADER_LEN);
         let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
         assert_eq!(s.value, None);
@@ -345,7 +380,7 @@ mod tests {
     #[test]
     fn large_values_are_compressed_and_round_trip() {
         let big = "x".repeat(10_000);
-        let b = encode(&MsgPack, Some(&big), 1, 2, Some(1024), &[]).unwrap();
+        let b = encode(&MsgPack, Some(&big), 1, 2, Some(1024), &[], 0).unwrap();
         assert!(b.len() < 1_000, "compressed to {}", b.len());
         assert_eq!(b[3] & FLAG_LZ4, FLAG_LZ4);
         let s: Stored<String> = decode(&MsgPack, &b, 1 << 20).unwrap();
@@ -356,7 +391,7 @@ mod tests {
 
     #[test]
     fn a_forged_decompressed_size_is_refused_before_allocating_it() {
-        let mut forged = encode(&MsgPack, Some(&"z".repeat(5_000)), 1, 2, Some(10), &[])
+        let mut forged = encode(&MsgPack, Some(&"z".repeat(5_000)), 1, 2, Some(10), &[], 0)
             .unwrap()
             .to_vec();
         assert_eq!(forged[3] & FLAG_LZ4, FLAG_LZ4);
@@ -366,7 +401,7 @@ mod tests {
         assert!(err.0.contains("cannot expand"), "{}", err.0);
         // The densest real payloads still decode.
         let zeros = vec![0u8; 8 << 20];
-        let b = encode(&MsgPack, Some(&zeros.clone()), 1, 2, Some(10), &[]).unwrap();
+        let b = encode(&MsgPack, Some(&zeros.clone()), 1, 2, Some(10), &[], 0).unwrap();
         let s: Stored<Vec<u8>> = decode(&MsgPack, &b, 64 << 20).unwrap();
         assert_eq!(s.value.unwrap(), zeros);
     }
@@ -375,8 +410,8 @@ mod tests {
     fn every_truncation_and_foreign_bytes_are_garbage_not_panics() {
         let big = "y".repeat(5_000);
         for b in [
-            encode(&MsgPack, Some(&big), 1, 2, Some(100), &[]).unwrap(),
-            encode(&MsgPack, Some(&big), 1, 2, None, &[]).unwrap(),
+            encode(&MsgPack, Some(&big), 1, 2, Some(100), &[], 0).unwrap(),
+            encode(&MsgPack, Some(&big), 1, 2, None, &[], 0).unwrap(),
         ] {
             for end in 0..b.len() {
                 assert!(decode::<String, _>(&MsgPack, &b[..end], 1 << 20).is_err());
@@ -390,7 +425,7 @@ mod tests {
             assert!(decode::<String, _>(&MsgPack, junk, 1 << 20).is_err());
         }
         // Right envelope, wrong type.
-        let b = encode(&MsgPack, Some(&"text".to_string()), 1, 2, None, &[]).unwrap();
+        let b = encode(&MsgPack, Some(&"text".to_string()), 1, 2, None, &[], 0).unwrap();
         assert!(decode::<u64, _>(&MsgPack, &b, 1 << 20).is_err());
     }
 }

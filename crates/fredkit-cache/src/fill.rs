@@ -411,9 +411,14 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             // For the L1 copy of a value not written to Redis (Redis down):
             // dropped if an invalidation arrives while the factory runs.
             let ticket = this.local.l1.as_ref().map(|l1| l1.ticket(&task_key));
+            let began = std::time::Instant::now();
             let outcome = AssertUnwindSafe(async move { factory().await })
                 .catch_unwind()
                 .await;
+            // XFetch's delta: what computing the value took (at least 1 ms).
+            let delta_ms = u32::try_from(began.elapsed().as_millis())
+                .unwrap_or(u32::MAX)
+                .max(1);
             if let Some(w) = watchdog {
                 w.abort();
             }
@@ -441,6 +446,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                                 // size stands in for the L1 weight.
                                 size: std::mem::size_of::<V>(),
                                 tags: (!stamp.is_empty()).then(|| stamp.as_slice().into()),
+                                delta_ms,
                             };
                             l1.insert_write(
                                 &task_key,
@@ -451,7 +457,15 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                             );
                         }
                     } else if let Err(e) = this
-                        .store(&task_key, &data_key, lock_ref, value.as_ref(), ttl, &stamp)
+                        .store(
+                            &task_key,
+                            &data_key,
+                            lock_ref,
+                            value.as_ref(),
+                            ttl,
+                            &stamp,
+                            delta_ms,
+                        )
                         .await
                     {
                         tracing::debug!(error = %e, "fredkit-cache: could not store the factory's value");

@@ -30,7 +30,7 @@ pub(crate) fn now() -> Tick {
     coarsetime::Instant::now_without_cache_update()
 }
 
-fn later(t: Tick, d: Duration) -> Tick {
+pub(crate) fn later(t: Tick, d: Duration) -> Tick {
     t.saturating_add(coarsetime::Duration::from(d))
 }
 
@@ -58,6 +58,10 @@ pub(crate) struct L1Entry<V> {
     pub(crate) created_ms: u64,
     /// The tags and versions the entry was written under (`None`: untagged).
     pub(crate) tags: crate::envelope::Tags,
+    /// The entry's logical expiry on the L1 clock (XFetch compares with it).
+    pub(crate) logical_end: Tick,
+    /// How long the factory took to compute the value, ms (0: unknown).
+    pub(crate) delta_ms: u32,
     /// Weight when L1 is bounded by bytes (1 when bounded by entries).
     weight: u32,
 }
@@ -192,6 +196,8 @@ impl<V: Clone + Send + Sync + 'static> L1<V> {
             expires: later(fresh_until, self.max_stale),
             created_ms: stored.created_ms,
             tags: stored.tags.clone(),
+            logical_end: later(t, left),
+            delta_ms: stored.delta_ms,
             weight: if self.by_bytes {
                 let bytes = key.len() + stored.size + ENTRY_OVERHEAD;
                 u32::try_from(bytes).unwrap_or(u32::MAX)
@@ -355,6 +361,7 @@ mod tests {
             fresh_until_ms: now + fresh_ms,
             size: 1000,
             tags: None,
+            delta_ms: 0,
         }
     }
 

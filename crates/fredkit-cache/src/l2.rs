@@ -191,6 +191,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         value: Option<&V>,
         ttl: Duration,
         tags: &[(String, u64)],
+        delta_ms: u32,
     ) -> Result<(Bytes, Stored<V>, i64)> {
         let jitter = if self.opts.ttl_jitter.is_zero() || value.is_none() {
             0
@@ -215,6 +216,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             fresh_until,
             self.opts.compress_above,
             tags,
+            delta_ms,
         )?;
         let stored = Stored {
             value: value.cloned(),
@@ -222,6 +224,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             fresh_until_ms: fresh_until,
             size: envelope::plain_size(&bytes),
             tags: (!tags.is_empty()).then(|| tags.into()),
+            delta_ms,
         };
         Ok((bytes, stored, px))
     }
@@ -229,6 +232,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     /// Writes an entry (releasing `lock` = (lock key, token) in the same
     /// script if given), updates L1, queues the invalidation, wakes a local
     /// waiter. Returns the stored form.
+    #[allow(clippy::too_many_arguments)]
     pub(crate) async fn store(
         self: &Arc<Self>,
         key: &str,
@@ -237,8 +241,9 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         value: Option<&V>,
         ttl: Duration,
         tags: &[(String, u64)],
+        delta_ms: u32,
     ) -> Result<Stored<V>> {
-        let (bytes, stored, px) = self.envelope(value, ttl, tags)?;
+        let (bytes, stored, px) = self.envelope(value, ttl, tags, delta_ms)?;
         // Before the write: see `L1::insert_write`.
         let ticket = self.local.l1.as_ref().map(|l1| l1.ticket(key));
         let r = self

@@ -91,6 +91,8 @@ pub struct CacheOptions {
     pub(crate) soft_timeout: Option<Duration>,
     pub(crate) hard_timeout: Option<Duration>,
     pub(crate) eager_refresh: Option<f64>,
+    pub(crate) xfetch_beta: Option<f64>,
+    pub(crate) fail_safe_throttle: Option<Duration>,
     pub(crate) lock_ttl: Duration,
     pub(crate) fill_wait: Duration,
     pub(crate) l1: Option<L1Options>,
@@ -122,6 +124,8 @@ impl CacheOptions {
             soft_timeout: None,
             hard_timeout: None,
             eager_refresh: None,
+            xfetch_beta: None,
+            fail_safe_throttle: None,
             lock_ttl: Duration::from_secs(10),
             fill_wait: Duration::from_secs(10),
             l1: None,
@@ -185,6 +189,8 @@ pub struct CacheOptionsBuilder {
     soft_timeout: Option<Duration>,
     hard_timeout: Option<Duration>,
     eager_refresh: Option<f64>,
+    xfetch_beta: Option<f64>,
+    fail_safe_throttle: Option<Duration>,
     lock_ttl: Duration,
     fill_wait: Duration,
     l1: Option<L1Options>,
@@ -267,6 +273,35 @@ impl CacheOptionsBuilder {
     /// keeps it to one). Default off; must be in `(0, 1)`.
     pub fn eager_refresh(mut self, fraction: f64) -> Self {
         self.eager_refresh = Some(fraction);
+        self
+    }
+
+    /// Probabilistic early refresh, XFetch (Vattani, Chierichetti,
+    /// Lowenstein, VLDB 2015): a hit at time `now` refreshes the entry in
+    /// the background when `now - delta * beta * ln(rand()) >= expiry`,
+    /// `delta` being how long the factory took to compute the entry (stored
+    /// in the entry, measured by the instance that computed it), `rand()`
+    /// uniform in (0, 1]. The hotter the key and the slower its factory, the
+    /// earlier the refresh; cold keys are rarely refreshed early. `beta` 1 is
+    /// the paper's optimum; > 1 refreshes earlier. Default off. May be
+    /// combined with [`eager_refresh`](Self::eager_refresh) (either one
+    /// triggers); entries written by `set` (no measured delta) are refreshed
+    /// by the fixed fraction only. A refresh is the same as an eager one:
+    /// once per refresh point across processes.
+    pub fn xfetch(mut self, beta: f64) -> Self {
+        self.xfetch_beta = Some(beta);
+        self
+    }
+
+    /// Fail-safe throttle (FusionCache's `FailSafeThrottleDuration`): after
+    /// a factory failure (error, panic, timeout) answered with a stale
+    /// value, calls for the key in this instance reuse that stale value for
+    /// `duration` instead of calling the failing factory again (each still
+    /// reads Redis once, so a fresh value written by another instance is
+    /// served as soon as it exists). Default off: every wave of misses calls
+    /// the factory.
+    pub fn fail_safe_throttle(mut self, duration: Duration) -> Self {
+        self.fail_safe_throttle = Some(duration);
         self
     }
 
@@ -360,6 +395,13 @@ impl CacheOptionsBuilder {
                 )));
             }
         }
+        if let Some(b) = self.xfetch_beta {
+            if !(b > 0.0 && b.is_finite()) {
+                return Err(Error::config(format!(
+                    "cache xfetch beta {b} must be a positive number, e.g. 1.0"
+                )));
+            }
+        }
         if let (Some(soft), Some(hard)) = (self.soft_timeout, self.hard_timeout) {
             if soft >= hard {
                 return Err(Error::config(format!(
@@ -387,6 +429,8 @@ impl CacheOptionsBuilder {
             soft_timeout: self.soft_timeout,
             hard_timeout: self.hard_timeout,
             eager_refresh: self.eager_refresh,
+            xfetch_beta: self.xfetch_beta,
+            fail_safe_throttle: self.fail_safe_throttle,
             lock_ttl: self.lock_ttl,
             fill_wait: self.fill_wait,
             l1: self.l1,

@@ -121,3 +121,15 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         }
     }
 }
+
+/// XFetch's head start, `-delta * beta * ln(rand())` with `rand()` uniform
+/// in (0, 1]: a hit refreshes when now plus this reaches the expiry. Zero
+/// when the factory's duration is unknown.
+pub(crate) fn xfetch_early(delta_ms: u32, beta: f64) -> Duration {
+    if delta_ms == 0 {
+        return Duration::ZERO;
+    }
+    let r = 1.0 - rand::random::<f64>(); // (0, 1]
+    let secs = f64::from(delta_ms) / 1000.0 * beta * -r.ln();
+    Duration::try_from_secs_f64(secs).unwrap_or(Duration::ZERO)
+}

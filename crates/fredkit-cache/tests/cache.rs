@@ -2619,3 +2619,130 @@ async fn fault_paused_redis_a_removal_is_queued_and_replayed_on_recovery(
     let exists: i64 = redis.client().exists(format!("{p}:{{k}}")).await.unwrap();
     assert_eq!(exists, 0, "the queued UNLINK reached Redis");
 }
+
+// ------------------------------------------------ XFetch, fail-safe throttle
+
+/// XFetch (beta 1, 200 ms factory, TTL 5 s) next to the fixed fraction
+/// (0.5) under the same steady load, 16 tasks on 2 hot keys each, L1 on:
+/// after warm-up no caller of the XFetch cache misses (none waits on a
+/// factory: every refresh ran ahead of expiry, in the background), and its
+/// refreshes stay within 2x of the fixed-fraction cache's.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn xfetch_refreshes_ahead_of_expiry_with_no_miss_and_at_most_twice_the_fixed_refreshes(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let base = |p: &str| opts(p).ttl(Duration::from_secs(5)).l1(L1Options::new());
+    let x = cache(&redis, base(&prefix("xfetch")).xfetch(1.0)).await;
+    let f = cache(&redis, base(&prefix("xfetch_fixed")).eager_refresh(0.5)).await;
+    let factory = || async {
+        tokio::time::sleep(Duration::from_millis(200)).await;
+        item(wall_ms())
+    };
+    for c in [&x, &f] {
+        for k in ["a", "b"] {
+            c.get_or_set(k, factory).await.unwrap();
+        }
+    }
+    let (x0, f0) = (x.metrics(), f.metrics());
+    // Past the warm-up entries' expiry: each key needs a refresh.
+    let end = tokio::time::Instant::now() + Duration::from_secs(6);
+    let mut tasks = Vec::new();
+    for t in 0..16usize {
+        let (x, f) = (x.clone(), f.clone());
+        tasks.push(tokio::spawn(async move {
+            let mut i = t;
+            while tokio::time::Instant::now() < end {
+                i += 1;
+                let k = if i % 2 == 0 { "a" } else { "b" };
+                x.get_or_set(k, factory).await.unwrap();
+                f.get_or_set(k, factory).await.unwrap();
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }));
+    }
+    for t in tasks {
+        t.await.unwrap();
+    }
+    let (xd, fd) = (x.metrics().since(&x0), f.metrics().since(&f0));
+    eprintln!(
+        "{topology:?}: xfetch {} refreshes, {} misses, {} hits; fixed 0.5: {} refreshes, {} misses",
+        xd.eager_refreshes,
+        xd.misses,
+        xd.hits(),
+        fd.eager_refreshes,
+        fd.misses
+    );
+    assert_eq!(
+        xd.misses, 0,
+        "a caller of the XFetch cache waited on a factory"
+    );
+    assert_eq!(xd.loads, 0);
+    assert!(
+        xd.eager_refreshes >= 2,
+        "XFetch refreshed {} times",
+        xd.eager_refreshes
+    );
+    assert!(
+        xd.eager_refreshes <= 2 * fd.eager_refreshes.max(1),
+        "XFetch {} refreshes against {} with the fixed fraction",
+        xd.eager_refreshes,
+        fd.eager_refreshes
+    );
+}
+
+/// Fail-safe throttle: the factory fails and the stale value is served;
+/// for the throttle duration the failing factory is not called again (10
+/// calls, 1 factory run), then it is.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fail_safe_throttle_reuses_the_stale_value_instead_of_calling_a_failing_factory(
+    #[case] topology: Topology,
+) {
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let c = cache(
+        &redis,
+        opts(&prefix("throttle"))
+            .ttl(Duration::from_millis(100))
+            .max_stale(Duration::from_secs(60))
+            .fail_safe_throttle(Duration::from_millis(600)),
+    )
+    .await;
+    c.set("k", &item(1)).await.unwrap();
+    tokio::time::sleep(Duration::from_millis(150)).await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let failing = |calls: &Arc<AtomicUsize>| {
+        let calls = Arc::clone(calls);
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            Err::<Option<Item>, _>("db down")
+        }
+    };
+    let started = std::time::Instant::now();
+    for _ in 0..10 {
+        let v = c.fetch("k", failing(&calls)).await.unwrap();
+        assert_eq!((v.value, v.stale), (Some(item(1)), true));
+    }
+    assert!(
+        started.elapsed() < Duration::from_millis(600),
+        "too slow to test"
+    );
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        1,
+        "the failing factory was called again"
+    );
+    tokio::time::sleep(Duration::from_millis(650)).await;
+    let v = c.fetch("k", failing(&calls)).await.unwrap();
+    assert_eq!((v.value, v.stale), (Some(item(1)), true));
+    assert_eq!(
+        calls.load(Ordering::SeqCst),
+        2,
+        "after the throttle, the factory is asked again"
+    );
+}
