@@ -312,6 +312,12 @@ impl FlagAdmin {
     }
 
     /// Deletes `name` (instances then answer its default from code).
+    /// One round trip.
+    ///
+    /// A delete whose reply was lost and which fred sent again finds the
+    /// flag gone and reports [`AdminError::UnknownFlag`]: the flag is
+    /// deleted either way (a set or update in the same case answers
+    /// success, recognised by its write id).
     ///
     /// # Errors
     /// [`AdminError::UnknownFlag`] when it does not exist, the errors of

@@ -217,3 +217,79 @@ async fn fault_a_change_made_while_cut_off_is_applied_after_reconnect() {
     assert!(m.gaps > gaps, "applied without a gap: {m:?}");
     assert!(m.reloads >= 2, "{m:?}");
 }
+
+/// A write whose reply is lost runs twice (fred sends the script again on a
+/// new connection): the second run finds its own write id and answers
+/// success — not a Conflict, though the write expected the flag absent —
+/// and the flag is written once (revision 1, one audit entry).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_client_kill_lost_reply_of_a_write_is_not_a_conflict() {
+    use fredkit_flags::Expect;
+    use fredkit_testkit::{with_lost_reply, Reply, ServerOptions};
+    let server = RedisServer::start_with(
+        ServerOptions::default()
+            .arg("slowlog-log-slower-than", "0")
+            .arg("slowlog-max-len", "10000"),
+    )
+    .unwrap();
+    let config = fredkit_conn::RedisConfig::builder()
+        .url(server.url())
+        .command_timeout(Duration::from_secs(10))
+        .pool_size(1)
+        .build()
+        .unwrap();
+    let r = Redis::connect(config).await.unwrap();
+    r.wait_connected().await.unwrap();
+    let admin = FlagAdmin::new(&r, "lost:flags").unwrap();
+    // Loads the script, so the lost one is a single EVALSHA.
+    admin
+        .set("warm", &FlagDef::on(), &Write::by("t"))
+        .await
+        .unwrap();
+    let marker = format!("lost-reply-{}", "x".repeat(400));
+    let def = FlagDef::on().description(marker.clone());
+    let a = admin.clone();
+    let written = with_lost_reply(&server, 400, async move {
+        a.set(
+            "lost-reply-flag",
+            &def,
+            &Write::by("t").expect(Expect::Absent),
+        )
+        .await
+    })
+    .await
+    .unwrap()
+    .unwrap();
+    assert_eq!(written.rev, 1);
+    let Reply::Array(Some(entries)) = server.command(&["SLOWLOG", "GET", "-1"]).unwrap() else {
+        panic!("SLOWLOG")
+    };
+    let runs = entries
+        .iter()
+        .filter(|e| {
+            let Reply::Array(Some(fields)) = e else {
+                return false;
+            };
+            let Some(Reply::Array(Some(args))) = fields.get(3) else {
+                return false;
+            };
+            args.iter()
+                .filter_map(Reply::as_str)
+                .any(|a| a == "lost-reply-flag")
+        })
+        .count();
+    assert!(
+        runs >= 2,
+        "the write script ran {runs} times, not twice or more"
+    );
+    let stored = admin.get("lost-reply-flag").await.unwrap().unwrap();
+    assert_eq!(
+        (stored.rev, stored.def.description.as_str()),
+        (1, marker.as_str())
+    );
+    let audit = admin.audit(10).await.unwrap();
+    assert_eq!(
+        audit.iter().filter(|e| e.flag == "lost-reply-flag").count(),
+        1
+    );
+}
