@@ -57,7 +57,13 @@
 //! limiter, revocation store, stream producer, pub/sub) for unit tests without a Redis, and
 //! [`contract`] the suites each trait's implementations must pass: the same suite runs
 //! against the doubles here and against the Redis implementations in each crate's
-//! `tests/contract.rs`, so a double behaves like production where the trait says it must.
+//! contract tests (`tests/it/contract.rs`), so a double behaves like production where the
+//! trait says it must.
+//!
+//! # Captured logs
+//!
+//! [`capture::Logs`] (feature `capture`, default) captures the test process's tracing
+//! output, fred's `log` records included, so that a test can assert on what was logged.
 
 /// The README's example, compiled as a doctest so that it cannot rot.
 #[cfg(doctest)]
@@ -65,6 +71,9 @@
 pub struct ReadmeDoctests;
 
 mod acl;
+#[cfg(feature = "capture")]
+pub mod capture;
+mod child;
 mod cluster;
 pub mod contract;
 mod error;
@@ -80,6 +89,7 @@ mod tls;
 mod wait;
 
 pub use acl::{acl_denials, delete_acl_user, set_acl_user, url_as};
+pub use child::libtest_name;
 pub use cluster::{key_slot, ClusterOptions, RedisCluster, SLOT_COUNT};
 pub use error::{Result, TestkitError};
 pub use independent::IndependentServers;

@@ -1,5 +1,5 @@
 //! Contract suites of fredkit-core's traits: one suite per trait, run against every
-//! implementation — the Redis ones (in each crate's `tests/contract.rs`, on standalone and
+//! implementation — the Redis ones (in each crate's `contract` tests, on standalone and
 //! cluster) and the in-memory doubles of [`crate::memory`] (in this crate's tests) — so
 //! that a double cannot drift from what production does.
 //!

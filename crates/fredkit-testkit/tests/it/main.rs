@@ -1,0 +1,13 @@
+//! All of fredkit-testkit's integration tests, in one test binary: one link instead of one
+//! per file (CI builds and links every test binary; see docs/testing.md). Each module
+//! was a `tests/<module>.rs` binary of its own; nextest names its tests
+//! `<module>::<test>`, and .config/nextest.toml picks the fault tests out by those names.
+
+mod cluster;
+mod memory;
+mod memory_contract;
+mod missing_binary;
+mod no_orphans;
+mod sentinel;
+mod server;
+mod shared;
