@@ -18,7 +18,9 @@ use crate::harness::{interleave, measure, op, Contender, Load, Report, Summary, 
 use crate::Ctx;
 use anyhow::{anyhow, bail, Result};
 use fred::prelude::*;
-use fredkit_session::{Changes, SaveOutcome, SessionId, SessionOptions, Sessions};
+use fredkit_session::{
+    Changes, SaveOutcome, SessionId, SessionOptions, Sessions, TowerSessionStore,
+};
 use futures::future::BoxFuture;
 use std::collections::HashMap;
 use std::sync::Arc;
@@ -130,6 +132,46 @@ async fn ours_request(
     }
 }
 
+type OurStore = TowerSessionStore;
+
+fn ours_tower_expiry() -> Option<tower_sessions_core_015::Expiry> {
+    Some(tower_sessions_core_015::Expiry::OnInactivity(
+        time::Duration::minutes(30),
+    ))
+}
+
+/// Creates one session through tower-sessions 0.15 on fredkit-session's
+/// `TowerSessionStore` with the 16 fields; its id.
+async fn ts_create(
+    store: &Arc<OurStore>,
+    seed: u64,
+) -> Result<tower_sessions_core_015::session::Id> {
+    let s = tower_sessions_core_015::Session::new(None, Arc::clone(store), ours_tower_expiry());
+    for f in 0..FIELDS {
+        s.insert(&field(f), value(seed + f as u64)).await?;
+    }
+    s.save().await?;
+    s.id()
+        .ok_or_else(|| anyhow!("tower-sessions gave the saved session no id"))
+}
+
+/// The same request as [`peer_request`], on fredkit-session's store.
+async fn ts_request(
+    store: &Arc<OurStore>,
+    id: tower_sessions_core_015::session::Id,
+    field_name: &str,
+    v: String,
+) -> Result<()> {
+    let s = tower_sessions_core_015::Session::new(Some(id), Arc::clone(store), ours_tower_expiry());
+    let user: Option<String> = s.get(&field(0)).await?;
+    if user.is_none() {
+        bail!("TowerSessionStore: session lost its first field");
+    }
+    s.insert(field_name, v).await?;
+    s.save().await?;
+    Ok(())
+}
+
 fn raw_key(n: u64) -> String {
     format!("bench:session:raw:{n}")
 }
@@ -185,7 +227,14 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // Sessions of each side, the same data.
     let mut peer_ids = Vec::with_capacity(SESSIONS as usize);
     let mut our_ids = Vec::with_capacity(SESSIONS as usize);
+    let ts_redis = ctx.redis().await?;
+    let ts_store = Arc::new(TowerSessionStore::new(
+        &ts_redis,
+        format!("bench:tsstore:{}", std::process::id()).as_str(),
+    )?);
+    let mut ts_ids = Vec::with_capacity(SESSIONS as usize);
     for n in 0..SESSIONS {
+        ts_ids.push(ts_create(&ts_store, n).await?);
         peer_ids.push(peer_create(&store, n).await?);
         our_ids.push(ours_create(&sessions, n).await?);
         let fields: Vec<(String, String)> = (0..FIELDS)
@@ -195,6 +244,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     }
     let peer_ids = Arc::new(peer_ids);
     let our_ids = Arc::new(our_ids);
+    let ts_ids = Arc::new(ts_ids);
 
     for concurrency in CONCURRENCIES {
         let raw_c = {
@@ -244,14 +294,29 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 }),
             )
         };
-        let contenders = vec![ours, raw_c, peer];
+        let ts = {
+            let (store, ids) = (Arc::clone(&ts_store), Arc::clone(&ts_ids));
+            Contender::new(
+                "fredkit TowerSessionStore",
+                concurrency,
+                op(move |i| {
+                    let (store, ids) = (Arc::clone(&store), Arc::clone(&ids));
+                    async move {
+                        let id = ids[(i % SESSIONS) as usize];
+                        ts_request(&store, id, &field(1), value(i)).await
+                    }
+                }),
+            )
+        };
+        let contenders = vec![ours, raw_c, peer, ts];
         if concurrency == 64 {
             // What one request costs the server: commands (INFO
             // commandstats) and redis-server CPU (INFO cpu), 64 tasks.
             let n = ctx.pick(20_000u64, 5_000);
-            for (c, name) in contenders
-                .iter()
-                .zip(["fredkit", "raw", "tower_sessions_redis"])
+            for (c, name) in
+                contenders
+                    .iter()
+                    .zip(["fredkit", "raw", "tower_sessions_redis", "tower_store"])
             {
                 let before = commandstats::snapshot(&raw).await?;
                 let cpu0 = commandstats::process_cpu_us();
@@ -293,10 +358,21 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
                 .find(|x| x.name == name)
                 .ok_or_else(|| anyhow!("no summary for {name}"))
         };
-        let (ours_s, raw_s, peer_s) = (
+        let (ours_s, raw_s, peer_s, ts_s) = (
             find("fredkit-session")?,
             find("raw hgetall+hset")?,
             find("tower-sessions")?,
+            find("fredkit TowerSessionStore")?,
+        );
+        report.summary(
+            &format!("tower_store_load_save.{}", format_args!("c{concurrency}")),
+            ts_s,
+            &format!("tower-sessions 0.15 Session over fredkit-session's TowerSessionStore (1 script each for load and save, only the changed entry written), {concurrency} tasks"),
+        );
+        report.ratio(
+            &format!("tower_store_vs_tower_sessions_redis.c{concurrency}"),
+            ts_s.ratio_to(peer_s),
+            "fredkit-session's TowerSessionStore / tower-sessions-redis-store, both under tower-sessions' Session: the one-line switch",
         );
         let c = format!("c{concurrency}");
         report.summary(
@@ -377,6 +453,39 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         Unit::Count,
         format!("tower-sessions-redis-store: rounds of {rounds} in which one of two concurrent requests' field was lost"),
     );
+    let ts_lost = {
+        let (s_c, s_q, s_r) = (
+            Arc::clone(&ts_store),
+            Arc::clone(&ts_store),
+            Arc::clone(&ts_store),
+        );
+        race(
+            rounds,
+            move |r| {
+                let store = Arc::clone(&s_c);
+                async move { ts_create(&store, r).await }
+            },
+            move |id, name, v| {
+                let store = Arc::clone(&s_q);
+                async move { ts_request(&store, id, name, v).await }
+            },
+            move |id, name| {
+                let store = Arc::clone(&s_r);
+                async move {
+                    let s =
+                        tower_sessions_core_015::Session::new(Some(id), store, ours_tower_expiry());
+                    Ok(s.get::<String>(name).await?)
+                }
+            },
+        )
+        .await?
+    };
+    report.add(
+        "lost_writes_tower_store",
+        ts_lost as f64,
+        Unit::Count,
+        format!("fredkit-session's TowerSessionStore under tower-sessions (whole record handed to save; documented to narrow, not close, the race): rounds of {rounds} that lost a field"),
+    );
     let ours_lost = {
         let (s_c, s_q, s_r) = (sessions.clone(), sessions.clone(), sessions.clone());
         race(
@@ -408,7 +517,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         format!("fredkit-session: rounds of {rounds} in which one of two concurrent requests' field was lost (must be 0)"),
     );
     println!(
-        "   lost writes: tower-sessions-redis-store {peer_lost}, fredkit-session {ours_lost} of {rounds} rounds"
+        "   lost writes: tower-sessions-redis-store {peer_lost}, fredkit-session {ours_lost}, its TowerSessionStore {ts_lost} of {rounds} rounds"
     );
 
     let _ = raw.quit().await;
