@@ -162,7 +162,8 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         for (k, v) in items {
             let k = k.as_ref();
             let data_key = inner.data_key(k)?;
-            let (bytes, stored, px) = inner.envelope(Some(v), inner.opts.ttl, &[], 0)?;
+            let (bytes, stored, px) =
+                inner.envelope(Some(v), (inner.opts.ttl, inner.opts.max_stale), &[], 0)?;
             prepared.push((k, data_key, bytes, stored, px));
         }
         // Taken before the writes: a copy is not inserted if an invalidation

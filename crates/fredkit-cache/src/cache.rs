@@ -13,6 +13,7 @@ use crate::options::{CacheOptions, EntryOptions};
 static NO_ENTRY_OPTIONS: EntryOptions = EntryOptions {
     ttl: None,
     tags: Vec::new(),
+    adapt: None,
 };
 use fred::interfaces::KeysInterface;
 use fredkit_conn::{Redis, Topology};
@@ -559,8 +560,17 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         // Redis rejects expiry times that overflow; 100 years is "forever".
         crate::store::ttl_px(key, ttl)?;
         let data_key = self.inner.data_key(key)?;
+        let inner_max_stale = self.inner.opts.max_stale;
         self.inner
-            .store(key, &data_key, None, Some(value), ttl, &[], 0)
+            .store(
+                key,
+                &data_key,
+                None,
+                Some(value),
+                (ttl, inner_max_stale),
+                &[],
+                0,
+            )
             .instrument(tracing::debug_span!(
                 "fredkit.cache.set",
                 primitive = "cache"
@@ -601,7 +611,15 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             inner.tag_stamp(&options.tags).await?
         };
         inner
-            .store(key, &data_key, None, Some(value), ttl, &stamp, 0)
+            .store(
+                key,
+                &data_key,
+                None,
+                Some(value),
+                (ttl, inner.opts.max_stale),
+                &stamp,
+                0,
+            )
             .instrument(tracing::debug_span!(
                 "fredkit.cache.set",
                 primitive = "cache"
@@ -869,6 +887,64 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             .check(key, &self.inner.opts)
             .map_err(FillError::Cache)?;
         self.fetch_inner(key, options, factory, true, false).await
+    }
+
+    /// [`fetch_with`](Self::fetch_with) with an adaptive factory: it returns
+    /// an [`Adapted`](crate::Adapted) value that also says, from the value
+    /// itself, the entry's TTL, its fail-safe window, or not to cache it at
+    /// all (FusionCache's adaptive caching). What it does not say comes from
+    /// `options` and the cache's options. Eager refreshes started by this
+    /// call adapt the same way.
+    ///
+    /// ```no_run
+    /// # #[derive(Clone, serde::Serialize, serde::Deserialize)] struct Order { shipped: bool }
+    /// # async fn load_order(id: &str) -> Result<Option<Order>, std::io::Error> { Ok(None) }
+    /// # async fn run(orders: fredkit_cache::Cache<Order>) -> Result<(), Box<dyn std::error::Error>> {
+    /// use std::time::Duration;
+    /// use fredkit_cache::{Adapted, EntryOptions};
+    /// let f = orders
+    ///     .fetch_adaptive("o-17", &EntryOptions::new(), || async {
+    ///         let order = load_order("o-17").await?;
+    ///         // A shipped order no longer changes: keep it a day; others 10 s.
+    ///         let ttl = match &order {
+    ///             Some(o) if o.shipped => Duration::from_secs(86_400),
+    ///             _ => Duration::from_secs(10),
+    ///         };
+    ///         Ok::<_, std::io::Error>(Adapted::new(order).ttl(ttl))
+    ///     })
+    ///     .await?;
+    /// # Ok(()) }
+    /// ```
+    ///
+    /// Cost: as `fetch_with`.
+    ///
+    /// # Errors
+    ///
+    /// As [`fetch_with`](Self::fetch_with).
+    pub async fn fetch_adaptive<F, Fut, E>(
+        &self,
+        key: &str,
+        options: &EntryOptions,
+        factory: F,
+    ) -> std::result::Result<Fetched<V>, FillError<E>>
+    where
+        F: FnOnce() -> Fut + Send + 'static,
+        Fut: Future<Output = std::result::Result<crate::Adapted<V>, E>> + Send + 'static,
+        E: Send + 'static,
+    {
+        options
+            .check(key, &self.inner.opts)
+            .map_err(FillError::Cache)?;
+        let slot: crate::options::AdaptSlot = Arc::new(Mutex::new(None));
+        let mut with_slot = options.clone();
+        with_slot.adapt = Some(Arc::clone(&slot));
+        let adaptive = move || async move {
+            let (value, decided) = factory().await?.split();
+            *slot.lock().unwrap_or_else(|p| p.into_inner()) = Some(decided);
+            Ok(value)
+        };
+        self.fetch_inner(key, &with_slot, adaptive, true, false)
+            .await
     }
 
     /// `infallible`: the factory cannot fail (`get_or_set`), so a joined

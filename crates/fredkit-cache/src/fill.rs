@@ -303,6 +303,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             redis_up,
             ttl,
             stamp,
+            entry.adapt,
         )
         .await
     }
@@ -390,6 +391,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         redis_up: bool,
         value_ttl: Duration,
         stamp: Vec<(String, u64)>,
+        adapt: Option<crate::options::AdaptSlot>,
     ) -> std::result::Result<Fetched<V>, FillError<E>>
     where
         F: FnOnce() -> Fut + Send + 'static,
@@ -424,13 +426,28 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
             }
             let produced = match outcome {
                 Ok(Ok(value)) => {
-                    let ttl = if value.is_some() {
-                        value_ttl
+                    // An adaptive factory's decisions about this entry.
+                    let adapted = adapt
+                        .as_ref()
+                        .and_then(|s| s.lock().unwrap_or_else(|p| p.into_inner()).take())
+                        .unwrap_or_default();
+                    let mut ttl = if value.is_some() {
+                        adapted.ttl.unwrap_or(value_ttl)
                     } else {
                         this.opts.negative_ttl
                     };
+                    if !stamp.is_empty() {
+                        ttl = ttl.min(this.opts.ttl); // tags' versions outlive it
+                    }
+                    let ttl = ttl.max(Duration::from_millis(1));
+                    let max_stale = adapted.max_stale.unwrap_or(this.opts.max_stale);
                     let lock_ref = lock.as_ref().map(|(k, t)| (k.as_str(), t.as_str()));
-                    if !redis_up {
+                    if adapted.skip {
+                        // Not cached: the value goes to this fill's callers.
+                        if let Some((k, t)) = lock.clone() {
+                            this.release(k, t);
+                        }
+                    } else if !redis_up {
                         // Redis just failed to answer the GET: do not make the
                         // caller wait for a write that would fail too. L1
                         // keeps the value; Redis is unchanged, so no other
@@ -462,7 +479,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
                             &data_key,
                             lock_ref,
                             value.as_ref(),
-                            ttl,
+                            (ttl, max_stale),
                             &stamp,
                             delta_ms,
                         )

@@ -189,7 +189,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
     pub(crate) fn envelope(
         &self,
         value: Option<&V>,
-        ttl: Duration,
+        (ttl, max_stale): (Duration, Duration),
         tags: &[(String, u64)],
         delta_ms: u32,
     ) -> Result<(Bytes, Stored<V>, i64)> {
@@ -204,7 +204,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         let now = envelope::now_ms();
         let fresh_until = now.saturating_add(ttl_ms);
         let stale_ms = if value.is_some() {
-            u64::try_from(self.opts.max_stale.as_millis()).unwrap_or(u64::MAX / 4)
+            u64::try_from(max_stale.as_millis()).unwrap_or(u64::MAX / 4)
         } else {
             0
         };
@@ -239,7 +239,7 @@ impl<V: CacheValue, C: Codec + Clone> Inner<V, C> {
         data_key: &str,
         lock: Option<(&str, &str)>,
         value: Option<&V>,
-        ttl: Duration,
+        ttl: (Duration, Duration),
         tags: &[(String, u64)],
         delta_ms: u32,
     ) -> Result<Stored<V>> {

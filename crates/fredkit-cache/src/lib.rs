@@ -135,5 +135,5 @@ pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
 /// IntoKeySpace}` are `fredkit_core`'s.
 pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Result};
 pub use metrics::CacheMetrics;
-pub use options::{CacheOptions, CacheOptionsBuilder, EntryOptions, L1Options};
+pub use options::{Adapted, CacheOptions, CacheOptionsBuilder, EntryOptions, L1Options};
 pub use store::RedisCacheStore;

@@ -538,10 +538,87 @@ mod prefix_tests {
 ///     .ttl(Duration::from_secs(60));        // default: the cache's ttl
 /// ```
 #[must_use]
-#[derive(Debug, Clone, Default, PartialEq, Eq)]
+#[derive(Debug, Clone, Default)]
 pub struct EntryOptions {
     pub(crate) ttl: Option<Duration>,
     pub(crate) tags: Vec<String>,
+    /// Set by `fetch_adaptive`: where its factory leaves its decisions.
+    pub(crate) adapt: Option<AdaptSlot>,
+}
+
+/// Where an adaptive factory leaves what it decided about its entry.
+pub(crate) type AdaptSlot = std::sync::Arc<std::sync::Mutex<Option<Adapted<()>>>>;
+
+/// A value from an adaptive factory
+/// ([`Cache::fetch_adaptive`](crate::Cache::fetch_adaptive)) with what the
+/// factory decided about its entry from the value itself (FusionCache's
+/// adaptive caching): its TTL, its fail-safe window, or not to cache it at
+/// all.
+///
+/// ```
+/// use std::time::Duration;
+/// use fredkit_cache::Adapted;
+///
+/// // A draft changes often: cache it briefly, and never serve it stale.
+/// let a = Adapted::new(Some("draft".to_string()))
+///     .ttl(Duration::from_secs(5))
+///     .max_stale(Duration::ZERO);
+/// // An error page from upstream: hand it to this caller, cache nothing.
+/// let b = Adapted::new(Some("try later".to_string())).skip_caching();
+/// ```
+#[must_use]
+#[derive(Debug, Clone, Default)]
+pub struct Adapted<V> {
+    pub(crate) value: Option<V>,
+    pub(crate) ttl: Option<Duration>,
+    pub(crate) max_stale: Option<Duration>,
+    pub(crate) skip: bool,
+}
+
+impl<V> Adapted<V> {
+    /// `value` (`None`: an absence, cached for the negative TTL) with the
+    /// call's options.
+    pub fn new(value: Option<V>) -> Self {
+        Adapted {
+            value,
+            ttl: None,
+            max_stale: None,
+            skip: false,
+        }
+    }
+
+    /// The entry's logical TTL (a tagged entry's is capped at the cache's).
+    pub fn ttl(mut self, ttl: Duration) -> Self {
+        self.ttl = Some(ttl);
+        self
+    }
+
+    /// The entry's fail-safe window (how long past its TTL it is kept to be
+    /// served stale) instead of the cache's `max_stale`.
+    pub fn max_stale(mut self, max_stale: Duration) -> Self {
+        self.max_stale = Some(max_stale);
+        self
+    }
+
+    /// Return the value to the callers of this fill without caching it
+    /// (neither Redis nor L1): the next call runs the factory again.
+    pub fn skip_caching(mut self) -> Self {
+        self.skip = true;
+        self
+    }
+
+    /// The decisions without the value.
+    pub(crate) fn split(self) -> (Option<V>, Adapted<()>) {
+        (
+            self.value,
+            Adapted {
+                value: None,
+                ttl: self.ttl,
+                max_stale: self.max_stale,
+                skip: self.skip,
+            },
+        )
+    }
 }
 
 impl EntryOptions {

@@ -2746,3 +2746,62 @@ async fn fail_safe_throttle_reuses_the_stale_value_instead_of_calling_a_failing_
         "after the throttle, the factory is asked again"
     );
 }
+
+// ------------------------------------------------------- adaptive entries
+
+/// Adaptive entries: the factory decides from its value the entry's TTL and
+/// fail-safe window (PTTL in Redis shows both), or not to cache it at all
+/// (nothing in Redis, the next call runs the factory again).
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn an_adaptive_factory_sets_its_entrys_ttl_and_fail_safe_or_skips_caching(
+    #[case] topology: Topology,
+) {
+    use fredkit_cache::{Adapted, EntryOptions};
+    let redis = connect(&shared_url(topology).unwrap()).await;
+    let p = prefix("adaptive");
+    let c = cache(
+        &redis,
+        opts(&p)
+            .ttl(Duration::from_secs(300))
+            .max_stale(Duration::from_secs(600))
+            .l1(L1Options::new()),
+    )
+    .await;
+    let calls = Arc::new(AtomicUsize::new(0));
+    let adaptive = |id: u64| {
+        let calls = Arc::clone(&calls);
+        move || async move {
+            calls.fetch_add(1, Ordering::SeqCst);
+            let a = Adapted::new(Some(item(id)));
+            Ok::<_, std::convert::Infallible>(match id {
+                1 => a
+                    .ttl(Duration::from_secs(2))
+                    .max_stale(Duration::from_secs(3)),
+                _ => a.skip_caching(),
+            })
+        }
+    };
+    let none = EntryOptions::new();
+    let f = c.fetch_adaptive("short", &none, adaptive(1)).await.unwrap();
+    assert_eq!(f.value, Some(item(1)));
+    let pttl: i64 = redis.client().pttl(format!("{p}:{{short}}")).await.unwrap();
+    assert!(
+        pttl > 4_000 && pttl <= 5_000,
+        "PTTL {pttl}: ttl 2 s + max_stale 3 s"
+    );
+    for _ in 0..2 {
+        let f = c.fetch_adaptive("skip", &none, adaptive(2)).await.unwrap();
+        assert_eq!((f.value, f.origin), (Some(item(2)), Origin::Factory));
+    }
+    let exists: i64 = redis
+        .client()
+        .exists(format!("{p}:{{skip}}"))
+        .await
+        .unwrap();
+    assert_eq!(exists, 0, "a skipped value is not written");
+    assert_eq!(c.get("skip").await.unwrap(), None, "nor kept in L1");
+    assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
