@@ -1046,3 +1046,78 @@ async fn fault_client_kill_lost_reply_enqueue_is_one_job() {
     );
     assert_eq!(q.counts().await.unwrap().waiting, 2);
 }
+
+/// With the `metrics` feature: enqueues by outcome, attempts by outcome, and
+/// the wait and run time histograms.
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_enqueues_attempts_and_times() {
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let r = redis(Topology::Standalone).await;
+    let prefix = unique_prefix("jobs_metrics");
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let q: Queue<u32> =
+        metrics::with_local_recorder(&recorder, || Queue::new(&r, &prefix, "q")).unwrap();
+    q.enqueue_with(&1, JobOptions::new().id("a")).await.unwrap();
+    q.enqueue_with(&1, JobOptions::new().id("a")).await.unwrap();
+    q.enqueue_with(&2, JobOptions::new().id("b").max_attempts(1))
+        .await
+        .unwrap();
+    let w = Worker::start(&q, fast(), |job: Job<u32>| async move {
+        if job.payload == 2 {
+            Err("no".to_string())
+        } else {
+            Ok(())
+        }
+    })
+    .unwrap();
+    assert!(
+        eventually(20, || async {
+            let c = q.counts().await.unwrap();
+            c.completed == 1 && c.dead == 1
+        })
+        .await
+    );
+    w.shutdown().await;
+    let mut counters = std::collections::HashMap::new();
+    let mut histograms = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let name = key.key().name().to_string();
+        let outcome = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "outcome")
+            .map(|l| l.value().to_string())
+            .unwrap_or_default();
+        assert!(key
+            .key()
+            .labels()
+            .any(|l| l.key() == "name" && l.value() == "q"));
+        match value {
+            DebugValue::Counter(n) => {
+                counters.insert(format!("{name}/{outcome}"), n);
+            }
+            DebugValue::Histogram(v) => {
+                histograms.insert(name, v.len());
+            }
+            _ => {}
+        }
+    }
+    assert_eq!(
+        counters.get("fredkit_jobs_enqueued_total/added"),
+        Some(&2),
+        "{counters:?}"
+    );
+    assert_eq!(
+        counters.get("fredkit_jobs_enqueued_total/duplicate"),
+        Some(&1)
+    );
+    assert_eq!(
+        counters.get("fredkit_jobs_attempts_total/completed"),
+        Some(&1)
+    );
+    assert_eq!(counters.get("fredkit_jobs_attempts_total/dead"), Some(&1));
+    assert_eq!(histograms.get("fredkit_jobs_wait_seconds"), Some(&2));
+    assert_eq!(histograms.get("fredkit_jobs_run_seconds"), Some(&2));
+}
