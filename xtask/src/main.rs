@@ -2,7 +2,8 @@
 //!
 //! ```text
 //! cargo xtask test [--quick] [--skip STEP]... [-- TEST-RUNNER-ARGS]
-//! cargo xtask demo
+//! cargo xtask demo [--serve]
+//! cargo xtask tour [SECTION]...
 //! cargo xtask bench [SUITE]... [--quick] [--rounds N]
 //! cargo xtask servers standalone|cluster|sentinel
 //! cargo xtask ensure-redis
@@ -14,6 +15,7 @@
 mod bench;
 mod cmd;
 mod demo;
+mod orderflow_demo;
 mod redis_setup;
 mod scratch;
 mod servers;
@@ -33,8 +35,14 @@ commands:
         steps: redis, fmt, clippy, tests, doctests, readme, doc.
         --quick: only redis, tests and doctests.
         ARGS after -- go to the test runner (e.g. a test name filter).
-  demo  a readable tour of fredkit against a throwaway redis-server
-        (or against $REDIS_URL when it is set).
+  demo [--serve]
+        the OrderFlow run: two instances of examples/orderflow on a throwaway
+        redis-server (or $REDIS_URL), a scripted load showing each task
+        (cache, cart, checkout lock, rate limit, logout, metrics) and a
+        summary; --serve keeps the service up afterwards.
+  tour [SECTION]...
+        a readable tour of every fredkit crate, section by section
+        (`tour --list`).
   bench [SUITE]... [--quick] [--rounds N]
         run fredkit-bench (release build) against a throwaway server;
         writes target/bench/results.json.  `bench --list` lists the suites;
@@ -67,7 +75,8 @@ fn run(args: &[String]) -> Result<()> {
     };
     match command.as_str() {
         "test" => test::run(rest),
-        "demo" => demo::run(rest),
+        "demo" => orderflow_demo::run(rest),
+        "tour" => demo::run(rest),
         "bench" => bench::run(rest),
         "servers" => servers::run(rest),
         "readme" => scratch::run(rest),

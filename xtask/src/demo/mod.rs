@@ -1,4 +1,4 @@
-//! `cargo xtask demo [SECTION]...`: a readable tour of fredkit.
+//! `cargo xtask tour [SECTION]...`: a readable tour of fredkit, crate by crate.
 //!
 //! Runs against `$REDIS_URL` when it is set, otherwise against a throwaway
 //! `redis-server` started with the testkit (installed first if needed).
@@ -79,7 +79,7 @@ pub(crate) fn step(code: &str, result: impl std::fmt::Display) {
     }
 }
 
-/// Runs `cargo xtask demo`.
+/// Runs `cargo xtask tour`.
 pub(crate) fn run(args: &[String]) -> Result<()> {
     if args.iter().any(|a| a == "--list") {
         for s in SECTIONS {
