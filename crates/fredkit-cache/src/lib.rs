@@ -25,8 +25,20 @@
 //!   and counted as stale ([`Fetched::stale`]). Soft and hard factory
 //!   timeouts; a timed-out factory finishes in the background and its value
 //!   is stored.
-//! - **Eager refresh**: past a fraction of the TTL, a hit returns at once
-//!   and refreshes the entry in the background, once.
+//! - **Eager refresh**: past a fraction of the TTL, or by XFetch
+//!   ([`CacheOptionsBuilder::xfetch`]: `now - delta*beta*ln(rand) >= expiry`
+//!   with the factory's measured duration), a hit returns at once and
+//!   refreshes the entry in the background, once across processes: a process
+//!   that finds another's refresh lock backs off until the entry changes or
+//!   that lock expires.
+//! - **Tags** ([`EntryOptions::tags`], [`Cache::invalidate_tag`]): O(1)
+//!   invalidation of every entry under a tag on every instance; entries carry
+//!   their tags' versions, compared lazily on read (Redis and L1).
+//! - **Auto-recovery**: removals, writes and tag invalidations that failed
+//!   while Redis was unreachable are queued (bounded, deduplicated) and
+//!   replayed with their invalidation message when it answers again.
+//! - **Fail-safe throttle** ([`CacheOptionsBuilder::fail_safe_throttle`]) and
+//!   **adaptive entries** ([`Cache::fetch_adaptive`], [`Adapted`]).
 //! - **L1 + L2**: an optional in-process L1 ([`L1Options`]; a sharded
 //!   `quick_cache` bounded by entries or by approximate bytes, with its own
 //!   TTL; ~40–80 ns per hit). Every write
@@ -104,6 +116,13 @@
 //! | `get_many` | 1 pipeline (one `MGET` per slot) |
 //! | `set_many` | 1 pipeline |
 //! | `invalidate_prefix` | 2 per page of 1000 keys per primary |
+//! | `invalidate_tag` | 1 script + a batched background `PUBLISH` |
+//! | `get` / `fetch` of a tagged entry in Redis | 2 (`GET`, `MGET` of its tags' versions); in L1: 0 |
+//! | `set_with` with tags | 2 (`MGET` of the tags' versions, `SET`) + a batched `PUBLISH` |
+//!
+//! Tag versions live at `prefix:tag:{tag}` (absent = 0), each kept as long
+//! as the cache's longest entry (`ttl + ttl_jitter + max_stale`) past its
+//! last change.
 #![forbid(unsafe_code)]
 #![cfg_attr(docsrs, feature(doc_cfg))]
 

@@ -16,6 +16,9 @@
 //!   from two instances with separate connections; must be 1.
 //! - `miss_fill`: `get_or_set` on a new key every time (GET miss, lock +
 //!   re-read script, factory, store + release script), concurrency 64.
+//! - `tag_invalidate_us.<n>`: `Cache::invalidate_tag` with n entries under
+//!   the tag (1k, 10k, 100k; `--quick`: 1k, 10k), median of 50 calls: flat,
+//!   since it is one script whatever the number of entries (#22).
 
 use super::Suite;
 use crate::harness::{interleave, median, op, Contender, Report, Unit};
@@ -383,6 +386,51 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         miss_fill,
         "get_or_set on new keys (3 round trips + factory), 64 tasks",
     );
+
+    // ---- invalidate_tag: one script, whatever the number of tagged entries.
+    let tagged: FkCache<Product> = FkCache::new(
+        &redis,
+        CacheOptions::builder(format!("{prefix}:tags"))
+            .ttl(Duration::from_secs(120))
+            .max_stale(Duration::ZERO)
+            .build()?,
+    )
+    .await?;
+    let sizes: &[usize] = if ctx.quick() {
+        &[1_000, 10_000]
+    } else {
+        &[1_000, 10_000, 100_000]
+    };
+    let mut written = 0usize;
+    for &n in sizes {
+        let tag = format!("t{n}");
+        let o = fredkit_cache::EntryOptions::new().tags([tag.clone()]);
+        use futures::StreamExt;
+        futures::stream::iter(written..written + n)
+            .map(|i| {
+                let (t, o) = (tagged.clone(), o.clone());
+                async move { t.set_with(&format!("k{i}"), &product(i as u64), &o).await }
+            })
+            .buffer_unordered(64)
+            .collect::<Vec<_>>()
+            .await
+            .into_iter()
+            .collect::<Result<Vec<()>, _>>()?;
+        written += n;
+        let mut micros = Vec::with_capacity(50);
+        for _ in 0..50 {
+            let t0 = Instant::now();
+            tagged.invalidate_tag(&tag).await?;
+            micros.push(t0.elapsed().as_secs_f64() * 1e6);
+        }
+        report.add(
+            &format!("tag_invalidate_us.{n}"),
+            median(&micros),
+            Unit::Micros,
+            format!("Cache::invalidate_tag with {n} entries under the tag, median of 50"),
+        );
+    }
+    let _ = tagged.invalidate_prefix("").await;
 
     let _ = l2.invalidate_prefix("").await;
     let _ = l1_arc.invalidate_prefix("").await;
