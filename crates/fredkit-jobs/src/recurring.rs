@@ -18,6 +18,9 @@ use tokio::task::JoinHandle;
 use crate::options::JobOptions;
 use crate::queue::Queue;
 
+/// How late a missed tick may still be enqueued.
+const CATCH_UP_MS: i64 = 60_000;
+
 enum Every {
     Interval(i64),
     Cron(Box<croner::Cron>),
@@ -59,9 +62,10 @@ impl Schedule {
 /// runs before its time by the server's clock.
 ///
 /// Ticks are computed on the Redis server's clock (one `TIME` per wake-up),
-/// in UTC for cron expressions. A tick missed while no scheduler ran (or
-/// Redis was unreachable) is not enqueued later: schedulers enqueue the
-/// ticks from the moment they run.
+/// in UTC for cron expressions. A scheduler enqueues every tick from its
+/// start on; one held up (a busy runtime, Redis unreachable) enqueues the
+/// ticks it missed when it can, unless they are more than 60 s old. Ticks
+/// before any scheduler started are not enqueued.
 ///
 /// ```no_run
 /// use std::time::Duration;
@@ -313,8 +317,11 @@ async fn schedule_loop<J: Send + Sync + 'static, C: Codec>(
                     }
                 }
                 failures = 0;
-                // The next tick after now: ticks missed meanwhile are skipped.
-                next[i] = sch.next_after(now.max(tick));
+                // The next tick: a scheduler that was held up (a busy
+                // runtime, a slow Redis) catches up on the ticks it missed
+                // since it started, one per pass, but not on those older
+                // than CATCH_UP_MS.
+                next[i] = sch.next_after(tick.max(now.saturating_sub(CATCH_UP_MS)));
             }
             if let Some(t) = next[i] {
                 sleep_ms = sleep_ms.min(t.saturating_sub(now));

