@@ -266,3 +266,107 @@ async fn weighted_variants_are_sticky_and_split_by_weight(
         "test variant for {test} of 10000 users"
     );
 }
+
+/// With the `metrics` feature: the counters and the version gauge through
+/// the `metrics` facade (handles registered when the instance and the admin
+/// are built).
+#[cfg(feature = "metrics")]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn metrics_count_changes_reloads_unknown_flags_and_admin_writes() {
+    use fredkit_flags::{AdminError, Expect};
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+    let prefix = unique_prefix("flags_metrics");
+    let redis = conn(Topology::Standalone).await;
+    let recorder = DebuggingRecorder::new();
+    let snapshotter = recorder.snapshotter();
+    let (flags, admin) = tokio::task::block_in_place(|| {
+        metrics::with_local_recorder(&recorder, || {
+            let handle = tokio::runtime::Handle::current();
+            let flags = handle
+                .block_on(Flags::with_options(
+                    &redis,
+                    prefix.as_str(),
+                    FlagsOptions::default().sync_interval(Duration::from_secs(3600)),
+                ))
+                .unwrap();
+            (flags, FlagAdmin::new(&redis, prefix.as_str()).unwrap())
+        })
+    });
+    assert!(!flags.is_enabled("missing", &Context::anonymous()));
+    assert!(!flags.is_enabled("missing", &Context::anonymous()));
+    let w = admin
+        .set("f", &FlagDef::on(), &Write::by("t"))
+        .await
+        .unwrap();
+    assert!(matches!(
+        admin
+            .set("f", &FlagDef::on().percent(200.0), &Write::by("t"))
+            .await,
+        Err(AdminError::Invalid { .. })
+    ));
+    assert!(admin
+        .set("f", &FlagDef::on(), &Write::by("t").expect(Expect::Absent))
+        .await
+        .unwrap_err()
+        .is_conflict());
+    assert!(
+        flags
+            .wait_for_version(w.version, Duration::from_secs(10))
+            .await
+    );
+    flags.reload().await.unwrap();
+
+    let mut values = std::collections::HashMap::new();
+    for (key, _, _, value) in snapshotter.snapshot().into_vec() {
+        let name = key.key().name().to_string();
+        if !name.starts_with("fredkit_flags_") {
+            continue; // fredkit-pubsub's, of the subscriber
+        }
+        assert!(key
+            .key()
+            .labels()
+            .any(|l| l.key() == "prefix" && prefix.starts_with(l.value())));
+        let outcome = key
+            .key()
+            .labels()
+            .find(|l| l.key() == "outcome")
+            .map(|l| format!("/{}", l.value()))
+            .unwrap_or_default();
+        let v = match value {
+            DebugValue::Counter(n) => n as f64,
+            DebugValue::Gauge(g) => g.into_inner(),
+            DebugValue::Histogram(h) => h.len() as f64,
+        };
+        values.insert(format!("{name}{outcome}"), v);
+    }
+    let get = |k: &str| values.get(k).copied().unwrap_or(-1.0);
+    assert_eq!(get("fredkit_flags_unknown_flag_total"), 2.0, "{values:?}");
+    assert_eq!(
+        get("fredkit_flags_changes_applied_total"),
+        1.0,
+        "{values:?}"
+    );
+    assert_eq!(get("fredkit_flags_reloads_total/ok"), 2.0, "{values:?}");
+    assert_eq!(get("fredkit_flags_reloads_total/error"), 0.0, "{values:?}");
+    assert_eq!(
+        get("fredkit_flags_admin_writes_total/ok"),
+        1.0,
+        "{values:?}"
+    );
+    assert_eq!(
+        get("fredkit_flags_admin_writes_total/invalid"),
+        1.0,
+        "{values:?}"
+    );
+    assert_eq!(
+        get("fredkit_flags_admin_writes_total/conflict"),
+        1.0,
+        "{values:?}"
+    );
+    assert_eq!(
+        get("fredkit_flags_snapshot_version"),
+        w.version as f64,
+        "{values:?}"
+    );
+    assert_eq!(get("fredkit_flags_outages_total"), 0.0, "{values:?}");
+}
