@@ -86,15 +86,16 @@ pub(crate) fn count<T>(f: impl FnOnce() -> T) -> (T, u64) {
 
 /// Nanoseconds per alloc+dealloc pair of `size` bytes through the global
 /// allocator (not counting) minus the same straight on `System`: what the
-/// counter costs every other suite. Median of `rounds` timed runs of `n`
-/// pairs each, alternating the two.
-pub(crate) fn overhead_ns(size: usize, n: u64, rounds: usize) -> f64 {
+/// counter costs every other suite; and the `System` pair's own cost.
+/// Medians of `rounds` timed runs of `n` pairs each, alternating the two.
+pub(crate) fn overhead_ns(size: usize, n: u64, rounds: usize) -> (f64, f64) {
     use std::hint::black_box;
     use std::time::Instant;
     let Ok(layout) = Layout::from_size_align(size.max(1), 8) else {
-        return f64::NAN;
+        return (f64::NAN, f64::NAN);
     };
     let mut diffs = Vec::with_capacity(rounds);
+    let mut plain = Vec::with_capacity(rounds);
     for _ in 0..rounds.max(1) {
         let t = Instant::now();
         for _ in 0..n {
@@ -120,8 +121,12 @@ pub(crate) fn overhead_ns(size: usize, n: u64, rounds: usize) -> f64 {
         }
         let system = t.elapsed().as_nanos() as f64 / n as f64;
         diffs.push(ours - system);
+        plain.push(system);
     }
-    crate::harness::median(&diffs)
+    (
+        crate::harness::median(&diffs),
+        crate::harness::median(&plain),
+    )
 }
 
 #[cfg(test)]

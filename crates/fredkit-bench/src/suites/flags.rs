@@ -78,13 +78,13 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
     // The counting allocator's cost while not counting, alloc+free of 64
     // bytes (what fred's and tokio's small allocations look like).
     let (n, rounds) = (ctx.pick(2_000_000u64, 500_000), ctx.pick(9, 5));
-    let overhead =
+    let (overhead, system) =
         tokio::task::spawn_blocking(move || alloc_count::overhead_ns(64, n, rounds)).await?;
     report.add(
         "alloc_counter_overhead_ns",
         overhead,
         Unit::Decimal,
-        format!("ns per 64 B alloc+free that the bench's counting allocator adds while not counting (median of {rounds} alternating runs of {n} pairs vs the system allocator directly)"),
+        format!("ns per 64 B alloc+free that the bench's counting allocator adds while not counting, on a {system:.1} ns pair (median of {rounds} alternating runs of {n} pairs vs the system allocator directly)"),
     );
 
     let redis = ctx.redis().await?;
