@@ -3,7 +3,7 @@
 use super::{step, Demo, Section, SectionFuture};
 use anyhow::Result;
 use fred::prelude::*;
-use fredkit_cache::{Cache, CacheOptions, L1Options};
+use fredkit_cache::{Cache, CacheOptions, EntryOptions, L1Options};
 use serde::{Deserialize, Serialize};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::Arc;
@@ -148,6 +148,31 @@ async fn tour(demo: &Demo) -> Result<()> {
             "{got:?}; key still there: {}; decode_failures = {}",
             left == 1,
             a.metrics().decode_failures
+        ),
+    );
+
+    // Tags: one script invalidates every entry under a tag, on every instance.
+    for id in 0..1000u64 {
+        let tags = EntryOptions::new().tags([format!("category:{}", id % 10)]);
+        a.set_with(&format!("p{id}"), &tea(id), &tags).await?;
+    }
+    let warm = b.get_many(&["p3", "p4"]).await?; // into b's L1
+    let started = Instant::now();
+    a.invalidate_tag("category:3").await?;
+    let took = started.elapsed();
+    let deadline = Instant::now() + Duration::from_secs(1);
+    let mut after = b.get_many(&["p3", "p4"]).await?;
+    while after[0].is_some() && Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        after = b.get_many(&["p3", "p4"]).await?;
+    }
+    step(
+        "1000 entries under 10 tags; a.invalidate_tag(\"category:3\"), then b.get_many([p3, p4])",
+        format!(
+            "took {took:?} (one INCR script, whatever the number of entries); b before: {:?}, after: {:?} \
+             (p3 is under category:3: a miss on b, L1 included; p4 untouched)",
+            warm.iter().map(|p| p.as_ref().map(|p| p.cents)).collect::<Vec<_>>(),
+            after.iter().map(|p| p.as_ref().map(|p| p.cents)).collect::<Vec<_>>()
         ),
     );
 
