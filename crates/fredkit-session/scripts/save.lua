@@ -1,7 +1,9 @@
 -- fredkit-session: write the changed fields of a live session, atomically.
 --
--- KEYS[1]  the session (see load.lua)
--- KEYS[2]  the tag's cut-offs (see load.lua)
+-- KEYS[1]  the session   <prefix>:{tag}:s:<handle>  (a hash: '~c' created ms
+--          (server clock), '~u' user, '~d' device, '.<name>' values,
+--          '#<name>' counters)
+-- KEYS[2]  the tag's cut-offs  <prefix>:{tag}:cut  (a hash: user -> ms)
 -- ARGV[1]  idle TTL in ms (> 0)
 -- ARGV[2]  absolute lifetime in ms (> 0)
 -- ARGV[3]  m, the number of fields to delete; then m field names

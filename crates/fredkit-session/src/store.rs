@@ -23,7 +23,6 @@ use crate::{
     options::SessionOptions,
 };
 
-static LOAD: Script = Script::new("session_load", include_str!("../scripts/load.lua"));
 static SAVE: Script = Script::new("session_save", include_str!("../scripts/save.lua"));
 static CREATE: Script = Script::new("session_create", include_str!("../scripts/create.lua"));
 static REVOKE_ALL: Script = Script::new(
@@ -65,8 +64,8 @@ const DEVICE: &str = "~d";
 ///   field saved by two requests ends with one of the two values.
 /// - No resurrection: `save` writes only into a live session; a session
 ///   deleted, expired, revoked or past its absolute timeout stays gone.
-/// - [`load`](Self::load) slides the expiry with one `PEXPIRE` in the same
-///   script: no data is rewritten and no extra round trip is paid.
+/// - [`load`](Self::load) slides the expiry with one `PEXPIRE` pipelined
+///   with the `HGETALL`: no data is rewritten and no extra round trip is paid.
 /// - Garbage under a session key (not a hash, no creation time) is "no
 ///   session" and is removed. Nothing read from Redis panics.
 /// - Every time decision uses the Redis server's clock (`TIME` in the scripts).
@@ -75,7 +74,7 @@ const DEVICE: &str = "~d";
 ///
 /// | operation | round trips | Redis commands |
 /// |---|---|---|
-/// | [`load`](Self::load) | 1 | `EVALSHA` (`HGETALL`, `TIME`, `HGET` of the cut-off for a user's session, `PEXPIRE`) |
+/// | [`load`](Self::load) | 1 (+1 `UNLINK` when it finds garbage, a revoked or too old session) | pipelined, no script: `HGETALL`, `PEXPIRE`, `TIME`, and for a signed-in session `HGETALL` of its tag's cut-offs |
 /// | [`save`](Self::save), [`set`](Self::set), [`increment`](Self::increment) | 1 | `EVALSHA` (`HGET`, `TIME`, `HDEL`, `HSET`, `HINCRBY`, `PEXPIRE`) |
 /// | [`create`](Self::create) | 1 | `EVALSHA` (`EXISTS`, `TIME`, `HSET`, `PEXPIRE`; for a user `ZADD`, `ZREMRANGEBYRANK`, `PEXPIRE`) |
 /// | [`cycle_id`](Self::cycle_id) | 2 | `create`, then `UNLINK` of the old key |
@@ -431,8 +430,9 @@ impl Sessions {
         Value::Integer(i64::try_from(ms).unwrap_or(i64::MAX))
     }
 
-    /// Loads session `id` and slides its idle timeout, in one script: the
-    /// touch is a `PEXPIRE`, never a rewrite. `None` when there is no such
+    /// Loads session `id` and slides its idle timeout, in one round trip
+    /// (a pipeline in the session's slot, no script): the touch is a
+    /// `PEXPIRE`, never a rewrite. `None` when there is no such
     /// live session: never created, expired, past its absolute timeout,
     /// revoked by [`revoke_all`](Self::revoke_all), or garbage under its key
     /// (which is removed).
@@ -469,27 +469,89 @@ impl Sessions {
     }
 
     async fn load_inner(&self, id: &SessionId) -> Result<LoadReply> {
-        let keys = vec![self.key(id)?, self.cut_key(id.tag())?];
-        let args = vec![
-            Self::ms_arg(self.inner.idle_ms),
-            Self::ms_arg(self.inner.absolute_ms),
-        ];
-        let v: Value = LOAD.exec(self.client(), keys, args).await.map_err(redact)?;
-        let mut items = array(v)?.into_iter();
-        let status = items.next().and_then(|v| v.as_i64()).unwrap_or(i64::MIN);
-        match status {
-            1 => {
-                let pairs = items.next().map(array).transpose()?.unwrap_or_default();
-                Ok(LoadReply::Found(record_from_pairs(id.clone(), pairs)?))
-            }
-            0 => Ok(LoadReply::None),
-            -1 => Ok(LoadReply::Garbage),
-            -2 => Ok(LoadReply::Revoked),
-            other => Err(Error::protocol(format!(
-                "fredkit-session's load script answered status {other}; is another version of \
-                 fredkit-session using this prefix?"
-            ))),
+        // One round trip, no script: HGETALL, the touch (PEXPIRE: a live
+        // session's idle timeout restarts; nothing is rewritten), the
+        // server's clock, and for a signed-in session's tag its cut-offs —
+        // all in the session's slot, pipelined. The rare verdicts "garbage",
+        // "past its absolute timeout" and "revoked" cost a second round trip
+        // (UNLINK).
+        let key = self.key(id)?;
+        let signed_in = id.tag().starts_with('u');
+        let pipe = self.client().pipeline();
+        let () = pipe.hgetall(key.as_str()).await?;
+        let () = pipe
+            .pexpire(key.as_str(), self.inner.idle_ms as i64, None)
+            .await?;
+        let time = CustomCommand::new_static(
+            "TIME",
+            ClusterHash::Custom(fred::util::redis_keyslot(key.as_bytes())),
+            false,
+        );
+        let () = pipe.custom(time, Vec::<Value>::new()).await?;
+        if signed_in {
+            let () = pipe.hgetall(self.cut_key(id.tag())?.as_str()).await?;
         }
+        let mut replies = pipe.try_all::<Value>().await.into_iter();
+        let mut next = || {
+            replies.next().unwrap_or_else(|| {
+                Err(fred::error::Error::new(
+                    fred::error::ErrorKind::Protocol,
+                    "missing reply",
+                ))
+            })
+        };
+        let (all, touched, time) = (next(), next(), next());
+        let cuts = if signed_in { Some(next()) } else { None };
+        // Connection errors and NOPERM fail the load; WRONGTYPE is garbage.
+        let pairs = match all {
+            Ok(v) => array(v)?,
+            Err(e) => {
+                let e = Error::from(e);
+                if e.kind() == ErrorKind::Protocol && e.to_string().contains("WRONGTYPE") {
+                    self.unlink_quietly(&key).await?;
+                    return Ok(LoadReply::Garbage);
+                }
+                return Err(e);
+            }
+        };
+        touched.map_err(Error::from)?;
+        if pairs.is_empty() {
+            return Ok(LoadReply::None);
+        }
+        let now = server_ms(time.map_err(Error::from)?)?;
+        let record = record_from_pairs(id.clone(), pairs)?;
+        if record.created_ms == 0 {
+            self.unlink_quietly(&key).await?;
+            return Ok(LoadReply::Garbage);
+        }
+        if now.saturating_sub(record.created_ms as i64) >= self.inner.absolute_ms as i64 {
+            self.unlink_quietly(&key).await?;
+            return Ok(LoadReply::None);
+        }
+        if let (Some(user), Some(cuts)) = (&record.user, cuts) {
+            let cuts = array(cuts.map_err(|e| redact(e.into()))?)?;
+            let mut it = cuts.into_iter();
+            while let (Some(u), Some(cut)) = (it.next(), it.next()) {
+                if u.as_str().as_deref() == Some(user.as_str()) {
+                    let cut = cut.into_bytes().and_then(|b| parse_i64(&b));
+                    if cut.is_some_and(|cut| record.created_ms as i64 <= cut) {
+                        self.unlink_quietly(&key).await?;
+                        return Ok(LoadReply::Revoked);
+                    }
+                }
+            }
+        }
+        Ok(LoadReply::Found(record))
+    }
+
+    /// Removes a dead session's key (garbage, revoked, too old).
+    async fn unlink_quietly(&self, key: &str) -> Result<()> {
+        let _: i64 = self
+            .client()
+            .unlink(key)
+            .await
+            .map_err(|e| redact(e.into()))?;
+        Ok(())
     }
 
     /// Writes `changes` to session `id`, atomically, in one script: values
