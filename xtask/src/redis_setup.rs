@@ -144,3 +144,41 @@ impl Drop for NoServiceStart {
         }
     }
 }
+
+/// Starts installing Chromium (for the OrderFlow dashboard test) in the
+/// background when it is missing and we are root with `apt-get`; its output
+/// goes to `log`. `None` when there is nothing to do, saying why.
+pub(crate) fn start_chromium_install(log: &Path) -> Option<std::thread::JoinHandle<Result<()>>> {
+    if ["chromium", "chromium-browser", "google-chrome"]
+        .iter()
+        .any(|b| cmd::which(b.as_ref()).is_some())
+    {
+        return None;
+    }
+    if !(is_root() && cmd::which("apt-get".as_ref()).is_some()) {
+        println!("==> chromium is missing and this is not root with apt-get: the dashboard test will be skipped (apt-get install chromium)");
+        return None;
+    }
+    println!(
+        "==> installing chromium in the background for the dashboard test (log: {})",
+        log.display()
+    );
+    let log = log.to_path_buf();
+    Some(std::thread::spawn(move || {
+        let out = std::fs::File::create(&log)?;
+        let mut install = Command::new("apt-get");
+        install
+            .env("DEBIAN_FRONTEND", "noninteractive")
+            .args(["install", "-y", "-q", "--no-install-recommends", "chromium"])
+            .stdin(Stdio::null())
+            .stdout(out.try_clone()?)
+            .stderr(out);
+        let status = install.status()?;
+        anyhow::ensure!(
+            status.success(),
+            "apt-get install chromium failed ({status}); see {}",
+            log.display()
+        );
+        Ok(())
+    }))
+}

@@ -72,6 +72,17 @@ fn path_crates(root: &Path) -> Vec<(&'static str, PathBuf, &'static str)> {
             r#"features = ["tower", "local-cache"]"#,
         ),
         ("fredkit-collections", "crates/fredkit-collections", ""),
+        ("fredkit-jobs", "crates/fredkit-jobs", ""),
+        (
+            "fredkit-session",
+            "crates/fredkit-session",
+            r#"features = ["tower-sessions"]"#,
+        ),
+        (
+            "fredkit-flags",
+            "crates/fredkit-flags",
+            r#"features = ["openfeature"]"#,
+        ),
         ("fredkit-testkit", "crates/fredkit-testkit", ""),
     ]
     .into_iter()

@@ -182,6 +182,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
     let total = steps.iter().filter(|s| !is_skipped(s.name)).count();
     let mut done: Vec<(&'static str, Outcome, Duration)> = Vec::new();
     let mut number = 0;
+    let mut chromium: Option<std::thread::JoinHandle<Result<()>>> = None;
 
     let mut steps = steps.into_iter();
     while let Some(step) = steps.next() {
@@ -208,15 +209,26 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
                     .stderr(Stdio::from(std::io::stdout()));
                 cmd::run(&mut command)
             }),
-            Action::Tests(mut command) => SharedServers::start().and_then(|shared| {
-                command
-                    .envs(shared.env())
-                    .stdin(Stdio::null())
-                    .stderr(Stdio::from(std::io::stdout()));
-                let result = cmd::run(&mut command);
-                drop(shared);
-                result
-            }),
+            Action::Tests(mut command) => {
+                if let Some(install) = chromium.take() {
+                    match install.join() {
+                        Ok(Ok(())) => println!("==> chromium installed"),
+                        Ok(Err(e)) => println!("==> {e:#}: the dashboard test will be skipped"),
+                        Err(_) => println!(
+                            "==> the chromium install panicked: the dashboard test will be skipped"
+                        ),
+                    }
+                }
+                SharedServers::start().and_then(|shared| {
+                    command
+                        .envs(shared.env())
+                        .stdin(Stdio::null())
+                        .stderr(Stdio::from(std::io::stdout()));
+                    let result = cmd::run(&mut command);
+                    drop(shared);
+                    result
+                })
+            }
             Action::Cargo(mut command) => {
                 command
                     .stdin(Stdio::null())
@@ -225,6 +237,13 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
             }
         };
         let elapsed = t.elapsed();
+        if name == "redis" && result.is_ok() && !is_skipped("tests") {
+            // After redis (apt-get update done, dpkg free), while fmt and
+            // clippy run.
+            chromium = redis_setup::start_chromium_install(std::path::Path::new(
+                "target/chromium-install.log",
+            ));
+        }
         match result {
             Ok(()) => {
                 println!("=== {name}: ok ({})", cmd::human(elapsed));

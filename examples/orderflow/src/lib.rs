@@ -85,6 +85,9 @@ pub struct Config {
     /// The Prometheus recorder's handle, rendered by `GET /metrics` (`None`:
     /// 404 there).
     pub metrics: Option<PrometheusHandle>,
+    /// The dashboard's memory alert line: this share of Redis's
+    /// `maxmemory` (no line when `maxmemory` is 0, i.e. unlimited).
+    pub memory_alert_share: f64,
 }
 
 impl Default for Config {
@@ -100,6 +103,7 @@ impl Default for Config {
             jwt_secret: b"orderflow-demo-secret-change-me".to_vec(),
             token_ttl: Duration::from_secs(3600),
             metrics: None,
+            memory_alert_share: 0.8,
         }
     }
 }
@@ -233,6 +237,8 @@ impl OrderFlow {
         Router::new()
             .route("/health", get(health))
             .route("/metrics", get(metrics_text))
+            .route("/dashboard", get(dashboard))
+            .route("/dashboard/redis", get(redis_memory))
             .route("/products/{id}", get(product).put(update_product))
             .route("/anon/{anon}/cart/items", post(add_anon_item))
             .route("/login", post(login))
@@ -321,6 +327,37 @@ async fn metrics_text(State(app): State<OrderFlow>) -> Response {
             .into_response(),
         None => json_error(StatusCode::NOT_FOUND, "metrics are not enabled"),
     }
+}
+
+/// The dashboard: one HTML page, no build step, that scrapes `/metrics`
+/// and `/dashboard/redis` every second and draws SVG charts.
+async fn dashboard() -> Response {
+    axum::response::Html(include_str!("dashboard.html")).into_response()
+}
+
+/// Redis memory for the dashboard: `used_memory`, `maxmemory` and the
+/// alert line (`memory_alert_share` of `maxmemory`, `null` when unlimited).
+/// On a cluster, the node fred picks for `INFO`.
+async fn redis_memory(State(app): State<OrderFlow>) -> Response {
+    use fredkit::conn::fred::prelude::ClientLike;
+    let info: Result<String, _> = app
+        .redis
+        .client()
+        .info(Some(fredkit::conn::fred::types::InfoKind::Memory))
+        .await;
+    let Ok(info) = info else {
+        return json_error(StatusCode::SERVICE_UNAVAILABLE, "INFO memory failed");
+    };
+    let field = |name: &str| -> Option<u64> {
+        info.lines()
+            .find_map(|l| l.strip_prefix(name)?.strip_prefix(':'))
+            .and_then(|v| v.trim().parse().ok())
+    };
+    let used = field("used_memory");
+    let max = field("maxmemory").filter(|m| *m > 0);
+    let alert_at = max.map(|m| (m as f64 * app.config.memory_alert_share) as u64);
+    axum::Json(json!({ "used_memory": used, "maxmemory": max, "alert_at": alert_at }))
+        .into_response()
 }
 
 async fn product(State(app): State<OrderFlow>, Path(raw): Path<String>) -> Response {

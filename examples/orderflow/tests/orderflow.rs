@@ -574,3 +574,151 @@ async fn metrics_show_the_exact_counts_of_a_load(#[case] topology: Topology) {
         8.0
     );
 }
+
+/// The dashboard page is served (one HTML file, no build step) with the
+/// Redis memory figures it charts.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_and_its_memory_figures_are_served(#[case] topology: Topology) {
+    let a = serve(topology, &unique_prefix("orderflow_dash"), config(), None).await;
+    let r = a.http.get(a.url("/dashboard")).send().await.unwrap();
+    assert_eq!(r.status(), StatusCode::OK);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .unwrap()
+        .starts_with("text/html"));
+    let page = r.text().await.unwrap();
+    for needle in ["/metrics", "/dashboard/redis", "dashboardState", "<svg"] {
+        assert!(page.contains(needle), "the page lacks {needle}");
+    }
+    let memory: Value = a
+        .http
+        .get(a.url("/dashboard/redis"))
+        .send()
+        .await
+        .unwrap()
+        .json()
+        .await
+        .unwrap();
+    assert!(memory["used_memory"].as_u64().unwrap() > 0, "{memory}");
+}
+
+/// The dashboard in headless Chromium after a load: the page scraped
+/// `/metrics` and every chart that has data drew non-empty series; a
+/// screenshot goes to target/orderflow-dashboard.png. Skipped, saying so,
+/// where Chromium is not installed (`cargo xtask test` installs it when it
+/// runs as root).
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn the_dashboard_renders_charts_with_data_in_chromium(#[case] topology: Topology) {
+    let Some(chromium) = ["chromium", "chromium-browser", "google-chrome"]
+        .into_iter()
+        .find(|b| {
+            std::process::Command::new(b)
+                .arg("--version")
+                .output()
+                .is_ok()
+        })
+    else {
+        eprintln!("SKIPPED: no chromium on PATH (apt-get install chromium)");
+        return;
+    };
+    let handle = metrics_exporter_prometheus::PrometheusBuilder::new()
+        .install_recorder()
+        .expect("one recorder per test process");
+    let a = serve(
+        topology,
+        &unique_prefix("orderflow_chromium"),
+        Config {
+            requests_per_minute: 3,
+            metrics: Some(handle),
+            ..config()
+        },
+        None,
+    )
+    .await;
+    let token = a.login("ivy", None).await;
+    assert_eq!(a.add(&token, 1, 1).await, StatusCode::OK);
+    let r = a
+        .http
+        .post(a.url("/checkout"))
+        .bearer_auth(&token)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(r.status(), StatusCode::CREATED);
+    // Keep traffic going while the page scrapes, so rates have data.
+    let load = {
+        let (http, url, token) = (a.http.clone(), a.url("/cart"), token.clone());
+        tokio::spawn(async move {
+            for _ in 0..100 {
+                let _ = http.get(&url).bearer_auth(&token).send().await;
+                tokio::time::sleep(Duration::from_millis(100)).await;
+            }
+        })
+    };
+    let target = std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target");
+    let screenshot = target.join("orderflow-dashboard.png");
+    let profile = tempfile_dir();
+    let run = |extra: Vec<String>| {
+        let mut args = vec![
+            "--headless".to_string(),
+            "--no-sandbox".into(),
+            "--disable-gpu".into(),
+            "--disable-dev-shm-usage".into(),
+            format!("--user-data-dir={}", profile.display()),
+            "--virtual-time-budget=6000".into(),
+            "--window-size=1400,1100".into(),
+        ];
+        args.extend(extra);
+        args.push(a.url("/dashboard"));
+        let chromium = chromium.to_string();
+        tokio::task::spawn_blocking(move || {
+            std::process::Command::new(chromium).args(args).output()
+        })
+    };
+    let dom = run(vec!["--dump-dom".into()]).await.unwrap().unwrap();
+    let dom = String::from_utf8_lossy(&dom.stdout).to_string();
+    let shot = run(vec![format!("--screenshot={}", screenshot.display())])
+        .await
+        .unwrap()
+        .unwrap();
+    load.abort();
+    let attr = |name: &str| -> Option<String> {
+        let start = dom.find(&format!("data-{name}=\""))? + name.len() + 7;
+        let end = dom[start..].find('"')? + start;
+        Some(dom[start..end].replace("&quot;", "\""))
+    };
+    let scrapes: u32 = attr("scrapes")
+        .and_then(|s| s.parse().ok())
+        .unwrap_or_else(|| panic!("the page never scraped /metrics: {dom}"));
+    assert!(scrapes >= 2, "{scrapes} scrapes");
+    let series: Value = serde_json::from_str(&attr("series").unwrap()).unwrap();
+    for chart in [
+        "ratelimit",
+        "latency_rl",
+        "latency_lock",
+        "locks",
+        "orders",
+        "memory",
+    ] {
+        assert!(
+            series[chart].as_u64().unwrap_or(0) > 0,
+            "chart {chart} drew no data: {series}"
+        );
+    }
+    assert!(
+        shot.status.success(),
+        "{}",
+        String::from_utf8_lossy(&shot.stderr)
+    );
+    assert!(screenshot.exists());
+}
+
+fn tempfile_dir() -> std::path::PathBuf {
+    let dir = std::env::temp_dir().join(format!("orderflow-chromium-{}", std::process::id()));
+    let _ = std::fs::create_dir_all(&dir);
+    dir
+}
