@@ -9,7 +9,7 @@
 -- ARGV[1] job key prefix (member appended), ARGV[2] jobs to start,
 -- ARGV[3] lease ms, ARGV[4] worker id, ARGV[5] jobs to promote / recover per call
 --
--- returns {now ms, wake in ms (-1: nothing scheduled), stalled recovered,
+-- returns {now ms, wake in ms (-1: nothing scheduled, or jobs started), stalled recovered,
 --          stalled dead, dropped members, then 13 fields per started job:
 --          member, id, payload, max attempts, due, timeout ms, backoff kind,
 --          backoff delay, backoff cap, jitter, created, attempt, token}
@@ -99,16 +99,19 @@ if redis.call('HEXISTS', KEYS[5], 'paused') == 0 and n > 0 then
 end
 out[5] = dropped
 
--- When the next scheduled thing happens: a due time or a lease expiry.
-local next = -1
-for _, z in ipairs({KEYS[2], KEYS[3], KEYS[4]}) do
-  local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
-  if first[2] then
-    local s = tonumber(first[2])
-    if next < 0 or s < next then next = s end
+-- When nothing started (the worker will block): when the next scheduled
+-- thing happens, a due time or a lease expiry.
+if #out == 5 then
+  local next = -1
+  for _, z in ipairs({KEYS[2], KEYS[3], KEYS[4]}) do
+    local first = redis.call('ZRANGE', z, 0, 0, 'WITHSCORES')
+    if first[2] then
+      local s = tonumber(first[2])
+      if next < 0 or s < next then next = s end
+    end
   end
-end
-if next >= 0 then
-  out[2] = math.max(0, next - now)
+  if next >= 0 then
+    out[2] = math.max(0, next - now)
+  end
 end
 return out
