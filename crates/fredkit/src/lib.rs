@@ -27,6 +27,8 @@
 //! - `streams`: [`fredkit-streams`](https://docs.rs/fredkit-streams) as `fredkit::streams`.
 //! - `revocation`: [`fredkit-revocation`](https://docs.rs/fredkit-revocation) as `fredkit::revocation`.
 //! - `collections`, `jobs`, `session`, `flags`: the crates of the same names.
+//! - `session-tower-sessions`: fredkit-session's `tower_sessions::SessionStore`.
+//! - `flags-openfeature`: fredkit-flags' OpenFeature provider.
 //! - `ratelimit-tower`, `ratelimit-axum`: the rate limiter's tower layer (and
 //!   the client IP from axum's `ConnectInfo`).
 //! - `revocation-local-cache`, `revocation-tower`: the revocation store's
