@@ -48,6 +48,9 @@ pub struct Database {
     orders: Mutex<Vec<Order>>,
     product_loads: AtomicU64,
     latency: Duration,
+    /// Orders whose confirmation e-mail was "sent" (by id, so an e-mail job
+    /// that runs twice — jobs are at least once — sends one e-mail).
+    emails: Mutex<std::collections::BTreeSet<u64>>,
 }
 
 impl Database {
@@ -69,6 +72,7 @@ impl Database {
             orders: Mutex::new(Vec::new()),
             product_loads: AtomicU64::new(0),
             latency,
+            emails: Mutex::new(std::collections::BTreeSet::new()),
         }
     }
 
@@ -157,5 +161,24 @@ impl Database {
             .lock()
             .unwrap_or_else(|p| p.into_inner())
             .clone()
+    }
+
+    /// Records the confirmation e-mail of `order` as sent; false when it
+    /// already was (a job run again).
+    pub fn send_email(&self, order: u64) -> bool {
+        self.emails
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .insert(order)
+    }
+
+    /// The orders whose e-mail was sent.
+    pub fn emails_sent(&self) -> Vec<u64> {
+        self.emails
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .iter()
+            .copied()
+            .collect()
     }
 }

@@ -18,6 +18,8 @@
 //!    (`fredkit::lock`, `acquire_all` in a fixed order, fencing tokens kept
 //!    on the order) around a read-modify-write of the stock: two concurrent
 //!    checkouts of the last item place one order.
+//!    Each order's confirmation e-mail is a `fredkit::jobs` job (idempotent
+//!    by the order id), run by a worker in every instance.
 //! 5. **Metrics** — `GET /metrics` (Prometheus text from
 //!    `metrics-exporter-prometheus`: fredkit's counters and latency
 //!    histograms plus `orderflow_*`), `GET /health`.
@@ -45,6 +47,7 @@ use fredkit::cache::{Cache, CacheOptions};
 use fredkit::collections::{MergeOutcome, TtlMap};
 use fredkit::core::traits::TokenClaims;
 use fredkit::core::{FailMode, KeySpace};
+use fredkit::jobs::{Job, JobOptions, Queue, Worker, WorkerConfig};
 use fredkit::lock::{LockManager, LockOptions};
 use fredkit::ratelimit::tower::{key_fn, RateKey, RateLimitLayer};
 use fredkit::ratelimit::{Limit, Limiter};
@@ -122,7 +125,19 @@ pub struct OrderFlow {
     /// The revocation store behind logout.
     pub revocations: Revocations,
     limiter: Limiter,
+    emails: Queue<OrderEmail>,
+    /// This instance's e-mail worker (stops when the last clone is dropped).
+    email_worker: Arc<Worker<OrderEmail>>,
     config: Arc<Config>,
+}
+
+/// The job enqueued for each order: its confirmation e-mail.
+#[derive(Clone, Debug, Serialize, Deserialize)]
+pub struct OrderEmail {
+    /// The order.
+    pub order: u64,
+    /// Its buyer.
+    pub user: String,
 }
 
 impl OrderFlow {
@@ -179,7 +194,25 @@ impl OrderFlow {
             )
             .fail_mode(FailMode::Open)
             .build()?;
+        let emails: Queue<OrderEmail> = Queue::new(redis, ks.child("jobs")?, "order-emails")?;
+        let mailer = db.clone();
+        let email_worker = Worker::start(
+            &emails,
+            WorkerConfig::new().concurrency(4),
+            move |job: Job<OrderEmail>| {
+                let db = mailer.clone();
+                async move {
+                    // Sending is idempotent by order id: a job run twice
+                    // (at least once) sends one e-mail.
+                    let sent_now = db.send_email(job.payload.order);
+                    tracing::info!(order = job.payload.order, user = %job.payload.user, sent_now, "orderflow: order e-mail");
+                    Ok::<_, std::convert::Infallible>(sent_now)
+                }
+            },
+        )?;
         Ok(OrderFlow {
+            emails,
+            email_worker: Arc::new(email_worker),
             db,
             redis: redis.clone(),
             products,
@@ -190,6 +223,11 @@ impl OrderFlow {
             limiter,
             config: Arc::new(config),
         })
+    }
+
+    /// Stops this instance's e-mail worker, finishing e-mails in flight.
+    pub async fn shutdown(&self) {
+        let _ = self.email_worker.shutdown().await;
     }
 
     /// The HTTP routes.
@@ -680,6 +718,18 @@ async fn checkout(
                 .collect();
             let order = app.db.place_order(&claims.sub, items.clone(), fencing);
             metrics::counter!("orderflow_orders_total").increment(1);
+            // The e-mail, as a job: idempotent by the order's id.
+            let email = OrderEmail {
+                order: order.id,
+                user: claims.sub.clone(),
+            };
+            if let Err(e) = app
+                .emails
+                .enqueue_with(&email, JobOptions::new().id(format!("order-{}", order.id)))
+                .await
+            {
+                tracing::warn!(error = %e, order = order.id, "orderflow: order placed, e-mail not queued");
+            }
             for id in items.keys() {
                 if let Err(e) = app.carts.remove(&cart, &id.to_string()).await {
                     tracing::warn!(error = %e, "orderflow: order placed, cart not emptied");

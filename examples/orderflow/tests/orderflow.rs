@@ -188,6 +188,12 @@ async fn two_checkouts_of_the_last_item_place_one_order(#[case] topology: Topolo
     let orders = a.app.db.orders();
     assert_eq!(orders.len(), 1, "{orders:?}");
     assert_eq!(orders[0].items, BTreeMap::from([(7, 1)]));
+    // Its confirmation e-mail is a job, run by one of the instances' workers.
+    let deadline = tokio::time::Instant::now() + Duration::from_secs(20);
+    while a.app.db.emails_sent().is_empty() && tokio::time::Instant::now() < deadline {
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(a.app.db.emails_sent(), vec![orders[0].id]);
     // The winner's cart is empty; the loser's still holds the item.
     let winner = if orders[0].user == "alice" {
         &alice
