@@ -38,7 +38,10 @@ const FINISH_DEADLINE: Duration = Duration::from_secs(30);
 ///    the command's before its reply was written.
 ///
 /// Choose `min_bytes` above anything else the client may send meanwhile (a
-/// watchdog `PING` is 14 bytes). Count the command's runs yourself
+/// watchdog `PING` is 14 bytes). Give the client a command timeout of several
+/// seconds (e.g. `?command_timeout=10s`): the command waits out the freeze, the
+/// kill and the reconnection, which can take more than the default 1 s on a
+/// loaded machine. Count the command's runs yourself
 /// (`INFO commandstats`, `SLOWLOG`) to prove it ran twice. Every normal
 /// connection of the server is killed, not only the command's.
 ///

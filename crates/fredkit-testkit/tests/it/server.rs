@@ -249,7 +249,10 @@ fn started_servers_have_no_keys_command() {
 async fn fault_with_lost_reply_makes_the_server_run_a_command_twice() {
     use fred::prelude::*;
     let server = RedisServer::start().unwrap();
-    let redis = fredkit_testkit::connect(&server.url()).await.unwrap();
+    // The INCR waits out the freeze, the kill and the reconnection before its reply: more
+    // than the default 1 s command timeout on a loaded machine (seen: "Request timed out.").
+    let url = format!("{}?command_timeout=10s", server.url());
+    let redis = fredkit_testkit::connect(&url).await.unwrap();
     let client = redis.client().clone();
     // "*2\r\n$4\r\nINCR\r\n$7\r\ncounter\r\n" is 27 bytes; a watchdog PING is 14.
     let seen: i64 = fredkit_testkit::with_lost_reply(&server, 25, async move {
