@@ -32,7 +32,7 @@ commands:
         ensure redis, then fmt check, clippy, tests (nextest or cargo test),
         doc tests, README examples in a scratch crate and rustdoc,
         stopping at the first failure.
-        steps: redis, fmt, clippy, tests, doctests, readme, doc.
+        steps: redis, fmt, clippy, tests, doctests, readme, doc, demo.
         --quick: only redis, tests and doctests.
         ARGS after -- go to the test runner (e.g. a test name filter).
   demo [--serve]

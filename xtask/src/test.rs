@@ -16,8 +16,8 @@ use anyhow::{bail, Result};
 use std::process::{Command, Stdio};
 use std::time::{Duration, Instant};
 
-const STEPS: [&str; 7] = [
-    "redis", "fmt", "clippy", "tests", "doctests", "readme", "doc",
+const STEPS: [&str; 8] = [
+    "redis", "fmt", "clippy", "tests", "doctests", "readme", "doc", "demo",
 ];
 
 struct Options {
@@ -35,7 +35,7 @@ fn parse(args: &[String]) -> Result<Options> {
         match arg.as_str() {
             "--quick" => options
                 .skip
-                .extend(["fmt", "clippy", "doc"].map(String::from)),
+                .extend(["fmt", "clippy", "doc", "demo"].map(String::from)),
             "--no-fmt" => options.skip.push("fmt".into()),
             "--no-clippy" => options.skip.push("clippy".into()),
             "--no-doc" => options.skip.push("doc".into()),
@@ -150,6 +150,19 @@ fn plan(options: &Options) -> Vec<Step> {
     steps.push(Step {
         name: "doc",
         action: Action::Cargo(doc),
+    });
+    // `cargo xtask demo` as a user runs it: the OrderFlow scripted load,
+    // which fails when a task's result is not the expected one.
+    steps.push(Step {
+        name: "demo",
+        action: Action::Cargo(cargo(&[
+            "run",
+            "--quiet",
+            "--package",
+            "xtask",
+            "--",
+            "demo",
+        ])),
     });
 
     for step in &mut steps {
