@@ -562,6 +562,8 @@ async fn least_privilege_rule_suffices_and_other_prefixes_are_refused(
     assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
     let e = elsewhere.load(rec.id()).await.unwrap_err();
     assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
+    let e = elsewhere.save(rec.id(), &c).await.unwrap_err();
+    assert_eq!(e.kind(), ErrorKind::Permission, "{e}");
 }
 
 fn rand_suffix() -> String {
