@@ -87,7 +87,9 @@ pub(crate) fn count<T>(f: impl FnOnce() -> T) -> (T, u64) {
 /// Nanoseconds per alloc+dealloc pair of `size` bytes through the global
 /// allocator (not counting) minus the same straight on `System`: what the
 /// counter costs every other suite; and the `System` pair's own cost.
-/// Medians of `rounds` timed runs of `n` pairs each, alternating the two.
+/// Medians of `rounds` timed runs of `n` pairs each, alternating the two
+/// (short runs, many of them: a run that the scheduler cut into does not
+/// move a median).
 pub(crate) fn overhead_ns(size: usize, n: u64, rounds: usize) -> (f64, f64) {
     use std::hint::black_box;
     use std::time::Instant;

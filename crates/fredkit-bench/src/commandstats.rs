@@ -43,7 +43,17 @@ fn cpu_us(text: &str) -> u64 {
 /// `/proc/self/stat` (10 ms resolution: USER_HZ is 100 on Linux); `None`
 /// where there is no procfs.
 pub(crate) fn process_cpu_us() -> Option<u64> {
-    let stat = std::fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_us("/proc/self/stat")
+}
+
+/// The calling thread's CPU time in µs, like [`process_cpu_us`]
+/// (`/proc/thread-self/stat`).
+pub(crate) fn thread_cpu_us() -> Option<u64> {
+    stat_cpu_us("/proc/thread-self/stat")
+}
+
+fn stat_cpu_us(path: &str) -> Option<u64> {
+    let stat = std::fs::read_to_string(path).ok()?;
     // pid (comm) state ppid ... : utime and stime are fields 14 and 15,
     // i.e. the 12th and 13th after the closing parenthesis of comm.
     let rest = &stat[stat.rfind(')')? + 1..];
@@ -147,6 +157,18 @@ mod tests {
                 x = std::hint::black_box(x.wrapping_add(1));
             }
             assert!(process_cpu_us() > a, "50 ms of spinning used no CPU time");
+        }
+        let a = thread_cpu_us();
+        if a.is_some() {
+            let t = std::time::Instant::now();
+            let mut x = 0u64;
+            while t.elapsed() < std::time::Duration::from_millis(50) {
+                x = std::hint::black_box(x.wrapping_add(1));
+            }
+            assert!(
+                thread_cpu_us() > a,
+                "50 ms of spinning used no thread CPU time"
+            );
         }
     }
 
