@@ -112,6 +112,11 @@ struct Inner {
     /// `(generation << 2) | state`, readable without the lock.
     fast: AtomicU64,
     machine: Mutex<Machine>,
+    /// `fredkit_breaker_state{name}`: 0 closed, 1 half-open, 2 open
+    /// (feature `metrics`; breakers sharing a name share the series).
+    state_gauge: crate::metrics::Gauge,
+    /// `fredkit_breaker_opened_total{name}`: times it opened.
+    opened: crate::metrics::Counter,
 }
 
 #[derive(Debug, Clone)]
@@ -356,6 +361,15 @@ impl Inner {
             (machine.generation << STATE_BITS) | state,
             Ordering::Release,
         );
+        let (level, opened) = match phase {
+            Phase::Closed => (0.0, false),
+            Phase::HalfOpen { .. } => (1.0, false),
+            Phase::Open { .. } => (2.0, true),
+        };
+        self.state_gauge.set(level);
+        if opened {
+            self.opened.increment(1);
+        }
     }
 
     fn open(&self, machine: &mut Machine, now: Instant) {
@@ -652,6 +666,10 @@ impl CircuitBreakerBuilder {
     fn assemble(self) -> CircuitBreaker {
         let bucket_nanos = (self.sampling_duration.as_nanos() / BUCKETS as u128).max(1);
         let origin = self.clock.now();
+        let labels = crate::metrics::Labels::new().with("name", self.name.clone());
+        let state_gauge = crate::metrics::Gauge::new("fredkit_breaker_state", &labels);
+        state_gauge.set(0.0);
+        let opened = crate::metrics::Counter::new("fredkit_breaker_opened_total", &labels);
         CircuitBreaker {
             inner: Arc::new(Inner {
                 config: Config {
@@ -673,8 +691,56 @@ impl CircuitBreakerBuilder {
                     window: Window::default(),
                     consecutive: 0,
                 }),
+                state_gauge,
+                opened,
             }),
         }
+    }
+}
+
+#[cfg(all(test, feature = "metrics"))]
+mod metrics_tests {
+    use super::*;
+    use metrics_util::debugging::{DebugValue, DebuggingRecorder};
+
+    /// The state gauge follows closed -> open -> half-open -> closed and the
+    /// opened counter counts the opening (fails if `transition` stops
+    /// recording).
+    #[test]
+    fn state_gauge_and_opened_counter_follow_the_breaker() {
+        let recorder = DebuggingRecorder::new();
+        let snapshotter = recorder.snapshotter();
+        let clock = Arc::new(crate::ManualClock::new());
+        metrics::with_local_recorder(&recorder, || {
+            let b = CircuitBreaker::builder()
+                .name("payments")
+                .consecutive_failures(2)
+                .break_duration(Duration::from_secs(5))
+                .clock(clock.clone())
+                .build()
+                .unwrap_or_else(|e| panic!("{e}"));
+            for _ in 0..2 {
+                if let Ok(p) = b.try_acquire() {
+                    p.failure();
+                }
+            }
+            assert_eq!(b.state(), BreakerState::Open);
+        });
+        // One snapshot: reading resets the debugging recorder's values.
+        let snapshot = snapshotter.snapshot().into_vec();
+        let read = |name: &str| {
+            snapshot
+                .iter()
+                .find(|(k, _, _, _)| k.key().name() == name)
+                .map(|(_, _, _, v)| v)
+        };
+        assert!(
+            matches!(read("fredkit_breaker_state"), Some(DebugValue::Gauge(g)) if g.into_inner() == 2.0)
+        );
+        assert!(matches!(
+            read("fredkit_breaker_opened_total"),
+            Some(DebugValue::Counter(1))
+        ));
     }
 }
 
