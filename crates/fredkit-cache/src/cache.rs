@@ -128,6 +128,8 @@ pub(crate) struct Inner<V, C> {
     pub(crate) refresh_backoff: crate::refresh::RefreshBackoff,
     /// Removals and tag invalidations waiting for Redis (auto-recovery).
     pub(crate) recovery: crate::recovery::Recovery,
+    /// The tracking task (`InvalidationMode::Tracking` / `Both`).
+    pub(crate) tracking: Mutex<Option<JoinHandle<()>>>,
     /// Keys whose factory failed recently: until when to reuse the stale
     /// value served then (fail-safe throttle).
     pub(crate) throttle: Mutex<HashMap<String, (std::time::Instant, Fetched<V>)>>,
@@ -153,6 +155,10 @@ impl<V, C> Drop for Inner<V, C> {
         let tasks = self.tasks.get_mut().unwrap_or_else(|p| p.into_inner());
         if let Some(t) = tasks.take() {
             t.listener.abort();
+        }
+        let tracking = self.tracking.get_mut().unwrap_or_else(|p| p.into_inner());
+        if let Some(t) = tracking.take() {
+            t.abort();
         }
     }
 }
@@ -230,6 +236,11 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
         let instance: u64 = rand::random();
         let l1 = options.l1.as_ref().map(|o| L1::new(o, options.max_stale));
         let local = Arc::new(Local::new(instance, l1));
+        if options.invalidation
+            && options.invalidation_mode == crate::tracking::InvalidationMode::Both
+        {
+            local.add_gate(); // L1 serves once the backplane and tracking both are on
+        }
         let breaker = match &options.breaker {
             Some(b) => b.clone(),
             None => CircuitBreaker::builder()
@@ -307,8 +318,32 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 }),
             )
         } else {
-            local.set_ready();
+            if options.invalidation_mode != crate::tracking::InvalidationMode::Tracking {
+                local.set_ready();
+            }
             (None, None, None)
+        };
+        // Invalidation from any writer (RESP3 client tracking).
+        let tracking = if options.invalidation_mode != crate::tracking::InvalidationMode::Backplane
+        {
+            let ready_local = Arc::clone(&local);
+            let task = tokio::spawn(crate::tracking::run(
+                redis.clone(),
+                Arc::clone(&local),
+                options.keys.prefix().to_string(),
+                move || ready_local.set_ready(),
+            ));
+            if fred::interfaces::ClientLike::is_connected(redis.client()) {
+                let limit = redis
+                    .config()
+                    .connect_timeout()
+                    .saturating_add(redis.config().command_timeout());
+                let mut ready = local.ready_rx();
+                let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+            }
+            Some(task)
+        } else {
+            None
         };
         Ok(Cache {
             inner: Arc::new(Inner {
@@ -321,6 +356,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 flights: Mutex::new(HashMap::new()),
                 refresh_backoff: Default::default(),
                 recovery: Default::default(),
+                tracking: Mutex::new(tracking),
                 throttle: Mutex::new(HashMap::new()),
                 inv_tx,
                 outbox,
@@ -368,6 +404,15 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             .store(true, std::sync::atomic::Ordering::SeqCst);
         if let Some(l1) = &inner.local.l1 {
             l1.go_dark();
+        }
+        let tracking = inner
+            .tracking
+            .lock()
+            .unwrap_or_else(|p| p.into_inner())
+            .take();
+        if let Some(t) = tracking {
+            t.abort();
+            let _ = t.await;
         }
         let tasks = inner.tasks.lock().unwrap_or_else(|p| p.into_inner()).take();
         let Some(tasks) = tasks else { return };

@@ -277,6 +277,8 @@ pub(crate) struct Local<V> {
     /// True once the invalidation subscription is confirmed (at once with
     /// invalidation off).
     ready: watch::Sender<bool>,
+    /// Sources of invalidations still to confirm before L1 serves.
+    gates: std::sync::atomic::AtomicUsize,
 }
 
 impl<V: Clone + Send + Sync + 'static> Local<V> {
@@ -288,17 +290,35 @@ impl<V: Clone + Send + Sync + 'static> Local<V> {
             tags: Default::default(),
             waiters: Mutex::new(HashMap::new()),
             ready: watch::channel(false).0,
+            gates: std::sync::atomic::AtomicUsize::new(1),
         }
     }
 
     /// The invalidation subscription is confirmed (or there is none): L1
     /// starts serving, from empty.
+    ///
+    /// With more than one source of invalidations (backplane and tracking),
+    /// each calls this once and L1 starts serving after the last.
     pub(crate) fn set_ready(&self) {
+        let left = self
+            .gates
+            .fetch_update(Ordering::AcqRel, Ordering::Acquire, |g| {
+                Some(g.saturating_sub(1))
+            })
+            .unwrap_or(0);
+        if left > 1 {
+            return; // another source of invalidations is not confirmed yet
+        }
         if let Some(l1) = &self.l1 {
             l1.go_live();
             tracing::debug!("fredkit-cache: L1 live");
         }
         self.ready.send_replace(true);
+    }
+
+    /// One more source of invalidations must confirm before L1 serves.
+    pub(crate) fn add_gate(&self) {
+        self.gates.fetch_add(1, Ordering::AcqRel);
     }
 
     pub(crate) fn is_ready(&self) -> bool {

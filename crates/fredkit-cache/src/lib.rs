@@ -146,6 +146,7 @@ mod recovery;
 mod refresh;
 mod store;
 mod tags;
+mod tracking;
 
 pub use acl::{acl_rule, ACL_COMMANDS};
 pub use cache::{Cache, CacheValue, Fetched, FillError, Origin};
@@ -156,3 +157,4 @@ pub use fredkit_core::{Error, ErrorKind, FailMode, IntoKeySpace, KeySpace, Resul
 pub use metrics::CacheMetrics;
 pub use options::{Adapted, CacheOptions, CacheOptionsBuilder, EntryOptions, L1Options};
 pub use store::RedisCacheStore;
+pub use tracking::InvalidationMode;

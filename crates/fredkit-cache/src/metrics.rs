@@ -56,6 +56,7 @@ pub(crate) struct Metrics {
     pub(crate) recovery_queued: AtomicU64,
     pub(crate) recovery_replayed: AtomicU64,
     pub(crate) recovery_dropped: AtomicU64,
+    pub(crate) tracking_reconnects: AtomicU64,
 }
 
 #[inline]
@@ -88,6 +89,7 @@ impl Metrics {
             recovery_queued: g(&self.recovery_queued),
             recovery_replayed: g(&self.recovery_replayed),
             recovery_dropped: g(&self.recovery_dropped),
+            tracking_reconnects: g(&self.tracking_reconnects),
         }
     }
 }
@@ -189,6 +191,9 @@ pub struct CacheMetrics {
     /// Queued operations dropped because the queue was full (10,000); the
     /// replay then flushes every instance's L1.
     pub recovery_dropped: u64,
+    /// Reconnects of the tracking connection (`InvalidationMode::Tracking`
+    /// or `Both`): each flushed L1 and enabled tracking again.
+    pub tracking_reconnects: u64,
 }
 
 impl CacheMetrics {
@@ -244,6 +249,7 @@ impl CacheMetrics {
             recovery_queued: d(self.recovery_queued, earlier.recovery_queued),
             recovery_replayed: d(self.recovery_replayed, earlier.recovery_replayed),
             recovery_dropped: d(self.recovery_dropped, earlier.recovery_dropped),
+            tracking_reconnects: d(self.tracking_reconnects, earlier.tracking_reconnects),
         }
     }
 }

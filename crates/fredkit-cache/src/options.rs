@@ -97,6 +97,7 @@ pub struct CacheOptions {
     pub(crate) fill_wait: Duration,
     pub(crate) l1: Option<L1Options>,
     pub(crate) invalidation: bool,
+    pub(crate) invalidation_mode: crate::tracking::InvalidationMode,
     pub(crate) breaker: Option<CircuitBreaker>,
 }
 
@@ -130,6 +131,7 @@ impl CacheOptions {
             fill_wait: Duration::from_secs(10),
             l1: None,
             invalidation: true,
+            invalidation_mode: Default::default(),
             breaker: None,
         }
     }
@@ -195,6 +197,7 @@ pub struct CacheOptionsBuilder {
     fill_wait: Duration,
     l1: Option<L1Options>,
     invalidation: bool,
+    invalidation_mode: crate::tracking::InvalidationMode,
     breaker: Option<CircuitBreaker>,
 }
 
@@ -340,6 +343,24 @@ impl CacheOptionsBuilder {
         self
     }
 
+    /// How L1 copies learn about writes: fredkit's own messages
+    /// ([`Backplane`](crate::InvalidationMode::Backplane), the default: writes
+    /// through fredkit only), Redis client-side caching
+    /// ([`Tracking`](crate::InvalidationMode::Tracking): RESP3 `CLIENT
+    /// TRACKING ON BCAST PREFIX prefix:` on a connection of the cache's own,
+    /// every primary of a cluster: writes from any client, e.g. `redis-cli`),
+    /// or [`Both`](crate::InvalidationMode::Both). With `Tracking` alone the
+    /// backplane is off (no tag versions to other instances' memory; fill
+    /// waiters only poll). L1 serves once tracking is confirmed; a reconnect
+    /// of the tracking connection flushes L1 and tracking is enabled again.
+    pub fn invalidation_mode(mut self, mode: crate::tracking::InvalidationMode) -> Self {
+        self.invalidation_mode = mode;
+        if mode == crate::tracking::InvalidationMode::Tracking {
+            self.invalidation = false;
+        }
+        self
+    }
+
     /// The circuit breaker around Redis calls. Default: a breaker of its own
     /// named `cache:<prefix>` with fredkit-core's defaults (opens at 50 %
     /// failures over ≥ 10 calls in 10 s, for 5 s). Share one breaker between
@@ -435,6 +456,7 @@ impl CacheOptionsBuilder {
             fill_wait: self.fill_wait,
             l1: self.l1,
             invalidation: self.invalidation,
+            invalidation_mode: self.invalidation_mode,
             breaker: self.breaker,
         })
     }

@@ -2,7 +2,7 @@
 #![allow(clippy::unwrap_used, clippy::expect_used, clippy::panic)]
 
 use fred::interfaces::{ClientLike, HashesInterface, KeysInterface};
-use fred::types::Expiration;
+use fred::types::{Expiration, Value};
 use fredkit_cache::{Cache, CacheOptions, CacheOptionsBuilder, FillError, L1Options, Origin};
 use fredkit_conn::Redis;
 use fredkit_testkit::{
@@ -2804,4 +2804,154 @@ async fn an_adaptive_factory_sets_its_entrys_ttl_and_fail_safe_or_skips_caching(
     assert_eq!(exists, 0, "a skipped value is not written");
     assert_eq!(c.get("skip").await.unwrap(), None, "nor kept in L1");
     assert_eq!(calls.load(Ordering::SeqCst), 3);
+}
+
+// -------------------------------------------------- tracking (any writer)
+
+/// Tracking connections (CLIENT LIST `flags` with `t`) on each master.
+async fn tracking_ids(urls: &[String]) -> Vec<(String, Vec<String>)> {
+    let mut out = Vec::new();
+    for u in urls {
+        let r = connect(u).await;
+        let list: String = r
+            .client()
+            .custom(fred::cmd!("CLIENT"), vec!["LIST"])
+            .await
+            .unwrap();
+        let ids = list
+            .lines()
+            .filter(|l| {
+                l.split(' ')
+                    .find_map(|f| f.strip_prefix("flags="))
+                    .is_some_and(|f| f.contains('t'))
+            })
+            .filter_map(|l| l.split(' ').find_map(|f| f.strip_prefix("id=")))
+            .map(str::to_string)
+            .collect();
+        out.push((u.clone(), ids));
+    }
+    out
+}
+
+/// Invalidation from any writer (`InvalidationMode::Both`): a plain `SET`
+/// from a client that is not fredkit (the bytes of another entry copied
+/// under the key) is never served from either instance's L1 100 ms later.
+/// `CLIENT KILL` of the tracking connections: L1 flushed, tracking back on
+/// (every master), and the next outside write is seen again.
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_tracking_outside_writes_reach_every_l1_and_client_kill_of_tracking_flushes_it(
+    #[case] topology: Topology,
+) {
+    use fredkit_cache::InvalidationMode;
+    let deployment = Private::start(topology);
+    let redis = connect(&deployment.url()).await;
+    let masters: Vec<String> = match &deployment {
+        Private::Server(s) => vec![s.url()],
+        Private::Cluster(c) => c.masters().iter().map(|m| m.url()).collect(),
+    };
+    let p = prefix("tracking");
+    let o = || {
+        opts(&p)
+            .l1(L1Options::new().ttl(Duration::from_secs(60)))
+            .invalidation_mode(InvalidationMode::Both)
+    };
+    let a = cache(&redis, o()).await;
+    let b = cache(&redis, o()).await;
+    for c in [&a, &b] {
+        c.wait_ready(DEADLINE).await.unwrap();
+    }
+    a.set("v1", &item(1)).await.unwrap();
+    a.set("v2", &item(2)).await.unwrap();
+    a.set("k", &item(1)).await.unwrap();
+    let bytes = |k: &str| {
+        let (redis, key) = (redis.clone(), format!("{p}:{{{k}}}"));
+        async move {
+            let b: bytes::Bytes = redis.client().get(key).await.unwrap();
+            b
+        }
+    };
+    let outside_set = |k: &str, value: bytes::Bytes| {
+        let (redis, key) = (redis.clone(), format!("{p}:{{{k}}}"));
+        async move {
+            let _: () = redis
+                .client()
+                .set(key, value, None, None, false)
+                .await
+                .unwrap();
+        }
+    };
+    // Both hold k = 1 in L1.
+    for c in [&a, &b] {
+        assert!(
+            eventually(DEADLINE, || async {
+                let hits = c.metrics().l1_hits;
+                c.get("k").await.unwrap() == Some(item(1)) && c.metrics().l1_hits > hits
+            })
+            .await
+        );
+    }
+    outside_set("k", bytes("v2").await).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for c in [&a, &b] {
+        assert_eq!(
+            c.get("k").await.unwrap(),
+            Some(item(2)),
+            "an L1 kept the old value"
+        );
+    }
+
+    // Kill the tracking connections (A's and B's, on every master).
+    let flushes = b.metrics().l1_flushes;
+    for (url, ids) in tracking_ids(&masters).await {
+        assert!(!ids.is_empty(), "no tracking connection on {url}");
+        let r = connect(&url).await;
+        for id in ids {
+            let _: Value = r
+                .client()
+                .custom(fred::cmd!("CLIENT"), vec!["KILL", "ID", id.as_str()])
+                .await
+                .unwrap();
+        }
+    }
+    assert!(
+        eventually(DEADLINE, || async {
+            b.metrics().tracking_reconnects >= 1 && b.metrics().l1_flushes > flushes
+        })
+        .await,
+        "B's L1 was not flushed after its tracking connection was killed"
+    );
+    // Tracking back on, on every master, for both instances.
+    assert!(
+        eventually(DEADLINE, || async {
+            tracking_ids(&masters)
+                .await
+                .iter()
+                .all(|(_, ids)| ids.len() >= 2)
+        })
+        .await,
+        "tracking not back on: {:?}",
+        tracking_ids(&masters).await
+    );
+    tokio::time::sleep(Duration::from_millis(50)).await; // the re-enable's own flush
+    for c in [&a, &b] {
+        assert!(
+            eventually(DEADLINE, || async {
+                let hits = c.metrics().l1_hits;
+                c.get("k").await.unwrap() == Some(item(2)) && c.metrics().l1_hits > hits
+            })
+            .await
+        );
+    }
+    outside_set("k", bytes("v1").await).await;
+    tokio::time::sleep(Duration::from_millis(100)).await;
+    for c in [&a, &b] {
+        assert_eq!(
+            c.get("k").await.unwrap(),
+            Some(item(1)),
+            "an outside write after the reconnect was not seen"
+        );
+    }
 }
