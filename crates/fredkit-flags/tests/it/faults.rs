@@ -1,13 +1,19 @@
 //! Faults (serial: names start with `fault_`): Redis killed, an instance
-//! cut off from Redis while a change is made.
+//! cut off from Redis while a change is made — standalone (a killed server,
+//! a TCP proxy) and cluster (a killed private cluster, an ACL cut).
 
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use fredkit_conn::Redis;
-use fredkit_flags::{Context, FlagAdmin, FlagDef, Flags, FlagsOptions, Source, Write};
-use fredkit_testkit::{connect, shared_url, unique_prefix, RedisServer, Topology};
+use fredkit_flags::{
+    acl_rule, Context, FlagAdmin, FlagDef, Flags, FlagsOptions, KeySpace, Source, Write,
+};
+use fredkit_testkit::{
+    connect, delete_acl_user, set_acl_user, shared_url, unique_prefix, url_as, ClusterOptions,
+    RedisCluster, RedisServer, Topology,
+};
 use tokio::net::{TcpListener, TcpStream};
 use tokio::task::JoinHandle;
 
@@ -292,4 +298,163 @@ async fn fault_client_kill_lost_reply_of_a_write_is_not_a_conflict() {
         audit.iter().filter(|e| e.flag == "lost-reply-flag").count(),
         1
     );
+}
+
+/// The whole of a private 3-master cluster killed: evaluations keep
+/// answering from the snapshot and the outage is counted once; once every
+/// node is back (empty: no persistence) a change made through another
+/// connection is applied (by the Gap's reload or the 100 ms periodic check,
+/// whichever comes first) and its subscriber resubscribes (a Gap).
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_redis_killed_evaluations_keep_answering() {
+    let mut cluster =
+        tokio::task::spawn_blocking(|| RedisCluster::start(ClusterOptions::default()).unwrap())
+            .await
+            .unwrap();
+    let url = cluster.url();
+    let admin = FlagAdmin::new(&connect(&url).await.unwrap(), "app:flags").unwrap();
+    let b = Flags::with_options(
+        &connect(&url).await.unwrap(),
+        "app:flags",
+        FlagsOptions::default()
+            .sync_interval(Duration::from_millis(100))
+            .default_enabled("beta", false),
+    )
+    .await
+    .unwrap();
+    let w = admin
+        .set("beta", &FlagDef::on().deny_user("9"), &Write::by("t"))
+        .await
+        .unwrap();
+    assert!(b.wait_for_version(w.version, Duration::from_secs(10)).await);
+    assert_eq!(b.metrics().outages, 0);
+
+    for node in cluster.nodes_mut() {
+        node.kill().unwrap();
+    }
+    eventually("the outage is counted", Duration::from_secs(10), || {
+        b.metrics().outages >= 1
+    })
+    .await;
+    for i in 0..10_000u32 {
+        let id = i.to_string();
+        assert_eq!(b.is_enabled("beta", &Context::user(&id)), i != 9);
+    }
+    let m = b.metrics();
+    assert_eq!(m.outages, 1, "{m:?}");
+    assert!(m.failed_syncs >= 1, "{m:?}");
+    let gaps = m.gaps;
+
+    let cluster = tokio::task::spawn_blocking(move || {
+        for node in cluster.nodes_mut() {
+            node.restart().unwrap();
+        }
+        cluster.wait_healthy(Duration::from_secs(30)).unwrap();
+        cluster
+    })
+    .await
+    .unwrap();
+    let mut written = None;
+    for _ in 0..100 {
+        // The admin's connection may still be reconnecting.
+        match admin.set("beta", &FlagDef::off(), &Write::by("t")).await {
+            Ok(w) => {
+                written = Some(w);
+                break;
+            }
+            Err(_) => tokio::time::sleep(Duration::from_millis(100)).await,
+        }
+    }
+    let w = written.expect("a write once the cluster is back");
+    assert_eq!(w.version, 1, "the restarted cluster is empty");
+    eventually("b applies the change", Duration::from_secs(30), || {
+        !b.is_enabled("beta", &Context::user("1"))
+    })
+    .await;
+    // Its subscriber is back too (the change may have come first through
+    // the periodic check, which sees the version move).
+    eventually(
+        "b's subscriber resubscribed (a gap)",
+        Duration::from_secs(30),
+        || b.metrics().gaps > gaps,
+    )
+    .await;
+    drop(cluster);
+}
+
+/// An instance cut off on a cluster: it connects as its own ACL user on
+/// the shared cluster; removing that user's channel permission on every
+/// node makes Redis close its subscriber connection (Redis 7 disconnects
+/// clients subscribed to channels they lost) and refuse the resubscription,
+/// while its command connection and the server run on. A change made then
+/// (through another user) cannot reach it: it keeps answering the old
+/// value. Restoring the rule lets the subscriber resubscribe: a Gap, a
+/// reload, the new value — with the periodic check off (1 h), the Gap is
+/// the only way it can learn of it.
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_cluster_a_change_made_while_cut_off_is_applied_after_reconnect() {
+    let topology = Topology::Cluster;
+    let prefix = unique_prefix("flags_cut_cluster");
+    let keys = KeySpace::new(prefix.as_str()).unwrap();
+    let user = format!("cut-{}", prefix.replace(':', "-"));
+    let rule = acl_rule(&keys);
+    let no_channels: String = rule
+        .split_whitespace()
+        .filter(|t| !t.starts_with('&'))
+        .collect::<Vec<_>>()
+        .join(" ");
+    assert_ne!(rule, no_channels, "the rule names the channel: {rule}");
+    set_acl_user(topology, &user, "pw", &rule).unwrap();
+    let admin = FlagAdmin::new(
+        &connect(&shared_url(topology).unwrap()).await.unwrap(),
+        &keys,
+    )
+    .unwrap();
+    admin
+        .set("f", &FlagDef::off(), &Write::by("t"))
+        .await
+        .unwrap();
+    let b = Flags::with_options(
+        &connect(&url_as(topology, &user, "pw").unwrap())
+            .await
+            .unwrap(),
+        &keys,
+        FlagsOptions::default().sync_interval(Duration::from_secs(3600)),
+    )
+    .await
+    .unwrap();
+    let ctx = Context::user("1");
+    assert!(!b.is_enabled("f", &ctx));
+    // Its subscription works: a change arrives by message.
+    let w = admin
+        .set("g", &FlagDef::on(), &Write::by("t"))
+        .await
+        .unwrap();
+    assert!(b.wait_for_version(w.version, Duration::from_secs(10)).await);
+    let gaps = b.metrics().gaps;
+
+    set_acl_user(topology, &user, "pw", &no_channels).unwrap();
+    let w = admin
+        .set("f", &FlagDef::on(), &Write::by("t"))
+        .await
+        .unwrap();
+    // Cut off: the message cannot arrive; evaluations answer the snapshot.
+    tokio::time::sleep(Duration::from_millis(300)).await;
+    for _ in 0..1000 {
+        assert!(!b.is_enabled("f", &ctx));
+    }
+    assert!(b.version() < w.version);
+
+    set_acl_user(topology, &user, "pw", &rule).unwrap();
+    eventually(
+        "the change is applied after the reconnect",
+        Duration::from_secs(30),
+        || b.is_enabled("f", &ctx),
+    )
+    .await;
+    assert_eq!(b.version(), w.version);
+    let m = b.metrics();
+    assert!(m.gaps > gaps, "applied without a gap: {m:?}");
+    b.close().await;
+    delete_acl_user(topology, &user).unwrap();
 }
