@@ -370,3 +370,42 @@ async fn metrics_count_changes_reloads_unknown_flags_and_admin_writes() {
     );
     assert_eq!(get("fredkit_flags_outages_total"), 0.0, "{values:?}");
 }
+
+/// The unknown-flag warning is logged once per flag and instance, however
+/// often the flag is evaluated (through `is_enabled` and `variant`), while
+/// every evaluation is counted; a known flag logs nothing.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn unknown_flag_warning_is_logged_once_per_flag(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let logs = fredkit_testkit::capture::Logs::install();
+    let prefix = unique_prefix("flags_warn");
+    let w = FlagAdmin::new(&conn(topology).await, prefix.as_str())
+        .unwrap()
+        .set("known", &FlagDef::on(), &Write::by("t"))
+        .await
+        .unwrap();
+    let b = instance(topology, &prefix).await;
+    assert!(b.wait_for_version(w.version, Duration::from_secs(10)).await);
+    let ctx = Context::user("7");
+    for _ in 0..100 {
+        assert!(!b.is_enabled("unknown-a", &ctx));
+        assert_eq!(b.variant("unknown-a", &ctx).reason(), Reason::Unknown);
+        assert!(!b.is_enabled("unknown-b", &ctx));
+        assert!(b.is_enabled("known", &ctx));
+    }
+    assert_eq!(b.metrics().unknown_flags, 300);
+    let warned = logs.lines_containing("unknown flag evaluated");
+    assert_eq!(warned.len(), 2, "{warned:#?}");
+    for flag in ["unknown-a", "unknown-b"] {
+        let lines: Vec<_> = warned.iter().filter(|l| l.contains(flag)).collect();
+        assert_eq!(lines.len(), 1, "{flag}: {warned:#?}");
+        assert!(lines[0].contains(" WARN "), "{}", lines[0]);
+    }
+    assert!(
+        logs.lines_containing("\"known\"").is_empty(),
+        "{}",
+        logs.text()
+    );
+}
