@@ -1,8 +1,6 @@
 -- fredkit-session: create a session (never over an existing one) and index it.
 --
--- KEYS[1]  the new session  <prefix>:{tag}:s:<handle>  (a hash: '~c' created
---          ms (server clock), '~u' user, '~d' device, '.<name>' values,
---          '#<name>' counters)
+-- KEYS[1]  the new session (see save.lua)
 -- KEYS[2]  the user's index  <prefix>:{tag}:idx:<user>  (a sorted set:
 --          session handle -> created ms); only read when ARGV[4] ~= ''
 -- ARGV[1]  idle TTL in ms (> 0)

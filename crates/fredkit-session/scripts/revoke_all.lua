@@ -7,8 +7,7 @@
 --          must the cut-off
 --
 -- Sessions of the user created at or before the returned time are dead:
--- Sessions::load and Sessions::save refuse them (and remove them when they
--- see them).
+-- Sessions::load and save.lua refuse them (and remove them when they see them).
 -- Returns: the cut-off, server time in ms (a decimal string). Cut-offs only
 -- move forward.
 local t = redis.call('TIME')

@@ -4,12 +4,11 @@ use fredkit_core::KeySpace;
 
 /// The commands this crate sends, as ACL tokens: its scripts (`EVALSHA`,
 /// `EVAL` after `NOSCRIPT`, and every command they call, whichever branch
-/// runs), the `MULTI`/`EXEC` transaction of a save, and the plain commands
-/// of [`load`](crate::Sessions::load), [`delete`](crate::Sessions::delete),
+/// runs) and the plain commands of [`delete`](crate::Sessions::delete),
 /// [`revoke`](crate::Sessions::revoke) and
 /// [`sessions_of`](crate::Sessions::sessions_of). The complete rule is
 /// [`acl_rule`].
-pub const ACL_COMMANDS: &str = "+evalsha +eval +multi +exec +discard +time +exists +unlink +pexpire +pexpireat +pttl +hget +hmget +hgetall +hset +hdel +hincrby +zadd +zrem +zrange +zremrangebyrank";
+pub const ACL_COMMANDS: &str = "+evalsha +eval +time +exists +unlink +pexpire +pexpireat +pttl +hget +hmget +hgetall +hset +hdel +hincrby +zadd +zrem +zrange +zremrangebyrank";
 
 /// The complete ACL rule a service needs to use this crate under `keys`
 /// and nothing else: `-@all`, the connection's commands

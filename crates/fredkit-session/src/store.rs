@@ -10,9 +10,7 @@ use std::{
 
 use bytes::Bytes;
 use fred::{
-    interfaces::{
-        ClientLike, HashesInterface, KeysInterface, SortedSetsInterface, TransactionInterface,
-    },
+    interfaces::{ClientLike, HashesInterface, KeysInterface, SortedSetsInterface},
     types::{ClusterHash, CustomCommand, Value},
 };
 use fredkit_conn::Redis;
@@ -25,6 +23,7 @@ use crate::{
     options::SessionOptions,
 };
 
+static SAVE: Script = Script::new("session_save", include_str!("../scripts/save.lua"));
 static CREATE: Script = Script::new("session_create", include_str!("../scripts/create.lua"));
 static REVOKE_ALL: Script = Script::new(
     "session_revoke_all",
@@ -55,32 +54,28 @@ const DEVICE: &str = "~d";
 ///
 /// The tag is the first part of the [`SessionId`]: random for an anonymous
 /// session, derived from the user for a signed-in one, so a user's sessions,
-/// index and cut-off share one slot and one round trip reads them together.
+/// index and cut-off share one slot and one script checks them together.
 /// The handle is a digest of the id's secret: no key name holds a usable id.
 ///
 /// # Guarantees
 ///
 /// - [`save`](Self::save) writes only the fields it is given (`HSET`/`HDEL`/`HINCRBY`
-///   in one `MULTI`/`EXEC` transaction): concurrent saves of different fields
-///   all persist; a field saved by two requests ends with one of the two
-///   values; another request sees all of a save's changes or none.
-/// - No resurrection: a session deleted, expired, revoked or past its
-///   absolute timeout stays gone. A save that finds it gone (the same
-///   transaction reads its creation time) removes what it wrote at once; in
-///   between, that hash has no creation time, which no load takes for a
-///   session.
+///   in one script): concurrent saves of different fields all persist; a
+///   field saved by two requests ends with one of the two values.
+/// - No resurrection: `save` writes only into a live session; a session
+///   deleted, expired, revoked or past its absolute timeout stays gone.
 /// - [`load`](Self::load) slides the expiry with one `PEXPIRE` pipelined
 ///   with the `HGETALL`: no data is rewritten and no extra round trip is paid.
 /// - Garbage under a session key (not a hash, no creation time) is "no
 ///   session" and is removed. Nothing read from Redis panics.
-/// - Every time decision uses the Redis server's clock (`TIME`).
+/// - Every time decision uses the Redis server's clock (`TIME` in the scripts).
 ///
 /// # Round trips
 ///
 /// | operation | round trips | Redis commands |
 /// |---|---|---|
 /// | [`load`](Self::load) | 1 (+1 `UNLINK` when it finds garbage, a revoked or too old session) | pipelined, no script: `HGETALL`, `PEXPIRE`, `TIME`, and for a signed-in session `HGETALL` of its tag's cut-offs |
-/// | [`save`](Self::save), [`set`](Self::set), [`increment`](Self::increment) | 1 (+1 `UNLINK` when the session was gone or revoked) | `MULTI`, `HMGET` (creation, user), for a signed-in session `HGETALL` of its tag's cut-offs, `HDEL`, `HSET`, `HINCRBY` per counter, `PEXPIRE`, `EXEC` |
+/// | [`save`](Self::save), [`set`](Self::set), [`increment`](Self::increment) | 1 | `EVALSHA` (`HGET`, `TIME`, `HDEL`, `HSET`, `HINCRBY`, `PEXPIRE`) |
 /// | [`create`](Self::create) | 1 | `EVALSHA` (`EXISTS`, `TIME`, `HSET`, `PEXPIRE`; for a user `ZADD`, `ZREMRANGEBYRANK`, `PEXPIRE`) |
 /// | [`cycle_id`](Self::cycle_id) | 2 | `create`, then `UNLINK` of the old key |
 /// | [`delete`](Self::delete) | 1 | `UNLINK` |
@@ -310,25 +305,32 @@ impl Changes {
         self.increments.keys().map(String::as_str)
     }
 
-    /// The hash fields these changes delete.
-    fn deleted_fields(&self) -> Vec<String> {
-        self.values
+    /// ARGV of save.lua after the first two.
+    fn save_args(&self, args: &mut Vec<Value>) {
+        let dels: Vec<String> = self
+            .values
             .iter()
             .filter(|(_, v)| v.is_none())
             .map(|(n, _)| format!("{VALUE}{n}"))
             .chain(self.counter_removes.iter().map(|n| format!("{COUNTER}{n}")))
-            .collect()
-    }
-
-    /// The hash fields and values these changes set.
-    fn set_pairs(&self) -> Vec<(String, Value)> {
-        self.values
+            .collect();
+        args.push(Value::Integer(dels.len() as i64));
+        args.extend(dels.into_iter().map(Value::from));
+        let sets: Vec<(&String, &Bytes)> = self
+            .values
             .iter()
-            .filter_map(|(n, v)| {
-                v.as_ref()
-                    .map(|b| (format!("{VALUE}{n}"), Value::Bytes(b.clone())))
-            })
-            .collect()
+            .filter_map(|(n, v)| v.as_ref().map(|b| (n, b)))
+            .collect();
+        args.push(Value::Integer(sets.len() as i64));
+        for (n, b) in sets {
+            args.push(format!("{VALUE}{n}").into());
+            args.push(Value::Bytes(b.clone()));
+        }
+        args.push(Value::Integer(self.increments.len() as i64));
+        for (n, by) in &self.increments {
+            args.push(format!("{COUNTER}{n}").into());
+            args.push(by.to_string().into());
+        }
     }
 }
 
@@ -552,27 +554,22 @@ impl Sessions {
         Ok(())
     }
 
-    /// Writes `changes` to session `id`, atomically, in one `MULTI`/`EXEC`
-    /// transaction (one round trip, no script): values
+    /// Writes `changes` to session `id`, atomically, in one script: values
     /// set (`HSET`) or removed (`HDEL`), counters incremented server-side
     /// (`HINCRBY`), and the idle timeout restarted. Fields not in `changes`
     /// are not touched, so concurrent saves of different fields all persist.
     ///
-    /// Never brings a session back: [`SaveOutcome::Gone`] when it was
-    /// deleted, expired or revoked meanwhile; what the transaction wrote is
-    /// removed at once (a second round trip, only then). Empty `changes` are
-    /// still one round trip (a touch).
+    /// Only a live session is written: [`SaveOutcome::Gone`] when it was
+    /// deleted, expired or revoked meanwhile (nothing written, nothing
+    /// brought back). Empty `changes` are still one round trip (a touch).
     ///
-    /// Cancellation: if dropped, the transaction ran entirely or not at all
-    /// (if it found the session gone, the hash it wrote has no creation time,
-    /// is "no session" to every load, and expires after the idle timeout).
+    /// Cancellation: if dropped, the script ran entirely or not at all.
     ///
     /// # Errors
     ///
     /// [`ErrorKind::Protocol`] when a counter to increment holds no decimal
-    /// integer or would overflow `i64` (the save's other changes were
-    /// applied); [`ErrorKind::Permission`] when the ACL refuses a command;
-    /// connection errors and timeouts as they are. No error holds the id.
+    /// integer (nothing written) or would overflow `i64`; connection errors,
+    /// timeouts and `NOPERM` as they are. No error holds the id.
     pub async fn save(&self, id: &SessionId, changes: &Changes) -> Result<SaveOutcome> {
         let started = Instant::now();
         let m = &self.inner.metrics;
@@ -587,114 +584,36 @@ impl Sessions {
     }
 
     async fn save_inner(&self, id: &SessionId, changes: &Changes) -> Result<SaveOutcome> {
-        // One round trip, no script: a MULTI/EXEC transaction in the
-        // session's slot reads the session's creation time and user (and a
-        // signed-in tag's cut-offs), applies the changes and restarts the
-        // idle timeout. When the read shows the session was gone (or
-        // revoked), the writes landed in a hash with no creation time, which
-        // no load ever takes for a session; it is removed at once (a second
-        // round trip, only then). So a save never brings a session back.
-        let key = self.key(id)?;
-        let signed_in = id.tag().starts_with('u');
-        let trx = self.client().multi();
-        let () = trx.hmget(key.as_str(), vec![CREATED, USER]).await?;
-        if signed_in {
-            let () = trx.hgetall(self.cut_key(id.tag())?.as_str()).await?;
-        }
-        let dels = changes.deleted_fields();
-        let has_dels = !dels.is_empty();
-        if has_dels {
-            let () = trx.hdel(key.as_str(), dels).await?;
-        }
-        let sets = changes.set_pairs();
-        let has_sets = !sets.is_empty();
-        if has_sets {
-            let () = trx.hset(key.as_str(), sets).await?;
-        }
-        for (name, by) in &changes.increments {
-            let () = trx
-                .hincrby(key.as_str(), format!("{COUNTER}{name}"), *by)
-                .await?;
-        }
-        let () = trx
-            .pexpire(key.as_str(), self.inner.idle_ms as i64, None)
-            .await?;
-        let replies: Vec<Value> = match trx.exec(true).await {
-            Ok(v) => v,
-            Err(e) => {
-                let e = Error::from(e);
-                let text = e.to_string();
-                if text.contains("NOPERM") {
-                    return Err(Error::permission(
-                        Some("MULTI/EXEC (HMGET, HDEL, HSET, HINCRBY, PEXPIRE)".into()),
-                        Some(key),
-                        text,
-                    ));
+        let keys = vec![self.key(id)?, self.cut_key(id.tag())?];
+        let mut args = vec![
+            Self::ms_arg(self.inner.idle_ms),
+            Self::ms_arg(self.inner.absolute_ms),
+        ];
+        changes.save_args(&mut args);
+        let v: Value = SAVE.exec(self.client(), keys, args).await.map_err(redact)?;
+        let mut items = array(v)?.into_iter();
+        match items.next().and_then(|v| v.as_i64()) {
+            Some(1) => {
+                let mut counters = BTreeMap::new();
+                for name in changes.incremented() {
+                    let n = items
+                        .next()
+                        .and_then(|v| v.into_bytes())
+                        .and_then(|b| parse_i64(&b))
+                        .ok_or_else(|| {
+                            Error::protocol(format!(
+                                "fredkit-session's save script returned no value for counter {name:?}"
+                            ))
+                        })?;
+                    counters.insert(name.to_owned(), n);
                 }
-                if text.contains("WRONGTYPE") {
-                    self.unlink_quietly(&key).await?;
-                    return Ok(SaveOutcome::Gone);
-                }
-                if text.contains("not an integer") || text.contains("overflow") {
-                    return Err(Error::protocol(format!(
-                        "fredkit-session: a counter to increment holds no decimal integer or would \
-                         overflow ({text}); the save's other changes were applied"
-                    )));
-                }
-                return Err(e);
+                Ok(SaveOutcome::Saved { counters })
             }
-        };
-        let mut it = replies.into_iter();
-        let meta = array(it.next().unwrap_or(Value::Null))?;
-        let mut meta = meta.into_iter();
-        let created = meta
-            .next()
-            .and_then(|v| v.into_bytes())
-            .map(|b| parse_i64(&b));
-        let user = meta.next().and_then(|v| v.into_string());
-        let created = match created {
-            None => {
-                // Gone before this save: remove what the save wrote.
-                self.unlink_quietly(&key).await?;
-                return Ok(SaveOutcome::Gone);
-            }
-            Some(None) => {
-                self.unlink_quietly(&key).await?;
-                return Ok(SaveOutcome::Gone);
-            }
-            Some(Some(c)) => c,
-        };
-        if signed_in {
-            let cuts = array(it.next().unwrap_or(Value::Null))?;
-            if let Some(user) = &user {
-                let mut c = cuts.into_iter();
-                while let (Some(u), Some(cut)) = (c.next(), c.next()) {
-                    if u.as_str().as_deref() == Some(user.as_str()) {
-                        let cut = cut.into_bytes().and_then(|b| parse_i64(&b));
-                        if cut.is_some_and(|cut| created <= cut) {
-                            self.unlink_quietly(&key).await?;
-                            return Ok(SaveOutcome::Gone);
-                        }
-                    }
-                }
-            }
+            Some(0) | Some(-1) => Ok(SaveOutcome::Gone),
+            other => Err(Error::protocol(format!(
+                "fredkit-session's save script answered status {other:?}"
+            ))),
         }
-        if has_dels {
-            it.next();
-        }
-        if has_sets {
-            it.next();
-        }
-        let mut counters = BTreeMap::new();
-        for name in changes.incremented() {
-            let n = it.next().and_then(|v| v.as_i64()).ok_or_else(|| {
-                Error::protocol(format!(
-                    "fredkit-session: HINCRBY of counter {name:?} returned no integer"
-                ))
-            })?;
-            counters.insert(name.to_owned(), n);
-        }
-        Ok(SaveOutcome::Saved { counters })
     }
 
     /// Sets value `name` of session `id` alone: [`save`](Self::save) with one
