@@ -248,6 +248,21 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
                 .build()?,
         };
         let clustered = matches!(redis.config().topology(), Topology::Cluster(_));
+        // Invalidation from any writer (RESP3 client tracking); started
+        // first: with `Both`, L1 waits for it and the backplane.
+        let tracking = if options.invalidation_mode != crate::tracking::InvalidationMode::Backplane
+        {
+            let ready_local = Arc::clone(&local);
+            let task = tokio::spawn(crate::tracking::run(
+                redis.clone(),
+                Arc::clone(&local),
+                options.keys.prefix().to_string(),
+                move || ready_local.set_ready(),
+            ));
+            Some(task)
+        } else {
+            None
+        };
         let (inv_tx, outbox, tasks) = if options.invalidation {
             let channel = options.keys.key(["invalidations"]);
             let mut own_subscriber_gone = None;
@@ -323,28 +338,17 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
             }
             (None, None, None)
         };
-        // Invalidation from any writer (RESP3 client tracking).
-        let tracking = if options.invalidation_mode != crate::tracking::InvalidationMode::Backplane
+        if options.invalidation_mode == crate::tracking::InvalidationMode::Tracking
+            && fred::interfaces::ClientLike::is_connected(redis.client())
         {
-            let ready_local = Arc::clone(&local);
-            let task = tokio::spawn(crate::tracking::run(
-                redis.clone(),
-                Arc::clone(&local),
-                options.keys.prefix().to_string(),
-                move || ready_local.set_ready(),
-            ));
-            if fred::interfaces::ClientLike::is_connected(redis.client()) {
-                let limit = redis
-                    .config()
-                    .connect_timeout()
-                    .saturating_add(redis.config().command_timeout());
-                let mut ready = local.ready_rx();
-                let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
-            }
-            Some(task)
-        } else {
-            None
-        };
+            // As for the backplane: with Redis up, L1 serves from the first call.
+            let limit = redis
+                .config()
+                .connect_timeout()
+                .saturating_add(redis.config().command_timeout());
+            let mut ready = local.ready_rx();
+            let _ = tokio::time::timeout(limit, ready.wait_for(|r| *r)).await;
+        }
         Ok(Cache {
             inner: Arc::new(Inner {
                 redis: redis.clone(),
