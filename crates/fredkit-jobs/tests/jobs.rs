@@ -777,19 +777,62 @@ async fn fault_four_worker_processes_sigkilled_twice(
     }
 }
 
-/// The server SIGSTOPped for 5 s, then SIGKILLed and restarted with AOF:
-/// no call hangs past the command timeout, no acknowledged enqueue is lost,
-/// the worker resumes without user action.
-#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
-async fn fault_server_paused_then_killed_and_restarted_with_aof() {
-    use fredkit_testkit::{RedisServer, ServerOptions};
-    let mut server = RedisServer::start_with(
-        ServerOptions::default()
+/// A private deployment (AOF on, fsync on every write) that a fault test
+/// pauses and kills: a standalone server, or a 3-master cluster of which the
+/// test faults the master owning the queue's slot.
+enum Private {
+    Server(fredkit_testkit::RedisServer),
+    Cluster(fredkit_testkit::RedisCluster),
+}
+
+impl Private {
+    fn start_with_aof(topology: Topology) -> Private {
+        use fredkit_testkit::{ClusterOptions, RedisCluster, RedisServer, ServerOptions};
+        let opts = ServerOptions::default()
             .aof(true)
-            .arg("appendfsync", "always"),
-    )
-    .unwrap();
-    let r = connect(&server.url()).await.unwrap();
+            .arg("appendfsync", "always");
+        match topology {
+            Topology::Cluster => Private::Cluster(
+                RedisCluster::start(ClusterOptions::default().server_options(opts)).unwrap(),
+            ),
+            _ => Private::Server(RedisServer::start_with(opts).unwrap()),
+        }
+    }
+
+    fn url(&self) -> String {
+        match self {
+            Private::Server(s) => s.url(),
+            Private::Cluster(c) => c.url(),
+        }
+    }
+
+    /// The node that holds `key` (all of a queue's keys share its hash tag).
+    fn owner_mut(&mut self, key: &str) -> &mut fredkit_testkit::RedisServer {
+        match self {
+            Private::Server(s) => s,
+            Private::Cluster(c) => {
+                let i = c
+                    .master_index_for_slot(fredkit_testkit::key_slot(key.as_bytes()))
+                    .unwrap();
+                &mut c.masters_mut()[i]
+            }
+        }
+    }
+}
+
+/// The server (on a cluster: the master owning the queue's slot)
+/// SIGSTOPped for 5 s, then SIGKILLed and restarted with AOF: no call hangs
+/// past the command timeout, no acknowledged enqueue is lost, the worker
+/// resumes without user action.
+#[rstest]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fault_server_paused_then_killed_and_restarted_with_aof(
+    #[values(Topology::Standalone, Topology::Cluster)] topology: Topology,
+) {
+    let mut deployment = tokio::task::spawn_blocking(move || Private::start_with_aof(topology))
+        .await
+        .unwrap();
+    let r = connect(&deployment.url()).await.unwrap();
     let cmd_timeout = r.config().command_timeout();
     let q: Queue<u32> = Queue::new(&r, "jobs_fault", "q").unwrap();
     let done = Arc::new(Mutex::new(HashSet::new()));
@@ -826,6 +869,7 @@ async fn fault_server_paused_then_killed_and_restarted_with_aof() {
             }
         }
     });
+    let server = deployment.owner_mut(&raw("jobs_fault", "q", "wait"));
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.pause().unwrap();
     tokio::time::sleep(Duration::from_secs(5)).await;
@@ -833,10 +877,15 @@ async fn fault_server_paused_then_killed_and_restarted_with_aof() {
     tokio::time::sleep(Duration::from_millis(500)).await;
     server.kill().unwrap();
     tokio::time::sleep(Duration::from_millis(300)).await;
-    server.restart().unwrap();
+    tokio::task::block_in_place(|| server.restart().unwrap());
     producer.await.unwrap();
     // Fred retries a command at most 3 times, each bounded by the command timeout.
     let bound = cmd_timeout * 4 + Duration::from_secs(1);
+    eprintln!(
+        "{topology:?}: slowest enqueue {:?} (bound {bound:?}), {} acknowledged",
+        slowest.lock().unwrap(),
+        acked.lock().unwrap().len()
+    );
     assert!(
         *slowest.lock().unwrap() <= bound,
         "an enqueue took {:?}",
