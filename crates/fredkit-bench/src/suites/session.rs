@@ -378,7 +378,7 @@ async fn run(ctx: &Ctx, report: &mut Report) -> Result<()> {
         report.summary(
             &format!("load_save.{c}"),
             ours_s,
-            &format!("fredkit-session: load (1 script: HGETALL + cut-off + PEXPIRE) + save of one changed field (1 script), {concurrency} tasks"),
+            &format!("fredkit-session: Sessions::load + Sessions::save of one changed field, {concurrency} tasks"),
         );
         report.ratio(
             &format!("load_save_vs_tower_sessions_redis.{c}"),
