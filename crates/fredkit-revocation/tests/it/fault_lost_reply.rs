@@ -489,7 +489,7 @@ async fn fault_cluster_client_killed_after_the_master_ran_revoke_jti_the_event_s
         assert!(std::time::Instant::now() < deadline, "no event for {jti}");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let reads = watcher.metrics().redis_reads;
+    let before = watcher.metrics();
     let claims = TokenClaims {
         jti: jti.clone(),
         sub: "x".into(),
@@ -498,5 +498,14 @@ async fn fault_cluster_client_killed_after_the_master_ran_revoke_jti_the_event_s
         exp: t + 600,
     };
     assert!(watcher.check(&claims).await.unwrap());
-    assert_eq!(watcher.metrics().redis_reads, reads, "known from its event");
+    let after = watcher.metrics();
+    // Known from its event — unless the watcher's own subscriber saw a gap
+    // in between (the kill on master 0 can reach it too) and flushed its
+    // cache, which then rightly asks Redis.
+    if after.cache_flushes == before.cache_flushes {
+        assert_eq!(
+            after.redis_reads, before.redis_reads,
+            "known from its event"
+        );
+    }
 }
