@@ -269,3 +269,66 @@ async fn streams_and_pubsub_metrics_count_every_message(#[case] topology: Topolo
     drop(events);
     subscriber.close().await;
 }
+
+#[rstest]
+#[case::standalone(Topology::Standalone)]
+#[case::cluster(Topology::Cluster)]
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn cache_metrics_count_hits_misses_and_loads(#[case] topology: Topology) {
+    use fredkit_cache::{Cache, CacheOptions, L1Options};
+    let (snap, redis, keys) = setup(topology, "metrics_cache").await;
+    let p = keys.prefix().to_string();
+    let l2_only: Cache<String> = Cache::new(
+        &redis,
+        CacheOptions::builder(keys.clone())
+            .ttl(Duration::from_secs(60))
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    // A miss (and one load), then two L2 hits.
+    for _ in 0..3 {
+        let v = l2_only
+            .get_or_set("k", || async { "v".to_string() })
+            .await
+            .unwrap();
+        assert_eq!(v, "v");
+    }
+    assert_eq!(l2_only.get("absent").await.unwrap(), None);
+    let with_l1: Cache<String> = Cache::new(
+        &redis,
+        CacheOptions::builder(keys)
+            .ttl(Duration::from_secs(60))
+            .l1(L1Options::new())
+            .build()
+            .unwrap(),
+    )
+    .await
+    .unwrap();
+    with_l1.wait_ready(Duration::from_secs(10)).await.unwrap();
+    // An L2 hit that fills L1, then two L1 hits.
+    for _ in 0..3 {
+        assert_eq!(with_l1.get("k").await.unwrap().as_deref(), Some("v"));
+    }
+    let m = take(&snap);
+    let get = |o: &'static str| [("prefix", p.as_str()), ("outcome", o)];
+    assert_eq!(m.counter("fredkit_cache_get_total", &get("miss")), 2);
+    assert_eq!(m.counter("fredkit_cache_get_total", &get("l2_hit")), 3);
+    assert_eq!(m.counter("fredkit_cache_get_total", &get("l1_hit")), 2);
+    assert_eq!(
+        m.counter("fredkit_cache_loads_total", &[("prefix", p.as_str())]),
+        1
+    );
+    let (a, b) = (l2_only.metrics(), with_l1.metrics());
+    assert_eq!(
+        (
+            a.misses + b.misses,
+            a.l2_hits + b.l2_hits,
+            a.l1_hits + b.l1_hits
+        ),
+        (2, 3, 2)
+    );
+    l2_only.close().await;
+    with_l1.close().await;
+}

@@ -235,7 +235,7 @@ impl<V: CacheValue, C: Codec + Clone> Cache<V, C> {
     ) -> Result<Self> {
         let instance: u64 = rand::random();
         let l1 = options.l1.as_ref().map(|o| L1::new(o, options.max_stale));
-        let local = Arc::new(Local::new(instance, l1));
+        let local = Arc::new(Local::new(instance, l1, options.keys.prefix()));
         if options.invalidation
             && options.invalidation_mode == crate::tracking::InvalidationMode::Both
         {

@@ -282,11 +282,11 @@ pub(crate) struct Local<V> {
 }
 
 impl<V: Clone + Send + Sync + 'static> Local<V> {
-    pub(crate) fn new(instance: u64, l1: Option<L1<V>>) -> Self {
+    pub(crate) fn new(instance: u64, l1: Option<L1<V>>, prefix: &str) -> Self {
         Local {
             instance,
             l1,
-            metrics: Metrics::default(),
+            metrics: Metrics::new(prefix),
             tags: Default::default(),
             waiters: Mutex::new(HashMap::new()),
             ready: watch::channel(false).0,

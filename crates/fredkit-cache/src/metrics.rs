@@ -2,6 +2,8 @@
 
 use std::sync::atomic::{AtomicU64, Ordering};
 
+use fredkit_core::metrics::{Counter, Labels, Tally};
+
 /// Stripes of the hot counters (hits), so two cores counting hits do not
 /// fight over one cache line.
 const STRIPES: usize = 8;
@@ -10,9 +12,10 @@ const STRIPES: usize = 8;
 #[derive(Default)]
 struct Padded(AtomicU64);
 
-/// A counter split over cache-line-padded stripes; reading sums them.
+/// A counter split over cache-line-padded stripes; reading sums them. With
+/// the `metrics` feature it is also recorded as a [`Counter`].
 #[derive(Default)]
-pub(crate) struct Striped([Padded; STRIPES]);
+pub(crate) struct Striped([Padded; STRIPES], Counter);
 
 thread_local! {
     static STRIPE: usize = {
@@ -26,6 +29,7 @@ impl Striped {
     pub(crate) fn incr(&self) {
         let i = STRIPE.with(|s| *s);
         self.0[i].0.fetch_add(1, Ordering::Relaxed);
+        self.1.increment(1);
     }
 
     fn get(&self) -> u64 {
@@ -37,36 +41,80 @@ impl Striped {
 pub(crate) struct Metrics {
     pub(crate) l1_hits: Striped,
     pub(crate) l2_hits: Striped,
-    pub(crate) misses: AtomicU64,
-    pub(crate) stale_served: AtomicU64,
-    pub(crate) factory_calls: AtomicU64,
-    pub(crate) loads: AtomicU64,
-    pub(crate) coalesced: AtomicU64,
-    pub(crate) factory_errors: AtomicU64,
-    pub(crate) factory_timeouts: AtomicU64,
-    pub(crate) fill_lock_waits: AtomicU64,
-    pub(crate) fill_wait_timeouts: AtomicU64,
-    pub(crate) eager_refreshes: AtomicU64,
-    pub(crate) eager_refresh_skips: AtomicU64,
-    pub(crate) decode_failures: AtomicU64,
-    pub(crate) redis_errors: AtomicU64,
-    pub(crate) invalidations_published: AtomicU64,
-    pub(crate) invalidations_received: AtomicU64,
-    pub(crate) l1_flushes: AtomicU64,
-    pub(crate) recovery_queued: AtomicU64,
-    pub(crate) recovery_replayed: AtomicU64,
-    pub(crate) recovery_dropped: AtomicU64,
-    pub(crate) tracking_reconnects: AtomicU64,
+    pub(crate) misses: Tally,
+    pub(crate) stale_served: Tally,
+    pub(crate) factory_calls: Tally,
+    pub(crate) loads: Tally,
+    pub(crate) coalesced: Tally,
+    pub(crate) factory_errors: Tally,
+    pub(crate) factory_timeouts: Tally,
+    pub(crate) fill_lock_waits: Tally,
+    pub(crate) fill_wait_timeouts: Tally,
+    pub(crate) eager_refreshes: Tally,
+    pub(crate) eager_refresh_skips: Tally,
+    pub(crate) decode_failures: Tally,
+    pub(crate) redis_errors: Tally,
+    pub(crate) invalidations_published: Tally,
+    pub(crate) invalidations_received: Tally,
+    pub(crate) l1_flushes: Tally,
+    pub(crate) recovery_queued: Tally,
+    pub(crate) recovery_replayed: Tally,
+    pub(crate) recovery_dropped: Tally,
+    pub(crate) tracking_reconnects: Tally,
 }
 
 #[inline]
-pub(crate) fn incr(c: &AtomicU64) {
-    c.fetch_add(1, Ordering::Relaxed);
+pub(crate) fn incr(c: &Tally) {
+    c.add(1);
 }
 
 impl Metrics {
+    /// The counters of a cache under `prefix`, registered once: hits and
+    /// misses as `fredkit_cache_get_total{outcome}` (`l1_hit`, `l2_hit`,
+    /// `miss`), every other counter as `fredkit_cache_<counter>_total`.
+    pub(crate) fn new(prefix: &str) -> Metrics {
+        let labels = Labels::new().with("prefix", prefix);
+        let outcome = |o: &'static str| labels.clone().with("outcome", o);
+        let striped = |o: &'static str| {
+            Striped(
+                Default::default(),
+                Counter::new("fredkit_cache_get_total", &outcome(o)),
+            )
+        };
+        Metrics {
+            l1_hits: striped("l1_hit"),
+            l2_hits: striped("l2_hit"),
+            misses: Tally::new("fredkit_cache_get_total", &outcome("miss")),
+            stale_served: Tally::new("fredkit_cache_stale_served_total", &labels),
+            factory_calls: Tally::new("fredkit_cache_factory_calls_total", &labels),
+            loads: Tally::new("fredkit_cache_loads_total", &labels),
+            coalesced: Tally::new("fredkit_cache_coalesced_total", &labels),
+            factory_errors: Tally::new("fredkit_cache_factory_errors_total", &labels),
+            factory_timeouts: Tally::new("fredkit_cache_factory_timeouts_total", &labels),
+            fill_lock_waits: Tally::new("fredkit_cache_fill_lock_waits_total", &labels),
+            fill_wait_timeouts: Tally::new("fredkit_cache_fill_wait_timeouts_total", &labels),
+            eager_refreshes: Tally::new("fredkit_cache_eager_refreshes_total", &labels),
+            eager_refresh_skips: Tally::new("fredkit_cache_eager_refresh_skips_total", &labels),
+            decode_failures: Tally::new("fredkit_cache_decode_failures_total", &labels),
+            redis_errors: Tally::new("fredkit_cache_redis_errors_total", &labels),
+            invalidations_published: Tally::new(
+                "fredkit_cache_invalidations_published_total",
+                &labels,
+            ),
+            invalidations_received: Tally::new(
+                "fredkit_cache_invalidations_received_total",
+                &labels,
+            ),
+            l1_flushes: Tally::new("fredkit_cache_l1_flushes_total", &labels),
+            recovery_queued: Tally::new("fredkit_cache_recovery_queued_total", &labels),
+            recovery_replayed: Tally::new("fredkit_cache_recovery_replayed_total", &labels),
+            recovery_dropped: Tally::new("fredkit_cache_recovery_dropped_total", &labels),
+            tracking_reconnects: Tally::new("fredkit_cache_tracking_reconnects_total", &labels),
+        }
+    }
+
     pub(crate) fn snapshot(&self) -> CacheMetrics {
-        let g = |c: &AtomicU64| c.load(Ordering::Relaxed);
+        let g = |c: &Tally| c.get();
         CacheMetrics {
             l1_hits: self.l1_hits.get(),
             l2_hits: self.l2_hits.get(),
