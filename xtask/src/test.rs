@@ -61,6 +61,9 @@ enum Action {
     Readme,
     /// The test runner, given shared servers for the whole run (see [`SharedServers`]).
     Tests(Command),
+    /// `cargo xtask demo`, run in this process: `cargo run` would relink
+    /// xtask, whose binary the tests step rebuilt with every feature.
+    Demo,
     Cargo(Command),
 }
 
@@ -155,14 +158,7 @@ fn plan(options: &Options) -> Vec<Step> {
     // which fails when a task's result is not the expected one.
     steps.push(Step {
         name: "demo",
-        action: Action::Cargo(cargo(&[
-            "run",
-            "--quiet",
-            "--package",
-            "xtask",
-            "--",
-            "demo",
-        ])),
+        action: Action::Demo,
     });
 
     for step in &mut steps {
@@ -207,6 +203,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         number += 1;
         let shown = match &action {
             Action::Redis => "make sure redis-server is installed".to_string(),
+            Action::Demo => "cargo xtask demo (the OrderFlow scripted load)".to_string(),
             Action::Readme => "every README example in a scratch crate outside the workspace \
                  (cargo xtask readme)"
                 .to_string(),
@@ -216,6 +213,7 @@ pub(crate) fn run(args: &[String]) -> Result<()> {
         let t = Instant::now();
         let result = match action {
             Action::Redis => redis_setup::ensure_redis().map(|_| ()),
+            Action::Demo => crate::orderflow_demo::run(&[]),
             Action::Readme => crate::scratch::command().and_then(|mut command| {
                 command
                     .stdin(Stdio::null())
