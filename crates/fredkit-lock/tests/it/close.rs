@@ -70,9 +70,19 @@ fn close_leaves_no_task_and_logs_no_warning(#[case] topology: Topology) {
         let waiting = tokio::spawn({
             let m = m.clone();
             async move {
+                // The fallback poll is slower than the wait, so only the
+                // wake-up message can grant this waiter in time (a prompt
+                // poll could win the race with the message under load, and
+                // then nothing counts the wake-up).
+                let slow_poll = fredkit_core::Backoff::builder()
+                    .initial(Duration::from_secs(25))
+                    .max(Duration::from_secs(25))
+                    .build()
+                    .unwrap();
                 let o = LockOptions::builder()
                     .ttl(Duration::from_secs(10))
                     .wait(Duration::from_secs(20))
+                    .poll_backoff(slow_poll)
                     .build()
                     .unwrap();
                 m.acquire("r", &o).await.unwrap().unwrap().release().await
